@@ -1,0 +1,142 @@
+"""What operations ask of a generative model, and what they get back.
+
+Operations build a `ModelRequest` and call a `ModelClient`; they never see google-genai. The Gemini
+adapter (`gateway.gemini`) is the one implementation that talks to a real (or emulated) Gemini
+endpoint; it owns retries, deadlines, error mapping and cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Modality = Literal["TEXT", "IMAGE"]
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """Inline bytes with their MIME type (an uploaded image, a generated image)."""
+
+    data: bytes
+    mime_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """A file the model fetches itself by URI (e.g. a YouTube URL for video understanding)."""
+
+    uri: str
+    mime_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part of the user turn: exactly one of text, inline blob or file reference."""
+
+    text: str | None = None
+    blob: Blob | None = None
+    file: FileRef | None = None
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.text, self.blob, self.file)) != 1:
+            raise ValueError("a Part holds exactly one of text, blob or file")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """One generation request: a single user turn plus configuration."""
+
+    model: str
+    parts: Sequence[Part]
+    system_instruction: str | None = None
+    #: JSON Schema the answer must satisfy (sent as `responseJsonSchema`); None for free text.
+    response_schema: Mapping[str, Any] | None = None
+    response_modalities: Sequence[Modality] = ("TEXT",)
+    temperature: float | None = None
+    #: For image-output models: the aspect ratio of generated images, e.g. "16:9".
+    image_aspect_ratio: str | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one upstream call, by kind."""
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    #: Text output tokens (candidates minus image output).
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+    image_output_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelResponse:
+    """A successful answer."""
+
+    text: str
+    images: Sequence[Blob]
+    usage: Usage
+    cost_usd: float
+    finish_reason: str
+    model_version: str
+    #: How many upstream attempts this answer took (1 when the first one succeeded).
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CallLabels:
+    """Who and what a call is for; copied onto every usage record."""
+
+    operation: str
+    user_id: str = ""
+    job_id: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One upstream attempt, successful or not, for the usage ledger."""
+
+    labels: CallLabels
+    model: str
+    attempt: int
+    #: "ok", or the domain error's reason (e.g. "UPSTREAM_UNAVAILABLE", "SAFETY_BLOCKED").
+    outcome: str
+    duration_s: float
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+
+
+class UsageSink(Protocol):
+    """Where usage records go (memory now; the PostgreSQL ledger later)."""
+
+    async def record(self, record: UsageRecord) -> None:
+        """Stores one record. Must not raise for storage trouble; log and drop instead."""
+        ...
+
+
+#: Called with each chunk of text as it streams in.
+TextCallback = Callable[[str], Awaitable[None]]
+
+
+class ModelClient(Protocol):
+    """Something that answers `ModelRequest`s."""
+
+    async def generate(
+        self,
+        request: ModelRequest,
+        *,
+        labels: CallLabels,
+        deadline: float | None = None,
+        on_text: TextCallback | None = None,
+    ) -> ModelResponse:
+        """Runs the request to completion.
+
+        `deadline` is an absolute `time.monotonic()` instant; no attempt or retry runs past it.
+        With `on_text`, the answer is streamed and each text chunk is passed on as it arrives.
+        Raises a `gateway.errors.GatewayError` subclass on failure.
+        """
+        ...
