@@ -1,0 +1,29 @@
+/**
+ * TypeScript client of the ViewBait AI Gateway (Node.js, server side only): typed gRPC clients
+ * for GatewayService and JobService, credentials, and decoded errors. The generated messages and
+ * schemas are re-exported: build requests with `create(AnalyzeVideoRequestSchema, {...})` from
+ * "@bufbuild/protobuf".
+ */
+
+export { createGatewayClient, type GatewayClientOptions, type GatewayClients } from "./client.js";
+export {
+  AUTHORIZATION_HEADER,
+  REQUEST_ID_HEADER,
+  TIER_HEADER,
+  USER_ID_HEADER,
+  actingAs,
+  credentialHeaders,
+  type Credentials,
+} from "./credentials.js";
+export {
+  RETRY_AFTER_HEADER,
+  decodeGatewayError,
+  type FieldViolation,
+  type GatewayError,
+} from "./errors.js";
+export { Code, ConnectError } from "@connectrpc/connect";
+export * from "./gen/viewbait/ai/v1/common_pb.js";
+export * from "./gen/viewbait/ai/v1/gateway_service_pb.js";
+export * from "./gen/viewbait/ai/v1/job_pb.js";
+export * from "./gen/viewbait/ai/v1/job_service_pb.js";
+export * from "./gen/viewbait/ai/v1/operations_pb.js";

@@ -1,0 +1,216 @@
+// End to end: starts the real gateway (`python -m gateway serve`, offline Gemini emulator) on a free
+// loopback port and calls it through this package, over one gRPC transport per client.
+//
+// Skipped, saying so, while the repository has no gateway server yet. Set PYTHON to choose the
+// interpreter (default "python3"); it must have the gateway and its Python client installed.
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHash, createHmac } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { after, before, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import {
+  Code,
+  ImageFormat,
+  actingAs,
+  createGatewayClient,
+  decodeGatewayError,
+  type GatewayClientOptions,
+  type GatewayError,
+  type GenerateThumbnailResponse,
+} from "../src/index.js";
+
+const SERVICE_TOKEN = "test-service-token";
+const JWT_SECRET = "e2e-test-jwt-secret-of-at-least-32-bytes";
+const CALL_TIMEOUT_MS = 60_000;
+const START_TIMEOUT_MS = 120_000;
+
+/** The repository root: the first ancestor holding the gateway's pyproject.toml. */
+function repositoryRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!(existsSync(join(dir, "pyproject.toml")) && existsSync(join(dir, "gateway")))) {
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error("no repository root above " + fileURLToPath(import.meta.url));
+    dir = parent;
+  }
+  return dir;
+}
+
+const root = repositoryRoot();
+const serverMissing = existsSync(join(root, "gateway", "server.py"))
+  ? false
+  : "gateway/server.py does not exist yet: the end-to-end test starts the real gateway";
+
+/** An HS256 user JWT shaped like Supabase's. */
+function userJwt(claims: { sub: string; tier?: string; aud?: string; expiresIn?: number }, secret = JWT_SECRET) {
+  const now = Math.floor(Date.now() / 1000);
+  const encode = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const payload = {
+    sub: claims.sub,
+    aud: claims.aud ?? "authenticated",
+    role: "authenticated",
+    iat: now,
+    exp: now + (claims.expiresIn ?? 600),
+    ...(claims.tier === undefined ? {} : { app_metadata: { tier: claims.tier } }),
+  };
+  const unsigned = `${encode({ alg: "HS256", typ: "JWT" })}.${encode(payload)}`;
+  return `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
+}
+
+/** Runs a call that must fail and returns its decoded error. */
+async function failure(call: () => Promise<unknown>): Promise<GatewayError> {
+  try {
+    await call();
+  } catch (error) {
+    return decodeGatewayError(error);
+  }
+  assert.fail("the call succeeded but should have failed");
+}
+
+describe("gateway end to end", { skip: serverMissing }, () => {
+  let gatewayProcess: ChildProcess | undefined;
+  let output = "";
+  let baseUrl = "";
+  let scratch = "";
+
+  const client = (credentials: Omit<GatewayClientOptions, "baseUrl">) =>
+    createGatewayClient({ baseUrl, ...credentials });
+
+  before(async () => {
+    scratch = mkdtempSync(join(tmpdir(), "viewbait-e2e-"));
+    const readyFile = join(scratch, "ready.json");
+    const child = spawn(process.env["PYTHON"] ?? "python3", ["-m", "gateway", "serve"], {
+      cwd: root,
+      env: {
+        ...process.env,
+        VIEWBAIT_SERVER__HOST: "127.0.0.1",
+        VIEWBAIT_SERVER__PORT: "0",
+        VIEWBAIT_SERVER__READY_FILE: readyFile,
+        VIEWBAIT_SERVER__LOG_FORMAT: "text",
+        VIEWBAIT_AUTH__SERVICE_TOKEN: SERVICE_TOKEN,
+        VIEWBAIT_AUTH__JWT_SECRET: JWT_SECRET,
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    gatewayProcess = child;
+    const keep = (chunk: Buffer) => {
+      output = (output + chunk.toString()).slice(-8000);
+    };
+    child.stdout?.on("data", keep);
+    child.stderr?.on("data", keep);
+
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    while (!existsSync(readyFile)) {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`the gateway exited (${child.exitCode ?? child.signalCode}) before serving:\n${output}`);
+      }
+      if (Date.now() > deadline) throw new Error(`the gateway did not start in time:\n${output}`);
+      await sleep(50);
+    }
+    const { port } = JSON.parse(readFileSync(readyFile, "utf8")) as { port: number };
+    baseUrl = `http://127.0.0.1:${port}`;
+  });
+
+  after(async () => {
+    const child = gatewayProcess;
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((done) => child.once("exit", done));
+      child.kill("SIGTERM");
+      const killed = await Promise.race([exited.then(() => true), sleep(30_000).then(() => false)]);
+      if (!killed) child.kill("SIGKILL");
+    }
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+  });
+
+  test("a pro user analyzes a video (unary)", async () => {
+    const { gateway } = client({ token: userJwt({ sub: "user-pro", tier: "pro" }) });
+
+    const response = await gateway.analyzeVideo(
+      { videoId: "dQw4w9WgXcQ", title: "I tried every budget gadget", description: "Ten gadgets, one winner." },
+      { timeoutMs: CALL_TIMEOUT_MS, headers: { "x-request-id": "e2e-analyze-1" } },
+    );
+
+    assert.equal(response.metadata?.requestId, "e2e-analyze-1");
+    assert.equal(response.outcome.case, "result", "the emulator answers within the long-poll window");
+    const analysis = response.outcome.value;
+    assert.ok(analysis.summary.length > 0, "the analysis has a summary");
+    assert.ok(analysis.topics.length > 0, "the analysis names topics");
+  });
+
+  test("GenerateThumbnail streams each image, then a summary (service token)", async () => {
+    const { gateway } = client({ token: SERVICE_TOKEN, userId: "user-free", tier: "free" });
+    const events: GenerateThumbnailResponse[] = [];
+
+    for await (const event of gateway.generateThumbnail(
+      { prompt: "I tried every budget gadget", variations: 2, aspectRatio: "16:9" },
+      { timeoutMs: CALL_TIMEOUT_MS },
+    )) {
+      events.push(event);
+    }
+
+    const last = events.at(-1)?.event;
+    assert.equal(last?.case, "summary", "the stream ends with its summary");
+    assert.equal(
+      events.filter((e) => e.event.case === "summary").length,
+      1,
+      "exactly one summary",
+    );
+    const images = events.flatMap((e) => (e.event.case === "image" ? [e.event.value] : []));
+    assert.equal(images.length, 2);
+    assert.equal(last.value.imageCount, 2);
+    assert.deepEqual(images.map((i) => i.index).sort(), [0, 1]);
+    for (const { image } of images) {
+      assert.ok(image?.image, "the image carries bytes");
+      assert.ok([ImageFormat.PNG, ImageFormat.JPEG, ImageFormat.WEBP].includes(image.format));
+      assert.ok(image.width > 0 && image.height > 0);
+      assert.equal(image.sha256, createHash("sha256").update(image.image.data).digest("hex"));
+    }
+    const fractions = events.flatMap((e) => (e.event.case === "progress" ? [e.event.value.fraction] : []));
+    assert.deepEqual(fractions, [...fractions].sort((a, b) => a - b), "progress never goes back");
+  });
+
+  test("missing or bad credentials answer UNAUTHENTICATED", async () => {
+    const request = { videoId: "dQw4w9WgXcQ" };
+    const attempts: Array<[string, Omit<GatewayClientOptions, "baseUrl">]> = [
+      ["no token", {}],
+      ["bad signature", { token: userJwt({ sub: "user-pro", tier: "pro" }, "another-secret-that-is-32-bytes-long!!") }],
+      ["expired", { token: userJwt({ sub: "user-pro", tier: "pro", expiresIn: -3600 }) }],
+      ["wrong audience", { token: userJwt({ sub: "user-pro", tier: "pro", aud: "anon" }) }],
+      ["unknown service token", { token: "not-the-service-token", userId: "user-pro", tier: "pro" }],
+    ];
+    for (const [what, credentials] of attempts) {
+      const { gateway } = client(credentials);
+
+      const error = await failure(() => gateway.analyzeVideo(request, { timeoutMs: CALL_TIMEOUT_MS }));
+
+      assert.equal(error.code, Code.Unauthenticated, `${what}: ${error.message}`);
+    }
+  });
+
+  test("a free user may not analyze videos (PERMISSION_DENIED naming the tier)", async () => {
+    const { gateway } = client({ token: userJwt({ sub: "user-free", tier: "free" }) });
+
+    const error = await failure(() =>
+      gateway.analyzeVideo({ videoId: "dQw4w9WgXcQ" }, { timeoutMs: CALL_TIMEOUT_MS }),
+    );
+
+    assert.equal(error.code, Code.PermissionDenied, error.message);
+    assert.match(error.message, /pro/);
+  });
+
+  test("one service-token client acts for different users per call", async () => {
+    const { gateway } = client({ token: SERVICE_TOKEN, userId: "user-pro", tier: "pro" });
+    const request = { videoId: "dQw4w9WgXcQ" };
+
+    const allowed = await gateway.analyzeVideo(request, { timeoutMs: CALL_TIMEOUT_MS });
+    const denied = await failure(() =>
+      gateway.analyzeVideo(request, { timeoutMs: CALL_TIMEOUT_MS, headers: actingAs("user-free", "free") }),
+    );
+
+    assert.equal(allowed.outcome.case, "result");
+    assert.equal(denied.code, Code.PermissionDenied, denied.message);
+  });
+});
