@@ -1,0 +1,53 @@
+"""`viewbait-gateway` (also `python -m gateway`): the gateway's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from gateway.config import load_settings
+from gateway.telemetry import configure_logging
+
+
+def _serve(_args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    settings = load_settings()
+    configure_logging(settings.server.log_format, settings.server.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from gateway.emulator.__main__ import main as emulator_main
+
+    return emulator_main(["--host", args.host, "--port", str(args.port)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses the command line and runs the chosen command."""
+    parser = argparse.ArgumentParser(
+        prog="viewbait-gateway",
+        description="ViewBait AI Gateway: gRPC sidecar in front of Gemini.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve gRPC (configured by VIEWBAIT_* environment variables; see the README)",
+    )
+    serve.set_defaults(run=_serve)
+    emulator = commands.add_parser(
+        "emulator", help="run only the offline Gemini emulator (not Gemini) over HTTP"
+    )
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8765)
+    emulator.set_defaults(run=_emulator)
+    args = parser.parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""GatewayService: the five AI operations over gRPC.
+
+Each handler converts the request, runs it through the shared pipeline as the authenticated
+caller, and converts the result. Errors are domain errors raised below; the error-mapping
+interceptor reports them. Until the jobs API lands, unary results are always returned inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from grpc import aio
+from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
+
+from gateway.auth import Principal
+from gateway.operations.base import ProgressEvent, ProgressKind
+from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
+from gateway.pipeline import Outcome, Pipeline
+from gateway.rpc import context as request_context
+from gateway.rpc import convert
+
+Context = aio.ServicerContext[Any, Any]
+
+
+def _caller() -> tuple[request_context.RequestContext, Principal]:
+    rc = request_context.current()
+    assert rc.principal is not None, "AuthInterceptor runs before every servicer"
+    return rc, rc.principal
+
+
+class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
+    """Serves GatewayService from a `Pipeline`."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def _unary(
+        self, operation: str, request: Any
+    ) -> tuple[Outcome[Any], common_pb2.ResponseMetadata]:
+        rc, principal = _caller()
+        outcome = await self._pipeline.run(
+            operation, request, principal, deadline=rc.deadline, request_id=rc.request_id
+        )
+        metadata = convert.response_metadata(
+            rc.request_id,
+            model=outcome.model,
+            spend=outcome.spend,
+            cached=outcome.cached,
+            coalesced=outcome.coalesced,
+        )
+        return outcome, metadata
+
+    async def AnalyzeVideo(
+        self, request: operations_pb2.AnalyzeVideoRequest, context: Context
+    ) -> gateway_service_pb2.AnalyzeVideoResponse:
+        outcome, metadata = await self._unary(
+            "analyze_video", convert.analyze_video_request(request)
+        )
+        return gateway_service_pb2.AnalyzeVideoResponse(
+            result=convert.video_analysis(outcome.result), metadata=metadata
+        )
+
+    async def SuggestThumbnailConcepts(
+        self, request: operations_pb2.SuggestThumbnailConceptsRequest, context: Context
+    ) -> gateway_service_pb2.SuggestThumbnailConceptsResponse:
+        outcome, metadata = await self._unary(
+            "suggest_thumbnail_concepts", convert.suggest_thumbnail_concepts_request(request)
+        )
+        return gateway_service_pb2.SuggestThumbnailConceptsResponse(
+            result=convert.thumbnail_concepts(outcome.result), metadata=metadata
+        )
+
+    async def ComputeAttentionHeatmap(
+        self, request: operations_pb2.ComputeAttentionHeatmapRequest, context: Context
+    ) -> gateway_service_pb2.ComputeAttentionHeatmapResponse:
+        outcome, metadata = await self._unary(
+            "compute_attention_heatmap", convert.compute_attention_heatmap_request(request)
+        )
+        return gateway_service_pb2.ComputeAttentionHeatmapResponse(
+            result=convert.attention_heatmap(outcome.result), metadata=metadata
+        )
+
+    async def CheckChannelConsistency(
+        self, request: operations_pb2.CheckChannelConsistencyRequest, context: Context
+    ) -> gateway_service_pb2.CheckChannelConsistencyResponse:
+        outcome, metadata = await self._unary(
+            "check_channel_consistency", convert.check_channel_consistency_request(request)
+        )
+        return gateway_service_pb2.CheckChannelConsistencyResponse(
+            result=convert.channel_consistency(outcome.result), metadata=metadata
+        )
+
+    async def GenerateThumbnail(
+        self, request: operations_pb2.GenerateThumbnailRequest, context: Context
+    ) -> AsyncIterator[gateway_service_pb2.GenerateThumbnailResponse]:
+        """Streams progress and images while the generation runs, then the summary.
+
+        The generation runs in a task of its own; if the caller goes away, the stream is
+        cancelled and so is that task (nobody else waits for these images).
+        """
+        rc, principal = _caller()
+        domain_request = convert.generate_thumbnail_request(request)
+        # Refuse bad input and missing tiers before the stream starts.
+        self._pipeline.prepare("generate_thumbnail", domain_request, principal)
+        events: asyncio.Queue[gateway_service_pb2.GenerateThumbnailResponse] = asyncio.Queue()
+        sent: set[int] = set()
+
+        async def progress(event: ProgressEvent) -> None:
+            message = _stream_event(event, done=len(sent))
+            if message is not None:
+                if event.kind is ProgressKind.IMAGE_READY:
+                    sent.add(event.index)
+                events.put_nowait(message)
+
+        run = asyncio.create_task(
+            self._pipeline.run(
+                "generate_thumbnail",
+                domain_request,
+                principal,
+                deadline=rc.deadline,
+                request_id=rc.request_id,
+                progress=progress,
+            )
+        )
+        try:
+            async for message in _drain(events, run):
+                yield message
+            outcome = run.result()
+        finally:
+            if not run.done():
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run
+        result: GeneratedThumbnails = outcome.result
+        # Images the run produced without announcing them still reach the caller, in order.
+        for variation in result.variations:
+            if variation.index not in sent:
+                yield _image_message(variation)
+        yield gateway_service_pb2.GenerateThumbnailResponse(
+            summary=gateway_service_pb2.GenerateThumbnailSummary(
+                image_count=len(result.variations),
+                metadata=convert.response_metadata(
+                    rc.request_id, model=outcome.model, spend=outcome.spend
+                ),
+            )
+        )
+
+
+async def _drain(
+    events: asyncio.Queue[gateway_service_pb2.GenerateThumbnailResponse],
+    run: asyncio.Task[Any],
+) -> AsyncIterator[gateway_service_pb2.GenerateThumbnailResponse]:
+    """Yields queued events until `run` finishes and the queue is empty; re-raises its error."""
+    while True:
+        getter = asyncio.ensure_future(events.get())
+        done, _ = await asyncio.wait({getter, run}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            yield getter.result()
+            continue
+        getter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await getter
+        while not events.empty():
+            yield events.get_nowait()
+        run.result()  # raises the run's error, if any
+        return
+
+
+def _image_message(variation: ThumbnailVariation) -> gateway_service_pb2.GenerateThumbnailResponse:
+    return gateway_service_pb2.GenerateThumbnailResponse(
+        image=convert.generated_thumbnail(variation)
+    )
+
+
+def _stream_event(
+    event: ProgressEvent, *, done: int
+) -> gateway_service_pb2.GenerateThumbnailResponse | None:
+    """The stream message for a progress event (`done` images delivered so far), or None for
+    events the stream does not carry."""
+    if event.kind is ProgressKind.IMAGE_READY and event.image is not None:
+        return _image_message(ThumbnailVariation(event.index, event.image, event.text))
+    if event.kind is ProgressKind.STARTED:
+        return gateway_service_pb2.GenerateThumbnailResponse(
+            progress=common_pb2.Progress(
+                fraction=done / max(event.total, 1),
+                stage="generating",
+                message=f"generating image {event.index + 1} of {event.total}",
+            )
+        )
+    return None

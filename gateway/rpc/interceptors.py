@@ -1,0 +1,220 @@
+"""Server interceptors, each doing one job, in the order they wrap an RPC (outermost first):
+
+1. `RequestContextInterceptor`: request id (from `x-request-id` or new) and deadline into context.
+2. `LoggingInterceptor`: one structured log line per RPC with its outcome and duration.
+3. `ErrorMappingInterceptor`: domain errors to gRPC statuses through the single table.
+4. `AuthInterceptor`: authenticates the caller; nothing unauthenticated reaches a servicer.
+
+They apply to the gateway's own services (`/viewbait.`); health checking and reflection pass
+through untouched so probes need no credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+from grpc import aio
+
+from gateway import errors
+from gateway.auth import Authenticator
+from gateway.rpc import context as request_context
+from gateway.rpc.status import to_rpc_status
+
+log = logging.getLogger("gateway.rpc")
+
+UnaryBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+
+_OWN_SERVICES = "/viewbait."
+_MAX_REQUEST_ID = 128
+
+
+class _WrappingInterceptor(aio.ServerInterceptor):
+    """Wraps the unary-unary and unary-stream behaviours of the gateway's own RPCs."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(_OWN_SERVICES):
+            return handler
+        if handler.unary_unary is not None:
+            # grpc.aio hands coroutine behaviours to aio servers; the stubs only know sync ones.
+            inner_unary = cast(UnaryBehavior, handler.unary_unary)
+
+            async def unary(request: Any, ctx: aio.ServicerContext[Any, Any]) -> Any:
+                return await self.unary(method, request, ctx, inner_unary)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = cast(StreamBehavior, handler.unary_stream)
+
+            async def stream(
+                request: Any, ctx: aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                async for item in self.stream(method, request, ctx, inner_stream):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+    async def before(self, method: str, ctx: aio.ServicerContext[Any, Any]) -> None:
+        """Runs before the RPC's behaviour (override)."""
+
+    async def unary(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
+    ) -> Any:
+        await self.before(method, ctx)
+        return await inner(request, ctx)
+
+    async def stream(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: StreamBehavior
+    ) -> AsyncIterator[Any]:
+        await self.before(method, ctx)
+        async for item in inner(request, ctx):
+            yield item
+
+
+def _metadata(ctx: aio.ServicerContext[Any, Any]) -> list[tuple[str, str | bytes]]:
+    return [(m.key, m.value) for m in ctx.invocation_metadata() or ()]  # type: ignore[attr-defined]
+
+
+class RequestContextInterceptor(_WrappingInterceptor):
+    """Binds a `RequestContext` (request id, deadline) for the RPC's duration."""
+
+    def _context(
+        self, method: str, ctx: aio.ServicerContext[Any, Any]
+    ) -> request_context.RequestContext:
+        request_id = ""
+        for key, value in _metadata(ctx):
+            if key == "x-request-id" and isinstance(value, str):
+                request_id = value.strip()[:_MAX_REQUEST_ID]
+        remaining = ctx.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return request_context.RequestContext(
+            method=method, request_id=request_id or uuid.uuid4().hex, deadline=deadline
+        )
+
+    async def unary(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
+    ) -> Any:
+        token = request_context.bind(self._context(method, ctx))
+        try:
+            return await inner(request, ctx)
+        finally:
+            request_context.unbind(token)
+
+    async def stream(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: StreamBehavior
+    ) -> AsyncIterator[Any]:
+        token = request_context.bind(self._context(method, ctx))
+        try:
+            async for item in inner(request, ctx):
+                yield item
+        finally:
+            request_context.unbind(token)
+
+
+class LoggingInterceptor(_WrappingInterceptor):
+    """One log line per RPC: method, code, duration, request id, user."""
+
+    def _log(self, ctx: aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
+        rc = request_context.current()
+        code: object = ctx.code()
+        if not isinstance(code, grpc.StatusCode):
+            # Unset until an abort; a plain exception from below becomes UNKNOWN in grpc.
+            code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+        name = code.name
+        log.info(
+            "rpc finished",
+            extra={
+                "rpc_method": rc.method,
+                "rpc_code": name,
+                "duration_ms": round((time.monotonic() - rc.started) * 1000, 2),
+                "request_id": rc.request_id,
+                "user_id": rc.principal.user_id if rc.principal else None,
+            },
+        )
+
+    async def unary(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
+    ) -> Any:
+        try:
+            response = await inner(request, ctx)
+        except BaseException as exc:
+            self._log(ctx, exc)
+            raise
+        self._log(ctx, None)
+        return response
+
+    async def stream(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: StreamBehavior
+    ) -> AsyncIterator[Any]:
+        try:
+            async for item in inner(request, ctx):
+                yield item
+        except BaseException as exc:
+            self._log(ctx, exc)
+            raise
+        self._log(ctx, None)
+
+
+class ErrorMappingInterceptor(_WrappingInterceptor):
+    """Turns domain errors into statuses with rich details; hides everything else as INTERNAL."""
+
+    async def _abort(self, ctx: aio.ServicerContext[Any, Any], exc: Exception) -> None:
+        rc = request_context.current()
+        if not isinstance(exc, errors.GatewayError):
+            log.exception("unexpected error", extra={"request_id": rc.request_id})
+            exc = errors.Internal(f"internal error (request id {rc.request_id})")
+        status = to_rpc_status(exc, request_id=rc.request_id)
+        await ctx.abort(status.code, status.message, status.trailing_metadata)
+
+    async def unary(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
+    ) -> Any:
+        try:
+            return await inner(request, ctx)
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await self._abort(ctx, exc)
+            raise AssertionError("abort returned") from exc
+
+    async def stream(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: StreamBehavior
+    ) -> AsyncIterator[Any]:
+        try:
+            async for item in inner(request, ctx):
+                yield item
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await self._abort(ctx, exc)
+
+
+class AuthInterceptor(_WrappingInterceptor):
+    """Authenticates every RPC of the gateway's services before its servicer runs."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def before(self, method: str, ctx: aio.ServicerContext[Any, Any]) -> None:
+        principal = self._authenticator.authenticate(
+            [(k, v) for k, v in _metadata(ctx) if isinstance(v, str)]
+        )
+        request_context.current().principal = principal

@@ -1,0 +1,216 @@
+"""The gateway's gRPC server: one lifecycle (build, register, start, serve, graceful stop).
+
+With nothing configured it serves on 127.0.0.1 with the embedded backends and the offline Gemini
+emulator started in-process (and says so loudly); with `VIEWBAIT_GEMINI__API_KEY` set it calls
+real Gemini.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import SecretStr
+from viewbait.ai.v1 import (
+    gateway_service_pb2,
+    gateway_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+
+from gateway.auth import Authenticator
+from gateway.config import Settings
+from gateway.emulator import EmulatorServer
+from gateway.gemini import GeminiClient
+from gateway.pipeline import Pipeline
+from gateway.rpc import reflection
+from gateway.rpc.gateway_service import GatewayServicer
+from gateway.rpc.interceptors import (
+    AuthInterceptor,
+    ErrorMappingInterceptor,
+    LoggingInterceptor,
+    RequestContextInterceptor,
+)
+from gateway.rpc.job_service import JobServicer
+from gateway.usage import InMemoryUsageSink
+
+log = logging.getLogger("gateway.server")
+
+#: The service token of local mode (loopback listener + emulator, no auth configured). Documented
+#: in the README so grpcurl commands work as written; refused anywhere else.
+LOCAL_DEV_SERVICE_TOKEN = "local-dev-service-token"
+
+_SERVICE_NAMES = (
+    gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _auth_configured(settings: Settings) -> bool:
+    auth = settings.auth
+    return bool(auth.service_token or auth.jwt_secret or auth.jwks_file or auth.allow_anonymous)
+
+
+class GatewayServer:
+    """A configured gateway: its gRPC server, health, and the runtime behind the servicers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = 0
+        self._server: aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._emulator: EmulatorServer | None = None
+        self._client: GeminiClient | None = None
+        self.usage = InMemoryUsageSink()
+
+    async def _runtime_settings(self) -> Settings:
+        """Settings with local-mode defaults filled in (emulator URL and key, dev token)."""
+        settings = self.settings
+        gemini = settings.gemini
+        local = gemini.api_key is None
+        if local:
+            if gemini.base_url:
+                raise SystemExit(
+                    "VIEWBAIT_GEMINI__BASE_URL is set without VIEWBAIT_GEMINI__API_KEY: set both"
+                )
+            self._emulator = EmulatorServer.from_settings(settings.emulator)
+            await self._emulator.start()
+            log.warning(
+                "no Gemini API key configured: using the built-in OFFLINE GEMINI EMULATOR, "
+                "not Gemini; answers are synthetic",
+                extra={"emulator_url": self._emulator.base_url},
+            )
+            gemini = gemini.model_copy(
+                update={
+                    "base_url": self._emulator.base_url,
+                    "api_key": SecretStr(self._emulator.api_key),
+                }
+            )
+        auth = settings.auth
+        if not _auth_configured(settings):
+            if not (local and _is_loopback(settings.server.host)):
+                raise SystemExit(
+                    "no authentication configured: set VIEWBAIT_AUTH__SERVICE_TOKEN and/or "
+                    "VIEWBAIT_AUTH__JWT_SECRET / VIEWBAIT_AUTH__JWKS_FILE"
+                )
+            auth = auth.model_copy(update={"service_token": SecretStr(LOCAL_DEV_SERVICE_TOKEN)})
+            log.warning(
+                "local mode: no authentication configured, accepting the documented dev service "
+                "token on the loopback listener only (see README)"
+            )
+        return settings.model_copy(update={"gemini": gemini, "auth": auth})
+
+    async def start(self) -> int:
+        """Builds everything, starts serving, and returns the bound port."""
+        settings = await self._runtime_settings()
+        server_settings = settings.server
+        client = self._client = GeminiClient(settings.gemini, usage_sink=self.usage)
+        pipeline = Pipeline(settings, client)
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", server_settings.max_receive_message_bytes),
+            ("grpc.max_send_message_length", server_settings.max_send_message_bytes),
+            ("grpc.keepalive_time_ms", int(server_settings.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(server_settings.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                int(server_settings.min_client_ping_interval_s * 1000),
+            ),
+            ("grpc.max_concurrent_streams", server_settings.max_concurrent_streams),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = aio.server(
+            interceptors=[
+                RequestContextInterceptor(),
+                LoggingInterceptor(),
+                ErrorMappingInterceptor(),
+                AuthInterceptor(Authenticator(settings.auth)),
+            ],
+            options=options,
+        )
+        gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
+            GatewayServicer(pipeline), server
+        )
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if server_settings.reflection:
+            reflection.enable((*_SERVICE_NAMES, health.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(f"{server_settings.host}:{server_settings.port}")
+        if self.port == 0:
+            raise SystemExit(f"could not bind {server_settings.host}:{server_settings.port}")
+        await server.start()
+        self._server = server
+        for name in ("", *_SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"host": server_settings.host, "port": self.port})
+        if server_settings.ready_file:
+            self._write_ready_file(Path(server_settings.ready_file))
+        return self.port
+
+    def _write_ready_file(self, path: Path) -> None:
+        payload = {
+            "port": self.port,
+            "pid": os.getpid(),
+            "emulator_url": self._emulator.base_url if self._emulator else None,
+        }
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(payload))
+        tmp.replace(path)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: health NOT_SERVING first, refuse new RPCs, drain, close backends."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            grace = self.settings.server.shutdown_grace_s if grace is None else grace
+            log.info("draining", extra={"grace_s": grace})
+            await self._server.stop(grace)
+            self._server = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if self._emulator is not None:
+            await self._emulator.stop()
+            self._emulator = None
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Returns when the server has stopped."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings) -> None:
+    """Serves until SIGTERM or SIGINT, then stops gracefully."""
+    server = GatewayServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received, shutting down")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(sig)
+    await server.stop()
+
+
+__all__ = ["LOCAL_DEV_SERVICE_TOKEN", "GatewayServer", "serve"]
