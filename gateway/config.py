@@ -12,7 +12,7 @@ import os
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -121,6 +121,115 @@ def _default_policies() -> dict[str, RoutePolicy]:
     }
 
 
+class AuthSettings(BaseModel):
+    """How callers authenticate (see `gateway.auth`).
+
+    Two mechanisms, usable together: a service token for the trusted backend (which then asserts
+    the user id and tier in metadata), and Supabase-style user JWTs verified with an HS256 secret
+    and/or a JWKS file of RS256/ES256 public keys.
+    """
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    #: Shared secret of the trusted backend; with it, `x-viewbait-user-id` / `x-viewbait-tier` say
+    #: who the call is for.
+    service_token: SecretStr | None = None
+    #: HS256 secret that signs user JWTs (Supabase's "JWT secret").
+    jwt_secret: SecretStr | None = None
+    #: Path of a JWKS JSON file with the RS256/ES256 public keys of user JWTs, chosen by `kid`.
+    jwks_file: str | None = None
+    #: Required `aud` of user JWTs; None skips the audience check.
+    jwt_audience: str | None = "authenticated"
+    #: Required `iss` of user JWTs; None skips the issuer check.
+    jwt_issuer: str | None = None
+    #: Dotted path of the tier claim inside the JWT payload.
+    tier_claim: str = Field(default="app_metadata.tier", pattern=r"^[^.]+(\.[^.]+)*$")
+    #: Tier of a JWT that does not carry the tier claim.
+    default_tier: Tier = Tier.FREE
+    #: Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    leeway_s: int = Field(default=30, ge=0, le=300)
+    #: Local development only: calls without credentials run as the user `anonymous` at
+    #: `default_tier`. Bad credentials are still refused.
+    allow_anonymous: bool = False
+
+    @field_validator("service_token")
+    @classmethod
+    def _service_token_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        # A guessable service token lets anyone claim any user and tier.
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("auth.service_token must be at least 16 characters")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _jwt_secret_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        # RFC 7518 3.2: an HS256 key must be at least as long as the hash (32 bytes).
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("auth.jwt_secret must be at least 32 bytes (RFC 7518 section 3.2)")
+        return value
+
+
+class ServerSettings(BaseModel):
+    """The gRPC listener and its lifecycle."""
+
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (tests); the chosen one is logged and written to `ready_file`.
+    port: int = Field(default=50051, ge=0, le=65535)
+    #: When set, a JSON file `{"port": N, "pid": P, ...}` is written here once the server serves.
+    ready_file: str | None = None
+    #: Seconds in-flight RPCs get to finish after SIGTERM/SIGINT before they are cancelled.
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    #: Largest request accepted: 13 images of a channel check at their byte cap, plus slack.
+    max_receive_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: Largest response sent (generated images travel in stream messages of their own).
+    max_send_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    #: HTTP/2 keepalive pings every this many seconds on idle connections, so dead peers (and
+    #: their in-flight streams) are noticed behind NATs and load balancers.
+    keepalive_time_s: float = Field(default=30.0, gt=0)
+    keepalive_timeout_s: float = Field(default=10.0, gt=0)
+    #: Shortest ping interval a client may use before the server calls it abuse.
+    min_client_ping_interval_s: float = Field(default=10.0, gt=0)
+    max_concurrent_streams: int = Field(default=1000, ge=1)
+    #: Serve gRPC server reflection (grpcurl list/describe).
+    reflection: bool = True
+    #: Log format: "json" (one object per line) or "text".
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    log_level: str = "INFO"
+
+
+class InputBounds(BaseModel):
+    """Limits on what a request may carry, checked by each operation's `validate` before any work.
+
+    A request outside a bound is refused with INVALID_ARGUMENT naming the field and the bound.
+    Text lengths count Unicode characters; byte sizes count raw (decoded) bytes.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Largest single image (an upload, a reference, a thumbnail to score). YouTube itself caps
+    #: custom thumbnails well below this.
+    max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: Largest sum of all images in one request (a channel check carries up to 13), kept below
+    #: `server.max_receive_message_bytes`.
+    max_total_image_bytes: int = Field(default=48 * 1024 * 1024, ge=1024)
+    #: Longest side of any input image, in pixels (read from headers, never decoded).
+    max_image_side: int = Field(default=4096, ge=16, le=16384)
+    #: Reference images of a GenerateThumbnail request (face or style).
+    max_generate_references: int = Field(default=4, ge=0, le=14)
+    #: Variations one GenerateThumbnail request may ask for (one image-model call each).
+    max_variations: int = Field(default=4, ge=1, le=8)
+    #: Reference thumbnails of a CheckChannelConsistency request (at least one is required).
+    max_consistency_references: int = Field(default=12, ge=1, le=32)
+    #: GenerateThumbnail's title/prompt text.
+    max_prompt_chars: int = Field(default=2000, ge=1)
+    #: A video title passed as context (YouTube allows 100 characters).
+    max_title_chars: int = Field(default=100, ge=1)
+    #: A video description passed as context (YouTube allows 5000 characters).
+    max_description_chars: int = Field(default=5000, ge=1)
+    #: The channel analytics JSON object of SuggestThumbnailConcepts, in UTF-8 bytes.
+    max_analytics_json_bytes: int = Field(default=64 * 1024, ge=2)
+
+
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
@@ -128,10 +237,16 @@ class Settings(BaseSettings):
         env_prefix="VIEWBAIT_",
         env_nested_delimiter="__",
         extra="forbid",
+        # Validation errors would otherwise quote the raw input, secrets included.
+        hide_input_in_errors=True,
     )
 
+    server: ServerSettings = Field(default_factory=ServerSettings)
     gemini: GeminiSettings = Field(default_factory=GeminiSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    #: Bounds on request inputs, shared by every operation.
+    bounds: InputBounds = Field(default_factory=InputBounds)
     #: Operation name -> policy.
     policies: dict[str, RoutePolicy] = Field(default_factory=_default_policies)
 
@@ -162,6 +277,15 @@ class Settings(BaseSettings):
         return self.gemini.image_model if policy.model == "image" else self.gemini.text_model
 
 
+#: Accepted as a synonym of `VIEWBAIT_GEMINI__API_KEY` (the spelling operators tend to type).
+GEMINI_API_KEY_ALIAS = "VIEWBAIT_GEMINI_API_KEY"
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and optional TOML file, with keyword overrides on top."""
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    alias = os.environ.get(GEMINI_API_KEY_ALIAS)
+    if alias and settings.gemini.api_key is None:
+        gemini = settings.gemini.model_copy(update={"api_key": SecretStr(alias)})
+        settings = settings.model_copy(update={"gemini": gemini})
+    return settings

@@ -1,0 +1,38 @@
+# The README's commands. Each target installs what it needs first, so a fresh clone needs nothing
+# else: `make serve` starts the gateway, `make test` runs the whole test suite.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip --disable-pip-version-check -q
+TS := clients/typescript
+
+.PHONY: install serve test test-rust test-python test-typescript lint
+
+# Builds the native extension (release profile, via maturin) and installs the gateway with its
+# development tools, the Python client (home of the generated gRPC code), and the TypeScript
+# client's npm packages.
+install: $(TS)/node_modules/.package-lock.json
+	$(PIP) install -e clients/python -e '.[dev]'
+
+$(TS)/node_modules/.package-lock.json: $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error
+
+serve: install
+	$(PYTHON) -m gateway serve
+
+test: install test-rust test-python test-typescript
+
+test-rust:
+	cargo test --quiet -p viewbait-native
+
+test-python:
+	$(PYTHON) -m pytest
+
+test-typescript:
+	cd $(TS) && npm test
+
+# Static checks CI runs after `make test` (the extension is built by then).
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+	$(PYTHON) -m mypy.stubtest gateway._native
+	cargo clippy --quiet --all-targets -- -D warnings
+	$(PYTHON) proto/codegen.py --check
