@@ -7,9 +7,15 @@ endpoint; it owns retries, deadlines, error mapping and cost.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from gateway.errors import DeadlineExceeded, UpstreamBadResponse
+
+log = logging.getLogger(__name__)
 
 Modality = Literal["TEXT", "IMAGE"]
 
@@ -136,7 +142,61 @@ class ModelClient(Protocol):
         """Runs the request to completion.
 
         `deadline` is an absolute `time.monotonic()` instant; no attempt or retry runs past it.
-        With `on_text`, the answer is streamed and each text chunk is passed on as it arrives.
+        With `on_text`, the answer is streamed and each text chunk is passed on as it arrives;
+        an attempt retried after a mid-stream failure streams again from its start, so chunks
+        are progress and `ModelResponse.text` is the answer. An exception raised by `on_text`
+        ends the call and reaches the caller unchanged.
         Raises a `gateway.errors.GatewayError` subclass on failure.
         """
         ...
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed(Generic[T]):
+    """An answer parsed into an operation's result, with the response it came from."""
+
+    value: T
+    response: ModelResponse
+
+
+async def generate_parsed(
+    client: ModelClient,
+    request: ModelRequest,
+    parse: Callable[[ModelResponse], T],
+    *,
+    labels: CallLabels,
+    deadline: float | None = None,
+    on_text: TextCallback | None = None,
+) -> Parsed[T]:
+    """`client.generate` plus `parse`, with the one rule for answers that do not parse.
+
+    `parse` raises `UpstreamBadResponse` when the answer does not match the operation's schema.
+    Such an answer is a retryable upstream error once: the request is sent again (if the
+    deadline allows). A second bad answer raises `UpstreamBadResponse` saying so. Both calls
+    are billed and recorded by the client as usual.
+    """
+    for call in (1, 2):
+        response = await client.generate(request, labels=labels, deadline=deadline, on_text=on_text)
+        try:
+            return Parsed(parse(response), response)
+        except UpstreamBadResponse as exc:
+            if call == 2:
+                raise UpstreamBadResponse(
+                    f"Gemini answered {labels.operation} twice in a shape that does not match "
+                    f"its schema ({exc.message}); try again later",
+                    metadata=exc.metadata,
+                ) from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"Gemini's answer to {labels.operation} did not match its schema and the "
+                    "deadline leaves no time to ask again"
+                ) from None
+            log.warning(
+                "Gemini's answer to %s did not parse (%s); asking once more",
+                labels.operation,
+                exc.message,
+            )
+    raise AssertionError("unreachable")

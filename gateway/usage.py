@@ -1,0 +1,76 @@
+"""Token usage priced in USD, and where usage records go.
+
+`cost_usd` is the one pricing rule: input tokens not served from cache at the input rate, cached
+ones at the cached rate, text output at the output rate, thinking at the thinking rate (the
+output rate when the table gives none) and image output at the image rate; prices are USD per
+million tokens (`gateway.config.ModelPrice`). `PriceBook` looks models up in the configured table.
+`InMemoryUsageSink` is the ledger for tests and the embedded mode; PostgreSQL comes later behind
+the same `gateway.model.UsageSink` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from gateway.config import ModelPrice
+from gateway.model import Usage, UsageRecord
+
+log = logging.getLogger(__name__)
+
+_PER_MILLION = 1_000_000
+
+
+def cost_usd(usage: Usage, price: ModelPrice) -> float:
+    """What `usage` costs at `price`."""
+    cached = min(usage.cached_prompt_tokens, usage.prompt_tokens)
+    thinking_rate = price.output if price.thinking is None else price.thinking
+    micro_usd = (
+        (usage.prompt_tokens - cached) * price.input
+        + cached * price.cached_input
+        + usage.output_tokens * price.output
+        + usage.thinking_tokens * thinking_rate
+        + usage.image_output_tokens * price.image_output
+    )
+    return micro_usd / _PER_MILLION
+
+
+class PriceBook:
+    """The configured price table. A model missing from it costs 0, with one warning per model."""
+
+    def __init__(self, prices: Mapping[str, ModelPrice]) -> None:
+        self._prices = dict(prices)
+        self._warned: set[str] = set()
+
+    def cost_usd(self, model: str, usage: Usage) -> float:
+        """What `usage` on `model` costs."""
+        price = self._prices.get(model)
+        if price is None:
+            if model not in self._warned:
+                self._warned.add(model)
+                log.warning(
+                    "no price configured for model %r: its usage is recorded at cost 0 "
+                    "(add it to VIEWBAIT_GEMINI__PRICES)",
+                    model,
+                )
+            return 0.0
+        return cost_usd(usage, price)
+
+
+class InMemoryUsageSink:
+    """Keeps every usage record in a list, in arrival order."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    async def record(self, record: UsageRecord) -> None:
+        """Appends one record."""
+        self.records.append(record)
+
+    def total_cost_usd(self) -> float:
+        """Sum of the cost of every record."""
+        return sum(r.cost_usd for r in self.records)
+
+    def outcomes(self) -> list[str]:
+        """The outcome of every record, in order (e.g. ["UPSTREAM_UNAVAILABLE", "ok"])."""
+        return [r.outcome for r in self.records]
