@@ -25,6 +25,8 @@ import json
 import logging
 import random
 import time
+import urllib.parse
+import urllib.request
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +81,18 @@ SAFETY_FINISH_REASONS = frozenset(
 _MAX_UPSTREAM_MESSAGE = 300
 
 
+#: Where google-genai sends requests when no base URL is configured.
+_DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/"
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment (HTTPS_PROXY, NO_PROXY...) sets for `url`, if any."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme or "https")
+
+
 class GeminiClient:
     """Answers `ModelRequest`s with Gemini (or the offline emulator) through google-genai."""
 
@@ -97,22 +111,46 @@ class GeminiClient:
         self._prices = PriceBook(settings.prices)
         self._rng = rng or random.Random()
         self._configs = _ConfigCache()
-        self._client = genai.Client(
-            vertexai=False,
-            api_key=self._api_key,
-            http_options=types.HttpOptions(
-                base_url=settings.base_url or None,
-                api_version=settings.api_version,
-                # One attempt per SDK call: with retry_options set, the SDK also stops its
-                # implicit reconnect-and-retry on connection errors. Retries are ours.
-                retry_options=types.HttpRetryOptions(attempts=1),
-            ),
-        )
+        # Built on first use, inside the event loop that will use its HTTP session.
+        self._client: genai.Client | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def _models(self) -> Any:
+        """The SDK's async models API, creating the client and its HTTP session on first use.
+
+        The session is ours rather than the SDK's default so that proxy settings are read from
+        the environment once: with `trust_env=True` aiohttp re-reads proxies and `~/.netrc` in a
+        worker thread on every request, a measurable share of the gateway's CPU.
+        """
+        if self._client is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                trust_env=False,
+                proxy=_proxy_for(self._settings.base_url or _DEFAULT_BASE_URL),
+            )
+            self._client = genai.Client(
+                vertexai=False,
+                api_key=self._api_key,
+                http_options=types.HttpOptions(
+                    base_url=self._settings.base_url or None,
+                    api_version=self._settings.api_version,
+                    # One attempt per SDK call: with retry_options set, the SDK also stops its
+                    # implicit reconnect-and-retry on connection errors. Retries are ours.
+                    retry_options=types.HttpRetryOptions(attempts=1),
+                    aiohttp_client=self._session,
+                ),
+            )
+        return self._client.aio.models
 
     async def aclose(self) -> None:
         """Closes the HTTP sessions of the underlying SDK client."""
-        await self._client.aio.aclose()
-        self._client.close()
+        if self._client is not None:
+            await self._client.aio.aclose()
+            self._client.close()
+            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def __aenter__(self) -> GeminiClient:
         return self
@@ -206,7 +244,7 @@ class GeminiClient:
         config: types.GenerateContentConfig,
         on_text: TextCallback | None,
     ) -> _Answer:
-        models = self._client.aio.models
+        models = self._models()
         if on_text is None:
             response = await models.generate_content(model=model, contents=contents, config=config)
             return _Answer.fold([response])

@@ -585,3 +585,17 @@ def test_thinking_has_its_own_rate_when_configured() -> None:
     cached = type(usage)(prompt_tokens=1000, cached_prompt_tokens=400)
     assert cost_usd(usage, price) == pytest.approx((1085 * 1.0 + 1 * 2.0 + 63 * 5.0) / 1e6)
     assert cost_usd(cached, price) == pytest.approx((600 * 1.0 + 400 * 0.25) / 1e6)
+
+
+def test_proxy_comes_from_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adapter's HTTP session honours HTTPS_PROXY and NO_PROXY (read at construction)."""
+    from gateway.gemini import _proxy_for
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    assert _proxy_for("https://generativelanguage.googleapis.com/") == "http://proxy.internal:3128"
+    assert _proxy_for("http://127.0.0.1:8089") is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("HTTP_PROXY")
+    assert _proxy_for("https://generativelanguage.googleapis.com/") is None
