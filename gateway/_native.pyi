@@ -5,6 +5,21 @@ from typing import Final, final
 
 from typing_extensions import Buffer
 
+__all__ = [
+    "DEFAULT_MAX_IMAGE_SIDE",
+    "MAX_JSON_DEPTH",
+    "Decision",
+    "GcraLimiter",
+    "ImageError",
+    "ImageInfo",
+    "canonical_json",
+    "canonical_json_sha256",
+    "inspect_image",
+    "monotonic_ns",
+    "sha256",
+    "sha256_many",
+]
+
 MAX_JSON_DEPTH: Final[int]
 DEFAULT_MAX_IMAGE_SIDE: Final[int]
 

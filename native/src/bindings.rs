@@ -42,7 +42,9 @@ impl<'py> Bytes<'py> {
         let buffer = PyBuffer::<u8>::get(obj).map_err(|_| {
             PyTypeError::new_err(format!(
                 "expected bytes, bytearray or a contiguous memoryview of bytes, got {}",
-                obj.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+                obj.get_type()
+                    .name()
+                    .map_or_else(|_| "?".into(), |n| n.to_string())
             ))
         })?;
         if !buffer.is_c_contiguous() {
@@ -129,7 +131,7 @@ fn image_error(err: CoreImageError) -> PyErr {
 
 /// Sniffs an image's format and size from its headers and hashes it, in one call.
 #[pyfunction]
-#[pyo3(signature = (data, max_side = image::DEFAULT_MAX_SIDE))]
+#[pyo3(signature = (data, max_side = 16384))]
 pub fn inspect_image<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyAny>,

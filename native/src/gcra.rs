@@ -158,7 +158,10 @@ mod tests {
 
         let d = key.check(&limit, now, 1);
         assert!(d.allowed);
-        assert_eq!((d.remaining, d.retry_after_ns, d.reset_after_ns), (9, None, 100 * MS));
+        assert_eq!(
+            (d.remaining, d.retry_after_ns, d.reset_after_ns),
+            (9, None, 100 * MS)
+        );
 
         let d = key.check(&limit, now, 2);
         assert!(d.allowed);
@@ -267,10 +270,16 @@ mod tests {
         assert_eq!(Limit::per_period(-1.0, 1.0, 1), Err(LimitError::Rate));
         assert_eq!(Limit::per_period(f64::NAN, 1.0, 1), Err(LimitError::Rate));
         assert_eq!(Limit::per_period(1.0, 0.0, 1), Err(LimitError::Period));
-        assert_eq!(Limit::per_period(1.0, f64::INFINITY, 1), Err(LimitError::Period));
+        assert_eq!(
+            Limit::per_period(1.0, f64::INFINITY, 1),
+            Err(LimitError::Period)
+        );
         assert_eq!(Limit::per_period(1.0, 1.0, 0), Err(LimitError::Burst));
         assert_eq!(Limit::per_period(1e12, 1.0, 1), Err(LimitError::Interval));
         assert_eq!(Limit::per_period(1e-30, 1.0, 1), Err(LimitError::Interval));
-        assert_eq!(Limit::per_period(3.0, 1.0, 1).unwrap().emission_ns, 333_333_333);
+        assert_eq!(
+            Limit::per_period(3.0, 1.0, 1).unwrap().emission_ns,
+            333_333_333
+        );
     }
 }

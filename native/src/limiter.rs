@@ -181,7 +181,11 @@ mod tests {
             l.check(&format!("user:{i}"), &lim, 1, now);
         }
         // Only keys from the last ~100 ms can still be live, plus at most one unswept doubling.
-        assert!(l.len() < 2 * (SHARDS * MIN_SWEEP_LEN) + 200, "len {}", l.len());
+        assert!(
+            l.len() < 2 * (SHARDS * MIN_SWEEP_LEN) + 200,
+            "len {}",
+            l.len()
+        );
         l.sweep(200_000 * 1_000_000 + S);
         assert!(l.is_empty());
     }
@@ -210,7 +214,9 @@ mod tests {
             .map(|_| {
                 let l = Arc::clone(&l);
                 std::thread::spawn(move || {
-                    (0..500).filter(|_| l.check("hot", &lim, 1, S).allowed).count()
+                    (0..500)
+                        .filter(|_| l.check("hot", &lim, 1, S).allowed)
+                        .count()
                 })
             })
             .collect();
