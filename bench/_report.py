@@ -24,12 +24,15 @@ def best_rate(fn: Callable[[], object], units_per_call: float, *, seconds: float
     return best
 
 
-def report(name: str, ours: float, anchor: float, unit: str, anchor_name: str,
-           target: float | None = None) -> bool:
+def report(
+    name: str, ours: float, anchor: float, unit: str, anchor_name: str, target: float | None = None
+) -> bool:
     """Prints ours beside the anchor and the ratio; returns whether the target (if any) is met."""
     ratio = ours / anchor if anchor else float("inf")
     met = target is None or ratio >= target
     verdict = "" if target is None else (f"  target >= {target}x: {'met' if met else 'MISSED'}")
-    print(f"{name:<44} ours {ours:>12,.1f} {unit}   {anchor_name} {anchor:>12,.1f} {unit}"
-          f"   ratio {ratio:5.2f}x{verdict}")
+    print(
+        f"{name:<44} ours {ours:>12,.1f} {unit}   {anchor_name} {anchor:>12,.1f} {unit}"
+        f"   ratio {ratio:5.2f}x{verdict}"
+    )
     return met

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import best_rate, report  # noqa: E402
+from _report import best_rate, report
 
-from gateway import native  # noqa: E402
+from gateway import native
 
 MIB = 1024 * 1024
 
@@ -30,18 +30,27 @@ def png_of_about(size: int) -> bytes:
     raw = b"".join(b"\x00" + os.urandom(width * 3) for _ in range(height))
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 0))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def main() -> int:
     ok = True
     print(f"cores: {os.cpu_count()}")
-    for label, size, target in [("4 KiB", 4096, None), ("256 KiB", 256 * 1024, 1.0),
-                                ("4 MiB", 4 * MIB, 1.0)]:
+    for label, size, target in [
+        ("4 KiB", 4096, None),
+        ("256 KiB", 256 * 1024, 1.0),
+        ("4 MiB", 4 * MIB, 1.0),
+    ]:
         data = os.urandom(size)
         ours = best_rate(lambda d=data: native.sha256(d), size / MIB)
         anchor = best_rate(lambda d=data: hashlib.sha256(d).digest(), size / MIB)
@@ -56,8 +65,9 @@ def main() -> int:
     assert native.inspect_image(png).format == "png"
     ours = best_rate(lambda: native.inspect_image(png), len(png) / MIB)
     anchor = best_rate(lambda: native.sha256(png), len(png) / MIB)
-    ok &= report(f"inspect_image PNG {len(png) / MIB:.2f} MiB", ours, anchor, "MB/s",
-                 "native sha256", 0.9)
+    ok &= report(
+        f"inspect_image PNG {len(png) / MIB:.2f} MiB", ours, anchor, "MB/s", "native sha256", 0.9
+    )
     return 0 if ok else 1
 
 

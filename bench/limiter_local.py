@@ -16,9 +16,9 @@ from limits.strategies import MovingWindowRateLimiter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import best_rate, report  # noqa: E402
+from _report import best_rate, report
 
-from gateway import native  # noqa: E402
+from gateway import native
 
 KEYS = [f"user:{i}:thumbnail-heatmap" for i in range(1000)]
 BATCH = 1000
@@ -43,8 +43,9 @@ def main() -> int:
 
     ours_rate = best_rate(ours, BATCH, seconds=2.0)
     anchor_rate = best_rate(anchor, BATCH, seconds=2.0)
-    ok = report("local limiter decisions", ours_rate, anchor_rate, "dec/s",
-                "limits moving window", 5.0)
+    ok = report(
+        "local limiter decisions", ours_rate, anchor_rate, "dec/s", "limits moving window", 5.0
+    )
     return 0 if ok else 1
 
 

@@ -22,9 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 from grpc import aio
-
 from viewbait.ai.v1 import gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
 SERVICE_TOKEN = "bench-service-token-0123456789"
@@ -41,7 +39,7 @@ async def _bare_server(port_file: Path, response_file: Path) -> None:
     response = gateway_service_pb2.AnalyzeVideoResponse.FromString(response_file.read_bytes())
 
     class Bare(gateway_service_pb2_grpc.GatewayServiceServicer):
-        async def AnalyzeVideo(self, request: object, context: object) -> object:  # noqa: N802
+        async def AnalyzeVideo(self, request: object, context: object) -> object:
             return response
 
     server = aio.server()
@@ -64,8 +62,16 @@ async def _wait_for(path: Path, process: asyncio.subprocess.Process) -> str:
 
 async def _start_emulator() -> tuple[asyncio.subprocess.Process, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.emulator", "--port", "0", "--api-key", "bench-key",
-        "--log-level", "WARNING", stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gateway.emulator",
+        "--port",
+        "0",
+        "--api-key",
+        "bench-key",
+        "--log-level",
+        "WARNING",
+        stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
     line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
@@ -86,7 +92,9 @@ async def _start_gateway(tmp: Path, emulator_url: str) -> tuple[asyncio.subproce
         "VIEWBAIT_GEMINI__API_KEY": "bench-key",
         "VIEWBAIT_GEMINI__BASE_URL": emulator_url,
     }
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "serve", env=env)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", env=env
+    )
     return process, int(json.loads(await _wait_for(ready, process))["port"])
 
 
@@ -128,7 +136,10 @@ async def main(seconds: float, concurrency: int) -> int:
                 sample = await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
             (tmp / "response.bin").write_bytes(sample.SerializeToString())
             bare = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--bare-server", str(tmp / "bare.port"),
+                sys.executable,
+                __file__,
+                "--bare-server",
+                str(tmp / "bare.port"),
                 str(tmp / "response.bin"),
             )
             processes.append(bare)
@@ -144,8 +155,10 @@ async def main(seconds: float, concurrency: int) -> int:
     ratio = ours_rps / bare_rps
     print(f"AnalyzeVideo, concurrency {concurrency}, {seconds:.0f} s each, cores {os.cpu_count()}")
     print(f"{'':24}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, rps, lat in (("gateway (emulator, 0 s)", ours_rps, ours_lat),
-                           ("bare grpc.aio", bare_rps, bare_lat)):
+    for name, rps, lat in (
+        ("gateway (emulator, 0 s)", ours_rps, ours_lat),
+        ("bare grpc.aio", bare_rps, bare_lat),
+    ):
         print(f"{name:24}{rps:10.0f}{_percentile(lat, 0.5):10.2f}{_percentile(lat, 0.99):10.2f}")
     print(f"throughput ratio {ratio:.2f}x  target >= 0.5x: {'met' if ratio >= 0.5 else 'MISSED'}")
     return 0 if ratio >= 0.5 else 1

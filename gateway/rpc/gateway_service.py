@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from grpc import aio
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
 from gateway.auth import Principal
 from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
-from gateway.pipeline import Outcome, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.rpc import context as request_context
 from gateway.rpc import convert
 
 Context = aio.ServicerContext[Any, Any]
+ResponseT = TypeVar("ResponseT", bound=Message)
 
 
 def _caller() -> tuple[request_context.RequestContext, Principal]:
@@ -38,11 +40,21 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         self._pipeline = pipeline
 
     async def _unary(
-        self, operation: str, request: Any
-    ) -> tuple[Outcome[Any], common_pb2.ResponseMetadata]:
+        self,
+        operation: str,
+        request: Any,
+        to_domain: Callable[[Any], Any],
+        to_result: Callable[[Any], Message],
+        response_type: Callable[..., ResponseT],
+    ) -> ResponseT:
+        """Runs one unary operation for the caller and builds its response message."""
         rc, principal = _caller()
         outcome = await self._pipeline.run(
-            operation, request, principal, deadline=rc.deadline, request_id=rc.request_id
+            operation,
+            to_domain(request),
+            principal,
+            deadline=rc.deadline,
+            request_id=rc.request_id,
         )
         metadata = convert.response_metadata(
             rc.request_id,
@@ -51,46 +63,50 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             cached=outcome.cached,
             coalesced=outcome.coalesced,
         )
-        return outcome, metadata
+        return response_type(result=to_result(outcome.result), metadata=metadata)
 
     async def AnalyzeVideo(
         self, request: operations_pb2.AnalyzeVideoRequest, context: Context
     ) -> gateway_service_pb2.AnalyzeVideoResponse:
-        outcome, metadata = await self._unary(
-            "analyze_video", convert.analyze_video_request(request)
-        )
-        return gateway_service_pb2.AnalyzeVideoResponse(
-            result=convert.video_analysis(outcome.result), metadata=metadata
+        return await self._unary(
+            "analyze_video",
+            request,
+            convert.analyze_video_request,
+            convert.video_analysis,
+            gateway_service_pb2.AnalyzeVideoResponse,
         )
 
     async def SuggestThumbnailConcepts(
         self, request: operations_pb2.SuggestThumbnailConceptsRequest, context: Context
     ) -> gateway_service_pb2.SuggestThumbnailConceptsResponse:
-        outcome, metadata = await self._unary(
-            "suggest_thumbnail_concepts", convert.suggest_thumbnail_concepts_request(request)
-        )
-        return gateway_service_pb2.SuggestThumbnailConceptsResponse(
-            result=convert.thumbnail_concepts(outcome.result), metadata=metadata
+        return await self._unary(
+            "suggest_thumbnail_concepts",
+            request,
+            convert.suggest_thumbnail_concepts_request,
+            convert.thumbnail_concepts,
+            gateway_service_pb2.SuggestThumbnailConceptsResponse,
         )
 
     async def ComputeAttentionHeatmap(
         self, request: operations_pb2.ComputeAttentionHeatmapRequest, context: Context
     ) -> gateway_service_pb2.ComputeAttentionHeatmapResponse:
-        outcome, metadata = await self._unary(
-            "compute_attention_heatmap", convert.compute_attention_heatmap_request(request)
-        )
-        return gateway_service_pb2.ComputeAttentionHeatmapResponse(
-            result=convert.attention_heatmap(outcome.result), metadata=metadata
+        return await self._unary(
+            "compute_attention_heatmap",
+            request,
+            convert.compute_attention_heatmap_request,
+            convert.attention_heatmap,
+            gateway_service_pb2.ComputeAttentionHeatmapResponse,
         )
 
     async def CheckChannelConsistency(
         self, request: operations_pb2.CheckChannelConsistencyRequest, context: Context
     ) -> gateway_service_pb2.CheckChannelConsistencyResponse:
-        outcome, metadata = await self._unary(
-            "check_channel_consistency", convert.check_channel_consistency_request(request)
-        )
-        return gateway_service_pb2.CheckChannelConsistencyResponse(
-            result=convert.channel_consistency(outcome.result), metadata=metadata
+        return await self._unary(
+            "check_channel_consistency",
+            request,
+            convert.check_channel_consistency_request,
+            convert.channel_consistency,
+            gateway_service_pb2.CheckChannelConsistencyResponse,
         )
 
     async def GenerateThumbnail(

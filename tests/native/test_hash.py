@@ -49,7 +49,11 @@ def test_sha256_many_equals_a_loop(items: list[bytes]) -> None:
 def test_sha256_many_parallel_path_keeps_order() -> None:
     items = [bytes([i]) * (300_000 + i) for i in range(16)]
     assert native.sha256_many(items) == [hashlib.sha256(b).digest() for b in items]
-    mixed: list[bytes | bytearray | memoryview] = [items[0], bytearray(items[1]), memoryview(items[2])]
+    mixed: list[bytes | bytearray | memoryview] = [
+        items[0],
+        bytearray(items[1]),
+        memoryview(items[2]),
+    ]
     assert native.sha256_many(mixed) == [hashlib.sha256(b).digest() for b in items[:3]]
 
 
