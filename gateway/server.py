@@ -81,6 +81,14 @@ class GatewayServer:
         self._client: GeminiClient | None = None
         self.usage = InMemoryUsageSink()
 
+    @property
+    def emulator(self) -> EmulatorServer | None:
+        """The in-process offline Gemini emulator of local mode (None when calling Gemini).
+
+        Tests and demos turn its knobs (latency, injected faults) and read its counters.
+        """
+        return self._emulator
+
     async def _runtime_settings(self) -> Settings:
         """Settings with local-mode defaults filled in (emulator URL and key, dev token)."""
         settings = self.settings
@@ -200,17 +208,21 @@ class GatewayServer:
 async def serve(settings: Settings) -> None:
     """Serves until SIGTERM or SIGINT, then stops gracefully."""
     server = GatewayServer(settings)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Installed before start so a signal during start-up still ends in a clean stop.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal received, shutting down")
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(Exception):
-            loop.remove_signal_handler(sig)
-    await server.stop()
+    try:
+        await server.start()
+        await stop.wait()
+        log.info("signal received, shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        # Also runs when start() failed half-way: whatever it started (emulator, client) stops.
+        await server.stop()
 
 
 __all__ = ["LOCAL_DEV_SERVICE_TOKEN", "GatewayServer", "serve"]

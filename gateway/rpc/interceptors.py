@@ -11,6 +11,7 @@ through untouched so probes need no credentials.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -129,6 +130,22 @@ class RequestContextInterceptor(_WrappingInterceptor):
             request_context.unbind(token)
 
 
+def _unaborted_code(
+    ctx: aio.ServicerContext[Any, Any], error: BaseException | None
+) -> grpc.StatusCode:
+    """The status of an RPC that ended without an abort (the context's code is unset then)."""
+    if error is None:
+        return grpc.StatusCode.OK
+    if isinstance(error, asyncio.CancelledError):
+        # grpc cancels the handler when the caller goes away or its deadline passes.
+        remaining = ctx.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    # Any other exception from below becomes UNKNOWN in grpc.
+    return grpc.StatusCode.UNKNOWN
+
+
 class LoggingInterceptor(_WrappingInterceptor):
     """One log line per RPC: method, code, duration, request id, user."""
 
@@ -136,8 +153,7 @@ class LoggingInterceptor(_WrappingInterceptor):
         rc = request_context.current()
         code: object = ctx.code()
         if not isinstance(code, grpc.StatusCode):
-            # Unset until an abort; a plain exception from below becomes UNKNOWN in grpc.
-            code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+            code = _unaborted_code(ctx, error)
         name = code.name
         log.info(
             "rpc finished",
