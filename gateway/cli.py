@@ -26,6 +26,31 @@ def _emulator(args: argparse.Namespace) -> int:
     return emulator_main(["--host", args.host, "--port", str(args.port)])
 
 
+def _migrate(_args: argparse.Namespace) -> int:
+    from gateway.errors import Unavailable
+    from gateway.store.migrate import MigrationError
+    from gateway.store.postgres import run_migrations
+
+    store = load_settings().store
+    if store.database_url is None:
+        print(
+            "migrate: no database configured; set VIEWBAIT_STORE__DATABASE_URL "
+            "(the embedded store needs no migrations)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        applied = asyncio.run(run_migrations(store))
+    except (Unavailable, MigrationError) as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        return 1
+    if applied:
+        print(f"schema {store.schema_name}: applied migrations {applied}")
+    else:
+        print(f"schema {store.schema_name}: up to date")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses the command line and runs the chosen command."""
     parser = argparse.ArgumentParser(
@@ -44,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8765)
     emulator.set_defaults(run=_emulator)
+    migrate = commands.add_parser(
+        "migrate", help="apply pending PostgreSQL migrations (VIEWBAIT_STORE__DATABASE_URL)"
+    )
+    migrate.set_defaults(run=_migrate)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

@@ -1,0 +1,54 @@
+"""Results, jobs and the usage ledger: embedded in process, or shared in PostgreSQL.
+
+`create_store(settings)` picks the implementation: `MemoryStore` when `store.database_url` is
+unset, `PostgresStore` otherwise. Both implement `Store` (see `gateway.store.base` for the job
+model) with the same semantics. Blobs live in `gateway.blobs`; `gateway.store.results` stores a
+typed operation result across the two. Schema, coalescing protocol and migrations:
+docs/storage.md.
+"""
+
+from __future__ import annotations
+
+from gateway.config import StoreSettings
+from gateway.store.base import (
+    ACTIVE_STATUSES,
+    CachedResult,
+    Job,
+    JobError,
+    JobProgress,
+    JobStatus,
+    JoinOutcome,
+    LeaseLost,
+    NewJob,
+    ResultRef,
+    Store,
+    UsageEntry,
+)
+from gateway.store.memory import MemoryStore
+
+
+def create_store(settings: StoreSettings) -> Store:
+    """The store the settings ask for (not started yet: call `start()`)."""
+    if settings.database_url is None:
+        return MemoryStore(job_retention_s=settings.job_retention_s)
+    from gateway.store.postgres import PostgresStore
+
+    return PostgresStore(settings)
+
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "CachedResult",
+    "Job",
+    "JobError",
+    "JobProgress",
+    "JobStatus",
+    "JoinOutcome",
+    "LeaseLost",
+    "MemoryStore",
+    "NewJob",
+    "ResultRef",
+    "Store",
+    "UsageEntry",
+    "create_store",
+]

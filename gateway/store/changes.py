@@ -1,0 +1,82 @@
+"""In-process fan-out of job change signals, and the one wait loop both stores use.
+
+A store publishes a job id whenever that job changes (the in-memory store directly; the
+PostgreSQL store from its single LISTEN connection). Any number of waiters in this process can
+wait for changes of any job; each has its own `asyncio.Event`, so one notification costs one
+`set()` per interested waiter and nothing for anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+from gateway.store.base import Job
+
+
+class ChangeHub:
+    """Job id -> the events of the waiters interested in it."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+    @contextmanager
+    def subscribe(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event set on every change of `job_id` while the block runs."""
+        event = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    def publish(self, job_id: str) -> None:
+        """Wakes every waiter of `job_id`."""
+        for event in self._waiters.get(job_id, ()):
+            event.set()
+
+    def publish_all(self) -> None:
+        """Wakes every waiter (after notifications may have been missed, or at shutdown)."""
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
+    @property
+    def waiting(self) -> int:
+        """How many waiters are registered (for metrics and tests)."""
+        return sum(len(w) for w in self._waiters.values())
+
+
+async def wait_for_change(
+    hub: ChangeHub,
+    job_id: str,
+    read: Callable[[], Awaitable[Job]],
+    after_seq: int,
+    timeout_s: float,
+    poll_interval_s: float,
+) -> Job:
+    """Reads the job until its `event_seq` passes `after_seq`, it is terminal, or time is up.
+
+    Subscribes before the first read, and clears the event before every read, so a change that
+    lands between a read and the wait still wakes the waiter. Without any signal the job is
+    re-read every `poll_interval_s`: the fallback for lost notifications.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(timeout_s, 0.0)
+    with hub.subscribe(job_id) as changed:
+        while True:
+            changed.clear()
+            job = await read()
+            remaining = deadline - loop.time()
+            if job.event_seq > after_seq or not job.active or remaining <= 0:
+                return job
+            try:
+                async with asyncio.timeout(min(remaining, poll_interval_s)):
+                    await changed.wait()
+            except TimeoutError:
+                pass

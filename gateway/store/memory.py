@@ -1,0 +1,423 @@
+"""The embedded store: results, jobs and usage in this process's memory.
+
+Same semantics as `PostgresStore` (one contract test suite runs against both), for a single
+replica without a database. Every method runs without awaiting between its reads and writes, so
+each is atomic on the event loop, as a transaction is in PostgreSQL. Nothing survives a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from gateway.model import UsageRecord
+from gateway.store.base import (
+    CachedResult,
+    Job,
+    JobError,
+    JobProgress,
+    JobStatus,
+    JoinOutcome,
+    LeaseLost,
+    NewJob,
+    ResultRef,
+    UsageEntry,
+    check_positive,
+    check_same_request,
+    check_same_sharing,
+    job_not_found,
+    lease_expired_error,
+    parse_job_id,
+    usage_job_id,
+)
+from gateway.store.changes import ChangeHub, wait_for_change
+
+#: Fields a handle copies from the execution it follows.
+MIRRORED_FIELDS = (
+    "status",
+    "attempts",
+    "max_attempts",
+    "run_after",
+    "progress",
+    "result",
+    "error",
+    "started_at",
+    "completed_at",
+    "expires_at",
+)
+
+# Every change is published at once, so polling only guards against bugs.
+_POLL_INTERVAL_S = 60.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MemoryStore:
+    """`Store` in process memory (see `gateway.store.base`)."""
+
+    def __init__(
+        self,
+        *,
+        job_retention_s: float = 7 * 86400,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._retention = timedelta(seconds=job_retention_s)
+        self._now = clock
+        self._hub = ChangeHub()
+        self._results: dict[bytes, CachedResult] = {}
+        self._jobs: dict[str, Job] = {}
+        #: Dedupe key -> id of the active execution holding it.
+        self._active: dict[bytes, str] = {}
+        #: (user id, idempotency key) -> job id.
+        self._idempotency: dict[tuple[str, str], str] = {}
+        #: Execution id -> ids of the handles following it.
+        self._handles: dict[str, set[str]] = {}
+        self._usage: list[UsageEntry] = []
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def close(self) -> None:
+        """Wakes every waiter so none outlives the store."""
+        self._hub.publish_all()
+
+    # -- result cache ------------------------------------------------------------------------
+
+    async def get_result(self, key: bytes) -> CachedResult | None:
+        """See `Store.get_result`."""
+        entry = self._results.get(key)
+        if entry is None or entry.expires_at <= self._now():
+            return None
+        return entry
+
+    async def put_result(
+        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+    ) -> CachedResult:
+        """See `Store.put_result`."""
+        check_positive("ttl_s", ttl_s)
+        now = self._now()
+        entry = CachedResult(key, op, scope, model, ref, now, now + timedelta(seconds=ttl_s))
+        self._results[key] = entry
+        return entry
+
+    async def purge_expired_results(self, limit: int) -> int:
+        """See `Store.purge_expired_results`."""
+        check_positive("limit", limit)
+        now = self._now()
+        expired = [k for k, e in self._results.items() if e.expires_at <= now][:limit]
+        for key in expired:
+            del self._results[key]
+        return len(expired)
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def join_or_create_active_job(self, new: NewJob) -> JoinOutcome:
+        """See `Store.join_or_create_active_job`."""
+        if new.idempotency_key is not None:
+            earlier = await self.find_job_by_idempotency_key(new.user_id, new.idempotency_key)
+            if earlier is not None:
+                check_same_request(earlier, new)
+                return JoinOutcome(earlier, created=False, existing=True)
+        active_id = self._active.get(new.dedupe_key) if new.dedupe_key is not None else None
+        if active_id is not None:
+            execution = self._jobs[active_id]
+            check_same_sharing(execution, new)
+            if not new.shared:
+                return JoinOutcome(execution, created=False, existing=True)
+            for handle_id in self._handles.get(execution.id, ()):
+                handle = self._jobs[handle_id]
+                if handle.user_id == new.user_id and handle.active:
+                    return JoinOutcome(handle, created=False, existing=True)
+            return JoinOutcome(self._new_handle(execution, new), created=False, existing=False)
+        now = self._now()
+        execution = Job(
+            id=str(uuid.uuid4()),
+            user_id=None if new.shared else new.user_id,
+            op=new.op,
+            status=JobStatus.QUEUED,
+            input_json=new.input_json,
+            input_blobs=new.input_blobs,
+            dedupe_key=new.dedupe_key,
+            idempotency_key=None if new.shared else new.idempotency_key,
+            request_hash=None if new.shared else new.request_hash,
+            follows=None,
+            model=new.model,
+            priority=new.priority,
+            attempts=0,
+            max_attempts=new.max_attempts,
+            run_after=now,
+            locked_by=None,
+            locked_until=None,
+            heartbeat_at=None,
+            progress=None,
+            result=None,
+            error=None,
+            event_seq=1,
+            created_at=now,
+            started_at=None,
+            completed_at=None,
+            expires_at=None,
+        )
+        self._save(execution)
+        if new.shared:
+            return JoinOutcome(self._new_handle(execution, new), created=True, existing=False)
+        return JoinOutcome(execution, created=True, existing=False)
+
+    def _new_handle(self, execution: Job, new: NewJob) -> Job:
+        mirrored = {name: getattr(execution, name) for name in MIRRORED_FIELDS}
+        handle = dataclasses.replace(
+            execution,
+            id=str(uuid.uuid4()),
+            user_id=new.user_id,
+            input_json=new.input_json,
+            input_blobs=new.input_blobs,
+            dedupe_key=None,
+            idempotency_key=new.idempotency_key,
+            request_hash=new.request_hash,
+            follows=execution.id,
+            priority=new.priority,
+            locked_by=None,
+            locked_until=None,
+            heartbeat_at=None,
+            event_seq=1,
+            created_at=self._now(),
+            **mirrored,
+        )
+        self._save(handle)
+        return handle
+
+    def _lookup(self, job_id: str) -> Job | None:
+        # Ids are UUIDs: any spelling of the same UUID names the same job, as in PostgreSQL.
+        parsed = parse_job_id(job_id)
+        return None if parsed is None else self._jobs.get(str(parsed))
+
+    async def find_job_by_idempotency_key(self, user_id: str, key: str) -> Job | None:
+        """See `Store.find_job_by_idempotency_key`."""
+        job_id = self._idempotency.get((user_id, key))
+        return None if job_id is None else self._jobs.get(job_id)
+
+    async def get_job(self, job_id: str, user_id: str) -> Job:
+        """See `Store.get_job`."""
+        job = self._lookup(job_id)
+        if job is None or job.user_id is None or job.user_id != user_id:
+            raise job_not_found(job_id)
+        return job
+
+    async def claim_job(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+        """See `Store.claim_job`."""
+        check_positive("lease_s", lease_s)
+        job = self._lookup(job_id)
+        if job is None or job.follows is not None:
+            return None
+        now = self._now()
+        job = self._rescue(job, now) or job
+        if job.status is not JobStatus.QUEUED or job.run_after > now:
+            return None
+        return self._change(
+            job,
+            status=JobStatus.RUNNING,
+            attempts=job.attempts + 1,
+            locked_by=worker_id,
+            locked_until=now + timedelta(seconds=lease_s),
+            heartbeat_at=now,
+            started_at=job.started_at or now,
+            progress=None,
+            error=None,
+        )
+
+    def _held(self, job_id: str, worker_id: str) -> Job:
+        job = self._lookup(job_id)
+        if job is None or job.status is not JobStatus.RUNNING or job.locked_by != worker_id:
+            raise LeaseLost(job_id, job)
+        return job
+
+    async def heartbeat_job(
+        self, job_id: str, worker_id: str, lease_s: float, progress: JobProgress | None = None
+    ) -> Job:
+        """See `Store.heartbeat_job`."""
+        check_positive("lease_s", lease_s)
+        job = self._held(job_id, worker_id)
+        now = self._now()
+        extended = dataclasses.replace(
+            job, locked_until=now + timedelta(seconds=lease_s), heartbeat_at=now
+        )
+        if progress is None:
+            self._save(extended)
+            return extended
+        return self._change(extended, progress=progress)
+
+    async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
+        """See `Store.complete_job`."""
+        job = self._held(job_id, worker_id)
+        return self._finish(job, JobStatus.SUCCEEDED, result=result)
+
+    async def fail_job(
+        self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
+    ) -> Job:
+        """See `Store.fail_job`."""
+        job = self._held(job_id, worker_id)
+        if retry_after_s is not None and job.attempts < job.max_attempts:
+            return self._change(
+                job,
+                status=JobStatus.QUEUED,
+                run_after=self._now() + timedelta(seconds=max(retry_after_s, 0.0)),
+                error=error,
+                locked_by=None,
+                locked_until=None,
+            )
+        return self._finish(job, JobStatus.FAILED, error=error)
+
+    async def cancel_job(self, job_id: str, user_id: str) -> Job:
+        """See `Store.cancel_job`."""
+        job = await self.get_job(job_id, user_id)
+        if not job.active:
+            return job
+        cancelled = self._finish(job, JobStatus.CANCELLED)
+        if job.follows is not None:
+            execution = self._jobs[job.follows]
+            others = [self._jobs[h] for h in self._handles.get(execution.id, ())]
+            if execution.active and not any(h.active for h in others):
+                self._finish(execution, JobStatus.CANCELLED)
+        return cancelled
+
+    async def rescue_expired_leases(self, limit: int) -> int:
+        """See `Store.rescue_expired_leases`."""
+        check_positive("limit", limit)
+        now = self._now()
+        expired = [
+            job
+            for job in self._jobs.values()
+            if job.status is JobStatus.RUNNING
+            and job.follows is None
+            and job.locked_until is not None
+            and job.locked_until < now
+        ]
+        expired.sort(key=lambda job: job.locked_until or now)
+        for job in expired[:limit]:
+            self._rescue(job, now)
+        return len(expired[:limit])
+
+    def _rescue(self, job: Job, now: datetime) -> Job | None:
+        """Re-queues (or fails) a running execution whose lease expired; None if it has not."""
+        if (
+            job.status is not JobStatus.RUNNING
+            or job.locked_until is None
+            or job.locked_until >= now
+        ):
+            return None
+        if job.attempts < job.max_attempts:
+            return self._change(
+                job,
+                status=JobStatus.QUEUED,
+                run_after=now,
+                error=lease_expired_error(),
+                locked_by=None,
+                locked_until=None,
+            )
+        return self._finish(job, JobStatus.FAILED, error=lease_expired_error())
+
+    async def wait_for_job_change(
+        self, job_id: str, user_id: str, after_seq: int, timeout_s: float
+    ) -> Job:
+        """See `Store.wait_for_job_change`."""
+        parsed = parse_job_id(job_id)
+        return await wait_for_change(
+            self._hub,
+            job_id if parsed is None else str(parsed),
+            lambda: self.get_job(job_id, user_id),
+            after_seq,
+            timeout_s,
+            _POLL_INTERVAL_S,
+        )
+
+    async def purge_finished_jobs(self, limit: int) -> int:
+        """See `Store.purge_finished_jobs`."""
+        check_positive("limit", limit)
+        now = self._now()
+        expired = [
+            job.id
+            for job in self._jobs.values()
+            if job.expires_at is not None and job.expires_at <= now
+        ][:limit]
+        for job_id in expired:
+            self._delete(job_id)
+        return len(expired)
+
+    def _delete(self, job_id: str) -> None:
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        if job.user_id is not None and job.idempotency_key is not None:
+            self._idempotency.pop((job.user_id, job.idempotency_key), None)
+        if job.follows is not None:
+            self._handles.get(job.follows, set()).discard(job.id)
+        # Handles go with their execution (ON DELETE CASCADE in PostgreSQL).
+        for handle_id in self._handles.pop(job.id, set()):
+            self._delete(handle_id)
+
+    # -- state changes -----------------------------------------------------------------------
+
+    def _finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        *,
+        result: ResultRef | None = None,
+        error: JobError | None = None,
+    ) -> Job:
+        now = self._now()
+        return self._change(
+            job,
+            status=status,
+            result=result,
+            error=error,
+            completed_at=now,
+            expires_at=now + self._retention,
+            locked_by=None,
+            locked_until=None,
+        )
+
+    def _change(self, job: Job, **changes: object) -> Job:
+        """Applies a change watchers see: bumps the sequence, saves, mirrors to handles."""
+        changed = dataclasses.replace(job, event_seq=job.event_seq + 1, **changes)  # type: ignore[arg-type]
+        self._save(changed)
+        if changed.user_id is None:
+            mirrored = {name: getattr(changed, name) for name in MIRRORED_FIELDS}
+            for handle_id in self._handles.get(changed.id, ()):
+                handle = self._jobs[handle_id]
+                if handle.active:
+                    self._change(handle, **mirrored)
+        self._hub.publish(changed.id)
+        return changed
+
+    def _save(self, job: Job) -> None:
+        """Stores a row and keeps the indexes (the unique indexes of the SQL schema) true."""
+        self._jobs[job.id] = job
+        if job.dedupe_key is not None:
+            if job.active:
+                self._active[job.dedupe_key] = job.id
+            elif self._active.get(job.dedupe_key) == job.id:
+                del self._active[job.dedupe_key]
+        if job.user_id is not None and job.idempotency_key is not None:
+            self._idempotency.setdefault((job.user_id, job.idempotency_key), job.id)
+        if job.follows is not None:
+            self._handles.setdefault(job.follows, set()).add(job.id)
+
+    # -- usage ledger ------------------------------------------------------------------------
+
+    async def insert_usage(self, record: UsageRecord) -> None:
+        """See `Store.insert_usage`."""
+        job_id = usage_job_id(record)
+        labels = dataclasses.replace(record.labels, job_id="" if job_id is None else str(job_id))
+        self._usage.append(UsageEntry(dataclasses.replace(record, labels=labels), self._now()))
+
+    async def list_usage(self, job_id: str) -> list[UsageEntry]:
+        """See `Store.list_usage`."""
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            return []
+        return [e for e in self._usage if e.record.labels.job_id == str(parsed)]

@@ -1,0 +1,964 @@
+"""The shared store: results, jobs and usage in PostgreSQL, through an asyncpg pool.
+
+Every replica talks to the same schema; PostgreSQL is the coordination engine:
+
+- Coalescing is the partial unique index over active dedupe keys: `INSERT ... ON CONFLICT DO
+  NOTHING` either creates the execution or tells the caller to join the one that exists.
+- Leases are `locked_by` / `locked_until` columns compared with the database's clock (`now()`),
+  so replica clocks do not matter.
+- Every change a watcher should see bumps `event_seq` and sends `NOTIFY <channel>, '<id>:<seq>'`
+  in the same statement. Each store holds ONE listening connection and fans notifications out to
+  any number of waiters in process (`ChangeHub`); waiters also poll, so a lost listener only
+  slows them down.
+
+Faults: every call is bounded by `connect_timeout_s + command_timeout_s` and fails with
+`gateway.errors.Unavailable` when the database is unreachable, slow or not migrated. A call that
+fails that way opens a circuit: for `reconnect_interval_s` every call fails at once (no request
+queues behind a dead database), then the next call tries again, re-creating the pool if it was
+never made. asyncpg replaces broken pooled connections; the listener reconnects on its own.
+Nothing needs a restart when the database returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import asyncpg
+
+from gateway import errors
+from gateway.config import StoreSettings
+from gateway.model import CallLabels, Usage, UsageRecord
+from gateway.store import migrate as migrations
+from gateway.store.base import (
+    CachedResult,
+    Job,
+    JobError,
+    JobProgress,
+    JobStatus,
+    JoinOutcome,
+    LeaseLost,
+    NewJob,
+    ResultRef,
+    UsageEntry,
+    check_positive,
+    check_same_request,
+    check_same_sharing,
+    job_not_found,
+    lease_expired_error,
+    parse_job_id,
+    usage_job_id,
+)
+from gateway.store.changes import ChangeHub, wait_for_change
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Connection = migrations.Connection
+Record = asyncpg.Record
+
+#: Failures that mean "the database cannot be reached or cannot serve now", not "bad query".
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+_UNREACHABLE_OR_SLOW: tuple[type[BaseException], ...] = (TimeoutError, *_UNREACHABLE)
+
+#: Bound on migrations applied at start (`migrate_on_start`); `viewbait-gateway migrate` has none.
+_MIGRATE_ON_START_TIMEOUT_S = 300.0
+
+#: A join retries when a concurrent transaction changed what it saw; this bounds the retries.
+_JOIN_ATTEMPTS = 5
+
+
+def channel_name(schema: str) -> str:
+    """The NOTIFY channel of a schema's job changes (an identifier of at most 63 bytes)."""
+    name = f"{schema}.jobs"
+    if len(name.encode()) <= 63:
+        return name
+    return "viewbait_jobs_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
+
+
+class _Sql:
+    """The store's statements, with the schema filled in once."""
+
+    def __init__(self, schema: str) -> None:
+        def q(sql: str) -> str:
+            return migrations.render(sql, schema)
+
+        notify = "pg_notify($NOTIFY, j.id::text || ':' || j.event_seq) AS notified"
+
+        def changed(update: str, notify_param: int, returning: str = "*") -> str:
+            # The update and its notification in one statement (delivered at commit).
+            return q(
+                f"WITH j AS ({update} RETURNING {returning}) "
+                f"SELECT j.*, {notify.replace('$NOTIFY', f'${notify_param}')} FROM j"
+            )
+
+        self.get_result = q(
+            "SELECT * FROM {schema}.ai_results WHERE key = $1 AND expires_at > now()"
+        )
+        self.put_result = q(
+            """
+            INSERT INTO {schema}.ai_results
+                (key, op, scope, model, result_json, result_blob, result_blobs, expires_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+            ON CONFLICT (key) DO UPDATE SET
+                op = excluded.op, scope = excluded.scope, model = excluded.model,
+                result_json = excluded.result_json, result_blob = excluded.result_blob,
+                result_blobs = excluded.result_blobs, created_at = excluded.created_at,
+                expires_at = excluded.expires_at
+            RETURNING *
+            """
+        )
+        self.purge_results = q(
+            """
+            DELETE FROM {schema}.ai_results WHERE key IN (
+                SELECT key FROM {schema}.ai_results WHERE expires_at <= now()
+                ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+            """
+        )
+        self.job_by_id = q("SELECT * FROM {schema}.ai_jobs WHERE id = $1")
+        self.user_job = q("SELECT * FROM {schema}.ai_jobs WHERE id = $1 AND user_id = $2")
+        self.job_by_idempotency = q(
+            "SELECT * FROM {schema}.ai_jobs WHERE user_id = $1 AND idempotency_key = $2"
+        )
+        self.active_execution = q(
+            """
+            SELECT * FROM {schema}.ai_jobs
+            WHERE dedupe_key = $1 AND status IN ('queued', 'running') FOR SHARE
+            """
+        )
+        self.active_handle = q(
+            """
+            SELECT * FROM {schema}.ai_jobs
+            WHERE follows = $1 AND user_id = $2 AND status IN ('queued', 'running')
+            """
+        )
+        self.insert_execution = changed(
+            """
+            INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
+                dedupe_key, idempotency_key, request_hash, model, priority, max_attempts)
+            VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11)
+            ON CONFLICT DO NOTHING
+            """,
+            12,
+        )
+        self.insert_handle = q(
+            """
+            INSERT INTO {schema}.ai_jobs (id, user_id, follows, op, status, input_json,
+                input_blobs, idempotency_key, request_hash, model, priority, attempts,
+                max_attempts, run_after, progress, result_json, result_blob, result_blobs,
+                error_reason, error_message, started_at, completed_at, expires_at)
+            SELECT $1, $2, e.id, e.op, e.status, $3, $4, $5, $6, e.model, $7, e.attempts,
+                e.max_attempts, e.run_after, e.progress, e.result_json, e.result_blob,
+                e.result_blobs, e.error_reason, e.error_message, e.started_at, e.completed_at,
+                e.expires_at
+            FROM {schema}.ai_jobs e WHERE e.id = $8
+            ON CONFLICT DO NOTHING
+            RETURNING *
+            """
+        )
+        # Copies an execution's visible state to its active handles, notifying each.
+        self.mirror = q(
+            """
+            WITH j AS (
+                UPDATE {schema}.ai_jobs h SET
+                    status = e.status, attempts = e.attempts, max_attempts = e.max_attempts,
+                    run_after = e.run_after, progress = e.progress,
+                    result_json = e.result_json, result_blob = e.result_blob,
+                    result_blobs = e.result_blobs, error_reason = e.error_reason,
+                    error_message = e.error_message, started_at = e.started_at,
+                    completed_at = e.completed_at, expires_at = e.expires_at,
+                    event_seq = h.event_seq + 1
+                FROM {schema}.ai_jobs e
+                WHERE e.id = ANY($1::uuid[]) AND h.follows = e.id
+                    AND h.status IN ('queued', 'running')
+                RETURNING h.id, h.event_seq)
+            SELECT pg_notify($2, j.id::text || ':' || j.event_seq) FROM j
+            """
+        )
+        # Expired leases: requeued while attempts remain, failed otherwise. $1 NULL: any job.
+        self.rescue = changed(
+            """
+            UPDATE {schema}.ai_jobs t SET
+                status = CASE WHEN t.attempts < t.max_attempts THEN 'queued' ELSE 'failed' END,
+                run_after = CASE WHEN t.attempts < t.max_attempts THEN now()
+                    ELSE t.run_after END,
+                completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
+                expires_at = CASE WHEN t.attempts < t.max_attempts THEN NULL
+                    ELSE now() + make_interval(secs => $3) END,
+                locked_by = NULL, locked_until = NULL,
+                error_reason = $4, error_message = $5, event_seq = t.event_seq + 1
+            FROM (
+                SELECT id FROM {schema}.ai_jobs
+                WHERE status = 'running' AND follows IS NULL AND locked_until < now()
+                    AND ($1::uuid IS NULL OR id = $1)
+                ORDER BY locked_until LIMIT $2 FOR UPDATE SKIP LOCKED
+            ) due
+            WHERE t.id = due.id
+            """,
+            6,
+            returning="t.*",
+        )
+        self.claim = changed(
+            """
+            UPDATE {schema}.ai_jobs SET
+                status = 'running', attempts = attempts + 1, locked_by = $2,
+                locked_until = now() + make_interval(secs => $3), heartbeat_at = now(),
+                started_at = coalesce(started_at, now()), progress = NULL,
+                error_reason = NULL, error_message = NULL, event_seq = event_seq + 1
+            WHERE id = $1 AND follows IS NULL AND status = 'queued' AND run_after <= now()
+            """,
+            4,
+        )
+        self.heartbeat = q(
+            """
+            WITH j AS (
+                UPDATE {schema}.ai_jobs SET
+                    locked_until = now() + make_interval(secs => $3), heartbeat_at = now(),
+                    progress = coalesce($4::jsonb, progress),
+                    event_seq = event_seq + CASE WHEN $4::jsonb IS NULL THEN 0 ELSE 1 END
+                WHERE id = $1 AND status = 'running' AND locked_by = $2
+                RETURNING *)
+            SELECT j.*, CASE WHEN $4::jsonb IS NOT NULL
+                THEN pg_notify($5, j.id::text || ':' || j.event_seq) END AS notified
+            FROM j
+            """
+        )
+        self.complete = changed(
+            """
+            UPDATE {schema}.ai_jobs SET
+                status = 'succeeded', result_json = $3, result_blob = $4, result_blobs = $5,
+                error_reason = NULL, error_message = NULL, completed_at = now(),
+                expires_at = now() + make_interval(secs => $6),
+                locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+            WHERE id = $1 AND status = 'running' AND locked_by = $2
+            """,
+            7,
+        )
+        # $5 NULL: no retry. Otherwise a retry after $5 seconds while attempts remain.
+        self.fail = changed(
+            """
+            UPDATE {schema}.ai_jobs SET
+                status = CASE WHEN $5::float8 IS NOT NULL AND attempts < max_attempts
+                    THEN 'queued' ELSE 'failed' END,
+                run_after = CASE WHEN $5::float8 IS NOT NULL AND attempts < max_attempts
+                    THEN now() + make_interval(secs => greatest($5::float8, 0))
+                    ELSE run_after END,
+                completed_at = CASE WHEN $5::float8 IS NOT NULL AND attempts < max_attempts
+                    THEN NULL ELSE now() END,
+                expires_at = CASE WHEN $5::float8 IS NOT NULL AND attempts < max_attempts
+                    THEN NULL ELSE now() + make_interval(secs => $6) END,
+                error_reason = $3, error_message = $4,
+                locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+            WHERE id = $1 AND status = 'running' AND locked_by = $2
+            """,
+            7,
+        )
+        self.lock_job = q("SELECT id FROM {schema}.ai_jobs WHERE id = $1 FOR UPDATE")
+        self.cancel = changed(
+            """
+            UPDATE {schema}.ai_jobs SET
+                status = 'cancelled', result_json = NULL, result_blob = NULL,
+                result_blobs = NULL, error_reason = NULL, error_message = NULL,
+                completed_at = now(), expires_at = now() + make_interval(secs => $3),
+                locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+            WHERE id = $1 AND user_id = $2
+                AND status IN ('queued', 'running')
+            """,
+            4,
+        )
+        # The execution goes when its last active handle has gone.
+        self.cancel_orphan = changed(
+            """
+            UPDATE {schema}.ai_jobs e SET
+                status = 'cancelled', error_reason = NULL, error_message = NULL,
+                completed_at = now(), expires_at = now() + make_interval(secs => $2),
+                locked_by = NULL, locked_until = NULL, event_seq = e.event_seq + 1
+            WHERE e.id = $1 AND e.status IN ('queued', 'running') AND NOT EXISTS (
+                SELECT 1 FROM {schema}.ai_jobs h
+                WHERE h.follows = e.id AND h.status IN ('queued', 'running'))
+            """,
+            3,
+        )
+        self.purge_jobs = q(
+            """
+            DELETE FROM {schema}.ai_jobs WHERE id IN (
+                SELECT id FROM {schema}.ai_jobs WHERE expires_at <= now()
+                ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+            """
+        )
+        self.insert_usage = q(
+            """
+            INSERT INTO {schema}.ai_usage (job_id, user_id, op, request_id, model, attempt,
+                outcome, prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
+                image_output_tokens, total_tokens, cost_usd, duration_s)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            """
+        )
+        self.list_usage = q("SELECT * FROM {schema}.ai_usage WHERE job_id = $1 ORDER BY id")
+
+
+def _ref(row: Record) -> ResultRef | None:
+    if row["result_json"] is None and row["result_blob"] is None:
+        return None
+    return ResultRef(row["result_json"], row["result_blob"], tuple(row["result_blobs"] or ()))
+
+
+def _job(row: Record) -> Job:
+    error = None
+    if row["error_reason"] is not None:
+        error = JobError(row["error_reason"], row["error_message"] or "")
+    progress = row["progress"]
+    return Job(
+        id=str(row["id"]),
+        user_id=row["user_id"],
+        op=row["op"],
+        status=JobStatus(row["status"]),
+        input_json=row["input_json"],
+        input_blobs=tuple(row["input_blobs"]),
+        dedupe_key=row["dedupe_key"],
+        idempotency_key=row["idempotency_key"],
+        request_hash=row["request_hash"],
+        follows=None if row["follows"] is None else str(row["follows"]),
+        model=row["model"],
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        run_after=row["run_after"],
+        locked_by=row["locked_by"],
+        locked_until=row["locked_until"],
+        heartbeat_at=row["heartbeat_at"],
+        progress=None if progress is None else JobProgress.from_json(progress),
+        result=_ref(row),
+        error=error,
+        event_seq=row["event_seq"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+def _cached(row: Record) -> CachedResult:
+    ref = _ref(row)
+    assert ref is not None  # the table's CHECK constraint
+    return CachedResult(
+        row["key"],
+        row["op"],
+        row["scope"],
+        row["model"],
+        ref,
+        row["created_at"],
+        row["expires_at"],
+    )
+
+
+def _deleted(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "DELETE 12".
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore:
+    """`Store` on PostgreSQL (see the module docstring and `gateway.store.base`)."""
+
+    def __init__(self, settings: StoreSettings) -> None:
+        if settings.database_url is None:
+            raise ValueError("PostgresStore needs store.database_url")
+        self._settings = settings
+        self._dsn = settings.database_url.get_secret_value()
+        self._schema = settings.schema_name
+        self._sql = _Sql(self._schema)
+        self._channel = channel_name(self._schema)
+        self._retention_s = settings.job_retention_s
+        # One store call: maybe a new connection, then its statements.
+        self._call_timeout_s = settings.connect_timeout_s + settings.command_timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self._opening: asyncio.Task[asyncpg.Pool] | None = None
+        self._retry_at = 0.0
+        self._last_failure = ""
+        self._hub = ChangeHub()
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = False
+        self._closed = False
+        #: Notifications received by the listener (for metrics and tests).
+        self.notifications_received = 0
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema this store uses."""
+        return self._schema
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up (waiters poll while it is not)."""
+        return self._listening
+
+    async def start(self) -> None:
+        """Connects and starts the listener; a database that is down now is retried later."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(
+                self._listen_forever(), name=f"viewbait-store-listener:{self._schema}"
+            )
+        try:
+            await self._get_pool()
+        except errors.Unavailable as exc:
+            log.warning("store not ready at start, will retry on use: %s", exc.message)
+
+    async def close(self) -> None:
+        """Stops the listener, closes the pool and wakes every waiter."""
+        self._closed = True
+        for task in (self._listener, self._opening):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._listener = self._opening = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                async with asyncio.timeout(self._settings.command_timeout_s):
+                    await pool.close()
+            except _UNREACHABLE_OR_SLOW:
+                pool.terminate()
+        self._hub.publish_all()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _unavailable(self, detail: str) -> errors.Unavailable:
+        return errors.Unavailable(
+            f"the result and job store (PostgreSQL) is unavailable: {detail}; retry shortly",
+            retry_after_s=self._settings.reconnect_interval_s,
+        )
+
+    def _trip(self, failure: errors.Unavailable) -> errors.Unavailable:
+        """Opens the circuit: for `reconnect_interval_s`, calls fail at once with this failure
+        instead of each waiting out the timeouts against a database that is down."""
+        loop = asyncio.get_running_loop()
+        self._retry_at = loop.time() + self._settings.reconnect_interval_s
+        self._last_failure = failure.message
+        return failure
+
+    def _check_circuit(self) -> None:
+        if self._closed:
+            raise self._unavailable("the store is closed")
+        if asyncio.get_running_loop().time() < self._retry_at:
+            raise errors.Unavailable(
+                self._last_failure, retry_after_s=self._settings.reconnect_interval_s
+            )
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        self._check_circuit()
+        if self._pool is not None:
+            return self._pool
+        if self._opening is None or self._opening.done():
+            # The store owns the attempt, not the caller: a caller giving up (its timeout, its
+            # cancellation) does not abort a connection or migration others will use.
+            self._opening = asyncio.create_task(self._open())
+            self._opening.add_done_callback(_retrieve)
+        try:
+            async with asyncio.timeout(self._call_timeout_s):
+                return await asyncio.shield(self._opening)
+        except TimeoutError:
+            raise self._unavailable("still connecting") from None
+
+    async def _open(self) -> asyncpg.Pool:
+        try:
+            self._pool = await self._open_pool()
+        except errors.Unavailable as exc:
+            raise self._trip(exc) from None
+        return self._pool
+
+    async def _open_pool(self) -> asyncpg.Pool:
+        settings = self._settings
+        pool: asyncpg.Pool | None = None
+        try:
+            async with asyncio.timeout(self._call_timeout_s):
+                pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=settings.pool_min_size,
+                    max_size=settings.pool_max_size,
+                    timeout=settings.connect_timeout_s,
+                    command_timeout=settings.command_timeout_s,
+                )
+            await self._prepare_schema(pool)
+            return pool
+        except BaseException as exc:
+            if pool is not None:
+                pool.terminate()
+            if isinstance(exc, _UNREACHABLE_OR_SLOW):
+                raise self._unavailable(f"cannot connect ({type(exc).__name__})") from None
+            if isinstance(exc, migrations.MigrationError | asyncpg.PostgresError):
+                # An operator must act (permissions, an edited migration): say so loudly, and
+                # keep failing calls cleanly until it is fixed.
+                log.error("the store cannot prepare schema %s: %s", self._schema, exc)
+                raise self._unavailable(
+                    f"schema {self._schema!r} cannot be prepared ({type(exc).__name__})"
+                ) from None
+            raise
+
+    async def _prepare_schema(self, pool: asyncpg.Pool) -> None:
+        if self._settings.migrate_on_start:
+            # Migrations may take longer than one store call: a dedicated connection without
+            # the pool's command timeout, bounded only against a database that stopped answering.
+            async with asyncio.timeout(_MIGRATE_ON_START_TIMEOUT_S):
+                await run_migrations(self._settings)
+            return
+        async with asyncio.timeout(self._call_timeout_s), pool.acquire() as conn:
+            pending = await migrations.pending_versions(conn, self._schema)
+        if pending:
+            raise self._unavailable(
+                f"schema {self._schema!r} lacks migrations {pending}: run "
+                "`viewbait-gateway migrate` (or set store.migrate_on_start)"
+            )
+
+    async def _run(
+        self, fn: Callable[[Connection], Awaitable[T]], *, transaction: bool = False
+    ) -> T:
+        """Runs `fn` on a pooled connection (in a transaction if asked), bounded in time."""
+        pool = await self._get_pool()
+        try:
+            async with (
+                asyncio.timeout(self._call_timeout_s),
+                pool.acquire(timeout=self._call_timeout_s) as conn,
+            ):
+                if not transaction:
+                    return await fn(conn)
+                async with conn.transaction():
+                    return await fn(conn)
+        except TimeoutError:
+            failure = self._unavailable(f"no answer within {self._call_timeout_s:g} s")
+            raise self._trip(failure) from None
+        except asyncpg.UndefinedTableError:
+            raise self._unavailable(
+                f"schema {self._schema!r} is not migrated: run `viewbait-gateway migrate`"
+            ) from None
+        except _UNREACHABLE as exc:
+            failure = self._unavailable(f"connection failed ({type(exc).__name__})")
+            raise self._trip(failure) from None
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self.notifications_received += 1
+        self._hub.publish(str(payload).split(":", 1)[0])
+
+    async def _listen_forever(self) -> None:
+        while not self._closed:
+            try:
+                await self._listen_once()
+            except Exception as exc:
+                # Whatever went wrong, waiters keep polling and the loop tries again.
+                log.debug("store listener connection failed: %r", exc)
+            self._hub.publish_all()
+            await asyncio.sleep(self._settings.reconnect_interval_s)
+
+    async def _listen_once(self) -> None:
+        """Holds one LISTEN connection until it is lost."""
+        settings = self._settings
+        lost = asyncio.Event()
+        async with asyncio.timeout(self._call_timeout_s):
+            conn = await asyncpg.connect(self._dsn, timeout=settings.connect_timeout_s)
+        try:
+            conn.add_termination_listener(lambda _conn: lost.set())
+            async with asyncio.timeout(self._call_timeout_s):
+                await conn.add_listener(self._channel, self._on_notify)
+            self._listening = True
+            # Changes made while nobody listened: every waiter re-reads once.
+            self._hub.publish_all()
+            while not lost.is_set():
+                try:
+                    async with asyncio.timeout(settings.poll_interval_s):
+                        await lost.wait()
+                except TimeoutError:
+                    # A connection can die without a FIN (a dead host, a dropped NAT entry):
+                    # ask it something to find out.
+                    await conn.fetchval("SELECT 1", timeout=settings.command_timeout_s)
+        finally:
+            if self._listening and not self._closed:
+                log.warning("store listener lost its connection; reconnecting")
+            self._listening = False
+            conn.terminate()
+
+    async def _mirror(self, conn: Connection, rows: Sequence[Record]) -> None:
+        """Copies shared executions' changes (those without an owner) to their handles."""
+        shared = [row["id"] for row in rows if row["user_id"] is None]
+        if shared:
+            await conn.fetch(self._sql.mirror, shared, self._channel)
+
+    # -- result cache ------------------------------------------------------------------------
+
+    async def get_result(self, key: bytes) -> CachedResult | None:
+        """See `Store.get_result`."""
+        row = await self._run(lambda c: c.fetchrow(self._sql.get_result, key))
+        return None if row is None else _cached(row)
+
+    async def put_result(
+        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+    ) -> CachedResult:
+        """See `Store.put_result`."""
+        check_positive("ttl_s", ttl_s)
+        row = await self._run(
+            lambda c: c.fetchrow(
+                self._sql.put_result,
+                key,
+                op,
+                scope,
+                model,
+                ref.json,
+                ref.json_blob,
+                list(ref.blobs),
+                float(ttl_s),
+            )
+        )
+        assert row is not None
+        return _cached(row)
+
+    async def purge_expired_results(self, limit: int) -> int:
+        """See `Store.purge_expired_results`."""
+        check_positive("limit", limit)
+        return _deleted(await self._run(lambda c: c.execute(self._sql.purge_results, limit)))
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def join_or_create_active_job(self, new: NewJob) -> JoinOutcome:
+        """See `Store.join_or_create_active_job`."""
+        for _ in range(_JOIN_ATTEMPTS):
+            try:
+                outcome = await self._run(lambda c: self._join_once(c, new), transaction=True)
+            except _Retry:
+                continue
+            if outcome is not None:
+                return outcome
+        raise self._unavailable("the job for this request kept changing while joining it")
+
+    async def _join_once(self, conn: Connection, new: NewJob) -> JoinOutcome | None:
+        """One attempt; None when a concurrent change means it must be tried again."""
+        sql = self._sql
+        if new.idempotency_key is not None:
+            row = await conn.fetchrow(sql.job_by_idempotency, new.user_id, new.idempotency_key)
+            if row is not None:
+                earlier = _job(row)
+                check_same_request(earlier, new)
+                return JoinOutcome(earlier, created=False, existing=True)
+        row = await conn.fetchrow(
+            sql.insert_execution,
+            uuid.uuid4(),
+            None if new.shared else new.user_id,
+            new.op,
+            new.input_json,
+            list(new.input_blobs),
+            new.dedupe_key,
+            None if new.shared else new.idempotency_key,
+            None if new.shared else new.request_hash,
+            new.model,
+            new.priority,
+            new.max_attempts,
+            self._channel,
+        )
+        created = row is not None
+        if row is None:
+            if new.dedupe_key is None:
+                return None  # a concurrent insert took the idempotency key: look it up again
+            # FOR SHARE: the execution cannot finish until this transaction (and the handle it
+            # may add) commits, so the handle is never missed by the finishing update's mirror.
+            row = await conn.fetchrow(sql.active_execution, new.dedupe_key)
+            if row is None:
+                return None  # it finished in between: create a new one
+            check_same_sharing(_job(row), new)
+            if not new.shared:
+                return JoinOutcome(_job(row), created=False, existing=True)
+            handle = await conn.fetchrow(sql.active_handle, row["id"], new.user_id)
+            if handle is not None:
+                return JoinOutcome(_job(handle), created=False, existing=True)
+        if not new.shared:
+            return JoinOutcome(_job(row), created=True, existing=False)
+        handle = await conn.fetchrow(
+            sql.insert_handle,
+            uuid.uuid4(),
+            new.user_id,
+            new.input_json,
+            list(new.input_blobs),
+            new.idempotency_key,
+            new.request_hash,
+            new.priority,
+            row["id"],
+        )
+        if handle is None:
+            # The same user's concurrent request added its handle (or took the idempotency
+            # key) first. Undo this attempt so a newly inserted execution does not linger.
+            raise _Retry
+        return JoinOutcome(_job(handle), created=created, existing=False)
+
+    async def find_job_by_idempotency_key(self, user_id: str, key: str) -> Job | None:
+        """See `Store.find_job_by_idempotency_key`."""
+        row = await self._run(lambda c: c.fetchrow(self._sql.job_by_idempotency, user_id, key))
+        return None if row is None else _job(row)
+
+    async def get_job(self, job_id: str, user_id: str) -> Job:
+        """See `Store.get_job`."""
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            raise job_not_found(job_id)
+        row = await self._run(lambda c: c.fetchrow(self._sql.user_job, parsed, user_id))
+        if row is None:
+            raise job_not_found(job_id)
+        return _job(row)
+
+    async def claim_job(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+        """See `Store.claim_job`."""
+        check_positive("lease_s", lease_s)
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            return None
+
+        async def claim(conn: Connection) -> Record | None:
+            await self._rescue(conn, parsed, 1)
+            row = await conn.fetchrow(
+                self._sql.claim, parsed, worker_id, float(lease_s), self._channel
+            )
+            if row is not None:
+                await self._mirror(conn, [row])
+            return row
+
+        row = await self._run(claim, transaction=True)
+        return None if row is None else _job(row)
+
+    async def _rescue(self, conn: Connection, job_id: uuid.UUID | None, limit: int) -> int:
+        error = lease_expired_error()
+        rows = await conn.fetch(
+            self._sql.rescue,
+            job_id,
+            limit,
+            self._retention_s,
+            error.reason,
+            error.message,
+            self._channel,
+        )
+        await self._mirror(conn, rows)
+        return len(rows)
+
+    async def _held_change(
+        self, job_id: str, worker_id: str, sql: str, *args: Any, visible: bool = True
+    ) -> Job:
+        """Applies a runner's change to an execution it holds; `LeaseLost` if it does not.
+
+        `visible`: the change is an event for watchers, so handles mirror it.
+        """
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            raise LeaseLost(job_id, None)
+
+        async def change(conn: Connection) -> tuple[Record | None, Record | None]:
+            row = await conn.fetchrow(sql, parsed, worker_id, *args)
+            if row is None:
+                return None, await conn.fetchrow(self._sql.job_by_id, parsed)
+            if visible:
+                await self._mirror(conn, [row])
+            return row, None
+
+        row, current = await self._run(change, transaction=True)
+        if row is None:
+            raise LeaseLost(job_id, None if current is None else _job(current))
+        return _job(row)
+
+    async def heartbeat_job(
+        self, job_id: str, worker_id: str, lease_s: float, progress: JobProgress | None = None
+    ) -> Job:
+        """See `Store.heartbeat_job`."""
+        check_positive("lease_s", lease_s)
+        return await self._held_change(
+            job_id,
+            worker_id,
+            self._sql.heartbeat,
+            float(lease_s),
+            None if progress is None else progress.to_json(),
+            self._channel,
+            visible=progress is not None,
+        )
+
+    async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
+        """See `Store.complete_job`."""
+        return await self._held_change(
+            job_id,
+            worker_id,
+            self._sql.complete,
+            result.json,
+            result.json_blob,
+            list(result.blobs),
+            self._retention_s,
+            self._channel,
+        )
+
+    async def fail_job(
+        self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
+    ) -> Job:
+        """See `Store.fail_job`."""
+        return await self._held_change(
+            job_id,
+            worker_id,
+            self._sql.fail,
+            error.reason,
+            error.message,
+            None if retry_after_s is None else float(retry_after_s),
+            self._retention_s,
+            self._channel,
+        )
+
+    async def cancel_job(self, job_id: str, user_id: str) -> Job:
+        """See `Store.cancel_job`."""
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            raise job_not_found(job_id)
+        sql = self._sql
+
+        async def cancel(conn: Connection) -> Record | None:
+            row = await conn.fetchrow(sql.user_job, parsed, user_id)
+            if row is None or not JobStatus(row["status"]).active:
+                return row
+            follows = row["follows"]
+            if follows is not None:
+                # Lock order everywhere: execution before its handles (no deadlocks).
+                await conn.fetchrow(sql.lock_job, follows)
+            cancelled = await conn.fetchrow(
+                sql.cancel, parsed, user_id, self._retention_s, self._channel
+            )
+            if cancelled is None:
+                return await conn.fetchrow(sql.user_job, parsed, user_id)
+            if follows is not None:
+                await conn.fetchrow(sql.cancel_orphan, follows, self._retention_s, self._channel)
+            return cancelled
+
+        row = await self._run(cancel, transaction=True)
+        if row is None:
+            raise job_not_found(job_id)
+        return _job(row)
+
+    async def rescue_expired_leases(self, limit: int) -> int:
+        """See `Store.rescue_expired_leases`."""
+        check_positive("limit", limit)
+        return await self._run(lambda c: self._rescue(c, None, limit), transaction=True)
+
+    async def wait_for_job_change(
+        self, job_id: str, user_id: str, after_seq: int, timeout_s: float
+    ) -> Job:
+        """See `Store.wait_for_job_change`."""
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            raise job_not_found(job_id)
+        return await wait_for_change(
+            self._hub,
+            str(parsed),
+            lambda: self.get_job(job_id, user_id),
+            after_seq,
+            timeout_s,
+            self._settings.poll_interval_s,
+        )
+
+    async def purge_finished_jobs(self, limit: int) -> int:
+        """See `Store.purge_finished_jobs`."""
+        check_positive("limit", limit)
+        return _deleted(await self._run(lambda c: c.execute(self._sql.purge_jobs, limit)))
+
+    # -- usage ledger ------------------------------------------------------------------------
+
+    async def insert_usage(self, record: UsageRecord) -> None:
+        """See `Store.insert_usage`."""
+        labels, usage = record.labels, record.usage
+        job_id = usage_job_id(record)
+        await self._run(
+            lambda c: c.execute(
+                self._sql.insert_usage,
+                job_id,
+                labels.user_id,
+                labels.operation,
+                labels.request_id,
+                record.model,
+                record.attempt,
+                record.outcome,
+                usage.prompt_tokens,
+                usage.cached_prompt_tokens,
+                usage.output_tokens,
+                usage.thinking_tokens,
+                usage.image_output_tokens,
+                usage.total_tokens,
+                Decimal(repr(record.cost_usd)),
+                record.duration_s,
+            )
+        )
+
+    async def list_usage(self, job_id: str) -> list[UsageEntry]:
+        """See `Store.list_usage`."""
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            return []
+        rows = await self._run(lambda c: c.fetch(self._sql.list_usage, parsed))
+        return [
+            UsageEntry(
+                UsageRecord(
+                    labels=CallLabels(
+                        operation=row["op"],
+                        user_id=row["user_id"],
+                        job_id=str(row["job_id"]),
+                        request_id=row["request_id"],
+                    ),
+                    model=row["model"],
+                    attempt=row["attempt"],
+                    outcome=row["outcome"],
+                    duration_s=row["duration_s"],
+                    usage=Usage(
+                        prompt_tokens=row["prompt_tokens"],
+                        cached_prompt_tokens=row["cached_prompt_tokens"],
+                        output_tokens=row["output_tokens"],
+                        thinking_tokens=row["thinking_tokens"],
+                        image_output_tokens=row["image_output_tokens"],
+                        total_tokens=row["total_tokens"],
+                    ),
+                    cost_usd=float(row["cost_usd"]),
+                ),
+                row["created_at"],
+            )
+            for row in rows
+        ]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # An attempt whose callers all gave up: its failure was handled (circuit), not lost.
+    if not task.cancelled():
+        task.exception()
+
+
+class _Retry(Exception):
+    """Rolls back one join attempt (raised inside its transaction)."""
+
+
+async def run_migrations(settings: StoreSettings) -> list[int]:
+    """Applies pending migrations to the configured schema on a dedicated connection.
+
+    Returns the versions applied (empty when the schema was up to date). Raises `Unavailable`
+    when the database cannot be reached within the connect timeout.
+    """
+    if settings.database_url is None:
+        raise ValueError("migrations need store.database_url")
+    try:
+        conn = await asyncpg.connect(
+            settings.database_url.get_secret_value(), timeout=settings.connect_timeout_s
+        )
+    except _UNREACHABLE_OR_SLOW as exc:
+        raise errors.Unavailable(
+            f"cannot connect to PostgreSQL to migrate ({type(exc).__name__})"
+        ) from None
+    try:
+        return await migrations.migrate(conn, settings.schema_name)
+    finally:
+        await conn.close()

@@ -1,0 +1,517 @@
+"""The store contract: every test runs against MemoryStore and PostgresStore alike.
+
+Two-replica tests use two PostgresStore instances on one schema (for memory: the one store
+seen twice), so coalescing, lease takeover and wake-ups are proven across replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from gateway.errors import AlreadyExists, Internal, NotFound, SafetyBlocked, Unavailable
+from gateway.model import CallLabels, Usage, UsageRecord
+from gateway.store import (
+    Job,
+    JobError,
+    JobProgress,
+    JobStatus,
+    LeaseLost,
+    NewJob,
+    ResultRef,
+    Store,
+)
+from gateway.store.maintenance import purge_expired
+
+T = TypeVar("T")
+MakeStore = Callable[..., Awaitable[Store]]
+
+ALICE, BOB = "user-alice", "user-bob"
+REF = ResultRef(json='{"score":7}', blobs=(hashlib.sha256(b"img").digest(),))
+LEASE_S = 30.0
+#: Long enough for any scheduling hiccup; a lease this short is only used to watch it expire.
+SHORT_LEASE_S = 0.3
+
+
+def key(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()
+
+
+def new_job(
+    user: str = ALICE, dedupe: str | None = "k", *, shared: bool = False, **fields: Any
+) -> NewJob:
+    values: dict[str, Any] = {
+        "user_id": user,
+        "op": "analyze_video",
+        "input_json": f'{{"owner":"{user}"}}',
+        "dedupe_key": None if dedupe is None else key(dedupe),
+        "shared": shared,
+        "model": "gemini-test",
+    }
+    values.update(fields)
+    return NewJob(**values)
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], within_s: float = 10.0) -> T:
+    """Polls `probe` until it returns something other than None (bounded, never a timing
+    assertion: only a hang fails)."""
+    async with asyncio.timeout(within_s):
+        while True:
+            value = await probe()
+            if value is not None:
+                return value
+            await asyncio.sleep(0.05)
+
+
+async def running(store: Store, new: NewJob, worker: str = "w1") -> Job:
+    outcome = await store.join_or_create_active_job(new)
+    claimed = await store.claim_job(outcome.job.execution_id, worker, LEASE_S)
+    assert claimed is not None
+    return claimed
+
+
+# -- result cache ----------------------------------------------------------------------------
+
+
+async def test_result_round_trip_and_miss(store: Store) -> None:
+    assert await store.get_result(key("nothing")) is None
+    put = await store.put_result(
+        key("a"), op="analyze_video", scope="user", model="m1", ref=REF, ttl_s=3600
+    )
+    got = await store.get_result(key("a"))
+    assert got == put
+    assert (got.op, got.scope, got.model, got.ref) == ("analyze_video", "user", "m1", REF)
+    assert got.expires_at > got.created_at
+
+
+async def test_put_replaces_an_entry(store: Store) -> None:
+    await store.put_result(key("a"), op="x", scope="user", model="m1", ref=REF, ttl_s=3600)
+    other = ResultRef(json_blob=key("json"), blobs=())
+    await store.put_result(key("a"), op="x", scope="user", model="m2", ref=other, ttl_s=3600)
+    got = await store.get_result(key("a"))
+    assert got is not None and (got.model, got.ref) == ("m2", other)
+
+
+async def test_expired_result_is_a_miss_and_is_purged_in_batches(store: Store) -> None:
+    for i in range(5):
+        await store.put_result(key(f"old{i}"), op="x", scope="user", model="m", ref=REF, ttl_s=0.01)
+    await store.put_result(key("fresh"), op="x", scope="user", model="m", ref=REF, ttl_s=3600)
+    await asyncio.sleep(0.05)
+    assert await store.get_result(key("old0")) is None
+    assert [await store.purge_expired_results(2) for _ in range(4)] == [2, 2, 1, 0]
+    assert await store.get_result(key("fresh")) is not None
+
+
+# -- creating and joining --------------------------------------------------------------------
+
+
+async def test_a_new_job_is_queued_and_private(store: Store) -> None:
+    job, created, existing = await store.join_or_create_active_job(new_job(priority=5))
+    assert created and not existing
+    assert job.status is JobStatus.QUEUED and job.active
+    assert (job.user_id, job.op, job.model, job.priority) == (
+        ALICE,
+        "analyze_video",
+        "gemini-test",
+        5,
+    )
+    assert (job.attempts, job.max_attempts, job.event_seq) == (0, 3, 1)
+    assert job.execution_id == job.id and job.follows is None
+    assert await store.get_job(job.id, ALICE) == job
+    assert await store.get_job(job.id.upper(), ALICE) == job
+    for user, job_id in ((BOB, job.id), (ALICE, "not-a-job-id"), (ALICE, str(uuid.uuid4()))):
+        with pytest.raises(NotFound):
+            await store.get_job(job_id, user)
+
+
+async def test_same_dedupe_key_joins_the_active_job(store: Store) -> None:
+    first = await store.join_or_create_active_job(new_job())
+    again = await store.join_or_create_active_job(new_job())
+    assert again.job == first.job and not again.created and again.existing
+    other = await store.join_or_create_active_job(new_job(dedupe="other"))
+    assert other.created and other.job.id != first.job.id
+
+
+async def test_jobs_without_a_dedupe_key_never_coalesce(store: Store) -> None:
+    one = await store.join_or_create_active_job(new_job(dedupe=None))
+    two = await store.join_or_create_active_job(new_job(dedupe=None))
+    assert one.created and two.created and one.job.id != two.job.id
+
+
+async def test_a_finished_job_frees_its_dedupe_key(store: Store) -> None:
+    job = await running(store, new_job())
+    await store.complete_job(job.id, "w1", REF)
+    again = await store.join_or_create_active_job(new_job())
+    assert again.created and again.job.id != job.id
+
+
+async def test_a_user_scoped_key_shared_with_another_user_is_refused(store: Store) -> None:
+    # Keys of user-scoped operations contain the user id; equal keys for two users is a bug.
+    await store.join_or_create_active_job(new_job(ALICE))
+    with pytest.raises(Internal):
+        await store.join_or_create_active_job(new_job(BOB))
+
+
+async def test_idempotency_key_returns_the_first_job_even_when_finished(store: Store) -> None:
+    first = await running(store, new_job(dedupe=None, idempotency_key="idem-1", request_hash=b"r1"))
+    await store.complete_job(first.id, "w1", REF)
+    again = await store.join_or_create_active_job(
+        new_job(dedupe=None, idempotency_key="idem-1", request_hash=b"r1")
+    )
+    assert again.existing and not again.created
+    assert again.job.id == first.id and again.job.status is JobStatus.SUCCEEDED
+    assert again.job.result == REF
+    found = await store.find_job_by_idempotency_key(ALICE, "idem-1")
+    assert found is not None and found.id == first.id
+    assert await store.find_job_by_idempotency_key(BOB, "idem-1") is None
+
+
+async def test_idempotency_key_reused_for_another_request_is_refused(store: Store) -> None:
+    await store.join_or_create_active_job(new_job(idempotency_key="idem", request_hash=b"r1"))
+    with pytest.raises(AlreadyExists):
+        await store.join_or_create_active_job(
+            new_job(dedupe="else", idempotency_key="idem", request_hash=b"r2")
+        )
+    # Keys are per user: Bob's "idem" is his own.
+    bob = await store.join_or_create_active_job(
+        new_job(BOB, dedupe="bob", idempotency_key="idem", request_hash=b"r2")
+    )
+    assert bob.created
+
+
+# -- shared executions (global scope) --------------------------------------------------------
+
+
+async def test_users_share_an_execution_through_private_handles(store: Store) -> None:
+    alice = await store.join_or_create_active_job(new_job(ALICE, shared=True))
+    bob = await store.join_or_create_active_job(new_job(BOB, shared=True))
+    assert alice.created and not alice.existing
+    assert not bob.created and not bob.existing
+    assert alice.job.id != bob.job.id
+    assert alice.job.execution_id == bob.job.execution_id not in (alice.job.id, bob.job.id)
+    # Each sees only their own request; nobody reads the execution row itself.
+    assert (await store.get_job(bob.job.id, BOB)).input_json == '{"owner":"user-bob"}'
+    with pytest.raises(NotFound):
+        await store.get_job(alice.job.id, BOB)
+    for user in (ALICE, BOB):
+        with pytest.raises(NotFound):
+            await store.get_job(alice.job.execution_id, user)
+    again = await store.join_or_create_active_job(new_job(ALICE, shared=True))
+    assert again.existing and again.job.id == alice.job.id
+
+
+async def test_handles_follow_the_execution_to_its_result(store: Store) -> None:
+    alice = (await store.join_or_create_active_job(new_job(ALICE, shared=True))).job
+    bob = (await store.join_or_create_active_job(new_job(BOB, shared=True))).job
+    execution = await store.claim_job(alice.execution_id, "w1", LEASE_S)
+    assert execution is not None
+    assert (await store.get_job(bob.id, BOB)).status is JobStatus.RUNNING
+    await store.heartbeat_job(execution.id, "w1", LEASE_S, JobProgress(0.5, "thinking", "half"))
+    assert (await store.get_job(alice.id, ALICE)).progress == JobProgress(0.5, "thinking", "half")
+    await store.complete_job(execution.id, "w1", REF)
+    for job_id, user in ((alice.id, ALICE), (bob.id, BOB)):
+        done = await store.get_job(job_id, user)
+        assert done.status is JobStatus.SUCCEEDED and done.result == REF
+        assert done.attempts == 1 and done.completed_at is not None
+        assert done.event_seq == 4  # created, running, progress, succeeded
+
+
+async def test_cancelling_a_handle_detaches_only_its_owner(store: Store) -> None:
+    alice = (await store.join_or_create_active_job(new_job(ALICE, shared=True))).job
+    bob = (await store.join_or_create_active_job(new_job(BOB, shared=True))).job
+    execution = await store.claim_job(alice.execution_id, "w1", LEASE_S)
+    assert execution is not None
+    assert (await store.cancel_job(bob.id, BOB)).status is JobStatus.CANCELLED
+    # Alice still waits: the execution runs on, and completes for her only.
+    await store.heartbeat_job(execution.id, "w1", LEASE_S)
+    await store.complete_job(execution.id, "w1", REF)
+    assert (await store.get_job(alice.id, ALICE)).status is JobStatus.SUCCEEDED
+    assert (await store.get_job(bob.id, BOB)).status is JobStatus.CANCELLED
+
+
+async def test_the_last_handle_leaving_cancels_the_execution(store: Store) -> None:
+    alice = (await store.join_or_create_active_job(new_job(ALICE, shared=True))).job
+    bob = (await store.join_or_create_active_job(new_job(BOB, shared=True))).job
+    execution = await store.claim_job(alice.execution_id, "w1", LEASE_S)
+    assert execution is not None
+    await store.cancel_job(alice.id, ALICE)
+    await store.cancel_job(bob.id, BOB)
+    with pytest.raises(LeaseLost) as lost:
+        await store.heartbeat_job(execution.id, "w1", LEASE_S)
+    assert lost.value.job is not None and lost.value.job.status is JobStatus.CANCELLED
+    fresh = await store.join_or_create_active_job(new_job(BOB, shared=True))
+    assert fresh.created and fresh.job.execution_id != execution.id
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+async def test_claim_takes_the_lease(store: Store) -> None:
+    job = (await store.join_or_create_active_job(new_job())).job
+    claimed = await store.claim_job(job.id, "w1", LEASE_S)
+    assert claimed is not None
+    assert (claimed.status, claimed.attempts, claimed.locked_by) == (JobStatus.RUNNING, 1, "w1")
+    assert claimed.locked_until is not None and claimed.started_at is not None
+    assert claimed.event_seq == job.event_seq + 1
+    assert await store.claim_job(job.id, "w2", LEASE_S) is None
+    assert await store.claim_job(str(uuid.uuid4()), "w2", LEASE_S) is None
+    assert await store.claim_job("garbage", "w2", LEASE_S) is None
+
+
+async def test_handles_cannot_be_claimed(store: Store) -> None:
+    handle = (await store.join_or_create_active_job(new_job(shared=True))).job
+    assert await store.claim_job(handle.id, "w1", LEASE_S) is None
+
+
+async def test_heartbeat_extends_and_reports_progress(store: Store) -> None:
+    job = await running(store, new_job())
+    quiet = await store.heartbeat_job(job.id, "w1", LEASE_S)
+    assert quiet.event_seq == job.event_seq  # a heartbeat alone is no event
+    assert quiet.locked_until is not None and job.locked_until is not None
+    assert quiet.locked_until >= job.locked_until
+    loud = await store.heartbeat_job(job.id, "w1", LEASE_S, JobProgress(0.25, "generating"))
+    assert loud.event_seq == job.event_seq + 1 and loud.progress == JobProgress(0.25, "generating")
+    with pytest.raises(LeaseLost):
+        await store.heartbeat_job(job.id, "w2", LEASE_S)
+
+
+async def test_only_the_holder_completes(store: Store) -> None:
+    job = await running(store, new_job())
+    with pytest.raises(LeaseLost):
+        await store.complete_job(job.id, "w2", REF)
+    done = await store.complete_job(job.id, "w1", REF)
+    assert (done.status, done.result, done.locked_by) == (JobStatus.SUCCEEDED, REF, None)
+    assert done.expires_at is not None and done.completed_at is not None
+    with pytest.raises(LeaseLost) as lost:
+        await store.complete_job(job.id, "w1", REF)
+    assert lost.value.job == done
+
+
+async def test_failure_with_retry_requeues_until_attempts_run_out(store: Store) -> None:
+    job = await running(store, new_job(max_attempts=2))
+    error = JobError("UPSTREAM_UNAVAILABLE", "Gemini is overloaded")
+    later = await store.fail_job(job.id, "w1", error, retry_after_s=3600)
+    assert (later.status, later.error, later.locked_by) == (JobStatus.QUEUED, error, None)
+    assert later.run_after > job.run_after
+    assert await store.claim_job(job.id, "w1", LEASE_S) is None  # not due yet
+    # Still active: a new caller joins it rather than starting another.
+    assert (await store.join_or_create_active_job(new_job())).job.id == job.id
+
+    other = await running(store, new_job(dedupe="now", max_attempts=2))
+    await store.fail_job(other.id, "w1", error, retry_after_s=0)
+    second = await store.claim_job(other.id, "w2", LEASE_S)
+    assert second is not None and second.attempts == 2 and second.error is None
+    final = await store.fail_job(other.id, "w2", error, retry_after_s=0)
+    assert final.status is JobStatus.FAILED and final.error == error
+
+
+async def test_failure_without_retry_is_final(store: Store) -> None:
+    job = await running(store, new_job())
+    error = JobError.from_exception(SafetyBlocked("the thumbnail shows a weapon"))
+    failed = await store.fail_job(job.id, "w1", error)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error == JobError("SAFETY_BLOCKED", "the thumbnail shows a weapon")
+    assert isinstance(failed.error.to_exception(), SafetyBlocked)
+
+
+async def test_expired_lease_is_taken_over_by_another_replica(
+    replicas: tuple[Store, Store],
+) -> None:
+    a, b = replicas
+    job = (await a.join_or_create_active_job(new_job())).job
+    held = await a.claim_job(job.id, "replica-a", SHORT_LEASE_S)
+    assert held is not None
+    # While the lease is valid nobody else runs it...
+    assert await b.claim_job(job.id, "replica-b", LEASE_S) is None
+    # ...and once it lapses (replica a stopped heartbeating) b takes over, as attempt 2.
+    taken = await eventually(lambda: b.claim_job(job.id, "replica-b", LEASE_S))
+    assert (taken.locked_by, taken.attempts, taken.status) == ("replica-b", 2, JobStatus.RUNNING)
+    with pytest.raises(LeaseLost):
+        await a.heartbeat_job(job.id, "replica-a", LEASE_S)
+    with pytest.raises(LeaseLost):
+        await a.complete_job(job.id, "replica-a", REF)
+    assert (await b.complete_job(job.id, "replica-b", REF)).status is JobStatus.SUCCEEDED
+
+
+async def test_expired_lease_without_attempts_left_fails(store: Store) -> None:
+    job = (await store.join_or_create_active_job(new_job(max_attempts=1))).job
+    assert await store.claim_job(job.id, "w1", SHORT_LEASE_S) is not None
+
+    async def failed() -> Job | None:
+        assert await store.claim_job(job.id, "w2", LEASE_S) is None
+        current = await store.get_job(job.id, ALICE)
+        return current if current.status is JobStatus.FAILED else None
+
+    final = await eventually(failed)
+    assert final.error is not None and final.error.reason == Unavailable.reason
+
+
+async def test_rescue_requeues_expired_leases(store: Store) -> None:
+    jobs = [await running(store, new_job(dedupe=f"r{i}")) for i in range(3)]
+    for job in jobs[:2]:
+        await store.heartbeat_job(job.id, "w1", SHORT_LEASE_S)
+    await asyncio.sleep(SHORT_LEASE_S + 0.1)
+    assert await store.rescue_expired_leases(10) == 2
+    statuses = [(await store.get_job(j.id, ALICE)).status for j in jobs]
+    assert statuses == [JobStatus.QUEUED, JobStatus.QUEUED, JobStatus.RUNNING]
+    assert await store.rescue_expired_leases(10) == 0
+
+
+# -- cancellation ----------------------------------------------------------------------------
+
+
+async def test_cancel_in_each_state(store: Store) -> None:
+    queued = (await store.join_or_create_active_job(new_job(dedupe="q"))).job
+    cancelled = await store.cancel_job(queued.id, ALICE)
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.completed_at is not None
+    assert await store.claim_job(queued.id, "w1", LEASE_S) is None
+
+    active = await running(store, new_job(dedupe="r"))
+    assert (await store.cancel_job(active.id, ALICE)).status is JobStatus.CANCELLED
+    with pytest.raises(LeaseLost):  # the runner learns at its next heartbeat
+        await store.heartbeat_job(active.id, "w1", LEASE_S)
+
+    done = await running(store, new_job(dedupe="d"))
+    finished = await store.complete_job(done.id, "w1", REF)
+    assert await store.cancel_job(done.id, ALICE) == finished
+
+    with pytest.raises(NotFound):
+        await store.cancel_job(finished.id, BOB)
+
+
+# -- waiting for changes ---------------------------------------------------------------------
+
+
+async def test_waiter_on_one_replica_wakes_on_a_change_on_another(
+    replicas: tuple[Store, Store],
+) -> None:
+    a, b = replicas
+    job = (await a.join_or_create_active_job(new_job())).job
+    waiters = [
+        asyncio.create_task(b.wait_for_job_change(job.id, ALICE, job.event_seq, 60))
+        for _ in range(20)
+    ]
+    await asyncio.sleep(0.1)
+    assert not any(w.done() for w in waiters)
+    await a.claim_job(job.id, "w1", LEASE_S)
+    # The store polls every 30 s in these tests: an answer within 10 s is NOTIFY's doing.
+    async with asyncio.timeout(10):
+        woken = await asyncio.gather(*waiters)
+    assert {(w.status, w.event_seq) for w in woken} == {(JobStatus.RUNNING, job.event_seq + 1)}
+
+
+async def test_handle_waiters_wake_when_the_shared_execution_finishes(
+    replicas: tuple[Store, Store],
+) -> None:
+    a, b = replicas
+    alice = (await a.join_or_create_active_job(new_job(ALICE, shared=True))).job
+    bob = (await b.join_or_create_active_job(new_job(BOB, shared=True))).job
+    execution = await a.claim_job(alice.execution_id, "w1", LEASE_S)
+    assert execution is not None
+    seen = (await b.get_job(bob.id, BOB)).event_seq
+    waiter = asyncio.create_task(b.wait_for_job_change(bob.id, BOB, seen, 60))
+    await asyncio.sleep(0.1)
+    await a.complete_job(execution.id, "w1", REF)
+    async with asyncio.timeout(10):
+        done = await waiter
+    assert done.status is JobStatus.SUCCEEDED and done.result == REF
+
+
+async def test_wait_returns_at_once_for_news_and_terminal_jobs(store: Store) -> None:
+    job = await running(store, new_job())
+    news = await store.wait_for_job_change(job.id, ALICE, 0, 60)
+    assert news.event_seq == job.event_seq
+    quiet = await store.wait_for_job_change(job.id, ALICE, job.event_seq, 0.05)
+    assert quiet.event_seq == job.event_seq and quiet.status is JobStatus.RUNNING
+    done = await store.complete_job(job.id, "w1", REF)
+    assert await store.wait_for_job_change(job.id, ALICE, done.event_seq, 60) == done
+    with pytest.raises(NotFound):
+        await store.wait_for_job_change(job.id, BOB, 0, 1)
+
+
+# -- coalescing across replicas --------------------------------------------------------------
+
+
+async def test_a_burst_across_replicas_creates_exactly_one_execution(
+    replicas: tuple[Store, Store],
+) -> None:
+    a, b = replicas
+    outcomes = await asyncio.gather(
+        *(
+            (a if i % 2 else b).join_or_create_active_job(new_job(f"user-{i % 7}", shared=True))
+            for i in range(40)
+        )
+    )
+    assert sum(o.created for o in outcomes) == 1
+    assert len({o.job.execution_id for o in outcomes}) == 1
+    # One handle per user, whichever replica they came through.
+    assert len({o.job.id for o in outcomes}) == 7
+    assert {o.job.user_id for o in outcomes} == {f"user-{i}" for i in range(7)}
+
+
+async def test_a_burst_of_one_user_creates_one_job(replicas: tuple[Store, Store]) -> None:
+    a, b = replicas
+    outcomes = await asyncio.gather(
+        *((a if i % 2 else b).join_or_create_active_job(new_job()) for i in range(30))
+    )
+    assert sum(o.created for o in outcomes) == 1
+    assert len({o.job.id for o in outcomes}) == 1
+
+
+# -- retention, usage ------------------------------------------------------------------------
+
+
+async def test_finished_jobs_are_purged_after_retention(make_store: MakeStore, kind: str) -> None:
+    store = await make_store(kind, job_retention_s=0.01)
+    finished = await running(store, new_job(dedupe="done"))
+    await store.complete_job(finished.id, "w1", REF)
+    handle = (await store.join_or_create_active_job(new_job(shared=True, dedupe="s"))).job
+    await store.cancel_job(handle.id, ALICE)  # the handle and its execution both finish
+    active = (await store.join_or_create_active_job(new_job(dedupe="active"))).job
+    await store.put_result(key("r"), op="x", scope="user", model="m", ref=REF, ttl_s=0.01)
+    await asyncio.sleep(0.05)
+    results, jobs = await purge_expired(store, batch_size=1)
+    assert results == 1 and jobs >= 2  # the cascade may take the handle with its execution
+    for gone in (finished.id, handle.id):
+        with pytest.raises(NotFound):
+            await store.get_job(gone, ALICE)
+    assert (await store.get_job(active.id, ALICE)).active
+
+
+async def test_usage_ledger(store: Store) -> None:
+    job = (await store.join_or_create_active_job(new_job())).job
+    records = [
+        UsageRecord(
+            labels=CallLabels("analyze_video", ALICE, job.id, "req-1"),
+            model="gemini-test",
+            attempt=attempt,
+            outcome=outcome,
+            duration_s=0.5,
+            usage=Usage(prompt_tokens=100, output_tokens=20 * attempt, total_tokens=140),
+            cost_usd=0.000123 * attempt,
+        )
+        for attempt, outcome in ((1, "UPSTREAM_UNAVAILABLE"), (2, "ok"))
+    ]
+    for record in records:
+        await store.insert_usage(record)
+    await store.insert_usage(
+        UsageRecord(CallLabels("analyze_video", ALICE), "gemini-test", 1, "ok", 0.1)
+    )
+    stored = await store.list_usage(job.id)
+    assert [e.record for e in stored] == records
+    with pytest.raises(ValueError):
+        await store.insert_usage(
+            UsageRecord(CallLabels("analyze_video", ALICE, "job-7"), "m", 1, "ok", 0.1)
+        )
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """A store kind, for tests that build their own stores."""
+    param: str = request.param
+    return param

@@ -1,0 +1,125 @@
+"""The store's building blocks: change fan-out and its polling fallback, error sanitizing, the
+cleanup task."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from collections.abc import Callable
+
+import pytest
+
+from gateway.config import StoreSettings
+from gateway.errors import Internal, InvalidArgument, NotFound, RateLimited
+from gateway.model import CallLabels, Usage, UsageRecord
+from gateway.store import Job, JobError, MemoryStore, NewJob, ResultRef, Store
+from gateway.store.changes import ChangeHub, wait_for_change
+from gateway.store.ledger import StoreUsageSink
+from gateway.store.maintenance import run_cleanup
+from gateway.store.postgres import PostgresStore
+
+
+async def a_job() -> Job:
+    store = MemoryStore()
+    return (await store.join_or_create_active_job(NewJob("u", "op", "{}"))).job
+
+
+async def test_hub_wakes_only_the_waiters_of_the_changed_job() -> None:
+    hub = ChangeHub()
+    with hub.subscribe("a") as a1, hub.subscribe("a") as a2, hub.subscribe("b") as b:
+        assert hub.waiting == 3
+        hub.publish("a")
+        assert a1.is_set() and a2.is_set() and not b.is_set()
+        hub.publish_all()
+        assert b.is_set()
+    assert hub.waiting == 0
+
+
+async def test_waiters_poll_when_no_notification_comes() -> None:
+    job = await a_job()
+    reads = 0
+
+    async def read() -> Job:
+        # The job changes after a few reads, and nobody publishes it: a lost notification.
+        nonlocal reads
+        reads += 1
+        return dataclasses.replace(job, event_seq=job.event_seq + (reads >= 3))
+
+    async with asyncio.timeout(10):
+        changed = await wait_for_change(ChangeHub(), job.id, read, job.event_seq, 60, 0.01)
+    assert changed.event_seq == job.event_seq + 1 and reads == 3
+
+
+async def test_a_wait_with_no_change_returns_the_job_as_it_is() -> None:
+    job = await a_job()
+
+    async def read() -> Job:
+        return job
+
+    assert await wait_for_change(ChangeHub(), job.id, read, job.event_seq, 0.05, 60) == job
+
+
+def test_job_errors_keep_domain_messages_and_hide_anything_else() -> None:
+    limited = JobError.from_exception(RateLimited("slow down", retry_after_s=3))
+    assert limited == JobError("RATE_LIMITED", "slow down")
+    assert isinstance(limited.to_exception(), RateLimited)
+    leaky = JobError.from_exception(RuntimeError("password=hunter2 at db.internal"))
+    assert leaky.reason == "INTERNAL" and "hunter2" not in leaky.message
+    assert isinstance(JobError("NO_SUCH_REASON", "x").to_exception(), Internal)
+    invalid = JobError.from_exception(InvalidArgument.field("video_id", "is empty"))
+    assert isinstance(invalid.to_exception(), InvalidArgument)
+    assert len(JobError.from_exception(Internal("x" * 5000)).message) == 1024
+
+
+def test_a_result_ref_holds_exactly_one_json_form() -> None:
+    with pytest.raises(ValueError):
+        ResultRef()
+    with pytest.raises(ValueError):
+        ResultRef(json="{}", json_blob=hashlib.sha256(b"").digest())
+
+
+async def test_the_cleanup_task_purges_periodically() -> None:
+    store = MemoryStore(job_retention_s=0.01)
+    job = (await store.join_or_create_active_job(NewJob("u", "op", "{}"))).job
+    await store.cancel_job(job.id, "u")
+    key = hashlib.sha256(b"k").digest()
+    await store.put_result(key, op="op", scope="user", model="m", ref=ResultRef("{}"), ttl_s=0.01)
+    settings = StoreSettings(cleanup_interval_s=0.02, cleanup_batch_size=1)
+    task = asyncio.create_task(run_cleanup(store, settings))
+
+    async def purged() -> bool:
+        try:
+            await store.get_job(job.id, "u")
+        except NotFound:
+            return True
+        return False
+
+    try:
+        async with asyncio.timeout(10):
+            while True:  # polls an outcome; no event marks "the periodic task ran"
+                if await purged():
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # Results go first in every round, so nothing is left for anyone else to purge.
+    assert await store.purge_expired_results(10) == 0
+
+
+async def test_the_usage_sink_writes_the_ledger_and_never_fails_the_call(
+    store: Store, pg_settings: Callable[..., StoreSettings], closed_port_url: str
+) -> None:
+    job = (await store.join_or_create_active_job(NewJob("u", "op", "{}"))).job
+    record = UsageRecord(CallLabels("op", "u", job.id), "gemini-test", 1, "ok", 0.2, Usage(1, 0, 2))
+    sink = StoreUsageSink(store)
+    await sink.record(record)
+    assert [e.record for e in await store.list_usage(job.id)] == [record]
+    unreachable = PostgresStore(pg_settings(closed_port_url))
+    try:
+        down = StoreUsageSink(unreachable)
+        await down.record(record)  # logged and dropped, not raised
+        assert down.dropped == 1
+    finally:
+        await unreachable.close()
