@@ -96,5 +96,14 @@ class GcraLimiter:
         cost: int = 1,
         now_ns: int | None = None,
     ) -> list[Decision]: ...
+    def peek_all(
+        self,
+        limits: list[tuple[str, float, float, int]],
+        cost: int = 1,
+        now_ns: int | None = None,
+    ) -> list[Decision]:
+        """What `check_all` would answer, changing nothing (the read side of a deny cache)."""
+    def raise_tat(self, key: str, tat_ns: int, now_ns: int | None = None) -> None:
+        """Records that `key`'s TAT is at least `tat_ns` (learned from an authoritative store)."""
     def sweep(self, now_ns: int | None = None) -> None: ...
     def __len__(self) -> int: ...

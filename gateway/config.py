@@ -12,7 +12,7 @@ import os
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -86,6 +86,74 @@ class EmulatorSettings(BaseModel):
     api_key: str = "emulator-key"
 
 
+#: Largest `emission * burst` (and `emission * cost`) in microseconds: the Redis script computes
+#: in Lua doubles, exact for integers up to 2**53, and TATs sit about 2**51 us after the epoch.
+MAX_LIMIT_SPAN_US = 2**50
+#: Largest emission interval (about 25 days): up to here the native limiter's nanosecond
+#: interval, computed from floats, is exactly 1000 times the microsecond one.
+MAX_EMISSION_US = 2**41
+
+
+class RateLimit(BaseModel):
+    """`rate` requests per `period_s` seconds, `burst` of them at once (GCRA, redis_rate semantics).
+
+    The emission interval `period_s / rate` is kept in whole microseconds, in Redis and in the
+    native limiter alike, so both decide identically.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    rate: float = Field(gt=0)
+    period_s: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+    @property
+    def emission_us(self) -> int:
+        """Microseconds between two requests at the sustained rate."""
+        return round(self.period_s * 1_000_000 / self.rate)
+
+    @model_validator(mode="after")
+    def _representable(self) -> RateLimit:
+        if not 1 <= self.emission_us <= MAX_EMISSION_US:
+            raise ValueError("period_s / rate must be between one microsecond and 25 days")
+        if self.emission_us * self.burst > MAX_LIMIT_SPAN_US:
+            raise ValueError("period_s / rate * burst must stay below about 35 years")
+        return self
+
+    def describe(self) -> str:
+        """E.g. "10 per 60 s (burst 5)"."""
+        return f"{self.rate:g} per {self.period_s:g} s (burst {self.burst})"
+
+
+class RouteLimits(BaseModel):
+    """The rate limits of one tier on one route, per user. None: not limited."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Every request (cache hits included), checked after tier and validation.
+    admission: RateLimit | None = None
+    #: Every Gemini call the route makes (GenerateThumbnail makes one per variation).
+    upstream: RateLimit | None = None
+
+
+def _default_route_limits() -> dict[Tier, RouteLimits]:
+    # Admission is flood protection and counts cheap answers too; upstream protects spend, so it
+    # is the tighter of the two. Upstream bursts cover two GenerateThumbnail requests at max
+    # variations (a generation and a retry).
+    def per_minute(admission: tuple[int, int], upstream: tuple[int, int]) -> RouteLimits:
+        return RouteLimits(
+            admission=RateLimit(rate=admission[0], period_s=60, burst=admission[1]),
+            upstream=RateLimit(rate=upstream[0], period_s=60, burst=upstream[1]),
+        )
+
+    return {
+        Tier.FREE: per_minute((30, 10), (10, 8)),
+        Tier.STARTER: per_minute((60, 20), (30, 16)),
+        Tier.ADVANCED: per_minute((120, 40), (60, 32)),
+        Tier.PRO: per_minute((300, 60), (120, 64)),
+    }
+
+
 class RoutePolicy(BaseModel):
     """Per-operation policy: who may call it, how long results live, which model runs it."""
 
@@ -97,6 +165,8 @@ class RoutePolicy(BaseModel):
     model: str = "text"
     #: Cache scope; global lets identical inputs from different users share one result.
     scope: Scope = Scope.USER
+    #: Per-user rate limits by tier; a tier without an entry is not limited on this route.
+    limits: dict[Tier, RouteLimits] = Field(default_factory=_default_route_limits)
 
 
 def _default_policies() -> dict[str, RoutePolicy]:
@@ -119,6 +189,57 @@ def _default_policies() -> dict[str, RoutePolicy]:
             route_id="channel-consistency", tiers=every, ttl_s=86400
         ),
     }
+
+
+class FailureMode(StrEnum):
+    """What the shared limiter does while Redis is unreachable."""
+
+    #: Decide in process with the native limiter, each limit divided by `limiter.replicas`.
+    LOCAL = "local"
+    #: Allow everything (availability over protection).
+    OPEN = "open"
+    #: Refuse everything with UNAVAILABLE (protection over availability).
+    CLOSED = "closed"
+
+
+class LimiterSettings(BaseModel):
+    """Where rate-limit state lives and how Redis trouble is handled (see `gateway.limiter`)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    #: `redis://[:password@]host:port/db` (or `rediss://`); None: the embedded native limiter,
+    #: exact for a single replica only.
+    redis_url: SecretStr | None = None
+    #: Whether `redis_url` names a node of a Redis Cluster.
+    cluster: bool = False
+    #: Prefix of every key; it goes inside the hash tags, so it may not contain braces.
+    key_prefix: str = Field(default="viewbait:rl", pattern=r"^[^{}]+$")
+    #: Longest wait to open a connection to Redis.
+    connect_timeout_s: float = Field(default=0.05, gt=0, le=10)
+    #: Longest a request waits on Redis for a decision; then the failure mode decides.
+    command_timeout_s: float = Field(default=0.1, gt=0, le=10)
+    failure_mode: FailureMode = FailureMode.LOCAL
+    #: Gateway replicas sharing the limits: in `local` failure mode each enforces this share.
+    replicas: int = Field(default=1, ge=1)
+    #: Consecutive failed Redis calls that open the circuit (Redis is then skipped).
+    breaker_failures: int = Field(default=3, ge=1)
+    #: While the circuit is open, Redis is probed this often; the first answer closes it.
+    probe_interval_s: float = Field(default=1.0, gt=0)
+    #: Fleet-wide limits on Gemini calls per model name, to stay under the project quota.
+    models: dict[str, RateLimit] = Field(
+        default_factory=lambda: {
+            "gemini-3.6-flash": RateLimit(rate=2000, period_s=60, burst=200),
+            "gemini-3.1-flash-image-preview": RateLimit(rate=600, period_s=60, burst=60),
+        }
+    )
+    #: The fleet-wide limit of a model not listed in `models`; None: unlisted models are free.
+    model_default: RateLimit | None = Field(
+        default_factory=lambda: RateLimit(rate=1000, period_s=60, burst=100)
+    )
+
+    def model_limit(self, model: str) -> RateLimit | None:
+        """The fleet-wide limit on calls to `model`."""
+        return self.models.get(model, self.model_default)
 
 
 class AuthSettings(BaseModel):
@@ -230,6 +351,52 @@ class InputBounds(BaseModel):
     max_analytics_json_bytes: int = Field(default=64 * 1024, ge=2)
 
 
+class StoreSettings(BaseModel):
+    """Where results, jobs, usage and blobs are kept (see `gateway.store`, docs/storage.md)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True)
+
+    #: PostgreSQL URL (`postgresql://user:password@host:5432/db`), shared by every replica. None
+    #: keeps everything in this process (embedded mode: one replica, nothing survives a restart).
+    database_url: SecretStr | None = None
+    #: PostgreSQL schema holding the gateway's tables (created by the migrations). Env:
+    #: `VIEWBAIT_STORE__SCHEMA`.
+    schema_name: str = Field(default="viewbait_ai", alias="schema", min_length=1, max_length=63)
+    #: Connections the pool keeps open, and the most it opens.
+    pool_min_size: int = Field(default=1, ge=0, le=100)
+    pool_max_size: int = Field(default=10, ge=1, le=100)
+    #: Bound on opening a connection; a database that does not answer fails calls after this.
+    connect_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    #: Bound on one store call (statements and waiting for a pooled connection); on expiry the
+    #: call fails with UNAVAILABLE instead of hanging the request.
+    command_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    #: After a failed connection attempt, calls fail at once for this long before trying again.
+    reconnect_interval_s: float = Field(default=1.0, gt=0, le=60)
+    #: Waiters on a job re-read it this often when no notification arrives (the fallback for a
+    #: lost LISTEN connection); also how often the idle LISTEN connection is checked.
+    poll_interval_s: float = Field(default=2.0, gt=0, le=60)
+    #: Apply pending migrations when the gateway starts (otherwise run `viewbait-gateway
+    #: migrate`; a schema behind the gateway's migrations makes store calls fail UNAVAILABLE).
+    migrate_on_start: bool = False
+    #: Directory of the content-addressed blob store (images, large result JSON); relative
+    #: paths are relative to the working directory.
+    blob_dir: str = "var/blobs"
+    #: Result JSON up to this many bytes is kept in the row; larger JSON goes to the blob store.
+    inline_result_max_bytes: int = Field(default=64 * 1024, ge=0, le=1024 * 1024)
+    #: How often expired cache entries and finished jobs past retention are deleted.
+    cleanup_interval_s: float = Field(default=300.0, gt=0)
+    #: Rows deleted per statement by the cleanup (small batches: short locks, no bloat bursts).
+    cleanup_batch_size: int = Field(default=500, ge=1, le=10_000)
+    #: How long a finished job (and its result) is kept after it finished.
+    job_retention_s: float = Field(default=7 * 86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> StoreSettings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("store.pool_min_size must not exceed store.pool_max_size")
+        return self
+
+
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
@@ -249,6 +416,10 @@ class Settings(BaseSettings):
     bounds: InputBounds = Field(default_factory=InputBounds)
     #: Operation name -> policy.
     policies: dict[str, RoutePolicy] = Field(default_factory=_default_policies)
+    #: Rate-limit backend and fault handling (the limits themselves are in `policies`).
+    limiter: LimiterSettings = Field(default_factory=LimiterSettings)
+    #: Result cache, jobs and usage ledger (PostgreSQL or embedded), and the blob store.
+    store: StoreSettings = Field(default_factory=StoreSettings)
 
     @classmethod
     def settings_customise_sources(

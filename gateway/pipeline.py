@@ -1,10 +1,11 @@
 """The shared life of one operation request, whatever the feature.
 
-tier check -> validate -> run the spec against the model -> result with its usage and cost.
+tier check -> validate -> admission limit -> run the spec against the model (each model call
+passes the upstream limits first) -> result with its usage and cost.
 
-Admission limits, the result cache, single-flight and cross-replica coalescing slot in here (in
-that order, see DESIGN.md section 2) so that every RPC and the job runner share them; specs and
-servicers stay unaware of them.
+The result cache, single-flight and cross-replica coalescing slot in here too (after admission,
+see DESIGN.md section 2) so that every RPC and the job runner share them; specs and servicers stay
+unaware of them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from gateway import operations
 from gateway.auth import Principal, require_tier
 from gateway.config import Settings
+from gateway.limiter import RateLimiter
 from gateway.model import (
     CallLabels,
     ModelClient,
@@ -73,6 +75,35 @@ class _MeteredClient:
         return response
 
 
+class _LimitedClient:
+    """A `ModelClient` that passes every call through the upstream limits first: the user's on
+    the route and the model's fleet-wide one. A denial raises `RateLimited` before any spend."""
+
+    def __init__(
+        self, inner: ModelClient, limiter: RateLimiter, operation: str, principal: Principal
+    ) -> None:
+        self._inner = inner
+        self._limiter = limiter
+        self._operation = operation
+        self._principal = principal
+
+    async def generate(
+        self,
+        request: ModelRequest,
+        *,
+        labels: CallLabels,
+        deadline: float | None = None,
+        on_text: TextCallback | None = None,
+    ) -> ModelResponse:
+        principal = self._principal
+        await self._limiter.check_upstream(
+            self._operation, principal.user_id, principal.tier, request.model
+        )
+        return await self._inner.generate(
+            request, labels=labels, deadline=deadline, on_text=on_text
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome(Generic[ResultT]):
     """A finished operation and how it was produced."""
@@ -85,11 +116,18 @@ class Outcome(Generic[ResultT]):
 
 
 class Pipeline:
-    """Runs operations for authenticated callers."""
+    """Runs operations for authenticated callers.
 
-    def __init__(self, settings: Settings, client: ModelClient) -> None:
+    `limiter` enforces the policy table's rate limits; by default the embedded one (exact for a
+    single replica), the server passes the shared one when Redis is configured.
+    """
+
+    def __init__(
+        self, settings: Settings, client: ModelClient, limiter: RateLimiter | None = None
+    ) -> None:
         self._settings = settings
         self._client = client
+        self._limiter = limiter if limiter is not None else RateLimiter(settings)
 
     def prepare(self, operation: str, request: Any, principal: Principal) -> Any:
         """Checks the caller's tier and validates the request; returns the validated request.
@@ -99,6 +137,16 @@ class Pipeline:
         policy = self._settings.policy(operation)
         require_tier(principal, policy.tiers, operation)
         return operations.get(operation).validate(request, self._settings.bounds)
+
+    async def admit(self, operation: str, request: Any, principal: Principal) -> Any:
+        """`prepare`, then the admission limit; returns the validated request.
+
+        Raises what `prepare` raises, or `RateLimited` (with the retry-after) when the caller is
+        over the route's admission limit; a refused request has cost nothing upstream.
+        """
+        validated = self.prepare(operation, request, principal)
+        await self._limiter.admit(operation, principal.user_id, principal.tier)
+        return validated
 
     async def run(
         self,
@@ -111,7 +159,7 @@ class Pipeline:
         progress: ProgressCallback | None = None,
     ) -> Outcome[Any]:
         """Runs one request end to end for `principal`."""
-        validated = self.prepare(operation, request, principal)
+        validated = await self.admit(operation, request, principal)
         spec = operations.get(operation)
         model = self._settings.model_name(self._settings.policy(operation))
         spend = Spend()
@@ -124,5 +172,8 @@ class Pipeline:
             deadline=deadline,
             progress=progress,
         )
-        result = await spec.run(validated, _MeteredClient(self._client, spend), ctx)
+        client = _LimitedClient(
+            _MeteredClient(self._client, spend), self._limiter, operation, principal
+        )
+        result = await spec.run(validated, client, ctx)
         return Outcome(result=result, model=model, spend=spend)

@@ -31,6 +31,7 @@ from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.emulator import EmulatorServer
 from gateway.gemini import GeminiClient
+from gateway.limiter import LimiterMode, RateLimiter
 from gateway.pipeline import Pipeline
 from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
@@ -48,6 +49,11 @@ log = logging.getLogger("gateway.server")
 #: The service token of local mode (loopback listener + emulator, no auth configured). Documented
 #: in the README so grpcurl commands work as written; refused anywhere else.
 LOCAL_DEV_SERVICE_TOKEN = "local-dev-service-token"
+
+#: Health-check name of the rate limiter: NOT_SERVING while it refuses every request (Redis
+#: unreachable with `limiter.failure_mode` closed), SERVING otherwise. Its mode is also logged on
+#: every change (`limiter_mode`).
+LIMITER_HEALTH_SERVICE = "viewbait.ai.v1.Limiter"
 
 _SERVICE_NAMES = (
     gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
@@ -79,7 +85,14 @@ class GatewayServer:
         self._health = health.aio.HealthServicer()
         self._emulator: EmulatorServer | None = None
         self._client: GeminiClient | None = None
+        self._limiter: RateLimiter | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
         self.usage = InMemoryUsageSink()
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """The rate limiter once started (its `mode` says which limiter decides right now)."""
+        return self._limiter
 
     @property
     def emulator(self) -> EmulatorServer | None:
@@ -131,7 +144,10 @@ class GatewayServer:
         settings = await self._runtime_settings()
         server_settings = settings.server
         client = self._client = GeminiClient(settings.gemini, usage_sink=self.usage)
-        pipeline = Pipeline(settings, client)
+        limiter = self._limiter = RateLimiter.from_settings(settings)
+        limiter.add_listener(self._limiter_mode_changed)
+        await limiter.start()
+        pipeline = Pipeline(settings, client, limiter)
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", server_settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", server_settings.max_send_message_bytes),
@@ -168,10 +184,25 @@ class GatewayServer:
         self._server = server
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"host": server_settings.host, "port": self.port})
+        await self._health.set(LIMITER_HEALTH_SERVICE, _limiter_health(limiter.mode))
+        log.info(
+            "serving",
+            extra={
+                "host": server_settings.host,
+                "port": self.port,
+                "limiter_mode": limiter.mode.value,
+            },
+        )
         if server_settings.ready_file:
             self._write_ready_file(Path(server_settings.ready_file))
         return self.port
+
+    def _limiter_mode_changed(self, mode: LimiterMode) -> None:
+        update = asyncio.get_running_loop().create_task(
+            self._health.set(LIMITER_HEALTH_SERVICE, _limiter_health(mode))
+        )
+        self._health_updates.add(update)
+        update.add_done_callback(self._health_updates.discard)
 
     def _write_ready_file(self, path: Path) -> None:
         payload = {
@@ -194,6 +225,9 @@ class GatewayServer:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._limiter is not None:
+            await self._limiter.aclose()
+            self._limiter = None
         if self._emulator is not None:
             await self._emulator.stop()
             self._emulator = None
@@ -203,6 +237,12 @@ class GatewayServer:
         """Returns when the server has stopped."""
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _limiter_health(mode: LimiterMode) -> int:
+    if mode is LimiterMode.CLOSED_FALLBACK:
+        return health_pb2.HealthCheckResponse.NOT_SERVING
+    return health_pb2.HealthCheckResponse.SERVING
 
 
 async def serve(settings: Settings) -> None:
@@ -225,4 +265,4 @@ async def serve(settings: Settings) -> None:
         await server.stop()
 
 
-__all__ = ["LOCAL_DEV_SERVICE_TOKEN", "GatewayServer", "serve"]
+__all__ = ["LIMITER_HEALTH_SERVICE", "LOCAL_DEV_SERVICE_TOKEN", "GatewayServer", "serve"]

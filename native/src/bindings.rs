@@ -227,6 +227,21 @@ fn limit_error(err: LimitError) -> PyErr {
     PyValueError::new_err(err.to_string())
 }
 
+/// `(key, rate, period_s, burst)` tuples as keyed limits; a key may appear once.
+fn limits_of(limits: &[(String, f64, f64, i64)]) -> PyResult<Vec<(&str, Limit)>> {
+    let mut items = Vec::with_capacity(limits.len());
+    for (key, rate, period_s, burst) in limits {
+        if items.iter().any(|(k, _): &(&str, Limit)| k == key) {
+            return Err(PyValueError::new_err(format!(
+                "key {key:?} appears twice in one call"
+            )));
+        }
+        let limit = Limit::per_period(*rate, *period_s, *burst).map_err(limit_error)?;
+        items.push((key.as_str(), limit));
+    }
+    Ok(items)
+}
+
 fn cost_of(cost: i64) -> PyResult<u64> {
     u64::try_from(cost).map_err(|_| PyValueError::new_err("cost must be 0 or more"))
 }
@@ -288,19 +303,30 @@ impl GcraLimiter {
         cost: i64,
         now_ns: Option<u64>,
     ) -> PyResult<Vec<Decision>> {
-        let mut items = Vec::with_capacity(limits.len());
-        for (key, rate, period_s, burst) in &limits {
-            if items.iter().any(|(k, _): &(&str, Limit)| k == key) {
-                return Err(PyValueError::new_err(format!(
-                    "key {key:?} appears twice in one check_all call"
-                )));
-            }
-            let limit = Limit::per_period(*rate, *period_s, *burst).map_err(limit_error)?;
-            items.push((key.as_str(), limit));
-        }
+        let items = limits_of(&limits)?;
         let cost = cost_of(cost)?;
         let decisions = self.inner.check_all(&items, cost, now_or(now_ns));
         Ok(decisions.into_iter().map(Decision::from).collect())
+    }
+
+    /// What `check_all` would answer, changing nothing (the read side of a deny cache).
+    #[pyo3(signature = (limits, cost = 1, now_ns = None))]
+    fn peek_all(
+        &self,
+        limits: Vec<(String, f64, f64, i64)>,
+        cost: i64,
+        now_ns: Option<u64>,
+    ) -> PyResult<Vec<Decision>> {
+        let items = limits_of(&limits)?;
+        let cost = cost_of(cost)?;
+        let decisions = self.inner.peek_all(&items, cost, now_or(now_ns));
+        Ok(decisions.into_iter().map(Decision::from).collect())
+    }
+
+    /// Records that `key`'s TAT is at least `tat_ns` (learned from an authoritative store).
+    #[pyo3(signature = (key, tat_ns, now_ns = None))]
+    fn raise_tat(&self, key: &str, tat_ns: u64, now_ns: Option<u64>) {
+        self.inner.raise_tat(key, tat_ns, now_or(now_ns));
     }
 
     /// Drops every key whose state has expired.

@@ -131,6 +131,32 @@ impl KeyedLimiter {
             .collect()
     }
 
+    /// What `check_all` would answer for a request of `cost` at `now`, changing nothing.
+    ///
+    /// With states learned from an authoritative store (`raise_tat`), a denial here is a denial
+    /// there: the store's TAT is at least the one held here and never moves backwards.
+    pub fn peek_all(&self, items: &[(&str, Limit)], cost: u64, now: u64) -> Vec<Decision> {
+        items
+            .iter()
+            .map(|(key, limit)| {
+                let tat = self.lock(Self::shard_index(key)).tat(key);
+                decide(limit, tat, now, cost).0
+            })
+            .collect()
+    }
+
+    /// Records that `key`'s TAT is at least `tat` (keeping the later of the two). A TAT not
+    /// after `now` carries no information and is not stored.
+    pub fn raise_tat(&self, key: &str, tat: u64, now: u64) {
+        if tat <= now {
+            return;
+        }
+        let mut shard = self.lock(Self::shard_index(key));
+        if shard.tat(key).is_none_or(|held| held < tat) {
+            shard.store(key, tat, now);
+        }
+    }
+
     /// How many keys are held (expired ones included until the next sweep).
     pub fn len(&self) -> usize {
         (0..SHARDS).map(|i| self.lock(i).tats.len()).sum()
@@ -204,6 +230,28 @@ mod tests {
         assert_eq!(d[0].remaining, 99, "the wide limit must not be charged");
         assert!(d[1].retry_after_ns.is_some());
         assert_eq!(l.check("wide", &wide, 0, S).remaining, 99);
+    }
+
+    #[test]
+    fn peek_changes_nothing_and_raised_tats_only_move_forward() {
+        let l = KeyedLimiter::new();
+        let lim = limit(10.0, 2); // 100 ms apart, 2 at once
+        let peeked = l.peek_all(&[("k", lim)], 1, S);
+        assert!(peeked[0].allowed);
+        assert!(l.is_empty(), "a peek must not store anything");
+
+        // An authoritative store says the TAT is 300 ms ahead: one more request is 100 ms away.
+        l.raise_tat("k", S + 300 * 1_000_000, S);
+        let d = l.peek_all(&[("k", lim)], 1, S)[0];
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_ns, Some(200 * 1_000_000));
+        assert!(l.peek_all(&[("k", lim)], 1, S + 200 * 1_000_000)[0].allowed);
+
+        // An older observation never lowers what is known; one in the past is not stored.
+        l.raise_tat("k", S + 100 * 1_000_000, S);
+        assert!(!l.peek_all(&[("k", lim)], 1, S)[0].allowed);
+        l.raise_tat("gone", S - 1, S);
+        assert_eq!(l.len(), 1);
     }
 
     #[test]

@@ -121,3 +121,23 @@ def test_threads_share_one_exact_budget() -> None:
     for t in threads:
         t.join()
     assert admitted == 500
+
+
+def test_peek_all_changes_nothing_and_raise_tat_only_moves_forward() -> None:
+    limiter = native.GcraLimiter()
+    limits = [("k", 10.0, 1.0, 2)]  # 100 ms apart, 2 at once
+    assert limiter.peek_all(limits, now_ns=S)[0].allowed
+    assert len(limiter) == 0
+    # An authoritative store reports the TAT 300 ms ahead: one more request is 200 ms away.
+    limiter.raise_tat("k", S + 300 * MS, now_ns=S)
+    (denied,) = limiter.peek_all(limits, now_ns=S)
+    assert not denied.allowed
+    assert denied.retry_after_s == pytest.approx(0.2)
+    assert limiter.peek_all(limits, now_ns=S + 200 * MS)[0].allowed
+    # An older report never lowers what is known; one already in the past is not stored.
+    limiter.raise_tat("k", S + 100 * MS, now_ns=S)
+    assert not limiter.peek_all(limits, now_ns=S)[0].allowed
+    limiter.raise_tat("gone", S - 1, now_ns=S)
+    assert len(limiter) == 1
+    with pytest.raises(ValueError, match="twice"):
+        limiter.peek_all([*limits, *limits], now_ns=S)

@@ -1,0 +1,122 @@
+"""`RateLimiter`: the policy table turned into checks, and denials as callers see them, embedded
+and shared alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.config import RateLimit, RouteLimits, Settings, Tier
+from gateway.errors import RateLimited
+from gateway.limiter import LimiterMode, RateLimiter
+
+HOUR = 3600.0
+TWO_PER_HOUR = RateLimit(rate=2, period_s=HOUR, burst=2)
+
+Factory = Callable[[Settings], RateLimiter]
+
+
+@pytest.fixture(params=["embedded", "shared"])
+async def make_limiter(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Factory]:
+    """Builds limiters of one kind (embedded native, or shared over the test Redis)."""
+    built: list[RateLimiter] = []
+
+    def make(settings: Settings) -> RateLimiter:
+        redis = Redis.from_url(redis_url) if request.param == "shared" else None
+        limiter = RateLimiter(settings, redis=redis)
+        built.append(limiter)
+        return limiter
+
+    try:
+        yield make
+    finally:
+        for limiter in built:
+            await limiter.aclose()
+
+
+async def test_a_denial_names_the_limit_and_when_to_come_back(
+    make_limiter: Factory, make_settings: Callable[..., Settings], key_prefix: str
+) -> None:
+    limiter = make_limiter(make_settings(key_prefix, admission=TWO_PER_HOUR))
+    assert limiter.mode in (LimiterMode.EMBEDDED, LimiterMode.SHARED)
+    for _ in range(2):
+        assert await limiter.admit("analyze_video", "u1", Tier.PRO) is not None
+    with pytest.raises(RateLimited) as denied:
+        await limiter.admit("analyze_video", "u1", Tier.PRO)
+    error = denied.value
+    assert "request limit of route 'youtube-analyze' for the pro tier" in error.message
+    assert "2 per 3600 s (burst 2)" in error.message
+    assert "retry in " in error.message
+    # One request every 1800 s: the next one is due half an hour after the burst.
+    assert error.retry_after_s == pytest.approx(1800, abs=1)
+    assert error.metadata["limit"] == "admission"
+    assert int(error.metadata["retry_after_ms"]) == pytest.approx(1_800_000, abs=1000)
+
+
+async def test_limits_are_per_user_and_per_route(
+    make_limiter: Factory, make_settings: Callable[..., Settings], key_prefix: str
+) -> None:
+    limiter = make_limiter(make_settings(key_prefix, admission=TWO_PER_HOUR))
+    for _ in range(2):
+        await limiter.admit("analyze_video", "u1", Tier.PRO)
+    # Another user on the same route, and the same user on another route, start fresh.
+    for _ in range(2):
+        await limiter.admit("analyze_video", "u2", Tier.PRO)
+        await limiter.admit("compute_attention_heatmap", "u1", Tier.PRO)
+    with pytest.raises(RateLimited):
+        await limiter.admit("compute_attention_heatmap", "u1", Tier.PRO)
+
+
+async def test_user_ids_cannot_break_out_of_their_keys(
+    make_limiter: Factory, make_settings: Callable[..., Settings], key_prefix: str
+) -> None:
+    limiter = make_limiter(make_settings(key_prefix, admission=TWO_PER_HOUR))
+    tricky = ["a}:a:youtube-analyze", "a", "a%7D", "{a}", "a:b"]
+    for user in tricky:
+        for _ in range(2):
+            await limiter.admit("analyze_video", user, Tier.PRO)
+
+
+async def test_a_tier_without_an_entry_is_not_limited(
+    make_limiter: Factory, key_prefix: str
+) -> None:
+    defaults = Settings()
+    only_free = {Tier.FREE: RouteLimits(admission=RateLimit(rate=1, period_s=HOUR, burst=1))}
+    policies = {
+        name: policy.model_copy(update={"limits": only_free})
+        for name, policy in defaults.policies.items()
+    }
+    settings = Settings(
+        policies=policies, limiter=defaults.limiter.model_copy(update={"key_prefix": key_prefix})
+    )
+    limiter = make_limiter(settings)
+    for _ in range(5):
+        assert await limiter.admit("check_channel_consistency", "u1", Tier.PRO) is None
+    await limiter.admit("check_channel_consistency", "u1", Tier.FREE)
+    with pytest.raises(RateLimited):
+        await limiter.admit("check_channel_consistency", "u1", Tier.FREE)
+
+
+async def test_the_model_limit_is_shared_and_a_denial_charges_no_user(
+    make_limiter: Factory, make_settings: Callable[..., Settings], key_prefix: str
+) -> None:
+    limiter = make_limiter(
+        make_settings(
+            key_prefix,
+            upstream=TWO_PER_HOUR,
+            models={"gemini-test": RateLimit(rate=3, period_s=HOUR, burst=3)},
+        )
+    )
+    await limiter.check_upstream("generate_thumbnail", "alice", Tier.FREE, "gemini-test")
+    await limiter.check_upstream("generate_thumbnail", "alice", Tier.FREE, "gemini-test")
+    with pytest.raises(RateLimited, match="Gemini-call limit of route 'generate'"):
+        await limiter.check_upstream("generate_thumbnail", "alice", Tier.FREE, "gemini-test")
+    await limiter.check_upstream("generate_thumbnail", "bob", Tier.FREE, "gemini-test")
+    with pytest.raises(RateLimited, match="fleet-wide limit on calls to gemini-test") as denied:
+        await limiter.check_upstream("generate_thumbnail", "bob", Tier.FREE, "gemini-test")
+    assert denied.value.metadata["limit"] == "model"
+    # A model without a configured limit is only bound by the users' own limits.
+    verdict = await limiter.check_upstream("generate_thumbnail", "carol", Tier.FREE, "other")
+    assert verdict is not None and verdict.remaining == 1
