@@ -414,7 +414,7 @@ def _bearer_credential(authorization: str) -> str:
     credential = credential.strip()
     if not credential:
         raise Unauthenticated("the authorization header says Bearer but carries no token")
-    if any(char.isspace() for char in credential):
+    if len(credential.split()) != 1:  # any whitespace inside (str.split's definition)
         raise Unauthenticated(
             "the authorization header must carry a single token after Bearer, without spaces"
         )

@@ -172,9 +172,7 @@ class RoutePolicy(BaseModel):
 def _default_policies() -> dict[str, RoutePolicy]:
     every = [Tier.FREE, Tier.STARTER, Tier.ADVANCED, Tier.PRO]
     return {
-        "generate_thumbnail": RoutePolicy(
-            route_id="generate", tiers=every, ttl_s=0, model="image"
-        ),
+        "generate_thumbnail": RoutePolicy(route_id="generate", tiers=every, ttl_s=0, model="image"),
         "analyze_video": RoutePolicy(route_id="youtube-analyze", tiers=[Tier.PRO], ttl_s=7 * 86400),
         "suggest_thumbnail_concepts": RoutePolicy(
             route_id="youtube-suggest-concepts", tiers=[Tier.PRO], ttl_s=86400
@@ -397,6 +395,32 @@ class StoreSettings(BaseModel):
         return self
 
 
+class ExecutionSettings(BaseModel):
+    """How an operation request is answered: result cache, coalescing, long-poll and leases
+    (see `gateway.execution`)."""
+
+    #: Longest a unary RPC waits for its result (bounded by the caller's deadline) before it
+    #: answers a pending job handle; the work goes on, and the same request asked again joins it.
+    long_poll_s: float = Field(default=25.0, gt=0, le=600)
+    #: Lease on a running execution. Its runner extends it every third of this; when a replica
+    #: dies, another one takes the execution over once the lease has lapsed.
+    lease_s: float = Field(default=30.0, gt=0, le=3600)
+    #: Attempts an execution gets (a takeover after a lapsed lease is an attempt).
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    #: With the store unavailable, run cacheable operations anyway, uncached and coalesced only
+    #: within this replica (true), or answer UNAVAILABLE (false). Requests with an idempotency
+    #: key always answer UNAVAILABLE then: without the store a retry could run twice.
+    run_uncached_on_store_failure: bool = True
+    #: In-process copy of recently used cache entries in front of the store (same keys, same
+    #: expiry), so a hit costs no database round trip; 0 turns it off.
+    hot_cache_entries: int = Field(default=10_000, ge=0)
+    #: Bound on the hot copy's size (result JSON and images), in bytes.
+    hot_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    #: How often each replica re-queues (or fails) executions whose lease lapsed, and reports
+    #: the store's health.
+    rescue_interval_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
@@ -420,6 +444,8 @@ class Settings(BaseSettings):
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
     #: Result cache, jobs and usage ledger (PostgreSQL or embedded), and the blob store.
     store: StoreSettings = Field(default_factory=StoreSettings)
+    #: Result cache, coalescing and long-poll behaviour of operation requests.
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,56 +1,29 @@
 """The shared life of one operation request, whatever the feature.
 
-tier check -> validate -> admission limit -> run the spec against the model (each model call
-passes the upstream limits first) -> result with its usage and cost.
+tier check -> validate -> admission limit -> result cache, single-flight, cross-replica
+coalescing (`gateway.execution`) -> run the spec against the model (each model call passes the
+upstream limits first) -> result with its usage and cost, or a pending job handle.
 
-The result cache, single-flight and cross-replica coalescing slot in here too (after admission,
-see DESIGN.md section 2) so that every RPC and the job runner share them; specs and servicers stay
-unaware of them.
+Every RPC (and later the job runner) goes through here, so specs and servicers stay unaware of
+caching and coalescing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Literal, overload
 
 from gateway import operations
 from gateway.auth import Principal, require_tier
-from gateway.config import Settings
+from gateway.config import Settings, Tier
+from gateway.errors import InvalidArgument
+from gateway.execution import Call, Executor, Outcome, Pending, Spend
 from gateway.limiter import RateLimiter
-from gateway.model import (
-    CallLabels,
-    ModelClient,
-    ModelRequest,
-    ModelResponse,
-    TextCallback,
-    Usage,
-)
-from gateway.operations.base import ProgressCallback, RunContext
+from gateway.model import CallLabels, ModelClient, ModelRequest, ModelResponse, TextCallback
+from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
+from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS
 
-ResultT = TypeVar("ResultT")
-
-
-@dataclass(slots=True)
-class Spend:
-    """Usage and cost summed over the model calls behind one answer."""
-
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
-    upstream_calls: int = 0
-
-    def add(self, response: ModelResponse) -> None:
-        """Adds one successful call (its attempts count as upstream calls)."""
-        u, r = self.usage, response.usage
-        self.usage = Usage(
-            prompt_tokens=u.prompt_tokens + r.prompt_tokens,
-            cached_prompt_tokens=u.cached_prompt_tokens + r.cached_prompt_tokens,
-            output_tokens=u.output_tokens + r.output_tokens,
-            thinking_tokens=u.thinking_tokens + r.thinking_tokens,
-            image_output_tokens=u.image_output_tokens + r.image_output_tokens,
-            total_tokens=u.total_tokens + r.total_tokens,
-        )
-        self.cost_usd += response.cost_usd
-        self.upstream_calls += response.attempts
+#: Job priority by tier: higher tiers are claimed first when jobs queue.
+_PRIORITY = {tier: rank for rank, tier in enumerate(Tier)}
 
 
 class _MeteredClient:
@@ -104,30 +77,30 @@ class _LimitedClient:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome(Generic[ResultT]):
-    """A finished operation and how it was produced."""
-
-    result: ResultT
-    model: str
-    spend: Spend
-    cached: bool = False
-    coalesced: bool = False
-
-
 class Pipeline:
     """Runs operations for authenticated callers.
 
     `limiter` enforces the policy table's rate limits; by default the embedded one (exact for a
-    single replica), the server passes the shared one when Redis is configured.
+    single replica), the server passes the shared one when Redis is configured. `executor`
+    answers through the result cache and coalescing; without one, every request runs.
     """
 
     def __init__(
-        self, settings: Settings, client: ModelClient, limiter: RateLimiter | None = None
+        self,
+        settings: Settings,
+        client: ModelClient,
+        limiter: RateLimiter | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
         self._limiter = limiter if limiter is not None else RateLimiter(settings)
+        self._executor = executor
+
+    @property
+    def executor(self) -> Executor | None:
+        """The cache and coalescing layer (None: every request runs)."""
+        return self._executor
 
     def prepare(self, operation: str, request: Any, principal: Principal) -> Any:
         """Checks the caller's tier and validates the request; returns the validated request.
@@ -148,6 +121,7 @@ class Pipeline:
         await self._limiter.admit(operation, principal.user_id, principal.tier)
         return validated
 
+    @overload
     async def run(
         self,
         operation: str,
@@ -157,23 +131,116 @@ class Pipeline:
         deadline: float | None,
         request_id: str = "",
         progress: ProgressCallback | None = None,
-    ) -> Outcome[Any]:
-        """Runs one request end to end for `principal`."""
+        idempotency_key: str = "",
+        long_poll: Literal[True] = True,
+    ) -> Outcome[Any] | Pending: ...
+
+    @overload
+    async def run(
+        self,
+        operation: str,
+        request: Any,
+        principal: Principal,
+        *,
+        deadline: float | None,
+        request_id: str = "",
+        progress: ProgressCallback | None = None,
+        idempotency_key: str = "",
+        long_poll: Literal[False],
+    ) -> Outcome[Any]: ...
+
+    async def run(
+        self,
+        operation: str,
+        request: Any,
+        principal: Principal,
+        *,
+        deadline: float | None,
+        request_id: str = "",
+        progress: ProgressCallback | None = None,
+        idempotency_key: str = "",
+        long_poll: bool = True,
+    ) -> Outcome[Any] | Pending:
+        """Runs one request end to end for `principal`.
+
+        With `long_poll` (unary RPCs) a request still running after the configured long-poll
+        window (bounded by `deadline`) answers `Pending`; otherwise it waits for the result.
+        A non-empty `idempotency_key` makes a repeat of the request return (or join) the first.
+        """
+        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise InvalidArgument.field(
+                "idempotency_key",
+                f"is {len(idempotency_key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_CHARS}",
+            )
         validated = await self.admit(operation, request, principal)
         spec = operations.get(operation)
-        model = self._settings.model_name(self._settings.policy(operation))
+        policy = self._settings.policy(operation)
+        model = self._settings.model_name(policy)
+
+        async def run(job_id: str, run_deadline: float | None) -> Outcome[Any]:
+            return await self._run_spec(
+                spec,
+                validated,
+                principal,
+                model,
+                job_id=job_id,
+                request_id=request_id,
+                deadline=run_deadline,
+                progress=progress,
+            )
+
+        if self._executor is None:
+            return await run("", deadline)
+        key = None
+        if policy.ttl_s > 0:
+            key = spec.cache_key(validated, principal.user_id, model, policy.scope)
+        call = Call(
+            spec=spec,
+            request=validated,
+            user_id=principal.user_id,
+            model=model,
+            run=run,
+            key=key,
+            scope=policy.scope,
+            ttl_s=policy.ttl_s,
+            idempotency_key=idempotency_key or None,
+            priority=_PRIORITY[principal.tier],
+            deadline=deadline,
+            long_poll=long_poll,
+        )
+        return await self._executor.execute(call)
+
+    async def _run_spec(
+        self,
+        spec: OperationSpec[Any, Any],
+        validated: Any,
+        principal: Principal,
+        model: str,
+        *,
+        job_id: str,
+        request_id: str,
+        deadline: float | None,
+        progress: ProgressCallback | None,
+    ) -> Outcome[Any]:
+        """One run of the spec against the model, metered and limited."""
         spend = Spend()
         ctx = RunContext(
             user_id=principal.user_id,
             model=model,
             labels=CallLabels(
-                operation=operation, user_id=principal.user_id, request_id=request_id
+                operation=spec.name,
+                user_id=principal.user_id,
+                job_id=job_id,
+                request_id=request_id,
             ),
             deadline=deadline,
             progress=progress,
         )
         client = _LimitedClient(
-            _MeteredClient(self._client, spend), self._limiter, operation, principal
+            _MeteredClient(self._client, spend), self._limiter, spec.name, principal
         )
         result = await spec.run(validated, client, ctx)
         return Outcome(result=result, model=model, spend=spend)
+
+
+__all__ = ["Outcome", "Pending", "Pipeline", "Spend"]

@@ -140,6 +140,49 @@ async def test_work_cancelled_from_outside_fails_its_callers_cleanly() -> None:
         await flights.do(KEY, shut_down)
 
 
+async def test_a_caller_whose_wait_ends_keeps_the_work_running_for_its_return() -> None:
+    flights: SingleFlight[str] = SingleFlight()
+    work = Work()
+    with pytest.raises(TimeoutError):
+        await flights.do(KEY, work, wait_s=0.01)
+    await settle()
+    assert work.cancelled == 0 and flights.waiters(KEY) == 0  # nobody waits, it still runs
+    returning = asyncio.create_task(flights.do(KEY, work))
+    await settle()
+    returning.cancel()  # even the last waiter leaving does not cancel kept work
+    await settle()
+    assert work.cancelled == 0
+    work.release.set()
+    await settle()
+    assert work.runs == 1 and len(flights) == 0
+
+
+async def test_work_kept_from_the_start_outlives_its_cancelled_caller() -> None:
+    flights: SingleFlight[str] = SingleFlight()
+    work = Work()
+    caller = asyncio.create_task(flights.do(KEY, work, keep=True))
+    await settle()
+    caller.cancel()
+    await settle()
+    assert work.cancelled == 0
+    retry = asyncio.create_task(flights.do(KEY, work))
+    await settle()
+    work.release.set()
+    assert await retry == ("result 1", True)
+    assert work.runs == 1
+
+
+async def test_cancel_all_stops_kept_work_too() -> None:
+    flights: SingleFlight[str] = SingleFlight()
+    work = Work()
+    caller = asyncio.create_task(flights.do(KEY, work, keep=True))
+    await settle()
+    await asyncio.gather(*flights.cancel_all(), return_exceptions=True)
+    assert work.cancelled == 1
+    with pytest.raises(Cancelled):
+        await caller
+
+
 async def test_nothing_is_cached_and_keys_are_independent() -> None:
     flights: SingleFlight[str] = SingleFlight()
     work = Work()

@@ -181,15 +181,15 @@ class OperationSpec(ABC, Generic[RequestT, ResultT]):
             # An empty user id would let every anonymous caller share one user's results.
             raise ValueError("a user-scoped cache key needs a user id")
         return derive_key(
-            [
+            own,
+            common=(
                 ("operation", self.name),
                 ("prompt_version", self.prompt_version),
                 ("schema_version", self.schema_version),
                 ("model", model),
                 ("scope", scope.value),
                 ("user", user_id if scope is Scope.USER else ""),
-                *own,
-            ]
+            ),
         )
 
     @abstractmethod

@@ -12,6 +12,10 @@ and its bytes travel separately as blobs keyed by SHA-256 digest:
 Decoding is strict: a missing or unknown field, a wrong type, an unknown enum value or a blob whose
 bytes do not hash to its reference is a `DecodeError`. The same decoder turns a model's validated
 JSON answer into its typed form.
+
+Validated requests go the same way (a job keeps its request to run it later): a validated
+`ImageInput` is written as the reference of the image it was sniffed as, and decodes back into a
+validated `ImageInput`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from gateway import native
-from gateway.operations.images import Image, mime_type_of
+from gateway.operations.images import Image, ImageInput, mime_type_of
 
 T = TypeVar("T")
 
@@ -45,6 +49,8 @@ class DecodeError(ValueError):
 
 def to_jsonable(value: Any) -> Any:
     """The JSON-ready form of a result value (images become blob references)."""
+    if isinstance(value, ImageInput):
+        value = value.verified
     if isinstance(value, Image):
         return {
             "sha256": value.sha256.hex(),
@@ -85,6 +91,8 @@ def collect_blobs(value: Any) -> dict[bytes, bytes]:
 
 
 def _collect(value: Any, found: dict[bytes, bytes]) -> None:
+    if isinstance(value, ImageInput):
+        value = value.verified
     if isinstance(value, Image):
         found[value.sha256] = value.data
     elif is_dataclass(value) and not isinstance(value, type):
@@ -150,6 +158,9 @@ def _decode(tp: Any, data: Any, blobs: Blobs, path: str) -> Any:
         )
     if tp is Image:
         return _decode_image(data, blobs, path)
+    if tp is ImageInput:
+        image = _decode_image(data, blobs, path)
+        return ImageInput(image.data, image.mime_type, image)
     if isinstance(tp, type) and is_dataclass(tp):
         return _decode_dataclass(tp, data, blobs, path)
     if isinstance(tp, type) and issubclass(tp, Enum):

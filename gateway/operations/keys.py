@@ -9,6 +9,7 @@ dict order or the platform.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from gateway import native
@@ -35,23 +36,35 @@ def _encode_value(value: KeyValue) -> tuple[bytes, bytes]:
     raise TypeError(f"unsupported key value type {type(value).__name__}")
 
 
-def encode_fields(fields: KeyFields) -> bytes:
-    """The unambiguous byte encoding of `fields` that `derive_key` hashes."""
-    out = bytearray(_DOMAIN)
+def _encode_each(fields: KeyFields) -> bytes:
+    parts = []
     for name, value in fields:
         raw_name = name.encode("utf-8")
         tag, raw = _encode_value(value)
-        out += len(raw_name).to_bytes(4, "big")
-        out += raw_name
-        out += tag
-        out += len(raw).to_bytes(8, "big")
-        out += raw
-    return bytes(out)
+        parts.append(
+            b"".join(
+                (len(raw_name).to_bytes(4, "big"), raw_name, tag, len(raw).to_bytes(8, "big"), raw)
+            )
+        )
+    return b"".join(parts)
 
 
-def derive_key(fields: KeyFields) -> bytes:
-    """The 32-byte cache key of `fields` (native SHA-256 of `encode_fields`)."""
-    return native.sha256(encode_fields(fields))
+def encode_fields(fields: KeyFields) -> bytes:
+    """The unambiguous byte encoding of `fields` that `derive_key` hashes."""
+    return _DOMAIN + _encode_each(fields)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encoded_prefix(fields: tuple[tuple[str, KeyValue], ...]) -> bytes:
+    return encode_fields(fields)
+
+
+def derive_key(fields: KeyFields, *, common: tuple[tuple[str, KeyValue], ...] = ()) -> bytes:
+    """The 32-byte cache key of `common` followed by `fields` (native SHA-256 of
+    `encode_fields`). `common` are leading fields many keys share (operation, versions, model,
+    scope, user): their encoding is computed once and remembered, as every cache hit derives
+    its key."""
+    return native.sha256(_encoded_prefix(common) + _encode_each(fields))
 
 
 def multiset_digest(digests: Sequence[bytes]) -> bytes:

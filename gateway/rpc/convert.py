@@ -7,7 +7,7 @@ caller left UNSPECIFIED become None (or "") and are refused there with the field
 
 from __future__ import annotations
 
-from viewbait.ai.v1 import common_pb2, operations_pb2
+from viewbait.ai.v1 import common_pb2, job_pb2, operations_pb2
 
 from gateway.operations.analyze_video import AnalyzeVideoRequest, VideoAnalysis
 from gateway.operations.check_channel_consistency import (
@@ -33,7 +33,8 @@ from gateway.operations.suggest_thumbnail_concepts import (
     SuggestThumbnailConceptsRequest,
     ThumbnailConcepts,
 )
-from gateway.pipeline import Spend
+from gateway.pipeline import Pending, Spend
+from gateway.store.base import JobStatus
 
 _IMAGE_FORMATS = {
     "png": common_pb2.IMAGE_FORMAT_PNG,
@@ -57,6 +58,13 @@ _VERDICTS = {
     Verdict.CONSISTENT: operations_pb2.CONSISTENCY_VERDICT_CONSISTENT,
     Verdict.PARTLY_CONSISTENT: operations_pb2.CONSISTENCY_VERDICT_PARTLY_CONSISTENT,
     Verdict.INCONSISTENT: operations_pb2.CONSISTENCY_VERDICT_INCONSISTENT,
+}
+_JOB_STATUSES = {
+    JobStatus.QUEUED: job_pb2.JOB_STATUS_QUEUED,
+    JobStatus.RUNNING: job_pb2.JOB_STATUS_RUNNING,
+    JobStatus.SUCCEEDED: job_pb2.JOB_STATUS_SUCCEEDED,
+    JobStatus.FAILED: job_pb2.JOB_STATUS_FAILED,
+    JobStatus.CANCELLED: job_pb2.JOB_STATUS_CANCELLED,
 }
 _DIMENSIONS = (
     ("palette", operations_pb2.CONSISTENCY_DIMENSION_PALETTE),
@@ -226,8 +234,13 @@ def channel_consistency(result: ChannelConsistency) -> operations_pb2.ChannelCon
 def response_metadata(
     request_id: str, *, model: str, spend: Spend, cached: bool = False, coalesced: bool = False
 ) -> common_pb2.ResponseMetadata:
-    """How an answer was produced."""
+    """How an answer was produced (an answer that cost nothing, a cache hit, leaves `usage`
+    unset: all zeros)."""
     u = spend.usage
+    if not spend.upstream_calls and not u.total_tokens and not spend.cost_usd:
+        return common_pb2.ResponseMetadata(
+            request_id=request_id, cached=cached, coalesced=coalesced, model=model
+        )
     return common_pb2.ResponseMetadata(
         request_id=request_id,
         cached=cached,
@@ -242,5 +255,19 @@ def response_metadata(
             total_tokens=u.total_tokens,
             cost_usd=spend.cost_usd,
             upstream_calls=spend.upstream_calls,
+        ),
+    )
+
+
+def pending_job(pending: Pending) -> job_pb2.PendingJob:
+    """The handle of work that did not finish within the long-poll window."""
+    progress = pending.progress
+    return job_pb2.PendingJob(
+        job_id=pending.job_id,
+        status=_JOB_STATUSES[pending.status],
+        progress=None
+        if progress is None
+        else common_pb2.Progress(
+            fraction=progress.fraction, stage=progress.stage, message=progress.message
         ),
     )

@@ -2,7 +2,8 @@
 
 Each handler converts the request, runs it through the shared pipeline as the authenticated
 caller, and converts the result. Errors are domain errors raised below; the error-mapping
-interceptor reports them. Until the jobs API lands, unary results are always returned inline.
+interceptor reports them. A unary result that takes longer than the long-poll window is answered
+as a pending job handle (the work goes on; asking again joins it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_
 from gateway.auth import Principal
 from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pending, Pipeline
 from gateway.rpc import context as request_context
 from gateway.rpc import convert
 
@@ -56,6 +57,11 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             deadline=rc.deadline,
             request_id=rc.request_id,
         )
+        if isinstance(outcome, Pending):
+            return response_type(
+                pending=convert.pending_job(outcome),
+                metadata=common_pb2.ResponseMetadata(request_id=rc.request_id),
+            )
         metadata = convert.response_metadata(
             rc.request_id,
             model=outcome.model,
@@ -63,7 +69,7 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             cached=outcome.cached,
             coalesced=outcome.coalesced,
         )
-        return response_type(result=to_result(outcome.result), metadata=metadata)
+        return response_type(result=outcome.view(to_result), metadata=metadata)
 
     async def AnalyzeVideo(
         self, request: operations_pb2.AnalyzeVideoRequest, context: Context
@@ -115,7 +121,10 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         """Streams progress and images while the generation runs, then the summary.
 
         The generation runs in a task of its own; if the caller goes away, the stream is
-        cancelled and so is that task (nobody else waits for these images).
+        cancelled and so is that task (nobody else waits for these images). With an idempotency
+        key the generation finishes anyway: a repeat of the request with the same key (a retry
+        after a lost connection) gets the first generation's images without a new model call,
+        joining it if it still runs.
         """
         rc, principal = _caller()
         domain_request = convert.generate_thumbnail_request(request)
@@ -139,6 +148,8 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                 deadline=rc.deadline,
                 request_id=rc.request_id,
                 progress=progress,
+                idempotency_key=request.idempotency_key,
+                long_poll=False,
             )
         )
         try:
@@ -159,7 +170,11 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             summary=gateway_service_pb2.GenerateThumbnailSummary(
                 image_count=len(result.variations),
                 metadata=convert.response_metadata(
-                    rc.request_id, model=outcome.model, spend=outcome.spend
+                    rc.request_id,
+                    model=outcome.model,
+                    spend=outcome.spend,
+                    cached=outcome.cached,
+                    coalesced=outcome.coalesced,
                 ),
             )
         )

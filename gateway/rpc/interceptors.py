@@ -36,7 +36,17 @@ _MAX_REQUEST_ID = 128
 
 
 class _WrappingInterceptor(aio.ServerInterceptor):
-    """Wraps the unary-unary and unary-stream behaviours of the gateway's own RPCs."""
+    """Wraps the unary-unary and unary-stream behaviours of the gateway's own RPCs.
+
+    grpc asks every interceptor for every RPC; the wrapped handler of a method is built once and
+    reused while the handler below it stays the same (it does: handlers are registered once).
+    """
+
+    def __init__(self) -> None:
+        #: Method -> (the handler below, its wrapped handler).
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
     async def intercept_service(
         self,
@@ -49,6 +59,16 @@ class _WrappingInterceptor(aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or not method.startswith(_OWN_SERVICES):
             return handler
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary is not None:
             # grpc.aio hands coroutine behaviours to aio servers; the stubs only know sync ones.
             inner_unary = cast(UnaryBehavior, handler.unary_unary)
@@ -150,6 +170,8 @@ class LoggingInterceptor(_WrappingInterceptor):
     """One log line per RPC: method, code, duration, request id, user."""
 
     def _log(self, ctx: aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return  # nothing to build: this line is on every RPC's path
         rc = request_context.current()
         code: object = ctx.code()
         if not isinstance(code, grpc.StatusCode):
@@ -227,6 +249,7 @@ class AuthInterceptor(_WrappingInterceptor):
     """Authenticates every RPC of the gateway's services before its servicer runs."""
 
     def __init__(self, authenticator: Authenticator) -> None:
+        super().__init__()
         self._authenticator = authenticator
 
     async def before(self, method: str, ctx: aio.ServicerContext[Any, Any]) -> None:

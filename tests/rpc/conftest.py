@@ -245,6 +245,19 @@ class Samples:
     def __init__(self) -> None:
         self.thumbnail = encode_png((320, 180))
         self.references = [encode_png((160, 90), (30 * i, 120, 200)) for i in range(1, 4)]
+        self._fresh_images = 0
+
+    def fresh_request(self, operation: str) -> Message:
+        """The sample request of `operation`, with a thumbnail no other request carries, so no
+        result cached for an earlier caller answers it (the heatmap is shared across users)."""
+        self._fresh_images += 1
+        n = self._fresh_images
+        thumbnail = encode_png((320, 180), (n % 256, n // 256 % 256, 77))
+        if operation == "compute_attention_heatmap":
+            return self.request(operation, image=common_pb2.Image(data=thumbnail))
+        if operation == "check_channel_consistency":
+            return self.request(operation, target=common_pb2.Image(data=thumbnail))
+        return self.request(operation)
 
     def request(self, operation: str, **changes: Any) -> Message:
         """The sample request of `operation`, with `changes` applied to its fields."""

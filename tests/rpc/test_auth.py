@@ -115,7 +115,7 @@ async def test_each_tier_against_each_operation(
 ) -> None:
     """OK when the policy table includes the caller's tier, else PERMISSION_DENIED naming it."""
     metadata = gateway.as_user(tier, user_id=f"user-{tier.value}")
-    request = samples.request(operation.name)
+    request = samples.fresh_request(operation.name)
     allowed = allowed_tiers(operation.name)
 
     if tier in allowed:

@@ -115,7 +115,7 @@ async def test_unary_rpc_through_helper_client(
     ) as client:
         method = getattr(client, unary_operation.name)
         response = await method(
-            samples.request(unary_operation.name), timeout_s=60, request_id=request_id
+            samples.fresh_request(unary_operation.name), timeout_s=60, request_id=request_id
         )
 
     check_unary_response(response, unary_operation, gateway, samples, request_id)

@@ -1,0 +1,303 @@
+"""Shared pieces of the gRPC benchmarks: processes to start, the anchor server, load drivers.
+
+- `Fleet(workdir)`: the processes of one run, stopped on exit of `async with`:
+  `emulator(latency_s)` (`python -m gateway.emulator`), `gateway(name, emulator_url, env)`
+  (`python -m gateway serve`, ready when its ready file appears) and `bare_server(response)`:
+  the anchor, a bare grpc.aio GatewayService answering one fixed AnalyzeVideoResponse from
+  memory (the physical limit of this stack).
+- `emulator_calls(url)`: how many generate requests the emulator served, and
+  `set_emulator_latency(url, s)`: its added latency (its admin routes).
+- `unlimited_policies_env()` lifts the per-user rate limits (the benchmarks drive one user far
+  past any sane limit; they measure the request path, not the limiter).
+- `closed_loop(port, seconds, concurrency)` and `open_loop(port, rate, seconds)`: AnalyzeVideo
+  load from this process, returning requests per second and latencies in ms.
+- `fresh_schema(url)`: a PostgreSQL schema of its own for a run, dropped afterwards.
+
+While a driver measures, this client's own garbage collector is paused (and what exists before
+is frozen out of it), so the client's pauses do not show up as the server's latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import re
+import statistics
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+
+import asyncpg
+from grpc import aio
+from viewbait.ai.v1 import gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
+
+from gateway.config import Settings
+
+SERVICE_TOKEN = "bench-service-token-0123456789"
+EMULATOR_KEY = "bench-key"
+METADATA = (
+    ("authorization", f"Bearer {SERVICE_TOKEN}"),
+    ("x-viewbait-user-id", "bench-user"),
+    ("x-viewbait-tier", "pro"),
+)
+REQUEST = operations_pb2.AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="Benchmark video")
+DEFAULT_DATABASE_URL = os.environ.get(
+    "VIEWBAIT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+#: Client channel options: room for the largest responses the benchmarks ask for.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+Process = asyncio.subprocess.Process
+
+
+async def wait_for(path: Path, process: Process) -> str:
+    """The contents of `path` once a starting process has written it."""
+    for _ in range(1200):
+        if path.exists() and path.read_text():
+            return path.read_text()
+        if process.returncode is not None:
+            raise RuntimeError(f"{process} exited with {process.returncode}")
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {path}")
+
+
+class Fleet:
+    """The processes of one benchmark run; `async with` stops them all at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.processes: list[Process] = []
+
+    async def __aenter__(self) -> Fleet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for process in self.processes:
+            if process.returncode is None:
+                process.terminate()
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                await process.wait()
+
+    async def emulator(self, latency_s: float = 0.0) -> str:
+        """The offline Gemini emulator in its own process; returns its base URL."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.emulator",
+            "--port",
+            "0",
+            "--api-key",
+            EMULATOR_KEY,
+            "--latency",
+            str(latency_s),
+            "--log-level",
+            "WARNING",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+        match = re.search(r"listening on (http://\S+)", line)
+        if match is None:
+            raise RuntimeError(f"the emulator did not start: {line!r}")
+        return match.group(1)
+
+    async def gateway(
+        self, name: str, emulator_url: str, env: Mapping[str, str] | None = None
+    ) -> int:
+        """`python -m gateway serve` calling the emulator; returns its port."""
+        workdir = self.workdir / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        ready = workdir / "ready.json"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("VIEWBAIT_")}
+        environment.update(
+            {
+                "VIEWBAIT_SERVER__PORT": "0",
+                "VIEWBAIT_SERVER__READY_FILE": str(ready),
+                "VIEWBAIT_SERVER__LOG_LEVEL": "WARNING",
+                "VIEWBAIT_AUTH__SERVICE_TOKEN": SERVICE_TOKEN,
+                "VIEWBAIT_GEMINI__API_KEY": EMULATOR_KEY,
+                "VIEWBAIT_GEMINI__BASE_URL": emulator_url,
+                "VIEWBAIT_STORE__BLOB_DIR": str(workdir / "blobs"),
+                **(env or {}),
+            }
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", env=environment
+        )
+        self.processes.append(process)
+        return int(json.loads(await wait_for(ready, process))["port"])
+
+    async def bare_server(self, response: gateway_service_pb2.AnalyzeVideoResponse) -> int:
+        """The anchor in its own process, answering `response`; returns its port."""
+        response_file = self.workdir / "bare-response.bin"
+        port_file = self.workdir / "bare.port"
+        response_file.write_bytes(response.SerializeToString())
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--bare-server", str(port_file), str(response_file)
+        )
+        self.processes.append(process)
+        return int(await wait_for(port_file, process))
+
+
+def emulator_calls(emulator_url: str) -> int:
+    """Generate requests the emulator has served (whatever their outcome)."""
+    with urllib.request.urlopen(f"{emulator_url}/_emulator/stats", timeout=10) as response:
+        return int(json.load(response)["requests"])
+
+
+def set_emulator_latency(emulator_url: str, latency_s: float) -> None:
+    """Changes the emulator's added latency (its admin route)."""
+    request = urllib.request.Request(
+        f"{emulator_url}/_emulator/knobs",
+        data=json.dumps({"latency_s": latency_s}).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def unlimited_policies_env(**ttl_by_operation: int) -> dict[str, str]:
+    """Environment that removes every per-user and per-model rate limit (and optionally sets
+    operations' cache TTLs, e.g. `analyze_video=0` turns its cache off)."""
+    policies = {}
+    for name, policy in Settings().policies.items():
+        data = policy.model_dump(mode="json")
+        data["limits"] = {}
+        if name in ttl_by_operation:
+            data["ttl_s"] = ttl_by_operation[name]
+        policies[name] = data
+    return {
+        "VIEWBAIT_POLICIES": json.dumps(policies),
+        "VIEWBAIT_LIMITER__MODELS": "{}",
+        "VIEWBAIT_LIMITER__MODEL_DEFAULT": "null",
+    }
+
+
+async def _bare_server(port_file: Path, response_file: Path) -> None:
+    response = gateway_service_pb2.AnalyzeVideoResponse.FromString(response_file.read_bytes())
+
+    class Bare(gateway_service_pb2_grpc.GatewayServiceServicer):
+        async def AnalyzeVideo(self, request: object, context: object) -> object:
+            return response
+
+    server = aio.server()
+    gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(Bare(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+async def call_once(port: int) -> gateway_service_pb2.AnalyzeVideoResponse:
+    """One AnalyzeVideo call (e.g. to warm a cache or capture a response)."""
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        response: gateway_service_pb2.AnalyzeVideoResponse = await stub.AnalyzeVideo(
+            REQUEST, metadata=METADATA, timeout=60
+        )
+        return response
+
+
+@contextlib.contextmanager
+def _client_gc_paused() -> Iterator[None]:
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+async def closed_loop(port: int, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+    """(requests per second, latencies in ms) of AnalyzeVideo calls, `concurrency` at a time."""
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        for _ in range(50):  # warm up connections and caches
+            await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
+        latencies: list[float] = []
+        stop_at = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        with _client_gc_paused():
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return len(latencies) / (time.perf_counter() - started), latencies
+
+
+async def open_loop(port: int, rate: float, seconds: float) -> list[float]:
+    """Latencies in ms of AnalyzeVideo calls sent at a fixed `rate` per second, each measured
+    from its scheduled send time (so a stalled client or server is not hidden)."""
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        for _ in range(50):
+            await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
+        latencies: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def one(scheduled: float) -> None:
+            await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
+            latencies.append((loop.time() - scheduled) * 1000)
+
+        tasks = []
+        with _client_gc_paused():
+            start = loop.time() + 0.05
+            interval = 1 / rate
+            for i in range(int(rate * seconds)):
+                scheduled = start + i * interval
+                delay = scheduled - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(one(scheduled)))
+            await asyncio.gather(*tasks)
+        return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The `q` quantile (0 < q < 1) of `values`."""
+    return statistics.quantiles(values, n=1000)[int(q * 1000) - 1]
+
+
+@contextlib.asynccontextmanager
+async def fresh_schema(database_url: str) -> AsyncIterator[str]:
+    """A new schema name for one run (the gateways create it by migrating); dropped after."""
+    name = f"viewbait_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        yield name
+    finally:
+        conn = await asyncpg.connect(database_url, timeout=10)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+
+
+def store_env(database_url: str, schema: str) -> dict[str, str]:
+    """Environment of a replica sharing PostgreSQL (migrating the schema at start)."""
+    return {
+        "VIEWBAIT_STORE__DATABASE_URL": database_url,
+        "VIEWBAIT_STORE__SCHEMA": schema,
+        "VIEWBAIT_STORE__MIGRATE_ON_START": "true",
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--bare-server":
+        asyncio.run(_bare_server(Path(sys.argv[2]), Path(sys.argv[3])))
+        raise SystemExit(0)
+    raise SystemExit("usage: _rpc_harness.py --bare-server PORT_FILE RESPONSE_FILE")

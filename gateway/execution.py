@@ -1,0 +1,705 @@
+"""How a replica answers an operation request at most once per key: cache-aside, single-flight
+and cross-replica coalescing (DESIGN.md sections 2 and 3; the storage side is docs/storage.md).
+
+For a request whose result is cacheable (it has a cache key) or replayable (an idempotency key):
+
+1. **Cache.** A hit in the in-process hot copy, else in the store, answers at once: no upstream
+   call, zero usage, the model that produced it. The hot copy holds the same keys with the same
+   expiry as the store's rows (keys carry the prompt, schema and model versions, so a bump is a
+   new key there too).
+2. **Single-flight.** Callers on this replica with the same key share one piece of work.
+3. **Coalescing.** That work joins or creates the one active execution (job) of the key, across
+   replicas. Whoever creates it claims it and runs it inline under a lease extended by
+   heartbeat, re-checking the cache first (a job that finished between the miss and the insert
+   already stored its result). Every other replica waits for the job to change (NOTIFY, with a
+   polling fallback); when a wait stays quiet, it tries to claim the execution, which succeeds
+   only once the runner's lease has lapsed (its replica died), and then runs it itself.
+4. **Long-poll.** A unary caller waits for the shared work up to `long_poll_s`, bounded by its
+   deadline, then answers a pending handle: its own job, or for a global-scope operation its
+   own handle on the shared execution, never another user's. The work is then kept: it runs to
+   its end even if nobody waits, and the same request asked again joins it.
+
+Cancellation: a caller that goes away stops waiting alone. When nobody waits any more and no
+pending handle was given out, the work is cancelled, and an execution it was running is failed
+as abandoned at once (never left active); a waiter elsewhere that still wants the result then
+starts a new execution. At shutdown a running execution is re-queued instead, for another
+replica to take. A request with an idempotency key keeps its work from the start: its caller
+declared it will retry, and the retry finds the result.
+
+Faults: with the store unavailable (its bounded timeouts and circuit), a cacheable request runs
+uncached, coalesced within this replica, when `run_uncached_on_store_failure` allows it, else it
+answers UNAVAILABLE; a request with an idempotency key always answers UNAVAILABLE then (a retry
+could run twice). Results are written (blobs, cache row, job) after the callers have their
+answer; a failed write is logged and costs at most a later recomputation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from gateway import errors, native
+from gateway.blobs import BlobError, BlobStore
+from gateway.config import ExecutionSettings, Scope
+from gateway.model import ModelResponse, Usage
+from gateway.operations import codec
+from gateway.operations.base import OperationSpec
+from gateway.operations.keys import derive_key
+from gateway.singleflight import SingleFlight
+from gateway.store.base import Job, JobError, JobProgress, JobStatus, LeaseLost, NewJob, Store
+from gateway.store.results import ResultCache, load_result, save_result
+
+log = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT")
+ViewT = TypeVar("ViewT")
+
+#: Time kept back from the caller's deadline to answer a pending handle (one store call); at
+#: most a quarter of what the caller has left.
+ANSWER_MARGIN_S = 0.2
+#: How many executions a request starts or joins before giving up (each one abandoned by its
+#: runner when nobody waited for it; more in a row means something is wrong).
+MAX_EXECUTIONS = 4
+#: How long shutdown waits for result writes and job releases.
+CLOSE_TIMEOUT_S = 10.0
+#: Fallback to uncached runs is logged at most this often.
+FALLBACK_LOG_INTERVAL_S = 10.0
+#: The error an execution gets when the work behind it is cancelled because nobody waits.
+ABANDONED = JobError(
+    errors.Cancelled.reason,
+    "the work was cancelled because nobody waited for its result any more; ask again",
+)
+#: The error of the attempt a replica gave back at shutdown (the execution is queued again).
+RELEASED = JobError(
+    errors.Unavailable.reason, "the replica running this job shut down; another one takes it over"
+)
+
+
+@dataclass(slots=True)
+class Spend:
+    """Usage and cost summed over the model calls behind one answer."""
+
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    upstream_calls: int = 0
+
+    def add(self, response: ModelResponse) -> None:
+        """Adds one successful call (its attempts count as upstream calls)."""
+        u, r = self.usage, response.usage
+        self.usage = Usage(
+            prompt_tokens=u.prompt_tokens + r.prompt_tokens,
+            cached_prompt_tokens=u.cached_prompt_tokens + r.cached_prompt_tokens,
+            output_tokens=u.output_tokens + r.output_tokens,
+            thinking_tokens=u.thinking_tokens + r.thinking_tokens,
+            image_output_tokens=u.image_output_tokens + r.image_output_tokens,
+            total_tokens=u.total_tokens + r.total_tokens,
+        )
+        self.cost_usd += response.cost_usd
+        self.upstream_calls += response.attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[ResultT]):
+    """A finished operation and how it was produced.
+
+    `spend` is what this answer cost: zero for a cache hit and for a caller that shared work
+    someone else paid for (`coalesced`).
+    """
+
+    result: ResultT
+    model: str
+    spend: Spend
+    cached: bool = False
+    coalesced: bool = False
+    #: Renderings of a result from the hot copy, shared by every hit on its entry (`view`).
+    views: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
+
+    def view(self, render: Callable[[ResultT], ViewT]) -> ViewT:
+        """`render(result)`, e.g. the result's protobuf message. For a result from the hot copy
+        it is computed once per cache entry and shared by every hit, so it must not be mutated.
+        """
+        if self.views is None:
+            return render(self.result)
+        rendered: ViewT | None = self.views.get(render)
+        if rendered is None:
+            rendered = self.views[render] = render(self.result)
+        return rendered
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A unary answer that did not finish within the long-poll window: the caller's own job
+    (or handle), still active; the work goes on."""
+
+    job_id: str
+    status: JobStatus
+    progress: JobProgress | None = None
+
+
+#: Runs the operation once: (job id for the usage labels or "", deadline) -> a fresh outcome.
+Runner = Callable[[str, float | None], Awaitable[Outcome[Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One validated request, as the executor needs it."""
+
+    spec: OperationSpec[Any, Any]
+    #: The validated request (only `validate`'s output may reach here).
+    request: Any
+    user_id: str
+    #: The configured model name that runs it.
+    model: str
+    run: Runner
+    #: The result-cache key; None when the result is not cached.
+    key: bytes | None = None
+    scope: Scope = Scope.USER
+    ttl_s: float = 0.0
+    #: The caller's idempotency key: a repeat returns (or joins) the first execution.
+    idempotency_key: str | None = None
+    #: Job priority (tier weight, higher first).
+    priority: int = 0
+    #: The caller's deadline (`time.monotonic()`); bounds its wait, not the shared work.
+    deadline: float | None = None
+    #: Answer a pending handle after the long-poll window (unary RPCs) instead of waiting for
+    #: the end (streams).
+    long_poll: bool = True
+
+
+@dataclass(slots=True)
+class ExecutionStats:
+    """What the executor did since it started (for metrics and tests)."""
+
+    hot_hits: int = 0
+    store_hits: int = 0
+    misses: int = 0
+    #: Executions this replica ran (claimed inline, takeovers included).
+    runs: int = 0
+    #: Executions claimed by a waiter after the runner's lease lapsed, or re-queued ones.
+    takeovers: int = 0
+    #: Answers taken from an execution another replica ran.
+    followed: int = 0
+    pending: int = 0
+    #: Requests run uncached because the store was unavailable.
+    uncached: int = 0
+    #: Results (cache row, blobs or job completion) that could not be written.
+    write_failures: int = 0
+
+
+@dataclass(slots=True)
+class _HotEntry:
+    result: Any
+    model: str
+    #: `time.monotonic()` instant it expires, the store row's expiry.
+    expires: float
+    size: int
+    views: dict[Any, Any] = field(default_factory=dict)
+
+
+class HotResults:
+    """An in-process LRU copy of cache entries, bounded by entries and bytes.
+
+    Same keys as the store, and each entry expires when its row does, so it never serves what
+    the store would not.
+    """
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[bytes, _HotEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> _HotEntry | None:
+        """The live entry under `key`, if any."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= time.monotonic():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: bytes, result: Any, model: str, *, expires: float, size: int) -> None:
+        """Keeps `result` until `expires` (monotonic), evicting the least recently used."""
+        if self.max_entries == 0 or size > self.max_bytes or expires <= time.monotonic():
+            return
+        self._drop(key)
+        self._entries[key] = _HotEntry(result, model, expires, size)
+        self.size += size
+        while len(self._entries) > self.max_entries or self.size > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: bytes) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.size -= entry.size
+
+
+def _result_size(spec: OperationSpec[Any, Any], result: Any) -> int:
+    """Bytes a result holds: its JSON and its images (what the hot copy is bounded by)."""
+    blobs = spec.result_blobs(result)
+    return len(spec.result_to_json(result)) + sum(len(data) for data in blobs.values())
+
+
+def idempotency_flight_key(user_id: str, idempotency_key: str) -> bytes:
+    """The single-flight key of a user's idempotency key (never equal to a cache key)."""
+    return derive_key([("idempotency_user", user_id), ("idempotency_key", idempotency_key)])
+
+
+def default_worker_id() -> str:
+    """host:pid:random, unique per executor: who holds a lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Executor:
+    """Answers requests through the cache, single-flight and coalescing (module docstring)."""
+
+    def __init__(
+        self,
+        settings: ExecutionSettings,
+        store: Store,
+        blobs: BlobStore,
+        *,
+        inline_result_max_bytes: int = 64 * 1024,
+        worker_id: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._blobs = blobs
+        self._inline_max = inline_result_max_bytes
+        self._cache = ResultCache(store, blobs, inline_max_bytes=inline_result_max_bytes)
+        self.hot = HotResults(settings.hot_cache_entries, settings.hot_cache_max_bytes)
+        self._flights: SingleFlight[Outcome[Any]] = SingleFlight()
+        #: Flight key -> the job its leader joined (for pending answers of its callers).
+        self._jobs: dict[bytes, Job] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._last_fallback_log = -FALLBACK_LOG_INTERVAL_S
+        self.worker_id = worker_id or default_worker_id()
+        self.stats = ExecutionStats()
+
+    @property
+    def store(self) -> Store:
+        """The store behind the cache and the jobs."""
+        return self._store
+
+    # -- the request path --------------------------------------------------------------------
+
+    async def execute(self, call: Call) -> Outcome[Any] | Pending:
+        """The answer to one request (see the module docstring).
+
+        Raises the operation's domain errors (the same for every caller sharing the work), and
+        `Unavailable` when the store is needed and cannot answer.
+        """
+        if call.key is not None:
+            key = call.key
+            entry = self.hot.get(key)
+            if entry is not None:
+                self.stats.hot_hits += 1
+                return Outcome(entry.result, entry.model, Spend(), cached=True, views=entry.views)
+            # Concurrent misses share one store lookup too, not only the work behind it.
+            return await self._share(call, key, lambda: self._look_up_or_coalesce(call, key))
+        if call.idempotency_key is not None:
+            flight_key = idempotency_flight_key(call.user_id, call.idempotency_key)
+            return await self._share(call, flight_key, lambda: self._coalesce(call, flight_key))
+        return await call.run("", call.deadline)
+
+    async def _look_up_or_coalesce(self, call: Call, key: bytes) -> Outcome[Any]:
+        """This replica's shared work for a cacheable request: the store's cache entry, or the
+        execution behind a miss."""
+        try:
+            hit = await self._stored(call, key)
+        except errors.Unavailable as exc:
+            return await self._without_store(call, exc)
+        if hit is not None:
+            return hit
+        self.stats.misses += 1
+        return await self._coalesce(call, key)
+
+    async def _stored(self, call: Call, key: bytes) -> Outcome[Any] | None:
+        """The store's cache entry for `key` (copied into the hot copy), or None."""
+        hit = await self._cache.get(call.spec, key)
+        if hit is None:
+            return None
+        self.stats.store_hits += 1
+        remaining = (hit.entry.expires_at - datetime.now(UTC)).total_seconds()
+        self.hot.put(
+            key,
+            hit.result,
+            hit.entry.model,
+            expires=time.monotonic() + remaining,
+            size=_result_size(call.spec, hit.result),
+        )
+        return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
+
+    async def _share(
+        self, call: Call, flight_key: bytes, work: Callable[[], Awaitable[Outcome[Any]]]
+    ) -> Outcome[Any] | Pending:
+        """Waits for this replica's one piece of work for `flight_key` (up to the long-poll
+        window for unary callers, then a pending handle)."""
+        try:
+            outcome, joined = await self._flights.do(
+                flight_key,
+                work,
+                wait_s=self._window(call),
+                keep=call.idempotency_key is not None,
+            )
+        except TimeoutError:
+            return await self._pending(call, flight_key)
+        if joined:
+            return dataclasses.replace(outcome, spend=Spend(), coalesced=True)
+        return outcome
+
+    def _window(self, call: Call) -> float | None:
+        if not call.long_poll:
+            return None
+        window = self._settings.long_poll_s
+        if call.deadline is not None:
+            remaining = call.deadline - time.monotonic()
+            window = min(window, remaining - min(ANSWER_MARGIN_S, remaining / 4))
+        return max(window, 0.0)
+
+    async def _pending(self, call: Call, flight_key: bytes) -> Pending:
+        """The caller's own handle on the work it stopped waiting for."""
+        self.stats.pending += 1
+        job = self._jobs.get(flight_key)
+        if job is None or job.user_id != call.user_id:
+            # Another user's flight on a shared execution (or the join is still under way):
+            # this caller gets a handle of its own.
+            joined = await self._store.join_or_create_active_job(await self._new_job(call))
+            job = joined.job
+            if joined.created:
+                # The execution finished just now, so this made a new one nobody would run.
+                await self._store.cancel_job(job.id, call.user_id)
+                raise errors.Unavailable(
+                    "the result was being stored while this request stopped waiting; ask again",
+                    retry_after_s=0.1,
+                )
+        return Pending(job.id, job.status, job.progress)
+
+    # -- coalescing across replicas ----------------------------------------------------------
+
+    async def _coalesce(self, call: Call, flight_key: bytes) -> Outcome[Any]:
+        """This replica's shared work for a key: join or create the active execution and see it
+        through (run it, or follow whoever runs it)."""
+        try:
+            new = await self._new_job(call)
+        except errors.Unavailable as exc:
+            return await self._without_store(call, exc)
+        try:
+            for _ in range(MAX_EXECUTIONS):
+                try:
+                    joined = await self._store.join_or_create_active_job(new)
+                except errors.Unavailable as exc:
+                    return await self._without_store(call, exc)
+                self._jobs[flight_key] = joined.job
+                outcome = await self._see_through(
+                    call, joined.job, claim=joined.created, flight_key=flight_key
+                )
+                if outcome is not None:
+                    return outcome
+        finally:
+            self._jobs.pop(flight_key, None)
+        raise errors.Unavailable(
+            "the work for this request was abandoned several times in a row; retry", retry_after_s=1
+        )
+
+    async def _new_job(self, call: Call) -> NewJob:
+        """The job row for a request; its images go to the blob store first (rows reference
+        blobs that exist)."""
+        text = codec.to_json(call.request)
+        images = codec.collect_blobs(call.request)
+        await asyncio.gather(*(self._blobs.put(data) for data in images.values()))
+        return NewJob(
+            user_id=call.user_id,
+            op=call.spec.name,
+            input_json=text,
+            input_blobs=tuple(sorted(images)),
+            dedupe_key=call.key,
+            shared=call.key is not None and call.scope is Scope.GLOBAL,
+            idempotency_key=call.idempotency_key,
+            request_hash=native.sha256(f"{call.spec.name}\x00{text}".encode()),
+            model=call.model,
+            priority=call.priority,
+            max_attempts=self._settings.max_attempts,
+        )
+
+    async def _see_through(
+        self, call: Call, job: Job, *, claim: bool, flight_key: bytes
+    ) -> Outcome[Any] | None:
+        """The outcome of the caller's job: runs the execution when this replica may claim it
+        (it created it, it is queued, or its runner's lease lapsed), else follows it. The
+        flight's view of the job is kept current for pending answers.
+
+        Returns None when the execution was abandoned and a new one should be started.
+        """
+        while True:
+            self._jobs[flight_key] = job
+            if not job.active:
+                return await self._finished(call, job)
+            if claim or job.status is JobStatus.QUEUED:
+                try:
+                    claimed = await self._store.claim_job(
+                        job.execution_id, self.worker_id, self._settings.lease_s
+                    )
+                except errors.Unavailable as exc:
+                    return await self._without_store(call, exc)
+                if claimed is not None:
+                    if not claim or claimed.attempts > 1:
+                        self.stats.takeovers += 1
+                    # The caller's own row (a handle, for shared work) now shows it running.
+                    self._jobs[flight_key] = dataclasses.replace(
+                        job, status=claimed.status, attempts=claimed.attempts
+                    )
+                    return await self._run(call, claimed)
+            seq = job.event_seq
+            try:
+                job = await self._store.wait_for_job_change(
+                    job.id, call.user_id, seq, self._settings.lease_s / 2
+                )
+            except errors.NotFound:
+                return None
+            except errors.Unavailable as exc:
+                return await self._without_store(call, exc)
+            # A quiet wait may mean the runner is gone: try to take over (it succeeds only once
+            # the lease has lapsed).
+            claim = job.event_seq == seq
+
+    async def _finished(self, call: Call, job: Job) -> Outcome[Any] | None:
+        """The answer a finished job gives this caller; None to start a new execution."""
+        if job.status is JobStatus.SUCCEEDED and job.result is not None:
+            try:
+                result = await load_result(call.spec, job.result, self._blobs)
+            except (BlobError, codec.DecodeError) as exc:
+                log.warning("the result of job %s is unusable (%s)", job.id, exc)
+                if call.idempotency_key is not None:
+                    raise errors.Internal(
+                        "the stored result of this request cannot be read; "
+                        "send it again with a new idempotency key"
+                    ) from None
+                return None
+            self.stats.followed += 1
+            return Outcome(result, job.model, Spend(), coalesced=True)
+        abandoned = job.status is JobStatus.FAILED and job.error == ABANDONED
+        if abandoned and call.idempotency_key is None:
+            return None
+        if job.status is JobStatus.FAILED and job.error is not None:
+            raise job.error.to_exception()
+        raise errors.Cancelled(f"job {job.id} was cancelled")
+
+    # -- running an execution ----------------------------------------------------------------
+
+    async def _run(self, call: Call, execution: Job) -> Outcome[Any] | None:
+        """Runs an execution this replica holds the lease on; None to start a new one."""
+        job_id = execution.id
+        if call.key is not None:
+            hit = await self._recheck(call, call.key)
+            if hit is not None:
+                self._spawn(self._complete(call, job_id, hit.result, hit.model, cache=False))
+                return hit
+        self.stats.runs += 1
+        work = asyncio.ensure_future(call.run(job_id, None))
+        beat = asyncio.ensure_future(self._keep_lease(job_id, work))
+        try:
+            outcome = await work
+        except asyncio.CancelledError:
+            finished = beat.done() and not beat.cancelled() and beat.exception() is None
+            lost = beat.result() if finished else None
+            beat.cancel()
+            current = asyncio.current_task()
+            if lost is not None and (current is None or current.cancelling() == 0):
+                # The heartbeat stopped the work, not a caller: see where the execution went.
+                return await self._lost(call, lost)
+            self._spawn(self._release(job_id))
+            raise
+        except Exception as exc:
+            beat.cancel()
+            self._spawn(self._fail(job_id, exc))
+            raise
+        beat.cancel()
+        self._remember(call, outcome.result, outcome.model)
+        self._spawn(self._complete(call, job_id, outcome.result, outcome.model, cache=True))
+        return outcome
+
+    async def _recheck(self, call: Call, key: bytes) -> Outcome[Any] | None:
+        """The cache, read again by the runner before it pays for the work."""
+        try:
+            hit = await self._cache.get(call.spec, key)
+        except errors.Unavailable:
+            return None
+        if hit is None:
+            return None
+        return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
+
+    async def _keep_lease(self, job_id: str, work: asyncio.Future[Any]) -> LeaseLost | None:
+        """Heartbeats every third of the lease; cancels `work` and returns the loss when the
+        lease is gone (cancelled, or taken over after it lapsed)."""
+        lease = self._settings.lease_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await self._store.heartbeat_job(job_id, self.worker_id, lease)
+            except LeaseLost as lost:
+                log.warning("lost the lease on job %s; stopping its work: %s", job_id, lost)
+                work.cancel()
+                return lost
+            except errors.Unavailable as exc:
+                # The work goes on; if the lease lapses meanwhile, another replica may take
+                # the execution over and this one learns it at its next heartbeat.
+                log.warning("heartbeat of job %s failed: %s", job_id, exc.message)
+
+    async def _lost(self, call: Call, lost: LeaseLost) -> Outcome[Any] | None:
+        """After the lease went: the execution's end if it ended, else None to join anew."""
+        job = lost.job
+        if job is None or job.active:
+            return None
+        return await self._finished(call, job)
+
+    def _remember(self, call: Call, result: Any, model: str) -> None:
+        if call.key is not None and call.ttl_s > 0:
+            self.hot.put(
+                call.key,
+                result,
+                model,
+                expires=time.monotonic() + call.ttl_s,
+                size=_result_size(call.spec, result),
+            )
+
+    async def _complete(
+        self, call: Call, job_id: str, result: Any, model: str, *, cache: bool
+    ) -> None:
+        """Stores a result (blobs, the cache row when `cache`) and completes the execution,
+        which wakes every waiter. Runs after the callers have their answer."""
+        try:
+            ref = await save_result(call.spec, result, self._blobs, self._inline_max)
+            if cache and call.key is not None and call.ttl_s > 0:
+                await self._store.put_result(
+                    call.key,
+                    op=call.spec.name,
+                    scope=call.scope.value,
+                    model=model,
+                    ref=ref,
+                    ttl_s=call.ttl_s,
+                )
+            await self._store.complete_job(job_id, self.worker_id, ref)
+        except LeaseLost as lost:
+            log.warning("job %s was taken from this replica before it completed: %s", job_id, lost)
+        except errors.Unavailable as exc:
+            self.stats.write_failures += 1
+            log.warning(
+                "the result of job %s was not stored (%s); its lease will lapse and the next "
+                "request recomputes it",
+                job_id,
+                exc.message,
+            )
+
+    async def _fail(self, job_id: str, exc: BaseException) -> None:
+        """Records a failed execution so its waiters get the same error."""
+        await self._settle(job_id, JobError.from_exception(exc), retry=False)
+
+    async def _release(self, job_id: str) -> None:
+        """The work was cancelled: at shutdown the execution is re-queued for another replica;
+        otherwise nobody waited for it, and it ends as abandoned."""
+        if self._closing:
+            await self._settle(job_id, RELEASED, retry=True)
+        else:
+            await self._settle(job_id, ABANDONED, retry=False)
+
+    async def _settle(self, job_id: str, error: JobError, *, retry: bool) -> None:
+        try:
+            await self._store.fail_job(
+                job_id, self.worker_id, error, retry_after_s=0.0 if retry else None
+            )
+        except LeaseLost:
+            pass  # already finished, cancelled or taken over: nothing of ours to record
+        except errors.Unavailable as exc:
+            log.warning(
+                "could not record the end of job %s (%s); its lease will lapse", job_id, exc.message
+            )
+
+    # -- without the store -------------------------------------------------------------------
+
+    async def _without_store(self, call: Call, exc: errors.Unavailable) -> Outcome[Any]:
+        """Runs a cacheable request uncached while the store is down, if that is allowed."""
+        if call.key is None or not self._settings.run_uncached_on_store_failure:
+            raise exc
+        now = time.monotonic()
+        if now - self._last_fallback_log >= FALLBACK_LOG_INTERVAL_S:
+            self._last_fallback_log = now
+            log.warning("store unavailable, running requests uncached: %s", exc.message)
+        self.stats.uncached += 1
+        outcome = await call.run("", None)
+        self._remember(call, outcome.result, outcome.model)
+        self._spawn(self._cache_only(call, outcome))
+        return outcome
+
+    async def _cache_only(self, call: Call, outcome: Outcome[Any]) -> None:
+        """Tries to cache a result computed without the store (fails fast while it is down)."""
+        assert call.key is not None
+        try:
+            await self._cache.put(
+                call.spec,
+                call.key,
+                outcome.result,
+                scope=call.scope.value,
+                model=outcome.model,
+                ttl_s=call.ttl_s,
+            )
+        except errors.Unavailable:
+            self.stats.write_failures += 1
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._landed)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background store write failed", exc_info=task.exception())
+
+    async def flush(self) -> None:
+        """Waits until the result writes and job updates under way have finished."""
+        while self._background:
+            await asyncio.wait(set(self._background))
+
+    def shutting_down(self) -> None:
+        """From now on, an execution whose work is cancelled (its RPC cut short by the shutdown)
+        is handed back, re-queued for another replica, instead of ending as abandoned."""
+        self._closing = True
+
+    async def aclose(self) -> None:
+        """Stops: work still in flight (kept work included) is cancelled and its executions
+        re-queued for other replicas; pending writes get `CLOSE_TIMEOUT_S` to finish."""
+        self._closing = True
+        await asyncio.gather(*self._flights.cancel_all(), return_exceptions=True)
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=CLOSE_TIMEOUT_S)
+
+
+__all__ = [
+    "Call",
+    "ExecutionStats",
+    "Executor",
+    "HotResults",
+    "Outcome",
+    "Pending",
+    "Runner",
+    "Spend",
+]

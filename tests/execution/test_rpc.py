@@ -1,0 +1,287 @@
+"""The result cache and coalescing over gRPC: real `GatewayServer`s on 127.0.0.1:0, real
+channels, one emulator that counts the upstream calls, PostgreSQL on a fresh schema per test, and
+a replica in its own process that is killed with SIGKILL in the middle of a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+from grpc_health.v1 import health_pb2
+from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
+
+from gateway import operations
+from gateway.config import ExecutionSettings, Settings, StoreSettings
+from gateway.emulator import EmulatorServer
+from gateway.execution import HotResults
+from gateway.server import STORE_HEALTH_SERVICE
+
+from .conftest import (
+    DATABASE_URL,
+    SERVICE_TOKEN,
+    as_user,
+    encode_png,
+    eventually,
+    gateway_settings,
+    store_settings,
+)
+
+VIDEO = operations_pb2.AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
+#: Keeps concurrent callers overlapping with the one upstream call.
+SLOW_S = 0.6
+CALL_TIMEOUT_S = 30
+
+
+def heatmap(color: tuple[int, int, int] = (10, 200, 30)) -> Any:
+    image = common_pb2.Image(data=encode_png((320, 180), color))
+    return operations_pb2.ComputeAttentionHeatmapRequest(image=image)
+
+
+def calls(emulator: EmulatorServer) -> int:
+    return emulator.stats().requests
+
+
+def short_ttl(seconds: int) -> dict[str, Any]:
+    policies = dict(Settings().policies)
+    policies["analyze_video"] = policies["analyze_video"].model_copy(update={"ttl_s": seconds})
+    return {"policies": policies}
+
+
+async def analyze(gateway: Any, user: str = "user-a") -> Any:
+    return await gateway.stub.AnalyzeVideo(VIDEO, metadata=as_user(user), timeout=CALL_TIMEOUT_S)
+
+
+async def test_hits_over_grpc_say_cached_with_the_model_and_no_usage(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    gateway = await start_gateway(gateway_settings(emulator, tmp_path))
+
+    first = await analyze(gateway)
+    second = await analyze(gateway)
+    other_user = await analyze(gateway, "user-b")
+    heatmaps = [
+        await gateway.stub.ComputeAttentionHeatmap(
+            heatmap(), metadata=as_user(user), timeout=CALL_TIMEOUT_S
+        )
+        for user in ("user-a", "user-b")
+    ]
+
+    assert not first.metadata.cached and first.metadata.usage.upstream_calls == 1
+    assert second.metadata.cached and second.result == first.result
+    assert second.metadata.model == first.metadata.model == Settings().gemini.text_model
+    assert second.metadata.usage == common_pb2.Usage()
+    assert not other_user.metadata.cached  # user A's analysis is never served to user B
+    assert [h.metadata.cached for h in heatmaps] == [False, True]  # shared across users
+    assert heatmaps[1].result == heatmaps[0].result
+    assert calls(emulator) == 3
+
+
+async def test_expiry_and_a_version_bump_are_misses_over_grpc(
+    start_gateway: Any,
+    emulator: EmulatorServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gateway = await start_gateway(gateway_settings(emulator, tmp_path, **short_ttl(1)))
+    await analyze(gateway)
+    assert (await analyze(gateway)).metadata.cached
+
+    await asyncio.sleep(1.1)
+    expired = await analyze(gateway)
+    monkeypatch.setattr(operations.get("analyze_video"), "prompt_version", "next-prompt")
+    bumped = await analyze(gateway)
+
+    assert not expired.metadata.cached and not bumped.metadata.cached
+    assert calls(emulator) == 3
+
+
+async def test_concurrent_identical_rpcs_cost_one_upstream_call(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    emulator.set_knobs(latency_s=SLOW_S)
+    gateway = await start_gateway(gateway_settings(emulator, tmp_path))
+
+    answers = await asyncio.gather(*(analyze(gateway) for _ in range(30)))
+
+    assert calls(emulator) == 1
+    assert len({a.result.SerializeToString() for a in answers}) == 1
+    assert sum(a.metadata.coalesced for a in answers) == 29
+    assert sum(a.metadata.usage.upstream_calls for a in answers) == 1
+
+
+async def test_a_long_call_answers_a_pending_handle_and_asking_again_joins_it(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    emulator.set_knobs(latency_s=1.0)
+    gateway = await start_gateway(
+        gateway_settings(emulator, tmp_path, execution=ExecutionSettings(long_poll_s=0.2))
+    )
+
+    first = await analyze(gateway)
+    again = await analyze(gateway)
+
+    assert first.WhichOneof("outcome") == "pending" and again.WhichOneof("outcome") == "pending"
+    assert first.pending.job_id == again.pending.job_id
+    assert not first.metadata.model and first.metadata.request_id
+    store = gateway.server.store
+    done = await store.wait_for_job_change(first.pending.job_id, "user-a", 10**9, 10)
+    assert done.result is not None
+    final = await analyze(gateway)
+    assert final.WhichOneof("outcome") == "result" and final.metadata.cached
+    assert calls(emulator) == 1
+
+
+async def test_an_idempotency_key_replays_the_first_stream(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    gateway = await start_gateway(gateway_settings(emulator, tmp_path))
+    request = operations_pb2.GenerateThumbnailRequest(
+        prompt="a treehouse at dusk", variations=2, idempotency_key="stream-1"
+    )
+
+    async def stream(message: Any) -> list[Any]:
+        call = gateway.stub.GenerateThumbnail(message, metadata=as_user(), timeout=CALL_TIMEOUT_S)
+        return [m async for m in call]
+
+    first = await stream(request)
+    await gateway.executor.flush()
+    replay = await stream(request)
+
+    images = [[m.image.image.sha256 for m in s if m.HasField("image")] for s in (first, replay)]
+    assert sorted(images[0]) == sorted(images[1]) and len(images[0]) == 2
+    assert replay[-1].summary.image_count == 2
+    assert replay[-1].summary.metadata.usage.upstream_calls == 0
+    assert calls(emulator) == 2  # one per variation, once
+    with pytest.raises(aio.AioRpcError) as reused:
+        await stream(
+            operations_pb2.GenerateThumbnailRequest(prompt="other", idempotency_key="stream-1")
+        )
+    assert reused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+
+
+# -- replicas sharing PostgreSQL ---------------------------------------------------------------
+
+
+def shared_store(schema: str, url: str = DATABASE_URL, **overrides: Any) -> StoreSettings:
+    return store_settings(schema, url, migrate_on_start=True, **overrides)
+
+
+async def test_two_gateways_sharing_postgres_coalesce(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, pg_schema: str
+) -> None:
+    emulator.set_knobs(latency_s=SLOW_S)
+    replicas = [
+        await start_gateway(gateway_settings(emulator, tmp_path, store=shared_store(pg_schema)))
+        for _ in range(2)
+    ]
+
+    answers = await asyncio.gather(*(analyze(replicas[i % 2]) for i in range(20)))
+    heatmaps = await asyncio.gather(
+        *(
+            replicas[i % 2].stub.ComputeAttentionHeatmap(
+                heatmap(), metadata=as_user(f"user-{i}"), timeout=CALL_TIMEOUT_S
+            )
+            for i in range(6)
+        )
+    )
+
+    assert calls(emulator) == 2  # one analysis, one heatmap, for 26 callers on 2 replicas
+    assert len({a.result.SerializeToString() for a in answers}) == 1
+    assert len({h.result.SerializeToString() for h in heatmaps}) == 1
+    assert sum(r.executor.stats.followed for r in replicas) == 2
+
+
+async def test_a_follower_on_another_replica_finishes_the_work_of_a_killed_one(
+    start_gateway: Any,
+    spawn_gateway: Any,
+    emulator: EmulatorServer,
+    tmp_path: Path,
+    pg_schema: str,
+) -> None:
+    emulator.set_knobs(latency_s=2.0)
+    doomed = spawn_gateway(
+        VIEWBAIT_GEMINI__API_KEY=emulator.api_key,
+        VIEWBAIT_GEMINI__BASE_URL=emulator.base_url,
+        VIEWBAIT_AUTH__SERVICE_TOKEN=SERVICE_TOKEN,
+        VIEWBAIT_STORE__DATABASE_URL=DATABASE_URL,
+        VIEWBAIT_STORE__SCHEMA=pg_schema,
+        VIEWBAIT_STORE__MIGRATE_ON_START="true",
+        VIEWBAIT_STORE__BLOB_DIR=str(tmp_path / "doomed-blobs"),
+        VIEWBAIT_EXECUTION__LEASE_S="1",
+        VIEWBAIT_SERVER__LOG_LEVEL="WARNING",
+    )
+    survivor = await start_gateway(
+        gateway_settings(
+            emulator,
+            tmp_path,
+            store=shared_store(pg_schema),
+            execution=ExecutionSettings(lease_s=1.0),
+        )
+    )
+    async with aio.insecure_channel(doomed.address) as channel:
+        on_doomed = asyncio.ensure_future(
+            gateway_service_pb2_grpc.GatewayServiceStub(channel).AnalyzeVideo(
+                VIDEO, metadata=as_user(), timeout=CALL_TIMEOUT_S
+            )
+        )
+        await eventually(lambda: calls(emulator) == 1, "the doomed replica's upstream call")
+        on_survivor = asyncio.ensure_future(analyze(survivor))
+        await eventually(lambda: survivor.executor.stats.misses == 1, "the follower")
+
+        os.kill(doomed.process.pid, signal.SIGKILL)
+        answer: gateway_service_pb2.AnalyzeVideoResponse = await on_survivor
+        with pytest.raises(aio.AioRpcError) as lost:
+            await on_doomed
+
+    assert lost.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert answer.WhichOneof("outcome") == "result" and answer.result.summary
+    assert survivor.executor.stats.takeovers == 1
+    assert calls(emulator) == 2  # the killed attempt, then the takeover
+
+
+async def store_health(gateway: Any) -> int:
+    request = health_pb2.HealthCheckRequest(service=STORE_HEALTH_SERVICE)
+    return int((await gateway.health.Check(request, timeout=CALL_TIMEOUT_S)).status)
+
+
+async def wait_for_store_health(gateway: Any, wanted: int) -> None:
+    for _ in range(200):
+        if await store_health(gateway) == wanted:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the store's health never became {wanted}")
+
+
+async def test_a_blackholed_database_over_grpc(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, pg_schema: str, tcp_proxy: Any
+) -> None:
+    settings = gateway_settings(
+        emulator,
+        tmp_path,
+        store=shared_store(pg_schema, tcp_proxy.url, reconnect_interval_s=0.2),
+        execution=ExecutionSettings(rescue_interval_s=0.2),
+    )
+    gateway = await start_gateway(settings)
+    assert await store_health(gateway) == health_pb2.HealthCheckResponse.SERVING
+    tcp_proxy.blackhole()
+
+    down = await analyze(gateway)
+    assert down.WhichOneof("outcome") == "result" and not down.metadata.cached
+    await wait_for_store_health(gateway, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    await tcp_proxy.restore()
+    await wait_for_store_health(gateway, health_pb2.HealthCheckResponse.SERVING)
+    fresh = await analyze(gateway, "user-c")
+    await gateway.executor.flush()
+    gateway.executor.hot = HotResults(0, 0)  # the next answer must come from PostgreSQL
+    again = await analyze(gateway, "user-c")
+
+    assert not fresh.metadata.cached and again.metadata.cached
+    assert calls(emulator) == 2
