@@ -26,39 +26,24 @@ from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS
 _PRIORITY = {tier: rank for rank, tier in enumerate(Tier)}
 
 
-class _MeteredClient:
-    """A `ModelClient` that adds every answer it passes on to a `Spend`."""
-
-    def __init__(self, inner: ModelClient, spend: Spend) -> None:
-        self._inner = inner
-        self._spend = spend
-
-    async def generate(
-        self,
-        request: ModelRequest,
-        *,
-        labels: CallLabels,
-        deadline: float | None = None,
-        on_text: TextCallback | None = None,
-    ) -> ModelResponse:
-        response = await self._inner.generate(
-            request, labels=labels, deadline=deadline, on_text=on_text
-        )
-        self._spend.add(response)
-        return response
-
-
-class _LimitedClient:
-    """A `ModelClient` that passes every call through the upstream limits first: the user's on
-    the route and the model's fleet-wide one. A denial raises `RateLimited` before any spend."""
+class _GuardedClient:
+    """The `ModelClient` a spec runs against: every call first passes the upstream limits (the
+    user's on the route and the model's fleet-wide one; a denial raises `RateLimited` before
+    any spend), and every answer is added to the request's `Spend`."""
 
     def __init__(
-        self, inner: ModelClient, limiter: RateLimiter, operation: str, principal: Principal
+        self,
+        inner: ModelClient,
+        limiter: RateLimiter,
+        operation: str,
+        principal: Principal,
+        spend: Spend,
     ) -> None:
         self._inner = inner
         self._limiter = limiter
         self._operation = operation
         self._principal = principal
+        self._spend = spend
 
     async def generate(
         self,
@@ -72,9 +57,11 @@ class _LimitedClient:
         await self._limiter.check_upstream(
             self._operation, principal.user_id, principal.tier, request.model
         )
-        return await self._inner.generate(
+        response = await self._inner.generate(
             request, labels=labels, deadline=deadline, on_text=on_text
         )
+        self._spend.add(response)
+        return response
 
 
 class Pipeline:
@@ -236,9 +223,7 @@ class Pipeline:
             deadline=deadline,
             progress=progress,
         )
-        client = _LimitedClient(
-            _MeteredClient(self._client, spend), self._limiter, spec.name, principal
-        )
+        client = _GuardedClient(self._client, self._limiter, spec.name, principal, spend)
         result = await spec.run(validated, client, ctx)
         return Outcome(result=result, model=model, spend=spend)
 
