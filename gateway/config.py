@@ -421,6 +421,22 @@ class ExecutionSettings(BaseModel):
     rescue_interval_s: float = Field(default=10.0, gt=0)
 
 
+class JobSettings(BaseModel):
+    """Background jobs (JobService): the worker pool every replica runs (`gateway.jobs`)."""
+
+    #: Jobs this replica runs at once; 0 runs none here (other replicas take them).
+    workers: int = Field(default=8, ge=0, le=1000)
+    #: Most jobs claimed in one store round trip.
+    claim_batch: int = Field(default=8, ge=1, le=1000)
+    #: How often idle workers look for due jobs (a submit on this replica wakes them at once).
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    #: Backoff before a failed attempt is retried: full jitter from this, doubling per attempt,
+    #: never earlier than an upstream's own retry delay.
+    retry_initial_s: float = Field(default=2.0, gt=0, le=3600)
+    #: Ceiling of that backoff.
+    retry_max_s: float = Field(default=300.0, gt=0, le=86400)
+
+
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
@@ -446,6 +462,8 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     #: Result cache, coalescing and long-poll behaviour of operation requests.
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    #: Background job workers.
+    jobs: JobSettings = Field(default_factory=JobSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -56,7 +56,16 @@ from gateway.operations import codec
 from gateway.operations.base import OperationSpec
 from gateway.operations.keys import derive_key
 from gateway.singleflight import SingleFlight
-from gateway.store.base import Job, JobError, JobProgress, JobStatus, LeaseLost, NewJob, Store
+from gateway.store.base import (
+    Job,
+    JobError,
+    JobProgress,
+    JobStatus,
+    JoinOutcome,
+    LeaseLost,
+    NewJob,
+    Store,
+)
 from gateway.store.results import ResultCache, load_result, save_result
 
 log = logging.getLogger(__name__)
@@ -148,6 +157,21 @@ class Pending:
 
 #: Runs the operation once: (job id for the usage labels or "", deadline) -> a fresh outcome.
 Runner = Callable[[str, float | None], Awaitable[Outcome[Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A failed attempt is tried again after `delay_s` seconds."""
+
+    delay_s: float
+    #: False when nothing was spent (a rate limit denied the attempt before the model call):
+    #: the attempt is given back instead of counted, so a denial never fails the job.
+    counted: bool = True
+
+
+#: (the execution, the error its attempt raised) -> when to try again, or None for a final
+#: failure.
+RetryPolicy = Callable[[Job, BaseException], Retry | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +320,11 @@ class Executor:
     def store(self) -> Store:
         """The store behind the cache and the jobs."""
         return self._store
+
+    @property
+    def lease_s(self) -> float:
+        """The lease its runners take on an execution (extended every third of it)."""
+        return self._settings.lease_s
 
     # -- the request path --------------------------------------------------------------------
 
@@ -503,8 +532,30 @@ class Executor:
 
     # -- running an execution ----------------------------------------------------------------
 
-    async def _run(self, call: Call, execution: Job) -> Outcome[Any] | None:
-        """Runs an execution this replica holds the lease on; None to start a new one."""
+    async def run_claimed(
+        self, call: Call, execution: Job, retry_delay: RetryPolicy
+    ) -> Outcome[Any] | None:
+        """Runs an execution a job worker claimed (its lease held by `worker_id`) exactly as an
+        inline runner would: cache re-check, heartbeats, result stored and the job completed.
+
+        A failed attempt is queued again as `retry_delay(execution, error)` says, or fails for
+        good when that is None (or no attempts are left). Raises what the work
+        raised; None when the lease was lost while the execution stays active.
+        """
+        return await self._run(call, execution, retry_delay)
+
+    async def enqueue(self, call: Call) -> JoinOutcome:
+        """The caller's job for `call` without running it: an earlier one with its idempotency
+        key, the active execution of its key (joined), or a new queued execution for the job
+        workers."""
+        return await self._store.join_or_create_active_job(await self._new_job(call))
+
+    async def _run(
+        self, call: Call, execution: Job, retry_delay: RetryPolicy | None = None
+    ) -> Outcome[Any] | None:
+        """Runs an execution this replica holds the lease on; None to start a new one.
+
+        A failed attempt is final unless `retry_delay` gives a delay for it."""
         job_id = execution.id
         if call.key is not None:
             hit = await self._recheck(call, call.key)
@@ -528,7 +579,13 @@ class Executor:
             raise
         except Exception as exc:
             beat.cancel()
-            self._spawn(self._fail(job_id, exc))
+            retry = None if retry_delay is None else retry_delay(execution, exc)
+            error = JobError.from_exception(exc)
+            if retry is not None and not retry.counted:
+                self._spawn(self._settle(job_id, error, retry_after_s=retry.delay_s, defer=True))
+            else:
+                delay = None if retry is None else retry.delay_s
+                self._spawn(self._settle(job_id, error, retry_after_s=delay))
             raise
         beat.cancel()
         self._remember(call, outcome.result, outcome.model)
@@ -607,23 +664,26 @@ class Executor:
                 exc.message,
             )
 
-    async def _fail(self, job_id: str, exc: BaseException) -> None:
-        """Records a failed execution so its waiters get the same error."""
-        await self._settle(job_id, JobError.from_exception(exc), retry=False)
-
     async def _release(self, job_id: str) -> None:
         """The work was cancelled: at shutdown the execution is re-queued for another replica;
         otherwise nobody waited for it, and it ends as abandoned."""
         if self._closing:
-            await self._settle(job_id, RELEASED, retry=True)
+            await self._settle(job_id, RELEASED, retry_after_s=0.0)
         else:
-            await self._settle(job_id, ABANDONED, retry=False)
+            await self._settle(job_id, ABANDONED, retry_after_s=None)
 
-    async def _settle(self, job_id: str, error: JobError, *, retry: bool) -> None:
+    async def _settle(
+        self, job_id: str, error: JobError, *, retry_after_s: float | None, defer: bool = False
+    ) -> None:
+        """Records a failed attempt (queued again after `retry_after_s` when not None; with
+        `defer`, without counting it), so waiters get the same error."""
         try:
-            await self._store.fail_job(
-                job_id, self.worker_id, error, retry_after_s=0.0 if retry else None
-            )
+            if defer and retry_after_s is not None:
+                await self._store.defer_job(job_id, self.worker_id, error, retry_after_s)
+            else:
+                await self._store.fail_job(
+                    job_id, self.worker_id, error, retry_after_s=retry_after_s
+                )
         except LeaseLost:
             pass  # already finished, cancelled or taken over: nothing of ours to record
         except errors.Unavailable as exc:
@@ -700,6 +760,8 @@ __all__ = [
     "HotResults",
     "Outcome",
     "Pending",
+    "Retry",
+    "RetryPolicy",
     "Runner",
     "Spend",
 ]

@@ -15,15 +15,22 @@ from typing import Any, Literal, overload
 from gateway import operations
 from gateway.auth import Principal, require_tier
 from gateway.config import Settings, Tier
-from gateway.errors import InvalidArgument
-from gateway.execution import Call, Executor, Outcome, Pending, Spend
+from gateway.errors import InvalidArgument, Unimplemented
+from gateway.execution import Call, Executor, Outcome, Pending, Runner, Spend
 from gateway.limiter import RateLimiter
 from gateway.model import CallLabels, ModelClient, ModelRequest, ModelResponse, TextCallback
 from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
-from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS
+from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, JoinOutcome
 
 #: Job priority by tier: higher tiers are claimed first when jobs queue.
 _PRIORITY = {tier: rank for rank, tier in enumerate(Tier)}
+
+
+def tier_of_priority(priority: int) -> Tier:
+    """The tier whose jobs get `priority` (a job row keeps its priority, not its tier; the
+    lowest tier for a value no tier has)."""
+    tiers = list(Tier)
+    return tiers[priority] if 0 <= priority < len(tiers) else tiers[0]
 
 
 class _GuardedClient:
@@ -154,15 +161,93 @@ class Pipeline:
         window (bounded by `deadline`) answers `Pending`; otherwise it waits for the result.
         A non-empty `idempotency_key` makes a repeat of the request return (or join) the first.
         """
+        validated = await self._admit_keyed(operation, request, principal, idempotency_key)
+        if self._executor is None:
+            return await self._runner(operation, validated, principal, request_id, progress)(
+                "", deadline
+            )
+        call = self.call(
+            operation,
+            validated,
+            principal,
+            request_id=request_id,
+            progress=progress,
+            idempotency_key=idempotency_key,
+            deadline=deadline,
+            long_poll=long_poll,
+        )
+        return await self._executor.execute(call)
+
+    async def submit(
+        self, operation: str, request: Any, principal: Principal, *, idempotency_key: str = ""
+    ) -> JoinOutcome:
+        """Queues a request as a job for the workers, after exactly the checks `run` makes.
+
+        Returns the caller's job: an earlier one with the same idempotency key, the active job
+        with the same cache key (joined), or a new queued one (`created`).
+        """
+        if self._executor is None:
+            raise Unimplemented("jobs need the result store; this pipeline runs inline only")
+        validated = await self._admit_keyed(operation, request, principal, idempotency_key)
+        call = self.call(
+            operation, validated, principal, idempotency_key=idempotency_key, long_poll=False
+        )
+        return await self._executor.enqueue(call)
+
+    async def _admit_keyed(
+        self, operation: str, request: Any, principal: Principal, idempotency_key: str
+    ) -> Any:
         if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
             raise InvalidArgument.field(
                 "idempotency_key",
                 f"is {len(idempotency_key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_CHARS}",
             )
-        validated = await self.admit(operation, request, principal)
+        return await self.admit(operation, request, principal)
+
+    def call(
+        self,
+        operation: str,
+        validated: Any,
+        principal: Principal,
+        *,
+        request_id: str = "",
+        progress: ProgressCallback | None = None,
+        idempotency_key: str = "",
+        deadline: float | None = None,
+        long_poll: bool = True,
+    ) -> Call:
+        """What the executor needs to answer a request `admit` accepted (or a queued job)."""
         spec = operations.get(operation)
         policy = self._settings.policy(operation)
         model = self._settings.model_name(policy)
+        key = None
+        if policy.ttl_s > 0:
+            key = spec.cache_key(validated, principal.user_id, model, policy.scope)
+        return Call(
+            spec=spec,
+            request=validated,
+            user_id=principal.user_id,
+            model=model,
+            run=self._runner(operation, validated, principal, request_id, progress),
+            key=key,
+            scope=policy.scope,
+            ttl_s=policy.ttl_s,
+            idempotency_key=idempotency_key or None,
+            priority=_PRIORITY[principal.tier],
+            deadline=deadline,
+            long_poll=long_poll,
+        )
+
+    def _runner(
+        self,
+        operation: str,
+        validated: Any,
+        principal: Principal,
+        request_id: str,
+        progress: ProgressCallback | None,
+    ) -> Runner:
+        spec = operations.get(operation)
+        model = self._settings.model_name(self._settings.policy(operation))
 
         async def run(job_id: str, run_deadline: float | None) -> Outcome[Any]:
             return await self._run_spec(
@@ -176,26 +261,7 @@ class Pipeline:
                 progress=progress,
             )
 
-        if self._executor is None:
-            return await run("", deadline)
-        key = None
-        if policy.ttl_s > 0:
-            key = spec.cache_key(validated, principal.user_id, model, policy.scope)
-        call = Call(
-            spec=spec,
-            request=validated,
-            user_id=principal.user_id,
-            model=model,
-            run=run,
-            key=key,
-            scope=policy.scope,
-            ttl_s=policy.ttl_s,
-            idempotency_key=idempotency_key or None,
-            priority=_PRIORITY[principal.tier],
-            deadline=deadline,
-            long_poll=long_poll,
-        )
-        return await self._executor.execute(call)
+        return run
 
     async def _run_spec(
         self,

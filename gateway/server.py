@@ -37,6 +37,7 @@ from gateway.emulator import EmulatorServer
 from gateway.errors import Unavailable
 from gateway.execution import Executor
 from gateway.gemini import GeminiClient
+from gateway.jobs import WorkerPool
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.pipeline import Pipeline
 from gateway.rpc import reflection
@@ -102,6 +103,7 @@ class GatewayServer:
         self._health_updates: set[asyncio.Task[None]] = set()
         self._store: Store | None = None
         self._executor: Executor | None = None
+        self._workers: WorkerPool | None = None
         self._maintenance: list[asyncio.Task[None]] = []
         #: The usage ledger: in memory with the embedded store, else the store's `ai_usage`.
         self.usage: InMemoryUsageSink | StoreUsageSink = InMemoryUsageSink()
@@ -110,6 +112,11 @@ class GatewayServer:
     def store(self) -> Store | None:
         """The result and job store once started."""
         return self._store
+
+    @property
+    def workers(self) -> WorkerPool | None:
+        """The job workers once started."""
+        return self._workers
 
     @property
     def executor(self) -> Executor | None:
@@ -175,10 +182,11 @@ class GatewayServer:
         await store.start()
         if settings.store.database_url is not None:
             self.usage = StoreUsageSink(store)
+        blobs = LocalBlobStore(settings.store.blob_dir)
         executor = self._executor = Executor(
             settings.execution,
             store,
-            LocalBlobStore(settings.store.blob_dir),
+            blobs,
             inline_result_max_bytes=settings.store.inline_result_max_bytes,
         )
         client = self._client = GeminiClient(settings.gemini, usage_sink=self.usage)
@@ -186,6 +194,7 @@ class GatewayServer:
         limiter.add_listener(self._limiter_mode_changed)
         await limiter.start()
         pipeline = Pipeline(settings, client, limiter, executor)
+        workers = self._workers = WorkerPool(settings.jobs, pipeline, blobs)
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", server_settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", server_settings.max_send_message_bytes),
@@ -211,7 +220,9 @@ class GatewayServer:
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
             GatewayServicer(pipeline), server
         )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(), server)
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(pipeline, blobs, on_submit=workers.wake), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if server_settings.reflection:
             reflection.enable((*_SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -220,6 +231,7 @@ class GatewayServer:
             raise SystemExit(f"could not bind {server_settings.host}:{server_settings.port}")
         await server.start()
         self._server = server
+        workers.start()
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(LIMITER_HEALTH_SERVICE, _limiter_health(limiter.mode))
@@ -292,6 +304,10 @@ class GatewayServer:
             log.info("draining", extra={"grace_s": grace})
             await self._server.stop(grace)
             self._server = None
+        if self._workers is not None:
+            # After `shutting_down`: the attempts cut short are re-queued for other replicas.
+            await self._workers.stop()
+            self._workers = None
         for task in self._maintenance:
             task.cancel()
         await asyncio.gather(*self._maintenance, return_exceptions=True)

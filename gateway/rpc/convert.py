@@ -7,8 +7,15 @@ caller left UNSPECIFIED become None (or "") and are refused there with the field
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 from viewbait.ai.v1 import common_pb2, job_pb2, operations_pb2
 
+from gateway.errors import InvalidArgument
 from gateway.operations.analyze_video import AnalyzeVideoRequest, VideoAnalysis
 from gateway.operations.check_channel_consistency import (
     ChannelConsistency,
@@ -22,6 +29,7 @@ from gateway.operations.compute_attention_heatmap import (
 )
 from gateway.operations.generate_thumbnail import (
     DEFAULT_ASPECT_RATIO,
+    GeneratedThumbnails,
     GenerateThumbnailRequest,
     ReferenceImage,
     ReferenceRole,
@@ -34,7 +42,8 @@ from gateway.operations.suggest_thumbnail_concepts import (
     ThumbnailConcepts,
 )
 from gateway.pipeline import Pending, Spend
-from gateway.store.base import JobStatus
+from gateway.rpc.status import status_code
+from gateway.store.base import Job, JobError, JobProgress, JobStatus
 
 _IMAGE_FORMATS = {
     "png": common_pb2.IMAGE_FORMAT_PNG,
@@ -259,15 +268,99 @@ def response_metadata(
     )
 
 
+def _progress(progress: JobProgress | None) -> common_pb2.Progress | None:
+    if progress is None:
+        return None
+    return common_pb2.Progress(
+        fraction=progress.fraction, stage=progress.stage, message=progress.message
+    )
+
+
 def pending_job(pending: Pending) -> job_pb2.PendingJob:
     """The handle of work that did not finish within the long-poll window."""
-    progress = pending.progress
     return job_pb2.PendingJob(
         job_id=pending.job_id,
         status=_JOB_STATUSES[pending.status],
-        progress=None
-        if progress is None
-        else common_pb2.Progress(
-            fraction=progress.fraction, stage=progress.stage, message=progress.message
+        progress=_progress(pending.progress),
+    )
+
+
+def generate_thumbnail_result(
+    result: GeneratedThumbnails,
+) -> operations_pb2.GenerateThumbnailResult:
+    """All variations of a finished GenerateThumbnail, in order."""
+    return operations_pb2.GenerateThumbnailResult(
+        thumbnails=[generated_thumbnail(v) for v in result.variations]
+    )
+
+
+#: Operation name -> its proto enum value and how its result becomes the `Job.result` case
+#: (the case is named like the operation).
+JOB_OPERATIONS: dict[str, tuple[int, Callable[[Any], Message]]] = {
+    "generate_thumbnail": (common_pb2.OPERATION_GENERATE_THUMBNAIL, generate_thumbnail_result),
+    "analyze_video": (common_pb2.OPERATION_ANALYZE_VIDEO, video_analysis),
+    "suggest_thumbnail_concepts": (
+        common_pb2.OPERATION_SUGGEST_THUMBNAIL_CONCEPTS,
+        thumbnail_concepts,
+    ),
+    "compute_attention_heatmap": (
+        common_pb2.OPERATION_COMPUTE_ATTENTION_HEATMAP,
+        attention_heatmap,
+    ),
+    "check_channel_consistency": (
+        common_pb2.OPERATION_CHECK_CHANNEL_CONSISTENCY,
+        channel_consistency,
+    ),
+}
+
+
+def _timestamp(at: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if at is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+def job_error(error: JobError) -> job_pb2.JobError:
+    """A stored job error in RPC terms: the code the same failure would have as an RPC error."""
+    code = status_code(error.to_exception())
+    return job_pb2.JobError(code=code.value[0], reason=error.reason, message=error.message)
+
+
+def job(row: Job, result: Any = None) -> job_pb2.Job:
+    """A job as its owner sees it; `result` is its decoded result (None: left out).
+
+    `run_after_time` is set only for a queued job that waits out a delay.
+    """
+    operation, to_result = JOB_OPERATIONS[row.op]
+    message = job_pb2.Job(
+        id=row.id,
+        operation=operation,  # type: ignore[arg-type]
+        status=_JOB_STATUSES[row.status],
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        progress=_progress(row.progress),
+        error=None if row.error is None else job_error(row.error),
+        idempotency_key=row.idempotency_key or "",
+        create_time=_timestamp(row.created_at),
+        start_time=_timestamp(row.started_at),
+        end_time=_timestamp(row.completed_at),
+        run_after_time=_timestamp(
+            row.run_after
+            if row.status is JobStatus.QUEUED and row.run_after > row.created_at
+            else None
         ),
     )
+    if row.status is JobStatus.SUCCEEDED:
+        message.metadata.CopyFrom(common_pb2.ResponseMetadata(model=row.model))
+        if result is not None:
+            getattr(message, row.op).CopyFrom(to_result(result))
+    return message
+
+
+def job_id(value: str) -> str:
+    """A job id from a request; refuses an empty one (an unknown one is NOT_FOUND later)."""
+    if not value:
+        raise InvalidArgument.field("job_id", "is required")
+    return value

@@ -1,54 +1,207 @@
-"""JobService: defined in the contract now; its handlers arrive with the durable jobs feature.
+"""JobService: submit an operation as a background job, follow it, cancel it, list them.
 
-Until then every RPC answers UNIMPLEMENTED with a message saying so, through the same error
-mapping as everything else.
+SubmitJob goes through the same pipeline checks as the unary RPCs (tier, validation, admission
+limit) and queues the job for the worker pool (`gateway.jobs`); the job joins the active one of
+an equal cacheable request, and an idempotency key returns the caller's earlier job. Every read
+is scoped to the caller: another user's job id answers NOT_FOUND, exactly as a missing one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
 
+from google.protobuf.message import Message
 from grpc import aio
-from viewbait.ai.v1 import job_service_pb2, job_service_pb2_grpc
+from viewbait.ai.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
-from gateway.errors import Unimplemented
+from gateway import errors, operations
+from gateway.auth import Principal
+from gateway.blobs import BlobError, BlobStore
+from gateway.operations import codec
+from gateway.pipeline import Pipeline
+from gateway.rpc import context as request_context
+from gateway.rpc import convert
+from gateway.store.base import Job, JobCursor, JobFilter, JobStatus, Store
+from gateway.store.results import load_result
 
 Context = aio.ServicerContext[Any, Any]
 
+#: ListJobs page sizes (the proto's contract).
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+#: How long one store wait of a WatchJob stream lasts before it looks again (a quiet job).
+WATCH_WAIT_S = 30.0
 
-def _not_yet(rpc: str) -> NoReturn:
-    raise Unimplemented(
-        f"JobService.{rpc} is not served yet: durable jobs are not implemented in this gateway "
-        "version; call the GatewayService RPCs, which answer inline"
-    )
+#: SubmitJobRequest's oneof case -> its proto-to-domain conversion (cases are operation names).
+_REQUESTS: dict[str, Callable[[Any], Any]] = {
+    "generate_thumbnail": convert.generate_thumbnail_request,
+    "analyze_video": convert.analyze_video_request,
+    "suggest_thumbnail_concepts": convert.suggest_thumbnail_concepts_request,
+    "compute_attention_heatmap": convert.compute_attention_heatmap_request,
+    "check_channel_consistency": convert.check_channel_consistency_request,
+}
+_STATUSES = {
+    job_pb2.JOB_STATUS_QUEUED: JobStatus.QUEUED,
+    job_pb2.JOB_STATUS_RUNNING: JobStatus.RUNNING,
+    job_pb2.JOB_STATUS_SUCCEEDED: JobStatus.SUCCEEDED,
+    job_pb2.JOB_STATUS_FAILED: JobStatus.FAILED,
+    job_pb2.JOB_STATUS_CANCELLED: JobStatus.CANCELLED,
+}
+_OPERATIONS = {number: name for name, (number, _) in convert.JOB_OPERATIONS.items()}
+
+
+def _principal() -> Principal:
+    principal = request_context.current().principal
+    assert principal is not None, "AuthInterceptor runs before every servicer"
+    return principal
+
+
+def encode_page_token(cursor: JobCursor) -> str:
+    """An opaque token for the page after `cursor`."""
+    text = json.dumps([cursor.created_at.isoformat(), cursor.job_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> JobCursor:
+    """Inverse of `encode_page_token`; `InvalidArgument` for anything it did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        created, job_id = json.loads(raw)
+        cursor = JobCursor(datetime.fromisoformat(created), str(job_id))
+    except (ValueError, TypeError, binascii.Error):
+        raise errors.InvalidArgument.field(
+            "page_token", "is not a token this service gave out; pass next_page_token as is"
+        ) from None
+    if cursor.created_at.tzinfo is None:
+        raise errors.InvalidArgument.field("page_token", "is not a token this service gave out")
+    return cursor
+
+
+def _job_filter(request: job_service_pb2.ListJobsRequest) -> JobFilter:
+    statuses = set()
+    for value in request.statuses:
+        if value not in _STATUSES:
+            raise errors.InvalidArgument.field("statuses", f"holds an unknown status ({value})")
+        statuses.add(_STATUSES[value])
+    ops = set()
+    for number in request.operations:
+        if number not in _OPERATIONS:
+            raise errors.InvalidArgument.field(
+                "operations", f"holds an unknown operation ({number})"
+            )
+        ops.add(_OPERATIONS[number])
+    return JobFilter(frozenset(statuses), frozenset(ops))
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
-    """Answers UNIMPLEMENTED for every JobService RPC."""
+    """Serves JobService from the pipeline's job store.
+
+    `on_submit` is called when a submit queued a new job (the local workers' wake-up).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        blobs: BlobStore,
+        on_submit: Callable[[], None] | None = None,
+    ) -> None:
+        executor = pipeline.executor
+        if executor is None:
+            raise ValueError("JobService needs a pipeline with an executor (the job store)")
+        self._pipeline = pipeline
+        self._store: Store = executor.store
+        self._blobs = blobs
+        self._on_submit = on_submit
+
+    async def _message(self, job: Job, *, with_result: bool = True) -> job_pb2.Job:
+        """The job for its owner, with its decoded result when it succeeded and `with_result`."""
+        result = None
+        if with_result and job.status is JobStatus.SUCCEEDED and job.result is not None:
+            try:
+                result = await load_result(operations.get(job.op), job.result, self._blobs)
+            except (BlobError, codec.DecodeError) as exc:
+                raise errors.Internal(
+                    f"the stored result of job {job.id} cannot be read ({type(exc).__name__})"
+                ) from None
+        return convert.job(job, result)
 
     async def SubmitJob(
         self, request: job_service_pb2.SubmitJobRequest, context: Context
     ) -> job_service_pb2.SubmitJobResponse:
-        _not_yet("SubmitJob")
+        principal = _principal()
+        case = request.WhichOneof("operation")
+        if case is None:
+            raise errors.InvalidArgument.field(
+                "operation", f"is required: set one of {', '.join(sorted(_REQUESTS))}"
+            )
+        operation: Message = getattr(request, case)
+        key = request.idempotency_key
+        inner = getattr(operation, "idempotency_key", "")
+        if key and inner and key != inner:
+            raise errors.InvalidArgument.field(
+                "idempotency_key",
+                f"differs from {case}.idempotency_key; set one of them, or both to the same key",
+            )
+        joined = await self._pipeline.submit(
+            case, _REQUESTS[case](operation), principal, idempotency_key=key or inner
+        )
+        if joined.created and self._on_submit is not None:
+            self._on_submit()
+        return job_service_pb2.SubmitJobResponse(
+            job=await self._message(joined.job), existing=joined.existing
+        )
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Context
     ) -> job_service_pb2.GetJobResponse:
-        _not_yet("GetJob")
+        job = await self._store.get_job(convert.job_id(request.job_id), _principal().user_id)
+        return job_service_pb2.GetJobResponse(job=await self._message(job))
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
-        _not_yet("WatchJob")
-        yield  # pragma: no cover - makes this an async generator like the real handler
+        job_id = convert.job_id(request.job_id)
+        user_id = _principal().user_id
+        seen = request.after_sequence
+        job = await self._store.get_job(job_id, user_id)
+        while True:
+            if job.event_seq > seen:
+                seen = job.event_seq
+                yield job_service_pb2.WatchJobResponse(
+                    sequence=seen, job=await self._message(job, with_result=not job.active)
+                )
+            if not job.active:
+                return
+            job = await self._store.wait_for_job_change(job_id, user_id, seen, WATCH_WAIT_S)
 
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: Context
     ) -> job_service_pb2.CancelJobResponse:
-        _not_yet("CancelJob")
+        job = await self._store.cancel_job(convert.job_id(request.job_id), _principal().user_id)
+        return job_service_pb2.CancelJobResponse(job=await self._message(job))
 
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Context
     ) -> job_service_pb2.ListJobsResponse:
-        _not_yet("ListJobs")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            raise errors.InvalidArgument.field(
+                "page_size", f"is {size}; the limit is {MAX_PAGE_SIZE}"
+            )
+        after = decode_page_token(request.page_token) if request.page_token else None
+        # One more than asked tells whether another page follows.
+        jobs = await self._store.list_jobs(
+            _principal().user_id, _job_filter(request), size + 1, after
+        )
+        page = jobs[:size]
+        token = ""
+        if len(jobs) > size:
+            token = encode_page_token(JobCursor(page[-1].created_at, page[-1].id))
+        return job_service_pb2.ListJobsResponse(
+            jobs=[convert.job(job) for job in page], next_page_token=token
+        )

@@ -251,6 +251,22 @@ class JoinOutcome(NamedTuple):
     existing: bool
 
 
+class JobCursor(NamedTuple):
+    """Where a page of `Store.list_jobs` ends: the last job's creation time and id (jobs are
+    listed newest first, ties broken by id descending)."""
+
+    created_at: datetime
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which of a user's jobs `Store.list_jobs` returns; empty sets mean any."""
+
+    statuses: frozenset[JobStatus] = frozenset()
+    ops: frozenset[str] = frozenset()
+
+
 class LeaseLost(Exception):
     """A runner acted on an execution it no longer holds (cancelled, taken over or finished).
 
@@ -391,6 +407,15 @@ class Store(Protocol):
         """
         ...
 
+    async def claim_batch(self, worker_id: str, limit: int, lease_s: float) -> list[Job]:
+        """Takes the lease on up to `limit` due queued executions at once, highest priority
+        first, then oldest (skipping rows another runner is claiming), as `claim_job` does.
+
+        Executions whose lease expired are not taken here: `rescue_expired_leases` queues
+        them again first. Returns them in claim order.
+        """
+        ...
+
     async def heartbeat_job(
         self, job_id: str, worker_id: str, lease_s: float, progress: JobProgress | None = None
     ) -> Job:
@@ -414,6 +439,12 @@ class Store(Protocol):
         """
         ...
 
+    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+        """Gives a held execution back without counting its attempt: queued again, due after
+        `delay_s`, with `error` saying why it waits (a rate limit denied it before anything was
+        spent). `LeaseLost` if not held."""
+        ...
+
     async def cancel_job(self, job_id: str, user_id: str) -> Job:
         """Cancels the user's job if it is active (a handle detaches only its owner); a finished
         job is returned unchanged. `NotFound` for a missing job or another user's."""
@@ -422,6 +453,13 @@ class Store(Protocol):
     async def rescue_expired_leases(self, limit: int) -> int:
         """Re-queues up to `limit` running executions whose lease expired (failing those with
         no attempts left); returns how many it changed."""
+        ...
+
+    async def list_jobs(
+        self, user_id: str, job_filter: JobFilter, limit: int, after: JobCursor | None = None
+    ) -> list[Job]:
+        """Up to `limit` of the user's own jobs (handles included, shared executions never),
+        newest first, those matching `job_filter`, after `after` when given."""
         ...
 
     async def wait_for_job_change(

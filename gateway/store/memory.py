@@ -16,7 +16,9 @@ from gateway.model import UsageRecord
 from gateway.store.base import (
     CachedResult,
     Job,
+    JobCursor,
     JobError,
+    JobFilter,
     JobProgress,
     JobStatus,
     JoinOutcome,
@@ -229,6 +231,25 @@ class MemoryStore:
             error=None,
         )
 
+    async def claim_batch(self, worker_id: str, limit: int, lease_s: float) -> list[Job]:
+        """See `Store.claim_batch`."""
+        check_positive("limit", limit)
+        check_positive("lease_s", lease_s)
+        now = self._now()
+        due = [
+            job
+            for job in self._jobs.values()
+            if job.follows is None and job.status is JobStatus.QUEUED and job.run_after <= now
+        ]
+        due.sort(key=lambda job: (-job.priority, job.created_at))
+        claimed: list[Job] = []
+        for job in due[:limit]:
+            # Nothing awaits in between, so every due row is still queued here.
+            taken = await self.claim_job(job.id, worker_id, lease_s)
+            assert taken is not None
+            claimed.append(taken)
+        return claimed
+
     def _held(self, job_id: str, worker_id: str) -> Job:
         job = self._lookup(job_id)
         if job is None or job.status is not JobStatus.RUNNING or job.locked_by != worker_id:
@@ -270,6 +291,19 @@ class MemoryStore:
                 locked_until=None,
             )
         return self._finish(job, JobStatus.FAILED, error=error)
+
+    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+        """See `Store.defer_job`."""
+        job = self._held(job_id, worker_id)
+        return self._change(
+            job,
+            status=JobStatus.QUEUED,
+            attempts=job.attempts - 1,
+            run_after=self._now() + timedelta(seconds=max(delay_s, 0.0)),
+            error=error,
+            locked_by=None,
+            locked_until=None,
+        )
 
     async def cancel_job(self, job_id: str, user_id: str) -> Job:
         """See `Store.cancel_job`."""
@@ -319,6 +353,22 @@ class MemoryStore:
                 locked_until=None,
             )
         return self._finish(job, JobStatus.FAILED, error=lease_expired_error())
+
+    async def list_jobs(
+        self, user_id: str, job_filter: JobFilter, limit: int, after: JobCursor | None = None
+    ) -> list[Job]:
+        """See `Store.list_jobs`."""
+        check_positive("limit", limit)
+        found = [
+            job
+            for job in self._jobs.values()
+            if job.user_id == user_id
+            and (not job_filter.statuses or job.status in job_filter.statuses)
+            and (not job_filter.ops or job.op in job_filter.ops)
+            and (after is None or (job.created_at, job.id) < after)
+        ]
+        found.sort(key=lambda job: (job.created_at, job.id), reverse=True)
+        return found[:limit]
 
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float

@@ -38,7 +38,9 @@ from gateway.store import migrate as migrations
 from gateway.store.base import (
     CachedResult,
     Job,
+    JobCursor,
     JobError,
+    JobFilter,
     JobProgress,
     JobStatus,
     JoinOutcome,
@@ -222,6 +224,36 @@ class _Sql:
             """,
             4,
         )
+        # Due queued executions, highest priority then oldest; rows another runner is claiming
+        # are skipped, not waited for.
+        self.claim_batch = changed(
+            """
+            UPDATE {schema}.ai_jobs t SET
+                status = 'running', attempts = t.attempts + 1, locked_by = $2,
+                locked_until = now() + make_interval(secs => $3), heartbeat_at = now(),
+                started_at = coalesce(t.started_at, now()), progress = NULL,
+                error_reason = NULL, error_message = NULL, event_seq = t.event_seq + 1
+            FROM (
+                SELECT id FROM {schema}.ai_jobs
+                WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
+                ORDER BY priority DESC, created_at LIMIT $1 FOR UPDATE SKIP LOCKED
+            ) due
+            WHERE t.id = due.id
+            """,
+            4,
+            returning="t.*",
+        )
+        # A user's jobs, newest first; NULL filters and cursor mean any / the first page.
+        self.list_jobs = q(
+            """
+            SELECT * FROM {schema}.ai_jobs
+            WHERE user_id = $1
+                AND ($2::text[] IS NULL OR status = ANY($2::text[]))
+                AND ($3::text[] IS NULL OR op = ANY($3::text[]))
+                AND ($4::timestamptz IS NULL OR (created_at, id) < ($4::timestamptz, $5::uuid))
+            ORDER BY created_at DESC, id DESC LIMIT $6
+            """
+        )
         self.heartbeat = q(
             """
             WITH j AS (
@@ -265,6 +297,17 @@ class _Sql:
             WHERE id = $1 AND status = 'running' AND locked_by = $2
             """,
             7,
+        )
+        self.defer = changed(
+            """
+            UPDATE {schema}.ai_jobs SET
+                status = 'queued', attempts = attempts - 1,
+                run_after = now() + make_interval(secs => greatest($5::float8, 0)),
+                error_reason = $3, error_message = $4,
+                locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+            WHERE id = $1 AND status = 'running' AND locked_by = $2
+            """,
+            6,
         )
         self.lock_job = q("SELECT id FROM {schema}.ai_jobs WHERE id = $1 FOR UPDATE")
         self.cancel = changed(
@@ -734,6 +777,21 @@ class PostgresStore:
         row = await self._run(claim, transaction=True)
         return None if row is None else _job(row)
 
+    async def claim_batch(self, worker_id: str, limit: int, lease_s: float) -> list[Job]:
+        """See `Store.claim_batch`."""
+        check_positive("limit", limit)
+        check_positive("lease_s", lease_s)
+
+        async def claim(conn: Connection) -> list[Record]:
+            rows = await conn.fetch(
+                self._sql.claim_batch, limit, worker_id, float(lease_s), self._channel
+            )
+            await self._mirror(conn, rows)
+            return list(rows)
+
+        rows = await self._run(claim, transaction=True)
+        return sorted(map(_job, rows), key=lambda job: (-job.priority, job.created_at))
+
     async def _rescue(self, conn: Connection, job_id: uuid.UUID | None, limit: int) -> int:
         error = lease_expired_error()
         rows = await conn.fetch(
@@ -815,6 +873,18 @@ class PostgresStore:
             self._channel,
         )
 
+    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+        """See `Store.defer_job`."""
+        return await self._held_change(
+            job_id,
+            worker_id,
+            self._sql.defer,
+            error.reason,
+            error.message,
+            float(delay_s),
+            self._channel,
+        )
+
     async def cancel_job(self, job_id: str, user_id: str) -> Job:
         """See `Store.cancel_job`."""
         parsed = parse_job_id(job_id)
@@ -848,6 +918,22 @@ class PostgresStore:
         """See `Store.rescue_expired_leases`."""
         check_positive("limit", limit)
         return await self._run(lambda c: self._rescue(c, None, limit), transaction=True)
+
+    async def list_jobs(
+        self, user_id: str, job_filter: JobFilter, limit: int, after: JobCursor | None = None
+    ) -> list[Job]:
+        """See `Store.list_jobs`."""
+        check_positive("limit", limit)
+        statuses = sorted(s.value for s in job_filter.statuses) or None
+        ops = sorted(job_filter.ops) or None
+        after_at, after_id = (None, None) if after is None else after
+        parsed = None if after_id is None else parse_job_id(after_id)
+        if after_id is not None and parsed is None:
+            raise ValueError(f"a job cursor names a job id that is not one: {after_id!r}")
+        rows = await self._run(
+            lambda c: c.fetch(self._sql.list_jobs, user_id, statuses, ops, after_at, parsed, limit)
+        )
+        return [_job(row) for row in rows]
 
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float

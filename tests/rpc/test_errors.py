@@ -1,8 +1,8 @@
 """Failures as a caller sees them: status code, message, and google.rpc details.
 
-Bad input answers INVALID_ARGUMENT with BadRequest field violations before any upstream call;
-JobService answers UNIMPLEMENTED until durable jobs land; upstream faults injected in the
-emulator come back as the codes of `gateway.rpc.status.STATUS_CODES`, with ErrorInfo reasons and
+Bad input answers INVALID_ARGUMENT with BadRequest field violations before any upstream call
+(SubmitJob refuses it the same way); an unknown job id is NOT_FOUND; upstream faults injected in
+the emulator come back as the codes of `gateway.rpc.status.STATUS_CODES`, with ErrorInfo reasons and
 RetryInfo; a request above the server's receive limit is refused with RESOURCE_EXHAUSTED.
 """
 
@@ -109,18 +109,14 @@ async def test_violations_name_the_bound(gateway: Any, samples: Any) -> None:
 
 
 JOB_CALLS: dict[str, Any] = {
-    "SubmitJob": job_service_pb2.SubmitJobRequest(
-        analyze_video=operations_pb2.AnalyzeVideoRequest(video_id="dQw4w9WgXcQ")
-    ),
-    "GetJob": job_service_pb2.GetJobRequest(job_id="job-1"),
-    "WatchJob": job_service_pb2.WatchJobRequest(job_id="job-1"),
-    "CancelJob": job_service_pb2.CancelJobRequest(job_id="job-1"),
-    "ListJobs": job_service_pb2.ListJobsRequest(),
+    "GetJob": job_service_pb2.GetJobRequest(job_id=str(uuid.uuid4())),
+    "WatchJob": job_service_pb2.WatchJobRequest(job_id=str(uuid.uuid4())),
+    "CancelJob": job_service_pb2.CancelJobRequest(job_id="not-a-job-id"),
 }
 
 
 @pytest.mark.parametrize("rpc", list(JOB_CALLS))
-async def test_job_service_answers_unimplemented_with_a_message(gateway: Any, rpc: str) -> None:
+async def test_an_unknown_job_is_not_found_with_a_message(gateway: Any, rpc: str) -> None:
     method = getattr(gateway.jobs, rpc)
 
     async def call() -> None:
@@ -133,11 +129,28 @@ async def test_job_service_answers_unimplemented_with_a_message(gateway: Any, rp
 
     status = await gateway.expect_failure(call)
 
-    assert status.code is grpc.StatusCode.UNIMPLEMENTED
-    assert f"JobService.{rpc} is not served yet" in status.message
-    assert "GatewayService" in status.message  # says what to call instead
+    assert status.code is grpc.StatusCode.NOT_FOUND
+    assert JOB_CALLS[rpc].job_id in status.message
     assert status.error_info is not None
-    assert status.error_info.reason == "UNIMPLEMENTED"
+    assert status.error_info.reason == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+async def test_submit_job_refuses_bad_input_as_the_unary_rpc_does(
+    gateway: Any, upstream: Any, samples: Any, case: str
+) -> None:
+    name, make_request, fields = BAD_REQUESTS[case]
+    request = job_service_pb2.SubmitJobRequest(
+        **{name: make_request(samples, gateway.settings.bounds)}
+    )
+
+    status = await gateway.expect_failure(
+        lambda: gateway.jobs.SubmitJob(request, metadata=gateway.as_service(), timeout=30)
+    )
+
+    assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert {field.split("[")[0] for field, _ in status.violations} == fields, status.violations
+    assert upstream.stats().requests == 0
 
 
 #: case -> (fault rule for the emulator, the domain error it must become, upstream requests it

@@ -26,6 +26,7 @@ from gateway.store import (
     ResultRef,
     Store,
 )
+from gateway.store.base import JobCursor, JobFilter
 from gateway.store.maintenance import purge_expired
 
 T = TypeVar("T")
@@ -263,6 +264,75 @@ async def test_claim_takes_the_lease(store: Store) -> None:
     assert await store.claim_job("garbage", "w2", LEASE_S) is None
 
 
+async def test_claim_batch_takes_due_executions_by_priority_then_age(store: Store) -> None:
+    low = (await store.join_or_create_active_job(new_job(dedupe="low", priority=0))).job
+    high = (await store.join_or_create_active_job(new_job(dedupe="high", priority=2))).job
+    older = (await store.join_or_create_active_job(new_job(dedupe="older", priority=1))).job
+    newer = (await store.join_or_create_active_job(new_job(dedupe="newer", priority=1))).job
+    handle = (await store.join_or_create_active_job(new_job(BOB, "shared", shared=True))).job
+    # A retry waiting out its backoff is not due yet.
+    waiting = await running(store, new_job(dedupe="waiting"))
+    await store.fail_job(waiting.id, "w1", JobError("UNAVAILABLE", "503"), retry_after_s=3600)
+
+    first = await store.claim_batch("w1", 3, LEASE_S)
+    rest = await store.claim_batch("w2", 10, LEASE_S)
+
+    assert [j.id for j in first] == [high.id, older.id, newer.id]
+    assert all((j.status, j.attempts, j.locked_by) == (JobStatus.RUNNING, 1, "w1") for j in first)
+    # The shared execution is claimed, never its handle; the backing-off retry stays queued.
+    assert {j.id for j in rest} == {low.id, handle.execution_id}
+    assert handle.id not in {j.id for j in rest}
+    assert (await store.get_job(handle.id, BOB)).status is JobStatus.RUNNING
+    assert (await store.get_job(waiting.id, ALICE)).status is JobStatus.QUEUED
+    assert await store.claim_batch("w3", 10, LEASE_S) == []
+
+
+async def test_concurrent_claim_batches_never_share_a_job(
+    replicas: tuple[Store, Store],
+) -> None:
+    a, b = replicas
+    for i in range(20):
+        await a.join_or_create_active_job(new_job(dedupe=f"job-{i}"))
+
+    batches = await asyncio.gather(
+        *((a if i % 2 else b).claim_batch(f"w{i}", 3, LEASE_S) for i in range(10))
+    )
+
+    claimed = [job.id for batch in batches for job in batch]
+    assert len(claimed) == len(set(claimed)) == 20
+
+
+async def test_list_jobs_is_private_filtered_and_paged_newest_first(store: Store) -> None:
+    mine = [
+        (await store.join_or_create_active_job(new_job(dedupe=None, op=op))).job
+        for op in ("analyze_video", "generate_thumbnail") * 3
+    ]
+    await store.join_or_create_active_job(new_job(BOB, dedupe=None))
+    await store.cancel_job(mine[0].id, ALICE)
+    newest_first = [j.id for j in sorted(mine, key=lambda j: (j.created_at, j.id), reverse=True)]
+
+    pages: list[list[str]] = []
+    after: JobCursor | None = None
+    while True:
+        page = await store.list_jobs(ALICE, JobFilter(), 4, after)
+        pages.append([j.id for j in page])
+        if len(page) < 4:
+            break
+        after = JobCursor(page[-1].created_at, page[-1].id)
+
+    assert [len(p) for p in pages] == [4, 2]
+    assert [i for p in pages for i in p] == newest_first
+    thumbnails = await store.list_jobs(ALICE, JobFilter(ops=frozenset({"generate_thumbnail"})), 10)
+    assert {j.id for j in thumbnails} == {j.id for j in mine[1::2]}
+    cancelled = await store.list_jobs(
+        ALICE, JobFilter(statuses=frozenset({JobStatus.CANCELLED})), 10
+    )
+    assert [j.id for j in cancelled] == [mine[0].id]
+    both = JobFilter(frozenset({JobStatus.QUEUED}), frozenset({"analyze_video"}))
+    assert {j.id for j in await store.list_jobs(ALICE, both, 10)} == {mine[2].id, mine[4].id}
+    assert await store.list_jobs("user-nobody", JobFilter(), 10) == []
+
+
 async def test_handles_cannot_be_claimed(store: Store) -> None:
     handle = (await store.join_or_create_active_job(new_job(shared=True))).job
     assert await store.claim_job(handle.id, "w1", LEASE_S) is None
@@ -308,6 +378,24 @@ async def test_failure_with_retry_requeues_until_attempts_run_out(store: Store) 
     assert second is not None and second.attempts == 2 and second.error is None
     final = await store.fail_job(other.id, "w2", error, retry_after_s=0)
     assert final.status is JobStatus.FAILED and final.error == error
+
+
+async def test_deferral_requeues_without_counting_the_attempt(store: Store) -> None:
+    job = await running(store, new_job(max_attempts=1))
+    denied = JobError("RATE_LIMITED", "over the limit")
+
+    deferred = await store.defer_job(job.id, "w1", denied, 3600)
+
+    assert (deferred.status, deferred.attempts, deferred.error) == (JobStatus.QUEUED, 0, denied)
+    assert deferred.locked_by is None and deferred.run_after > job.run_after
+    assert deferred.event_seq == job.event_seq + 1
+    assert await store.claim_job(job.id, "w1", LEASE_S) is None  # not due yet
+    with pytest.raises(LeaseLost):
+        await store.defer_job(job.id, "w1", denied, 0)
+    # Due at once: its one attempt is still there.
+    again = await running(store, new_job(dedupe="now", max_attempts=1))
+    await store.defer_job(again.id, "w1", denied, 0)
+    assert (await store.claim_job(again.id, "w2", LEASE_S)) is not None
 
 
 async def test_failure_without_retry_is_final(store: Store) -> None:

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from PIL import Image as PILImage
 from pydantic import SecretStr
-from viewbait.ai.v1 import common_pb2, job_service_pb2, operations_pb2
+from viewbait.ai.v1 import common_pb2, job_pb2, job_service_pb2, operations_pb2
 from viewbait_gateway_client import FieldViolation, GatewayClient, GatewayError
 
 from gateway.auth import mint_dev_jwt
@@ -203,13 +203,30 @@ async def test_permission_denied_names_the_tier(server: GatewayServer) -> None:
     assert "your tier is starter" in error.message
 
 
-async def test_job_service_is_not_served_yet(server: GatewayServer) -> None:
+async def test_submit_then_watch_a_job_to_its_result(server: GatewayServer) -> None:
+    """A submitted job streams its states through WatchJob and ends with the result."""
+    request = job_service_pb2.SubmitJobRequest(
+        analyze_video=operations_pb2.AnalyzeVideoRequest(video_id="jobWatch_01")
+    )
     async with backend_client(server) as client:
+        submitted = await client.submit_job(request, timeout_s=60)
+        job_id = submitted.job.id
+        statuses = []
+        last = None
+        async for event in client.watch_job(
+            job_service_pb2.WatchJobRequest(job_id=job_id), timeout_s=60
+        ):
+            statuses.append(event.job.status)
+            last = event
+        fetched = await client.get_job(job_service_pb2.GetJobRequest(job_id=job_id), timeout_s=60)
         with pytest.raises(GatewayError) as caught:
-            async for _ in client.watch_job(
-                job_service_pb2.WatchJobRequest(job_id="job-1"), timeout_s=60
-            ):
-                pass
+            await client.acting_as("someone-else", "pro").get_job(
+                job_service_pb2.GetJobRequest(job_id=job_id), timeout_s=60
+            )
 
-    assert caught.value.code is grpc.StatusCode.UNIMPLEMENTED
-    assert caught.value.reason == "UNIMPLEMENTED"
+    assert last is not None
+    assert statuses[-1] == job_pb2.JOB_STATUS_SUCCEEDED
+    assert last.job.WhichOneof("result") == "analyze_video"
+    assert last.job.analyze_video.summary
+    assert fetched.job.analyze_video == last.job.analyze_video
+    assert caught.value.code is grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,7 @@
+"""Durable background jobs: the workers that run queued jobs (`WorkerPool`)."""
+
+from __future__ import annotations
+
+from gateway.jobs.worker import SHARED_USER, WorkerPool, retry_delay
+
+__all__ = ["SHARED_USER", "WorkerPool", "retry_delay"]
