@@ -11,13 +11,28 @@ from gateway.config import load_settings
 from gateway.telemetry import configure_logging
 
 
-def _serve(_args: argparse.Namespace) -> int:
+def _run(*, listen: bool) -> int:
     from gateway.server import serve
 
     settings = load_settings()
+    if not listen and settings.store.database_url is None:
+        print(
+            "worker: no database configured; set VIEWBAIT_STORE__DATABASE_URL (workers without "
+            "a listener only make sense on the store other replicas submit jobs to)",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(settings.server.log_format, settings.server.log_level)
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, listen=listen))
     return 0
+
+
+def _serve(_args: argparse.Namespace) -> int:
+    return _run(listen=True)
+
+
+def _worker(_args: argparse.Namespace) -> int:
+    return _run(listen=False)
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -63,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve gRPC (configured by VIEWBAIT_* environment variables; see the README)",
     )
     serve.set_defaults(run=_serve)
+    worker = commands.add_parser(
+        "worker",
+        help="run only the job workers and store maintenance, no gRPC listener "
+        "(needs VIEWBAIT_STORE__DATABASE_URL); SIGTERM hands running jobs back to the queue",
+    )
+    worker.set_defaults(run=_worker)
     emulator = commands.add_parser(
         "emulator", help="run only the offline Gemini emulator (not Gemini) over HTTP"
     )

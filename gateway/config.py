@@ -428,13 +428,29 @@ class JobSettings(BaseModel):
     workers: int = Field(default=8, ge=0, le=1000)
     #: Most jobs claimed in one store round trip.
     claim_batch: int = Field(default=8, ge=1, le=1000)
-    #: How often idle workers look for due jobs (a submit on this replica wakes them at once).
+    #: How often idle workers look for due jobs: the fallback, as a job queued through any
+    #: replica sharing the store wakes them at once (delayed retries are found by this poll).
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     #: Backoff before a failed attempt is retried: full jitter from this, doubling per attempt,
     #: never earlier than an upstream's own retry delay.
     retry_initial_s: float = Field(default=2.0, gt=0, le=3600)
     #: Ceiling of that backoff.
     retry_max_s: float = Field(default=300.0, gt=0, le=86400)
+    #: Most jobs of one user running at once, by the user's tier (counted across all replicas,
+    #: enforced when jobs are claimed; a user's further jobs wait queued). A tier left out is
+    #: uncapped. Shared executions (global-scope requests) count against nobody: see
+    #: `gateway.jobs.worker`.
+    running_caps: dict[Tier, int] = Field(
+        default_factory=lambda: {Tier.FREE: 1, Tier.STARTER: 2, Tier.ADVANCED: 4, Tier.PRO: 8}
+    )
+
+    @field_validator("running_caps")
+    @classmethod
+    def _caps_positive(cls, caps: dict[Tier, int]) -> dict[Tier, int]:
+        for tier, cap in caps.items():
+            if cap < 1:
+                raise ValueError(f"the running cap of tier {tier.value} must be at least 1")
+        return caps
 
 
 class Settings(BaseSettings):

@@ -426,7 +426,9 @@ class Executor:
         """This replica's shared work for a key: join or create the active execution and see it
         through (run it, or follow whoever runs it)."""
         try:
-            new = await self._new_job(call)
+            # This replica claims what it creates at once: waking every replica's job workers
+            # would only have them race it for the claim.
+            new = dataclasses.replace(await self._new_job(call), announce=False)
         except errors.Unavailable as exc:
             return await self._without_store(call, exc)
         try:

@@ -4,7 +4,8 @@ With nothing configured it serves on 127.0.0.1 with the embedded backends and th
 emulator started in-process (and says so loudly); with `VIEWBAIT_GEMINI__API_KEY` set it calls
 real Gemini. With `VIEWBAIT_STORE__DATABASE_URL` set, results, jobs and the usage ledger live in
 PostgreSQL, shared by every replica; each replica also runs the periodic cleanup of expired rows
-and the rescue of executions whose lease lapsed.
+and the rescue of executions whose lease lapsed. `viewbait-gateway worker` runs the same
+runtime without the gRPC listener: job workers and maintenance only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +91,27 @@ def _auth_configured(settings: Settings) -> bool:
     return bool(auth.service_token or auth.jwt_secret or auth.jwks_file or auth.allow_anonymous)
 
 
-class GatewayServer:
-    """A configured gateway: its gRPC server, health, and the runtime behind the servicers."""
+@dataclass(frozen=True, slots=True)
+class _Runtime:
+    """What both modes run: what the servicers call, the job workers and their backends."""
 
-    def __init__(self, settings: Settings) -> None:
+    store: Store
+    limiter: RateLimiter
+    pipeline: Pipeline
+    blobs: LocalBlobStore
+    workers: WorkerPool
+
+
+class GatewayServer:
+    """A configured gateway: its gRPC server, health, and the runtime behind the servicers.
+
+    `listen=False` is the worker mode (`viewbait-gateway worker`): the same runtime, job
+    workers and maintenance tasks, without the gRPC listener.
+    """
+
+    def __init__(self, settings: Settings, *, listen: bool = True) -> None:
         self.settings = settings
+        self._listen = listen
         self.port = 0
         self._server: aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -160,7 +178,8 @@ class GatewayServer:
                 }
             )
         auth = settings.auth
-        if not _auth_configured(settings):
+        # Without a listener nobody calls in: there is nothing to authenticate.
+        if self._listen and not _auth_configured(settings):
             if not (local and _is_loopback(settings.server.host)):
                 raise SystemExit(
                     "no authentication configured: set VIEWBAIT_AUTH__SERVICE_TOKEN and/or "
@@ -173,10 +192,9 @@ class GatewayServer:
             )
         return settings.model_copy(update={"gemini": gemini, "auth": auth})
 
-    async def start(self) -> int:
-        """Builds everything, starts serving, and returns the bound port."""
-        settings = await self._runtime_settings()
-        server_settings = settings.server
+    async def _build_runtime(self, settings: Settings) -> _Runtime:
+        """The store, executor, Gemini client, limiter, pipeline and (unstarted) job workers
+        both modes run."""
         store = self._store = create_store(settings.store)
         # Best effort: a database that is down now is retried on use (requests run uncached).
         await store.start()
@@ -195,6 +213,12 @@ class GatewayServer:
         await limiter.start()
         pipeline = Pipeline(settings, client, limiter, executor)
         workers = self._workers = WorkerPool(settings.jobs, pipeline, blobs)
+        return _Runtime(store, limiter, pipeline, blobs, workers)
+
+    async def _start_grpc(self, settings: Settings, runtime: _Runtime) -> None:
+        """Registers the services and starts the gRPC listener."""
+        server_settings = settings.server
+        pipeline, blobs = runtime.pipeline, runtime.blobs
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", server_settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", server_settings.max_send_message_bytes),
@@ -221,7 +245,7 @@ class GatewayServer:
             GatewayServicer(pipeline), server
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(pipeline, blobs, on_submit=workers.wake), server
+            JobServicer(pipeline, blobs, on_submit=runtime.workers.wake), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if server_settings.reflection:
@@ -231,7 +255,16 @@ class GatewayServer:
             raise SystemExit(f"could not bind {server_settings.host}:{server_settings.port}")
         await server.start()
         self._server = server
-        workers.start()
+
+    async def start(self) -> int:
+        """Builds everything, starts serving (or, without the listener, only working), and
+        returns the bound port (0 without the listener)."""
+        settings = await self._runtime_settings()
+        runtime = await self._build_runtime(settings)
+        store, limiter = runtime.store, runtime.limiter
+        if self._listen:
+            await self._start_grpc(settings, runtime)
+        runtime.workers.start()
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(LIMITER_HEALTH_SERVICE, _limiter_health(limiter.mode))
@@ -240,14 +273,21 @@ class GatewayServer:
             asyncio.create_task(run_cleanup(store, settings.store), name="viewbait-store-cleanup"),
             asyncio.create_task(self._rescue_leases(store), name="viewbait-lease-rescue"),
         ]
-        log.info(
-            "serving",
-            extra={
-                "host": server_settings.host,
-                "port": self.port,
-                "limiter_mode": limiter.mode.value,
-            },
-        )
+        server_settings = settings.server
+        if self._listen:
+            log.info(
+                "serving",
+                extra={
+                    "host": server_settings.host,
+                    "port": self.port,
+                    "limiter_mode": limiter.mode.value,
+                },
+            )
+        else:
+            log.info(
+                "working without a listener",
+                extra={"workers": settings.jobs.workers, "limiter_mode": limiter.mode.value},
+            )
         if server_settings.ready_file:
             self._write_ready_file(Path(server_settings.ready_file))
         return self.port
@@ -342,9 +382,10 @@ def _limiter_health(mode: LimiterMode) -> int:
     return health_pb2.HealthCheckResponse.SERVING
 
 
-async def serve(settings: Settings) -> None:
-    """Serves until SIGTERM or SIGINT, then stops gracefully."""
-    server = GatewayServer(settings)
+async def serve(settings: Settings, *, listen: bool = True) -> None:
+    """Serves (`listen`) or only runs the job workers until SIGTERM or SIGINT, then stops
+    gracefully: running jobs are handed back to the queue for other replicas."""
+    server = GatewayServer(settings, listen=listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Installed before start so a signal during start-up still ends in a clean stop.

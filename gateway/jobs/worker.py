@@ -13,6 +13,13 @@ upstream rate limits (before anything is spent) delays the job by its retry-afte
 counting the attempt. A cancelled job
 is never retried: its worker learns of the cancel at its next heartbeat and stops.
 
+Per-user caps: a user runs at most `JobSettings.running_caps[tier]` jobs at once across all
+replicas; `claim_batch` leaves her further jobs queued. Shared executions are exempt, not
+charged to their handles' owners: one execution serves every user holding a handle, so charging
+it to them would let one user's cap hold back the result others wait for (and a handle owner's
+cancel would change another user's count), while charging it to nobody costs little because
+identical requests coalesce into it and submissions are rate limited per user.
+
 Shutdown: the executor is told first (`Executor.shutting_down`), so the attempts cut short
 here are handed back queued for another replica, not failed.
 """
@@ -30,7 +37,7 @@ from gateway import errors, operations
 from gateway.auth import Principal
 from gateway.backoff import next_delay
 from gateway.blobs import BlobError, BlobStore
-from gateway.config import JobSettings
+from gateway.config import JobSettings, Tier
 from gateway.execution import Call, Executor, Retry
 from gateway.operations import codec
 from gateway.operations.base import ProgressCallback, ProgressEvent, ProgressKind
@@ -87,6 +94,13 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._asleep = False
+        # Job rows keep their priority (the tier's rank), not their tier.
+        self._caps = {
+            priority: settings.running_caps[tier]
+            for priority in range(len(Tier))
+            if (tier := tier_of_priority(priority)) in settings.running_caps
+        }
         #: Attempts this pool started (for metrics and tests).
         self.started = 0
 
@@ -95,13 +109,20 @@ class WorkerPool:
         """Attempts under way on this replica."""
         return len(self._running)
 
+    @property
+    def idle(self) -> bool:
+        """The claim loop sleeps with no wake-up pending: only a submit here, the store's due
+        signal, a finished attempt or the poll will make it claim again (for tests)."""
+        return self._asleep and not self._wake.is_set()
+
     def start(self) -> None:
         """Starts claiming (nothing happens with zero workers)."""
         if self._settings.workers > 0 and self._loop_task is None:
             self._loop_task = asyncio.create_task(self._claim_forever(), name="viewbait-jobs")
 
     def wake(self) -> None:
-        """A job was queued: look for work now rather than at the next poll."""
+        """A job was queued on this replica: look for work now rather than at the next poll
+        (the store's due signal does the same for jobs queued anywhere)."""
         self._wake.set()
 
     async def stop(self) -> None:
@@ -116,6 +137,13 @@ class WorkerPool:
     # -- claiming ----------------------------------------------------------------------------
 
     async def _claim_forever(self) -> None:
+        store = self._executor.store
+        # A job queued through any replica (or re-queued, deferred, retried) wakes this pool at
+        # once; the poll is the fallback for lost notifications and for delayed retries.
+        with store.subscribe_due(self._wake):
+            await self._claim_loop()
+
+    async def _claim_loop(self) -> None:
         settings = self._settings
         store = self._executor.store
         while True:
@@ -128,6 +156,7 @@ class WorkerPool:
                         self._executor.worker_id,
                         min(free, settings.claim_batch),
                         self._executor.lease_s,
+                        self._caps,
                     )
                 except errors.Unavailable as exc:
                     log.warning("could not claim jobs: %s", exc.message)
@@ -139,8 +168,12 @@ class WorkerPool:
             if claimed and len(claimed) == min(free, settings.claim_batch):
                 continue  # a full batch: more may be due
             # Sleep until a submit, a free slot or the next poll.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), settings.poll_interval_s)
+            self._asleep = True
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), settings.poll_interval_s)
+            finally:
+                self._asleep = False
 
     def _spawn(self, job: Job) -> None:
         self.started += 1

@@ -22,8 +22,11 @@ act on executions by id (claim, heartbeat, complete, fail) are for the gateway's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -180,6 +183,9 @@ class NewJob:
     #: Higher runs first (tier weight).
     priority: int = 0
     max_attempts: int = 3
+    #: A new execution wakes the job workers of every replica (`Store.subscribe_due`); False
+    #: when its creator claims it itself at once (an inline run), so no worker races for it.
+    announce: bool = True
 
     def __post_init__(self) -> None:
         if not self.user_id:
@@ -407,9 +413,21 @@ class Store(Protocol):
         """
         ...
 
-    async def claim_batch(self, worker_id: str, limit: int, lease_s: float) -> list[Job]:
+    async def claim_batch(
+        self,
+        worker_id: str,
+        limit: int,
+        lease_s: float,
+        caps: Mapping[int, int] | None = None,
+    ) -> list[Job]:
         """Takes the lease on up to `limit` due queued executions at once, highest priority
         first, then oldest (skipping rows another runner is claiming), as `claim_job` does.
+
+        `caps` (job priority -> most running executions per user) holds a user's executions
+        back: taking the due ones of each user in claim order, the n-th of a user whose
+        priority caps it at c is claimed only if (her running executions) + n <= c; it stays
+        queued otherwise. Priorities without a cap, and shared executions (no owner), are
+        never held back. The cap holds across replicas claiming at once.
 
         Executions whose lease expired are not taken here: `rescue_expired_leases` queues
         them again first. Returns them in claim order.
@@ -460,6 +478,13 @@ class Store(Protocol):
     ) -> list[Job]:
         """Up to `limit` of the user's own jobs (handles included, shared executions never),
         newest first, those matching `job_filter`, after `after` when given."""
+        ...
+
+    def subscribe_due(self, event: asyncio.Event) -> AbstractContextManager[asyncio.Event]:
+        """While the block runs, `event` is set whenever an execution may have become due
+        (created, queued again, deferred or retried with no delay) through any replica that
+        shares this store, and after notifications may have been missed. Job workers wait on
+        it between polls; a job due later (a delayed retry) is found by their poll."""
         ...
 
     async def wait_for_job_change(

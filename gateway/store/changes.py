@@ -4,6 +4,9 @@ A store publishes a job id whenever that job changes (the in-memory store direct
 PostgreSQL store from its single LISTEN connection). Any number of waiters in this process can
 wait for changes of any job; each has its own `asyncio.Event`, so one notification costs one
 `set()` per interested waiter and nothing for anyone else.
+
+Besides job ids, the hub carries one more signal, `DUE`: "a job may have become due", which
+wakes the job workers of every replica sharing the store instead of waiting for their poll.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from contextlib import contextmanager
 
 from gateway.store.base import Job
 
+#: The hub key (and NOTIFY payload) of "a job may have become due"; job ids are UUIDs, so it
+#: cannot collide with one.
+DUE = "due"
+
 
 class ChangeHub:
     """Job id -> the events of the waiters interested in it."""
@@ -22,9 +29,10 @@ class ChangeHub:
         self._waiters: dict[str, set[asyncio.Event]] = {}
 
     @contextmanager
-    def subscribe(self, job_id: str) -> Iterator[asyncio.Event]:
-        """An event set on every change of `job_id` while the block runs."""
-        event = asyncio.Event()
+    def subscribe(self, job_id: str, event: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+        """An event (`event`, or a new one) set on every change of `job_id` while the block
+        runs."""
+        event = asyncio.Event() if event is None else event
         self._waiters.setdefault(job_id, set()).add(event)
         try:
             yield event

@@ -7,9 +7,12 @@ each is atomic on the event loop, as a transaction is in PostgreSQL. Nothing sur
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 
 from gateway.model import UsageRecord
@@ -34,7 +37,7 @@ from gateway.store.base import (
     parse_job_id,
     usage_job_id,
 )
-from gateway.store.changes import ChangeHub, wait_for_change
+from gateway.store.changes import DUE, ChangeHub, wait_for_change
 
 #: Fields a handle copies from the execution it follows.
 MIRRORED_FIELDS = (
@@ -165,6 +168,8 @@ class MemoryStore:
             expires_at=None,
         )
         self._save(execution)
+        if new.announce:
+            self._publish_if_due(execution)
         if new.shared:
             return JoinOutcome(self._new_handle(execution, new), created=True, existing=False)
         return JoinOutcome(execution, created=True, existing=False)
@@ -231,7 +236,13 @@ class MemoryStore:
             error=None,
         )
 
-    async def claim_batch(self, worker_id: str, limit: int, lease_s: float) -> list[Job]:
+    async def claim_batch(
+        self,
+        worker_id: str,
+        limit: int,
+        lease_s: float,
+        caps: Mapping[int, int] | None = None,
+    ) -> list[Job]:
         """See `Store.claim_batch`."""
         check_positive("limit", limit)
         check_positive("lease_s", lease_s)
@@ -242,6 +253,8 @@ class MemoryStore:
             if job.follows is None and job.status is JobStatus.QUEUED and job.run_after <= now
         ]
         due.sort(key=lambda job: (-job.priority, job.created_at))
+        if caps:
+            due = self._within_caps(due, caps)
         claimed: list[Job] = []
         for job in due[:limit]:
             # Nothing awaits in between, so every due row is still queued here.
@@ -249,6 +262,26 @@ class MemoryStore:
             assert taken is not None
             claimed.append(taken)
         return claimed
+
+    def _within_caps(self, due: list[Job], caps: Mapping[int, int]) -> list[Job]:
+        """The due executions `caps` lets run, in claim order (the rule of `Store.claim_batch`,
+        as the SQL store's window query applies it)."""
+        running = Counter(
+            job.user_id
+            for job in self._jobs.values()
+            if job.follows is None and job.status is JobStatus.RUNNING and job.user_id is not None
+        )
+        seen: Counter[str] = Counter()
+        allowed = []
+        for job in due:
+            if job.user_id is None:
+                allowed.append(job)
+                continue
+            seen[job.user_id] += 1
+            cap = caps.get(job.priority)
+            if cap is None or running[job.user_id] + seen[job.user_id] <= cap:
+                allowed.append(job)
+        return allowed
 
     def _held(self, job_id: str, worker_id: str) -> Job:
         job = self._lookup(job_id)
@@ -370,6 +403,10 @@ class MemoryStore:
         found.sort(key=lambda job: (job.created_at, job.id), reverse=True)
         return found[:limit]
 
+    def subscribe_due(self, event: asyncio.Event) -> AbstractContextManager[asyncio.Event]:
+        """See `Store.subscribe_due`."""
+        return self._hub.subscribe(DUE, event)
+
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float
     ) -> Job:
@@ -442,7 +479,12 @@ class MemoryStore:
                 if handle.active:
                     self._change(handle, **mirrored)
         self._hub.publish(changed.id)
+        self._publish_if_due(changed)
         return changed
+
+    def _publish_if_due(self, job: Job) -> None:
+        if job.follows is None and job.status is JobStatus.QUEUED and job.run_after <= self._now():
+            self._hub.publish(DUE)
 
     def _save(self, job: Job) -> None:
         """Stores a row and keeps the indexes (the unique indexes of the SQL schema) true."""

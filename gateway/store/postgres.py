@@ -7,7 +7,9 @@ Every replica talks to the same schema; PostgreSQL is the coordination engine:
 - Leases are `locked_by` / `locked_until` columns compared with the database's clock (`now()`),
   so replica clocks do not matter.
 - Every change a watcher should see bumps `event_seq` and sends `NOTIFY <channel>, '<id>:<seq>'`
-  in the same statement. Each store holds ONE listening connection and fans notifications out to
+  in the same statement; a change that leaves an execution queued and due also sends
+  `NOTIFY <channel>, 'due'` (once per transaction), which wakes the workers of every replica.
+  Each store holds ONE listening connection and fans notifications out to
   any number of waiters in process (`ChangeHub`); waiters also poll, so a lost listener only
   slows them down.
 
@@ -25,7 +27,8 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -56,7 +59,7 @@ from gateway.store.base import (
     parse_job_id,
     usage_job_id,
 )
-from gateway.store.changes import ChangeHub, wait_for_change
+from gateway.store.changes import DUE, ChangeHub, wait_for_change
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +102,26 @@ class _Sql:
             return migrations.render(sql, schema)
 
         notify = "pg_notify($NOTIFY, j.id::text || ':' || j.event_seq) AS notified"
+        # "A job may be due now", for the workers of every replica. PostgreSQL delivers
+        # identical notifications of one transaction once, so a constant payload debounces it
+        # to one per transaction however many rows became due. Rows due later (a delayed retry)
+        # send nothing: nothing happens in the database when they become due; polls find them.
+        due = (
+            "CASE WHEN j.follows IS NULL AND j.status = 'queued' AND j.run_after <= now() "
+            f"AND $DUE_WHEN THEN pg_notify($NOTIFY, '{DUE}') END AS due_notified"
+        )
 
-        def changed(update: str, notify_param: int, returning: str = "*") -> str:
-            # The update and its notification in one statement (delivered at commit).
+        def changed(
+            update: str, notify_param: int, returning: str = "*", *, due_when: str | None = None
+        ) -> str:
+            # The update and its notifications in one statement (delivered at commit).
+            # `due_when`: the change can leave an execution queued and due, and the SQL
+            # condition (besides that) under which it wakes the workers.
+            columns = notify if due_when is None else f"{notify}, {due}"
+            columns = columns.replace("$DUE_WHEN", due_when or "true")
             return q(
                 f"WITH j AS ({update} RETURNING {returning}) "
-                f"SELECT j.*, {notify.replace('$NOTIFY', f'${notify_param}')} FROM j"
+                f"SELECT j.*, {columns.replace('$NOTIFY', f'${notify_param}')} FROM j"
             )
 
         self.get_result = q(
@@ -155,6 +172,7 @@ class _Sql:
             ON CONFLICT DO NOTHING
             """,
             12,
+            due_when="$13::bool",
         )
         self.insert_handle = q(
             """
@@ -212,6 +230,7 @@ class _Sql:
             """,
             6,
             returning="t.*",
+            due_when="true",
         )
         self.claim = changed(
             """
@@ -243,6 +262,41 @@ class _Sql:
             4,
             returning="t.*",
         )
+        # The same, holding back each user's due executions beyond her running cap: the n-th
+        # due execution of a user (in claim order) runs only if running + n <= the cap of its
+        # priority ($5 priorities, $6 caps). Callers serialize it with `claim_lock`.
+        self.claim_batch_capped = changed(
+            """
+            UPDATE {schema}.ai_jobs t SET
+                status = 'running', attempts = t.attempts + 1, locked_by = $2,
+                locked_until = now() + make_interval(secs => $3), heartbeat_at = now(),
+                started_at = coalesce(t.started_at, now()), progress = NULL,
+                error_reason = NULL, error_message = NULL, event_seq = t.event_seq + 1
+            FROM (
+                SELECT id FROM {schema}.ai_jobs
+                WHERE id IN (
+                    SELECT c.id FROM (
+                        SELECT id, user_id, priority, row_number() OVER (
+                            PARTITION BY user_id ORDER BY priority DESC, created_at) AS n
+                        FROM {schema}.ai_jobs
+                        WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
+                    ) c
+                    LEFT JOIN unnest($5::int[], $6::int[]) AS cap(priority, most)
+                        ON cap.priority = c.priority
+                    WHERE c.user_id IS NULL OR cap.most IS NULL OR c.n + (
+                        SELECT count(*) FROM {schema}.ai_jobs r
+                        WHERE r.user_id = c.user_id AND r.status = 'running'
+                            AND r.follows IS NULL) <= cap.most)
+                ORDER BY priority DESC, created_at LIMIT $1 FOR UPDATE SKIP LOCKED
+            ) due
+            WHERE t.id = due.id
+            """,
+            4,
+            returning="t.*",
+        )
+        # Two replicas each counting a user's running executions before the other's claim
+        # commits would both claim up to her cap: capped claims take turns on this lock.
+        self.claim_lock = "SELECT pg_advisory_xact_lock($1)"
         # A user's jobs, newest first; NULL filters and cursor mean any / the first page.
         self.list_jobs = q(
             """
@@ -297,6 +351,7 @@ class _Sql:
             WHERE id = $1 AND status = 'running' AND locked_by = $2
             """,
             7,
+            due_when="true",
         )
         self.defer = changed(
             """
@@ -308,6 +363,7 @@ class _Sql:
             WHERE id = $1 AND status = 'running' AND locked_by = $2
             """,
             6,
+            due_when="true",
         )
         self.lock_job = q("SELECT id FROM {schema}.ai_jobs WHERE id = $1 FOR UPDATE")
         self.cancel = changed(
@@ -408,6 +464,11 @@ def _cached(row: Record) -> CachedResult:
     )
 
 
+def _advisory_key(name: str) -> int:
+    """A signed 64-bit advisory lock key for `name` (stable across replicas and versions)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 def _deleted(status: str) -> int:
     # asyncpg returns the command tag, e.g. "DELETE 12".
     return int(status.rsplit(" ", 1)[-1])
@@ -424,6 +485,7 @@ class PostgresStore:
         self._schema = settings.schema_name
         self._sql = _Sql(self._schema)
         self._channel = channel_name(self._schema)
+        self._claim_lock_key = _advisory_key(f"{self._schema}.claim")
         self._retention_s = settings.job_retention_s
         # One store call: maybe a new connection, then its statements.
         self._call_timeout_s = settings.connect_timeout_s + settings.command_timeout_s
@@ -594,6 +656,7 @@ class PostgresStore:
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self.notifications_received += 1
+        # '<id>:<seq>' for a job's change, or `DUE`: either way the first field is the hub key.
         self._hub.publish(str(payload).split(":", 1)[0])
 
     async def _listen_forever(self) -> None:
@@ -708,6 +771,7 @@ class PostgresStore:
             new.priority,
             new.max_attempts,
             self._channel,
+            new.announce,
         )
         created = row is not None
         if row is None:
@@ -777,15 +841,34 @@ class PostgresStore:
         row = await self._run(claim, transaction=True)
         return None if row is None else _job(row)
 
-    async def claim_batch(self, worker_id: str, limit: int, lease_s: float) -> list[Job]:
+    async def claim_batch(
+        self,
+        worker_id: str,
+        limit: int,
+        lease_s: float,
+        caps: Mapping[int, int] | None = None,
+    ) -> list[Job]:
         """See `Store.claim_batch`."""
         check_positive("limit", limit)
         check_positive("lease_s", lease_s)
+        sql = self._sql
 
         async def claim(conn: Connection) -> list[Record]:
-            rows = await conn.fetch(
-                self._sql.claim_batch, limit, worker_id, float(lease_s), self._channel
-            )
+            if caps:
+                await conn.execute(sql.claim_lock, self._claim_lock_key)
+                rows = await conn.fetch(
+                    sql.claim_batch_capped,
+                    limit,
+                    worker_id,
+                    float(lease_s),
+                    self._channel,
+                    list(caps),
+                    list(caps.values()),
+                )
+            else:
+                rows = await conn.fetch(
+                    sql.claim_batch, limit, worker_id, float(lease_s), self._channel
+                )
             await self._mirror(conn, rows)
             return list(rows)
 
@@ -934,6 +1017,10 @@ class PostgresStore:
             lambda c: c.fetch(self._sql.list_jobs, user_id, statuses, ops, after_at, parsed, limit)
         )
         return [_job(row) for row in rows]
+
+    def subscribe_due(self, event: asyncio.Event) -> AbstractContextManager[asyncio.Event]:
+        """See `Store.subscribe_due` (the `DUE` notifications of the listener connection)."""
+        return self._hub.subscribe(DUE, event)
 
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float

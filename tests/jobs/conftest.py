@@ -2,7 +2,8 @@
 pools) over the embedded store or real PostgreSQL, calling the emulator.
 
 Reused from tests/execution rather than copied: `start_gateway`, `gateway_settings`, `as_user`,
-the PostgreSQL schema fixture of tests/store (`pg_schema`), and `eventually`.
+the PostgreSQL schema fixture of tests/store (`pg_schema`), `eventually`, and the gateway
+subprocess factory of tests/rpc (`spawn_gateway`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ gateway_settings = execution_fixtures.gateway_settings
 eventually = execution_fixtures.eventually
 store_settings = execution_fixtures.store_settings
 encode_png = execution_fixtures.encode_png
+spawn_gateway = execution_fixtures.spawn_gateway
+DATABASE_URL: str = execution_fixtures.DATABASE_URL
 
 
 @pytest.fixture(params=execution_fixtures.store_fixtures.KINDS)

@@ -111,13 +111,15 @@ def settings(
     *,
     workers: int = 4,
     gemini_attempts: int = 4,
+    jobs: JobSettings | None = None,
     **sections: Any,
 ) -> Settings:
     base = gateway_settings(
         emulator,
         tmp_path,
         store=store,
-        jobs=JobSettings(
+        jobs=jobs
+        or JobSettings(
             workers=workers, poll_interval_s=0.05, retry_initial_s=0.01, retry_max_s=0.05
         ),
         **sections,
@@ -437,3 +439,24 @@ async def test_a_replica_stopping_mid_job_hands_it_to_another(
     final = events[-1].job
     assert final.status == SUCCEEDED and final.attempts == 2
     assert final.analyze_video.summary
+
+
+async def test_a_job_submitted_on_one_replica_wakes_the_workers_of_another(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, pg_schema: str
+) -> None:
+    store = store_settings(pg_schema, migrate_on_start=True)
+    # The workers' replica polls only every minute, longer than the watch below waits: only the
+    # store's due notification can make it claim the job in time.
+    slow_poll = JobSettings(workers=4, poll_interval_s=60)
+    worker_replica = await start_gateway(settings(emulator, tmp_path, store, jobs=slow_poll))
+    pool, replica_store = worker_replica.server.workers, worker_replica.server.store
+    await eventually(
+        lambda: replica_store.listening and pool.idle, "the idle workers' replica listening"
+    )
+    submitting = Jobs(await start_gateway(settings(emulator, tmp_path, store, workers=0)))
+
+    job_id = (await submitting.submit(video())).job.id
+    events = await submitting.watch_to_end(job_id)
+
+    assert events[-1].job.status == SUCCEEDED
+    assert pool.started == 1

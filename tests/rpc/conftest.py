@@ -409,8 +409,8 @@ class GatewayProcess:
         return records
 
 
-def _spawn(workdir: Path, env: Mapping[str, str]) -> GatewayProcess:
-    """Starts `python -m gateway serve` in local mode and waits for its ready file."""
+def _spawn(workdir: Path, env: Mapping[str, str], command: str = "serve") -> GatewayProcess:
+    """Starts `python -m gateway <command>` in local mode and waits for its ready file."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / "ready.json"
     log_path = workdir / "gateway.log"
@@ -425,7 +425,7 @@ def _spawn(workdir: Path, env: Mapping[str, str]) -> GatewayProcess:
     )
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve"],
+            [sys.executable, "-m", "gateway", command],
             env=environment,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -457,11 +457,12 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    """A factory: `spawn_gateway(VIEWBAIT_X="...")` starts a gateway subprocess with that env."""
+    """A factory: `spawn_gateway(VIEWBAIT_X="...")` starts a gateway subprocess with that env
+    (`command="worker"`: the worker mode instead of `serve`)."""
     started: list[GatewayProcess] = []
 
-    def spawn(**env: str) -> GatewayProcess:
-        running = _spawn(tmp_path / f"gateway-{len(started)}", env)
+    def spawn(command: str = "serve", **env: str) -> GatewayProcess:
+        running = _spawn(tmp_path / f"gateway-{len(started)}", env, command)
         started.append(running)
         return running
 

@@ -302,6 +302,55 @@ async def test_concurrent_claim_batches_never_share_a_job(
     assert len(claimed) == len(set(claimed)) == 20
 
 
+#: Running executions per user by job priority, as the workers pass them; priority 3 is uncapped.
+CAPS = {0: 1, 1: 2}
+
+
+async def test_claim_batch_holds_each_users_executions_beyond_her_cap(store: Store) -> None:
+    async def queue(user: str, name: str, priority: int, **fields: Any) -> Job:
+        new = new_job(user, name, priority=priority, **fields)
+        return (await store.join_or_create_active_job(new)).job
+
+    alice = [await queue(ALICE, f"a{i}", 0) for i in range(3)]  # capped at 1
+    bob = [await queue(BOB, f"b{i}", 1) for i in range(3)]  # capped at 2
+    carol = [await queue("user-carol", f"c{i}", 3) for i in range(2)]  # uncapped
+    # Shared executions have no owner: never held back (see gateway.jobs.worker).
+    shared = [await queue(ALICE, f"s{i}", 0, shared=True) for i in range(2)]
+
+    first = await store.claim_batch("w1", 100, LEASE_S, CAPS)
+
+    assert {j.id for j in first} == {
+        alice[0].id,
+        bob[0].id,
+        bob[1].id,
+        *(j.id for j in carol),
+        *(j.execution_id for j in shared),
+    }
+    assert await store.claim_batch("w2", 100, LEASE_S, CAPS) == []
+    # A finished job frees its owner's slot for her next one, oldest first.
+    await store.complete_job(alice[0].id, "w1", REF)
+    assert [j.id for j in await store.claim_batch("w2", 100, LEASE_S, CAPS)] == [alice[1].id]
+    # Without caps everything due is claimed.
+    assert {j.id for j in await store.claim_batch("w3", 100, LEASE_S)} == {
+        alice[2].id,
+        bob[2].id,
+    }
+
+
+async def test_a_cap_holds_across_replicas_claiming_at_once(
+    replicas: tuple[Store, Store],
+) -> None:
+    a, b = replicas
+    for i in range(10):
+        await a.join_or_create_active_job(new_job(dedupe=f"free-{i}", priority=0))
+
+    batches = await asyncio.gather(
+        *((a if i % 2 else b).claim_batch(f"w{i}", 2, LEASE_S, CAPS) for i in range(10))
+    )
+
+    assert sum(len(batch) for batch in batches) == 1
+
+
 async def test_list_jobs_is_private_filtered_and_paged_newest_first(store: Store) -> None:
     mine = [
         (await store.join_or_create_active_job(new_job(dedupe=None, op=op))).job
@@ -491,6 +540,36 @@ async def test_waiter_on_one_replica_wakes_on_a_change_on_another(
     async with asyncio.timeout(10):
         woken = await asyncio.gather(*waiters)
     assert {(w.status, w.event_seq) for w in woken} == {(JobStatus.RUNNING, job.event_seq + 1)}
+
+
+async def test_jobs_becoming_due_wake_the_workers_of_every_replica(
+    replicas: tuple[Store, Store],
+) -> None:
+    a, b = replicas
+    due = asyncio.Event()
+
+    async def signalled(action: Awaitable[object]) -> None:
+        due.clear()
+        await action
+        # No poll sets this event: only the store's due signal (NOTIFY across replicas).
+        async with asyncio.timeout(10):
+            await due.wait()
+
+    with b.subscribe_due(due):
+        # The listener's first connect wakes every subscriber once (missed notifications).
+        await eventually(lambda: _true_or_none(getattr(b, "listening", True)))
+        await signalled(a.join_or_create_active_job(new_job(dedupe="created")))
+        job = await running(a, new_job(dedupe="retried", max_attempts=3))
+        await signalled(a.fail_job(job.id, "w1", JobError("UNAVAILABLE", "x"), retry_after_s=0))
+        assert await a.claim_job(job.id, "w1", LEASE_S) is not None
+        await signalled(a.defer_job(job.id, "w1", JobError("RATE_LIMITED", "x"), 0))
+        assert await a.claim_job(job.id, "w1", SHORT_LEASE_S) is not None
+        await asyncio.sleep(SHORT_LEASE_S + 0.1)
+        await signalled(a.rescue_expired_leases(10))
+
+
+async def _true_or_none(value: bool) -> bool | None:
+    return True if value else None
 
 
 async def test_handle_waiters_wake_when_the_shared_execution_finishes(

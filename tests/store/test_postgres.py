@@ -30,7 +30,7 @@ from gateway.store.migrate import (
     migrate,
     quote_ident,
 )
-from gateway.store.postgres import PostgresStore, run_migrations
+from gateway.store.postgres import PostgresStore, channel_name, run_migrations
 
 T = TypeVar("T")
 PgSettings = Callable[..., StoreSettings]
@@ -314,3 +314,28 @@ async def test_two_replicas_hold_one_active_row_per_key(
         key("herd"),
     )
     assert rows == 1
+
+
+async def test_due_notifications_are_debounced_to_one_per_transaction(
+    make_store: Callable[..., Awaitable[Store]], conn: asyncpg.Connection, pg_schema: str
+) -> None:
+    store = await make_store("postgres")
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    await conn.add_listener(channel_name(pg_schema), lambda *args: payloads.put_nowait(args[3]))
+    jobs = [(await store.join_or_create_active_job(NewJob("u", "op", "{}"))).job for _ in range(3)]
+    for job in jobs:
+        assert await store.claim_job(job.id, "w1", 0.2) is not None
+    # An execution its creator claims itself (an inline run) wakes no worker.
+    await store.join_or_create_active_job(NewJob("u", "op", "{}", announce=False))
+    await asyncio.sleep(0.3)
+
+    assert await store.rescue_expired_leases(10) == 3  # one transaction queues all three again
+    # Notifications are delivered in commit order: this marks the end of the rescue's.
+    await conn.execute("SELECT pg_notify($1, 'end')", channel_name(pg_schema))
+
+    received = []
+    async with asyncio.timeout(HANG_S):
+        while not received or received[-1] != "end":
+            received.append(await payloads.get())
+    # One per announced insert, then one for the whole rescue (job changes carry '<id>:<seq>').
+    assert [p for p in received if ":" not in p] == ["due"] * 4 + ["end"]
