@@ -560,7 +560,12 @@ class Executor:
         A failed attempt is final unless `retry_delay` gives a delay for it."""
         job_id = execution.id
         if call.key is not None:
-            hit = await self._recheck(call, call.key)
+            try:
+                hit = await self._recheck(call, call.key)
+            except asyncio.CancelledError:
+                # Claimed but not started: a stop now must not leave the job running.
+                self.hand_back(job_id)
+                raise
             if hit is not None:
                 self._spawn(self._complete(call, job_id, hit.result, hit.model, cache=False))
                 return hit
@@ -665,6 +670,11 @@ class Executor:
                 job_id,
                 exc.message,
             )
+
+    def hand_back(self, job_id: str) -> None:
+        """A claimed execution whose work was cancelled before it started: re-queued at
+        shutdown, ended as abandoned otherwise (in the background, like every job write)."""
+        self._spawn(self._release(job_id))
 
     async def _release(self, job_id: str) -> None:
         """The work was cancelled: at shutdown the execution is re-queued for another replica;

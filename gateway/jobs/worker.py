@@ -193,6 +193,10 @@ class WorkerPool:
         """One attempt of a claimed job; its end is recorded in the store by the executor."""
         try:
             call = await self._call(job)
+        except asyncio.CancelledError:
+            # Stopped while reading the job's input: hand the claimed job back, not left running.
+            self._executor.hand_back(job.id)
+            raise
         except (BlobError, codec.DecodeError, KeyError) as exc:
             # The stored input cannot be read back: no retry can fix that.
             log.error("job %s has an unusable input: %s", job.id, exc)
