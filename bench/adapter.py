@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from google import genai
 from google.genai import types
@@ -32,6 +33,10 @@ from gateway.config import GeminiSettings
 from gateway.gemini import GeminiClient
 from gateway.model import CallLabels, ModelRequest, Part
 from gateway.usage import InMemoryUsageSink
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _rpc_harness import EMULATOR_KEY, Fleet
 
 MODEL = "gemini-3.6-flash"
 PROMPT = "Suggest a punchy thumbnail headline for a video about sourdough bread."
@@ -45,30 +50,6 @@ SCHEMA = {
     },
     "required": ["headline", "emotion", "score"],
 }
-API_KEY = "bench-key"
-
-
-async def start_emulator() -> tuple[asyncio.subprocess.Process, str]:
-    """`python -m gateway.emulator` on a free loopback port; returns the process and its URL."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway.emulator",
-        "--port",
-        "0",
-        "--api-key",
-        API_KEY,
-        "--log-level",
-        "WARNING",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
-    match = re.search(r"listening on (http://\S+)", line)
-    if match is None:
-        process.terminate()
-        raise RuntimeError(f"the emulator did not start: {line!r}")
-    return process, match.group(1)
 
 
 async def run(call: Callable[[], Awaitable[object]], requests: int, concurrency: int) -> float:
@@ -91,9 +72,10 @@ async def compare(
 ) -> tuple[float, float]:
     """(bare, adapter) calls per second for one request shape."""
     bare = genai.Client(
-        api_key=API_KEY, http_options=types.HttpOptions(base_url=base_url, api_version="v1beta")
+        api_key=EMULATOR_KEY,
+        http_options=types.HttpOptions(base_url=base_url, api_version="v1beta"),
     )
-    settings = GeminiSettings(api_key=SecretStr(API_KEY), base_url=base_url)
+    settings = GeminiSettings(api_key=SecretStr(EMULATOR_KEY), base_url=base_url)
     adapter = GeminiClient(settings, usage_sink=InMemoryUsageSink())
     labels = CallLabels(operation="bench")
     if shape == "structured":
@@ -133,8 +115,8 @@ async def compare(
 
 
 async def main(requests: int, concurrency: int, rounds: int, shapes: list[str]) -> None:
-    process, base_url = await start_emulator()
-    try:
+    async with Fleet(Path(tempfile.gettempdir())) as fleet:
+        base_url = await fleet.emulator()
         print(
             f"emulator: zero latency, separate process; concurrency {concurrency}, "
             f"{requests * rounds} calls per client and shape"
@@ -145,9 +127,6 @@ async def main(requests: int, concurrency: int, rounds: int, shapes: list[str]) 
                 f"{shape:10s}  bare google-genai {bare:7.1f} calls/s   gateway adapter "
                 f"{adapter:7.1f} calls/s   ratio {adapter / bare:5.3f}x  (target >= 0.9x)"
             )
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 if __name__ == "__main__":

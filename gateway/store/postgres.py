@@ -84,6 +84,15 @@ _MIGRATE_ON_START_TIMEOUT_S = 300.0
 
 #: A join retries when a concurrent transaction changed what it saw; this bounds the retries.
 _JOIN_ATTEMPTS = 5
+#: The SET clause that starts an attempt of a claimed execution (row alias `t`; `$2` the
+#: worker id, `$3` the lease in seconds), shared by every way of claiming.
+_START_ATTEMPT = """
+            UPDATE {schema}.ai_jobs t SET
+                status = 'running', attempts = t.attempts + 1, locked_by = $2,
+                locked_until = now() + make_interval(secs => $3), heartbeat_at = now(),
+                started_at = coalesce(t.started_at, now()), progress = NULL,
+                error_reason = NULL, error_message = NULL, event_seq = t.event_seq + 1
+"""
 
 
 def channel_name(schema: str) -> str:
@@ -233,12 +242,8 @@ class _Sql:
             due_when="true",
         )
         self.claim = changed(
-            """
-            UPDATE {schema}.ai_jobs SET
-                status = 'running', attempts = attempts + 1, locked_by = $2,
-                locked_until = now() + make_interval(secs => $3), heartbeat_at = now(),
-                started_at = coalesce(started_at, now()), progress = NULL,
-                error_reason = NULL, error_message = NULL, event_seq = event_seq + 1
+            _START_ATTEMPT
+            + """
             WHERE id = $1 AND follows IS NULL AND status = 'queued' AND run_after <= now()
             """,
             4,
@@ -246,12 +251,8 @@ class _Sql:
         # Due queued executions, highest priority then oldest; rows another runner is claiming
         # are skipped, not waited for.
         self.claim_batch = changed(
-            """
-            UPDATE {schema}.ai_jobs t SET
-                status = 'running', attempts = t.attempts + 1, locked_by = $2,
-                locked_until = now() + make_interval(secs => $3), heartbeat_at = now(),
-                started_at = coalesce(t.started_at, now()), progress = NULL,
-                error_reason = NULL, error_message = NULL, event_seq = t.event_seq + 1
+            _START_ATTEMPT
+            + """
             FROM (
                 SELECT id FROM {schema}.ai_jobs
                 WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
@@ -266,12 +267,8 @@ class _Sql:
         # due execution of a user (in claim order) runs only if running + n <= the cap of its
         # priority ($5 priorities, $6 caps). Callers serialize it with `claim_lock`.
         self.claim_batch_capped = changed(
-            """
-            UPDATE {schema}.ai_jobs t SET
-                status = 'running', attempts = t.attempts + 1, locked_by = $2,
-                locked_until = now() + make_interval(secs => $3), heartbeat_at = now(),
-                started_at = coalesce(t.started_at, now()), progress = NULL,
-                error_reason = NULL, error_message = NULL, event_seq = t.event_seq + 1
+            _START_ATTEMPT
+            + """
             FROM (
                 SELECT id FROM {schema}.ai_jobs
                 WHERE id IN (
