@@ -672,9 +672,13 @@ class Executor:
             )
 
     def hand_back(self, job_id: str) -> None:
-        """A claimed execution whose work was cancelled before it started: re-queued at
-        shutdown, ended as abandoned otherwise (in the background, like every job write)."""
-        self._spawn(self._release(job_id))
+        """A claimed execution whose work never started: at shutdown it is re-queued without
+        counting the attempt its claim charged (nothing ran); otherwise it ends as abandoned.
+        In the background, like every job write."""
+        if self._closing:
+            self._spawn(self._settle(job_id, RELEASED, retry_after_s=0.0, defer=True))
+        else:
+            self._spawn(self._release(job_id))
 
     async def _release(self, job_id: str) -> None:
         """The work was cancelled: at shutdown the execution is re-queued for another replica;

@@ -151,13 +151,23 @@ class WorkerPool:
             free = settings.workers - len(self._running)
             claimed: list[Job] = []
             if free > 0:
-                try:
-                    claimed = await store.claim_batch(
+                claim = asyncio.ensure_future(
+                    store.claim_batch(
                         self._executor.worker_id,
                         min(free, settings.claim_batch),
                         self._executor.lease_s,
                         self._caps,
                     )
+                )
+                try:
+                    claimed = await asyncio.shield(claim)
+                except asyncio.CancelledError:
+                    # Stopped mid-claim: the rows may be ours already. Hand them back rather
+                    # than leave them running until their lease lapses.
+                    with contextlib.suppress(Exception):
+                        for job in await claim:
+                            self._executor.hand_back(job.id)
+                    raise
                 except errors.Unavailable as exc:
                     log.warning("could not claim jobs: %s", exc.message)
                 except Exception:
@@ -216,29 +226,34 @@ class WorkerPool:
         """Records an attempt's steps on its job (an event for watchers). Streamed text is
         left out: one store write per chunk would cost more than it tells."""
         ready = 0
+        # Variations run concurrently; one write at a time keeps the stored progress from
+        # going backwards when two writes race on different connections.
+        writing = asyncio.Lock()
 
         async def record(event: ProgressEvent) -> None:
             nonlocal ready
             if event.kind is ProgressKind.TEXT:
                 return
-            if event.kind is ProgressKind.IMAGE_READY:
-                ready += 1
-                progress = JobProgress(
-                    ready / event.total, "generating", f"{ready} of {event.total} images ready"
-                )
-            else:
-                progress = JobProgress(
-                    ready / event.total,
-                    "generating",
-                    f"generating image {event.index + 1} of {event.total}",
-                )
-            try:
-                await self._executor.store.heartbeat_job(
-                    job_id, self._executor.worker_id, self._executor.lease_s, progress
-                )
-            except (LeaseLost, errors.Unavailable) as exc:
-                # The lease keeper stops the work when the lease is gone; progress is optional.
-                log.info("progress of job %s not recorded: %s", job_id, exc)
+            async with writing:
+                if event.kind is ProgressKind.IMAGE_READY:
+                    ready += 1
+                    progress = JobProgress(
+                        ready / event.total, "generating", f"{ready} of {event.total} images ready"
+                    )
+                else:
+                    progress = JobProgress(
+                        ready / event.total,
+                        "generating",
+                        f"generating image {event.index + 1} of {event.total}",
+                    )
+                try:
+                    await self._executor.store.heartbeat_job(
+                        job_id, self._executor.worker_id, self._executor.lease_s, progress
+                    )
+                except (LeaseLost, errors.Unavailable) as exc:
+                    # The lease keeper stops the work when the lease is gone; progress is
+                    # optional.
+                    log.info("progress of job %s not recorded: %s", job_id, exc)
 
         return record
 

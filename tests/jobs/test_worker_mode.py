@@ -45,6 +45,12 @@ async def test_the_worker_mode_runs_jobs_and_hands_them_back_on_sigterm(
     async for event in submitting.watch(job_id):
         if event.job.status == RUNNING:
             break
+    # Stop it mid-call: an attempt whose work started counts (one stopped before its work
+    # starts is handed back uncounted).
+    for _ in range(200):
+        if emulator.stats().count() >= 1:
+            break
+        await asyncio.sleep(0.05)
     first.process.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(first.process.wait, EXIT_TIMEOUT_S)
 
