@@ -39,7 +39,7 @@ from gateway.emulator import EmulatorServer
 from gateway.errors import Unavailable
 from gateway.execution import Executor
 from gateway.gemini import GeminiClient
-from gateway.jobs import WorkerPool
+from gateway.jobs import OperationRunner, WorkerPool
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.pipeline import Pipeline
 from gateway.rpc import reflection
@@ -212,7 +212,9 @@ class GatewayServer:
         limiter.add_listener(self._limiter_mode_changed)
         await limiter.start()
         pipeline = Pipeline(settings, client, limiter, executor)
-        workers = self._workers = WorkerPool(settings.jobs, pipeline, blobs)
+        workers = self._workers = WorkerPool(
+            settings.jobs, OperationRunner(settings.jobs, pipeline, blobs)
+        )
         return _Runtime(store, limiter, pipeline, blobs, workers)
 
     async def _start_grpc(self, settings: Settings, runtime: _Runtime) -> None:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gateway.jobs.worker import SHARED_USER, WorkerPool, retry_delay
+from gateway.jobs.worker import SHARED_USER, JobRunner, OperationRunner, WorkerPool, retry_delay
 
-__all__ = ["SHARED_USER", "WorkerPool", "retry_delay"]
+__all__ = ["SHARED_USER", "JobRunner", "OperationRunner", "WorkerPool", "retry_delay"]

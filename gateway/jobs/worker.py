@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 import logging
 import random
-from typing import Any
+from typing import Any, Protocol
 
 from gateway import errors, operations
 from gateway.auth import Principal
@@ -42,7 +42,7 @@ from gateway.execution import Call, Executor, Retry
 from gateway.operations import codec
 from gateway.operations.base import ProgressCallback, ProgressEvent, ProgressKind
 from gateway.pipeline import Pipeline, tier_of_priority
-from gateway.store.base import Job, JobError, JobProgress, LeaseLost
+from gateway.store.base import Job, JobError, JobProgress, LeaseLost, Store
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +72,40 @@ def retry_delay(
     return Retry(delay)
 
 
+class JobRunner(Protocol):
+    """Runs one attempt of a claimed job and records its end in `store` (completed, failed,
+    queued again); `WorkerPool` decides only what to claim and when."""
+
+    @property
+    def store(self) -> Store:
+        """The job store claims are made in."""
+        ...
+
+    @property
+    def worker_id(self) -> str:
+        """The lease holder this replica's claims name."""
+        ...
+
+    @property
+    def lease_s(self) -> float:
+        """The lease a claim takes."""
+        ...
+
+    async def run(self, job: Job) -> None:
+        """One attempt of `job`, claimed by `worker_id`."""
+        ...
+
+    def hand_back(self, job_id: str) -> None:
+        """A claimed job whose attempt never started: give it back (in the background)."""
+        ...
+
+
 class WorkerPool:
     """Up to `JobSettings.workers` jobs of the store running at once on this replica."""
 
-    def __init__(
-        self,
-        settings: JobSettings,
-        pipeline: Pipeline,
-        blobs: BlobStore,
-        *,
-        rng: random.Random | None = None,
-    ) -> None:
-        executor = pipeline.executor
-        if executor is None:
-            raise ValueError("job workers need a pipeline with an executor (the job store)")
+    def __init__(self, settings: JobSettings, runner: JobRunner) -> None:
         self._settings = settings
-        self._pipeline = pipeline
-        self._executor: Executor = executor
-        self._blobs = blobs
-        self._rng = rng
+        self._runner = runner
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -126,8 +141,8 @@ class WorkerPool:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Stops claiming and cancels the attempts under way (the executor hands them back
-        when it is shutting down)."""
+        """Stops claiming and cancels the attempts under way (the runner hands them back
+        when the replica is shutting down)."""
         tasks = [t for t in (self._loop_task, *self._running) if t is not None]
         self._loop_task = None
         for task in tasks:
@@ -137,7 +152,7 @@ class WorkerPool:
     # -- claiming ----------------------------------------------------------------------------
 
     async def _claim_forever(self) -> None:
-        store = self._executor.store
+        store = self._runner.store
         # A job queued through any replica (or re-queued, deferred, retried) wakes this pool at
         # once; the poll is the fallback for lost notifications and for delayed retries.
         with store.subscribe_due(self._wake):
@@ -145,17 +160,17 @@ class WorkerPool:
 
     async def _claim_loop(self) -> None:
         settings = self._settings
-        store = self._executor.store
+        runner = self._runner
         while True:
             self._wake.clear()
             free = settings.workers - len(self._running)
             claimed: list[Job] = []
             if free > 0:
                 claim = asyncio.ensure_future(
-                    store.claim_batch(
-                        self._executor.worker_id,
+                    runner.store.claim_batch(
+                        runner.worker_id,
                         min(free, settings.claim_batch),
-                        self._executor.lease_s,
+                        runner.lease_s,
                         self._caps,
                     )
                 )
@@ -166,7 +181,7 @@ class WorkerPool:
                     # than leave them running until their lease lapses.
                     with contextlib.suppress(Exception):
                         for job in await claim:
-                            self._executor.hand_back(job.id)
+                            runner.hand_back(job.id)
                     raise
                 except errors.Unavailable as exc:
                     log.warning("could not claim jobs: %s", exc.message)
@@ -180,14 +195,17 @@ class WorkerPool:
             # Sleep until a submit, a free slot or the next poll.
             self._asleep = True
             try:
+                # Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that
+                # lands as the event is set, which left `stop` waiting forever on a busy queue.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), settings.poll_interval_s)
+                    async with asyncio.timeout(settings.poll_interval_s):
+                        await self._wake.wait()
             finally:
                 self._asleep = False
 
     def _spawn(self, job: Job) -> None:
         self.started += 1
-        task = asyncio.create_task(self._attempt(job), name=f"viewbait-job-{job.id}")
+        task = asyncio.create_task(self._runner.run(job), name=f"viewbait-job-{job.id}")
         self._running.add(task)
         task.add_done_callback(self._finished)
 
@@ -197,9 +215,48 @@ class WorkerPool:
         if not task.cancelled() and task.exception() is not None:
             log.error("job worker failed", exc_info=task.exception())
 
-    # -- running -----------------------------------------------------------------------------
 
-    async def _attempt(self, job: Job) -> None:
+class OperationRunner:
+    """Runs jobs as the operations they hold, through the same execution machinery as an
+    inline request (`Executor.run_claimed`), with retries by `retry_delay`."""
+
+    def __init__(
+        self,
+        settings: JobSettings,
+        pipeline: Pipeline,
+        blobs: BlobStore,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        executor = pipeline.executor
+        if executor is None:
+            raise ValueError("job workers need a pipeline with an executor (the job store)")
+        self._settings = settings
+        self._pipeline = pipeline
+        self._executor: Executor = executor
+        self._blobs = blobs
+        self._rng = rng
+
+    @property
+    def store(self) -> Store:
+        """See `JobRunner.store`."""
+        return self._executor.store
+
+    @property
+    def worker_id(self) -> str:
+        """See `JobRunner.worker_id`."""
+        return self._executor.worker_id
+
+    @property
+    def lease_s(self) -> float:
+        """See `JobRunner.lease_s`."""
+        return self._executor.lease_s
+
+    def hand_back(self, job_id: str) -> None:
+        """See `JobRunner.hand_back` (`Executor.hand_back`)."""
+        self._executor.hand_back(job_id)
+
+    async def run(self, job: Job) -> None:
         """One attempt of a claimed job; its end is recorded in the store by the executor."""
         try:
             call = await self._call(job)
