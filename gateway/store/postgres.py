@@ -75,6 +75,10 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # A pooled connection the server is terminating (a restart, an administrator's kill) can
+    # still be handed out while it consumes the server's FATAL error; a statement on it then
+    # fails with "cannot switch to state ...; another operation is in progress".
+    asyncpg.InternalClientError,
 )
 
 _UNREACHABLE_OR_SLOW: tuple[type[BaseException], ...] = (TimeoutError, *_UNREACHABLE)

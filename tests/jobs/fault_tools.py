@@ -1,0 +1,356 @@
+"""Tools of the job fault tests (tests/jobs/test_faults.py).
+
+- `UpstreamRecorder`: reverse proxies in front of the Gemini emulator, one per replica, that
+  log every upstream call: which replica made it, for which video (hence which job), when it
+  reached the proxy and when its answer was ready (or its caller went away). With the lease
+  history below, that timeline shows whether a replica called Gemini for a job while another
+  replica's lease on it was valid, and whether retries waited as long as Gemini asked.
+- `JobAudit`: a trigger that records every version of every job row (status, lease
+  holder and end) with the database's clock, and the leases ("tenures") read back from it: who
+  held a job from when to when, and whether a lapsed lease was what ended it.
+- `PostgresCluster` / `throwaway_postgres`: a PostgreSQL server of a test's own (`initdb` into a
+  temporary directory, trust auth on a free loopback port) that a test may stop and start
+  without touching the shared test database. As root, PostgreSQL refuses to run, so its
+  commands run as the `postgres` account (`nobody` if there is none) through `setpriv`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import pwd
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from gateway.store.base import LEASE_EXPIRED_MESSAGE
+from gateway.store.migrate import quote_ident
+
+from .conftest import execution_fixtures
+
+#: The AnalyzeVideo prompt carries the video's watch URL; these tests give each job its own video.
+_VIDEO = re.compile(rb"watch\?v=([A-Za-z0-9_-]{11})")
+#: Headers that describe one connection, not the message: never forwarded.
+_HOP_BY_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+@dataclass
+class UpstreamCall:
+    """One request that reached the emulator through a recording proxy."""
+
+    #: The name of the proxy (one per replica) it came through.
+    via: str
+    #: The video its request named (None if it named none).
+    video_id: str | None
+    #: Wall-clock time (`time.time()`, the database's clock too) it reached the proxy.
+    start: float
+    #: Wall-clock time its answer was ready (before it was sent back), or its caller went
+    #: away; None while in flight.
+    end: float | None = None
+    #: The HTTP status of the answer; None while in flight or when the emulator gave none.
+    status: int | None = None
+
+
+class UpstreamRecorder:
+    """Reverse proxies to one upstream (the emulator), each logging the calls made through it."""
+
+    def __init__(self, upstream_url: str) -> None:
+        self._upstream = upstream_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._runners: list[web.AppRunner] = []
+        #: Every call so far, in the order they arrived.
+        self.calls: list[UpstreamCall] = []
+
+    async def proxy(self, via: str) -> str:
+        """Starts a proxy on a free loopback port whose calls are logged as made `via` it;
+        returns its base URL (what a replica takes as its Gemini base URL)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
+            )
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", functools.partial(self._forward, via))
+        # A caller that goes away (killed, or cancelling its call) ends the call at once.
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    def of(self, video_id: str) -> list[UpstreamCall]:
+        """The calls for `video_id`, in the order they started."""
+        return sorted((c for c in self.calls if c.video_id == video_id), key=lambda c: c.start)
+
+    def in_flight(self, via: str) -> int:
+        """Calls made through `via` that have no answer yet."""
+        return sum(1 for c in self.calls if c.via == via and c.end is None)
+
+    async def close(self) -> None:
+        """Stops every proxy."""
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _forward(self, via: str, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        named = _VIDEO.search(body)
+        call = UpstreamCall(via, named.group(1).decode() if named else None, time.time())
+        self.calls.append(call)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        assert self._session is not None
+        try:
+            async with self._session.request(
+                request.method, self._upstream + request.path_qs, headers=headers, data=body
+            ) as answer:
+                payload = await answer.read()
+                call.status = answer.status
+                reply = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+        finally:
+            call.end = time.time()
+        return web.Response(body=payload, status=call.status, headers=reply)
+
+
+# -- the lease history of every job -----------------------------------------------------------
+
+_AUDIT_DDL = """
+CREATE TABLE {schema}.fault_job_versions (
+    seq bigserial PRIMARY KEY,
+    job_id uuid NOT NULL,
+    status text NOT NULL,
+    locked_by text,
+    locked_until timestamptz,
+    error_message text,
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE FUNCTION {schema}.fault_record_job_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {schema}.fault_job_versions
+        (job_id, status, locked_by, locked_until, error_message)
+    VALUES (NEW.id, NEW.status, NEW.locked_by, NEW.locked_until, NEW.error_message);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER fault_record_job_version AFTER INSERT OR UPDATE ON {schema}.ai_jobs
+    FOR EACH ROW EXECUTE FUNCTION {schema}.fault_record_job_version();
+"""
+
+
+@dataclass
+class Tenure:
+    """One claim of a job: a worker holding its lease, renewed by heartbeats until it ended."""
+
+    #: The worker id (host:pid:random) that held it.
+    holder: str
+    #: When the claim changed the row (database clock, epoch seconds).
+    claimed: float
+    #: The last end of the lease it held (epoch seconds).
+    lease_end: float
+    #: When another replica re-queued the job because this lease had lapsed; None if it ended
+    #: otherwise (or has not ended).
+    rescued: float | None = None
+
+    def held_by(self, pid: int) -> bool:
+        """Whether the worker process `pid` held it."""
+        return f":{pid}:" in self.holder
+
+
+class JobAudit:
+    """Records every version of the rows of `ai_jobs` in one schema (a trigger, installed after
+    the gateway's migrations) and reads each job's tenures back."""
+
+    def __init__(self, database_url: str, schema: str) -> None:
+        self._url = database_url
+        self._schema = quote_ident(schema)
+
+    async def install(self) -> None:
+        """Creates the history table and the trigger that fills it."""
+        conn = await asyncpg.connect(self._url, timeout=10)
+        try:
+            await conn.execute(_AUDIT_DDL.format(schema=self._schema))
+        finally:
+            await conn.close()
+
+    async def tenures(self) -> dict[str, list[Tenure]]:
+        """Job id -> its tenures, oldest first."""
+        conn = await asyncpg.connect(self._url, timeout=10)
+        try:
+            rows = await conn.fetch(
+                f"SELECT job_id::text AS job_id, status, locked_by, locked_until, "
+                f"error_message, at FROM {self._schema}.fault_job_versions ORDER BY seq"
+            )
+        finally:
+            await conn.close()
+        tenures: dict[str, list[Tenure]] = {}
+        current: dict[str, Tenure | None] = {}
+        for row in rows:
+            job_id, holder = row["job_id"], row["locked_by"]
+            held = current.get(job_id)
+            if row["status"] == "running" and holder is not None:
+                lease_end = row["locked_until"].timestamp()
+                if held is None or held.holder != holder:
+                    held = Tenure(holder, row["at"].timestamp(), lease_end)
+                    tenures.setdefault(job_id, []).append(held)
+                    current[job_id] = held
+                held.lease_end = max(held.lease_end, lease_end)
+            else:
+                tenures.setdefault(job_id, [])
+                if held is not None and row["error_message"] == LEASE_EXPIRED_MESSAGE:
+                    held.rescued = row["at"].timestamp()
+                current[job_id] = None
+        return tenures
+
+
+# -- a PostgreSQL server of the test's own ---------------------------------------------------
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where `initdb` and `pg_ctl` are: `VIEWBAIT_TEST_PG_BIN`, else next to a `pg_ctl` on PATH,
+    else the newest Debian/Ubuntu server package (/usr/lib/postgresql/<version>/bin)."""
+    candidates: list[Path] = []
+    if configured := os.environ.get("VIEWBAIT_TEST_PG_BIN"):
+        candidates.append(Path(configured))
+    if on_path := shutil.which("pg_ctl"):
+        candidates.append(Path(on_path).parent)
+    packaged = Path("/usr/lib/postgresql").glob("*/bin")
+    candidates += sorted(packaged, key=lambda p: _version(p.parent.name), reverse=True)
+    for directory in candidates:
+        if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
+            return directory
+    return None
+
+
+def _version(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", name))
+
+
+class PostgresCluster:
+    """A PostgreSQL server in a directory of its own, on a loopback port, trust auth.
+
+    Durability is switched off (`fsync=off`): the tests restart it cleanly, never crash the
+    machine under it.
+    """
+
+    def __init__(self, bin_dir: Path, root: Path, account: pwd.struct_passwd | None) -> None:
+        self._bin = bin_dir
+        self._root = root
+        self._data = root / "data"
+        self._log = root / "server.log"
+        self._account = account
+        self.port: int = execution_fixtures.store_fixtures.free_port()
+
+    @property
+    def url(self) -> str:
+        """The URL of its `postgres` database as the `postgres` superuser."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def log(self) -> str:
+        """The server's log so far (for assertion messages)."""
+        try:
+            return self._log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    async def init(self) -> None:
+        """Creates the cluster (`initdb`)."""
+        await self._run(
+            "initdb",
+            "-D",
+            str(self._data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+
+    async def start(self) -> None:
+        """Starts the server and waits until it accepts connections."""
+        options = " ".join(
+            [
+                f"-p {self.port}",
+                f"-k {self._root}",
+                "-c listen_addresses=127.0.0.1",
+                "-c fsync=off",
+                "-c synchronous_commit=off",
+                "-c full_page_writes=off",
+            ]
+        )
+        await self._run(
+            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self._data), "-l", str(self._log),
+            "-o", options,
+        )  # fmt: skip
+
+    async def stop(self, mode: str = "fast") -> None:
+        """Stops the server (`fast`: open transactions are rolled back and every connection is
+        closed, as an operator's restart does) and waits until it is down."""
+        await self._run("pg_ctl", "stop", "-w", "-t", "60", "-D", str(self._data), "-m", mode)
+
+    async def _run(self, program: str, *args: str) -> None:
+        command = [str(self._bin / program), *args]
+        if self._account is not None:
+            command = [
+                "setpriv",
+                f"--reuid={self._account.pw_uid}",
+                f"--regid={self._account.pw_gid}",
+                "--clear-groups",
+                *command,
+            ]
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(
+                f"{program} failed ({process.returncode}): {output.decode(errors='replace')}\n"
+                f"{self.log()}"
+            )
+
+
+def _unprivileged_account() -> pwd.struct_passwd:
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise LookupError("no 'postgres' or 'nobody' account to run PostgreSQL as")
+
+
+@contextlib.asynccontextmanager
+async def throwaway_postgres(bin_dir: Path) -> AsyncIterator[PostgresCluster]:
+    """A started `PostgresCluster`, stopped and deleted afterwards.
+
+    Its directory is made under the system temporary directory rather than pytest's (which only
+    root may enter), and given to the account the server runs as.
+    """
+    account = _unprivileged_account() if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="viewbait-pg-"))
+    try:
+        if account is not None:
+            os.chown(root, account.pw_uid, account.pw_gid)
+        cluster = PostgresCluster(bin_dir, root, account)
+        await cluster.init()
+        await cluster.start()
+        try:
+            yield cluster
+        finally:
+            with contextlib.suppress(RuntimeError):
+                await cluster.stop("immediate")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
