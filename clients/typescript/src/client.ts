@@ -4,7 +4,16 @@ import { createClient, type Client, type Interceptor } from "@connectrpc/connect
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { credentialHeaders, type Credentials } from "./credentials.js";
 import { GatewayService } from "./gen/viewbait/ai/v1/gateway_service_pb.js";
-import { JobService } from "./gen/viewbait/ai/v1/job_service_pb.js";
+import type { Job } from "./gen/viewbait/ai/v1/job_pb.js";
+import { JobService, type WatchJobResponse } from "./gen/viewbait/ai/v1/job_service_pb.js";
+import {
+  awaitJob,
+  followJob,
+  runJob,
+  type FollowJobOptions,
+  type RunJobOptions,
+  type SubmitJobInit,
+} from "./jobs.js";
 
 /** Where the gateway is and who calls it. */
 export interface GatewayClientOptions extends Credentials {
@@ -18,6 +27,25 @@ export interface GatewayClients {
   gateway: Client<typeof GatewayService>;
   /** Run operations in the background: SubmitJob, GetJob, WatchJob, CancelJob, ListJobs. */
   jobs: Client<typeof JobService>;
+  /**
+   * Submits a job and yields its events until it is terminal (see `followJob`):
+   * `for await (const event of runJob(request, { timeoutMs, signal })) ...`.
+   */
+  runJob(request: SubmitJobInit, options?: RunJobOptions): AsyncGenerator<WatchJobResponse, void, undefined>;
+  /**
+   * Yields a job's events: its current state, then each change (progress, transitions), ending
+   * after the terminal state. A broken stream (Unavailable: connection reset, gateway restarting
+   * or draining) is reopened with backoff and resumed after the last `sequence` yielded, so no
+   * event comes twice. Leaving the loop or aborting `signal` ends the stream; `cancelOnAbandon`
+   * also cancels the job.
+   */
+  followJob(jobId: string, options?: FollowJobOptions): AsyncGenerator<WatchJobResponse, void, undefined>;
+  /**
+   * Submits a job and waits for it: the succeeded job with its result, or a thrown
+   * `JobFailedError` (the job's error as code and reason), `JobCancelledError`, or ConnectError
+   * (DeadlineExceeded after `timeoutMs`, Canceled when `signal` aborts).
+   */
+  awaitJob(request: SubmitJobInit, options?: RunJobOptions): Promise<Job>;
 }
 
 /**
@@ -25,8 +53,11 @@ export interface GatewayClients {
  * HTTP/2 session to the gateway and multiplexes every call over it.
  *
  * Every call carries the credentials; a call may add its own headers through `CallOptions.headers`
- * (`x-request-id`, or `actingAs(userId, tier)` to act for another user with a service token). Streaming methods return async iterables, and a `for await` loop left
- * early cancels the call. Failed calls throw ConnectError: decode it with `decodeGatewayError`.
+ * (`x-request-id`, or `actingAs(userId, tier)` to act for another user with a service token).
+ * Streaming methods return async iterables. Leaving a `for await` loop early does not end the
+ * call (Connect's iterables have no `return`): pass `signal` and abort it, so the gateway stops
+ * work nobody waits for (`runJob` and `followJob` do that themselves). Failed calls throw
+ * ConnectError: decode it with `decodeGatewayError`.
  */
 export function createGatewayClient(options: GatewayClientOptions): GatewayClients {
   const headers = credentialHeaders(options);
@@ -39,8 +70,12 @@ export function createGatewayClient(options: GatewayClientOptions): GatewayClien
     return next(request);
   };
   const transport = createGrpcTransport({ baseUrl: options.baseUrl, interceptors: [authenticate] });
+  const jobs = createClient(JobService, transport);
   return {
     gateway: createClient(GatewayService, transport),
-    jobs: createClient(JobService, transport),
+    jobs,
+    runJob: (request, runOptions) => runJob(jobs, request, runOptions),
+    followJob: (jobId, followOptions) => followJob(jobs, jobId, followOptions),
+    awaitJob: (request, runOptions) => awaitJob(jobs, request, runOptions),
   };
 }

@@ -1,6 +1,7 @@
 /**
  * TypeScript client of the ViewBait AI Gateway (Node.js, server side only): typed gRPC clients
- * for GatewayService and JobService, credentials, and decoded errors. The generated messages and
+ * for GatewayService and JobService, credentials, decoded errors, and jobs followed to their end
+ * across broken streams (`runJob`, `awaitJob`). The generated messages and
  * schemas are re-exported: build requests with `create(AnalyzeVideoRequestSchema, {...})` from
  * "@bufbuild/protobuf".
  */
@@ -21,6 +22,18 @@ export {
   type FieldViolation,
   type GatewayError,
 } from "./errors.js";
+export {
+  DEFAULT_BACKOFF,
+  JobCancelledError,
+  JobFailedError,
+  finalJob,
+  isTerminal,
+  type Backoff,
+  type FollowJobOptions,
+  type JobWaitOptions,
+  type RunJobOptions,
+  type SubmitJobInit,
+} from "./jobs.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export * from "./gen/viewbait/ai/v1/common_pb.js";
 export * from "./gen/viewbait/ai/v1/gateway_service_pb.js";

@@ -4,14 +4,8 @@
 // Skipped, saying so, while the repository has no gateway server yet. Set PYTHON to choose the
 // interpreter (default "python3"); it must have the gateway and its Python client installed.
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { createHash, createHmac } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
+import { createHash } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import {
   Code,
   ImageFormat,
@@ -22,43 +16,7 @@ import {
   type GatewayError,
   type GenerateThumbnailResponse,
 } from "../src/index.js";
-
-const SERVICE_TOKEN = "test-service-token";
-const JWT_SECRET = "e2e-test-jwt-secret-of-at-least-32-bytes";
-const CALL_TIMEOUT_MS = 60_000;
-const START_TIMEOUT_MS = 120_000;
-
-/** The repository root: the first ancestor holding the gateway's pyproject.toml. */
-function repositoryRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!(existsSync(join(dir, "pyproject.toml")) && existsSync(join(dir, "gateway")))) {
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error("no repository root above " + fileURLToPath(import.meta.url));
-    dir = parent;
-  }
-  return dir;
-}
-
-const root = repositoryRoot();
-const serverMissing = existsSync(join(root, "gateway", "server.py"))
-  ? false
-  : "gateway/server.py does not exist yet: the end-to-end test starts the real gateway";
-
-/** An HS256 user JWT shaped like Supabase's. */
-function userJwt(claims: { sub: string; tier?: string; aud?: string; expiresIn?: number }, secret = JWT_SECRET) {
-  const now = Math.floor(Date.now() / 1000);
-  const encode = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url");
-  const payload = {
-    sub: claims.sub,
-    aud: claims.aud ?? "authenticated",
-    role: "authenticated",
-    iat: now,
-    exp: now + (claims.expiresIn ?? 600),
-    ...(claims.tier === undefined ? {} : { app_metadata: { tier: claims.tier } }),
-  };
-  const unsigned = `${encode({ alg: "HS256", typ: "JWT" })}.${encode(payload)}`;
-  return `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
-}
+import { CALL_TIMEOUT_MS, SERVICE_TOKEN, serverMissing, startGateway, userJwt, type GatewayProcess } from "./harness.js";
 
 /** Runs a call that must fail and returns its decoded error. */
 async function failure(call: () => Promise<unknown>): Promise<GatewayError> {
@@ -71,58 +29,19 @@ async function failure(call: () => Promise<unknown>): Promise<GatewayError> {
 }
 
 describe("gateway end to end", { skip: serverMissing }, () => {
-  let gatewayProcess: ChildProcess | undefined;
-  let output = "";
+  let gatewayProcess: GatewayProcess | undefined;
   let baseUrl = "";
-  let scratch = "";
 
   const client = (credentials: Omit<GatewayClientOptions, "baseUrl">) =>
     createGatewayClient({ baseUrl, ...credentials });
 
   before(async () => {
-    scratch = mkdtempSync(join(tmpdir(), "viewbait-e2e-"));
-    const readyFile = join(scratch, "ready.json");
-    const child = spawn(process.env["PYTHON"] ?? "python3", ["-m", "gateway", "serve"], {
-      cwd: root,
-      env: {
-        ...process.env,
-        VIEWBAIT_SERVER__HOST: "127.0.0.1",
-        VIEWBAIT_SERVER__PORT: "0",
-        VIEWBAIT_SERVER__READY_FILE: readyFile,
-        VIEWBAIT_SERVER__LOG_FORMAT: "text",
-        VIEWBAIT_AUTH__SERVICE_TOKEN: SERVICE_TOKEN,
-        VIEWBAIT_AUTH__JWT_SECRET: JWT_SECRET,
-      },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    gatewayProcess = child;
-    const keep = (chunk: Buffer) => {
-      output = (output + chunk.toString()).slice(-8000);
-    };
-    child.stdout?.on("data", keep);
-    child.stderr?.on("data", keep);
-
-    const deadline = Date.now() + START_TIMEOUT_MS;
-    while (!existsSync(readyFile)) {
-      if (child.exitCode !== null || child.signalCode !== null) {
-        throw new Error(`the gateway exited (${child.exitCode ?? child.signalCode}) before serving:\n${output}`);
-      }
-      if (Date.now() > deadline) throw new Error(`the gateway did not start in time:\n${output}`);
-      await sleep(50);
-    }
-    const { port } = JSON.parse(readFileSync(readyFile, "utf8")) as { port: number };
-    baseUrl = `http://127.0.0.1:${port}`;
+    gatewayProcess = await startGateway();
+    baseUrl = gatewayProcess.baseUrl;
   });
 
   after(async () => {
-    const child = gatewayProcess;
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((done) => child.once("exit", done));
-      child.kill("SIGTERM");
-      const killed = await Promise.race([exited.then(() => true), sleep(30_000).then(() => false)]);
-      if (!killed) child.kill("SIGKILL");
-    }
-    if (scratch) rmSync(scratch, { recursive: true, force: true });
+    await gatewayProcess?.stop();
   });
 
   test("a pro user analyzes a video (unary)", async () => {

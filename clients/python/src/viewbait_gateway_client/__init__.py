@@ -1,7 +1,8 @@
 """Async Python client of the ViewBait AI Gateway.
 
 The generated messages and stubs live in `viewbait.ai.v1` (same distribution); this package adds
-credentials, typed methods and decoded errors on top.
+credentials, typed methods, decoded errors, and jobs followed to their end (`run_job`,
+`await_job`) across broken streams.
 """
 
 from viewbait_gateway_client.client import DEFAULT_MAX_MESSAGE_BYTES, GatewayClient
@@ -19,18 +20,34 @@ from viewbait_gateway_client.errors import (
     GatewayError,
     decode_status,
 )
+from viewbait_gateway_client.jobs import (
+    DEFAULT_BACKOFF,
+    TERMINAL_STATUSES,
+    Backoff,
+    JobCancelledError,
+    JobFailedError,
+    RetryHook,
+    final_job,
+)
 
 __all__ = [
     "AUTHORIZATION_KEY",
+    "DEFAULT_BACKOFF",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "REQUEST_ID_KEY",
     "RETRY_AFTER_KEY",
+    "TERMINAL_STATUSES",
     "TIER_KEY",
     "USER_ID_KEY",
+    "Backoff",
     "FieldViolation",
     "GatewayClient",
     "GatewayError",
+    "JobCancelledError",
+    "JobFailedError",
+    "RetryHook",
     "call_metadata",
     "credential_metadata",
     "decode_status",
+    "final_job",
 ]

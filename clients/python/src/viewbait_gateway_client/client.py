@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -13,13 +13,16 @@ from grpc import aio
 from viewbait.ai.v1 import (
     gateway_service_pb2,
     gateway_service_pb2_grpc,
+    job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
     operations_pb2,
 )
 
+from viewbait_gateway_client import jobs
 from viewbait_gateway_client.credentials import Metadata, call_metadata, credential_metadata
 from viewbait_gateway_client.errors import GatewayError
+from viewbait_gateway_client.jobs import DEFAULT_BACKOFF, Backoff, RetryHook
 
 _Req = TypeVar("_Req", bound=Message)
 _Resp = TypeVar("_Resp", bound=Message)
@@ -108,7 +111,7 @@ class GatewayClient:
         *,
         timeout_s: float | None = None,
         request_id: str | None = None,
-    ) -> AsyncIterator[gateway_service_pb2.GenerateThumbnailResponse]:
+    ) -> AsyncGenerator[gateway_service_pb2.GenerateThumbnailResponse, None]:
         """Streams progress events, each image as it is ready, then the summary."""
         return self._stream(self._gateway.GenerateThumbnail, request, timeout_s, request_id)
 
@@ -186,7 +189,7 @@ class GatewayClient:
         *,
         timeout_s: float | None = None,
         request_id: str | None = None,
-    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+    ) -> AsyncGenerator[job_service_pb2.WatchJobResponse, None]:
         """The job's current state, then each change until it is terminal."""
         return self._stream(self._jobs.WatchJob, request, timeout_s, request_id)
 
@@ -210,6 +213,102 @@ class GatewayClient:
         """One page of the caller's jobs, newest first, without results."""
         return await self._unary(self._jobs.ListJobs, request, timeout_s, request_id)
 
+    # Jobs, followed to their end
+
+    def run_job(
+        self,
+        request: job_service_pb2.SubmitJobRequest,
+        *,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+        cancel_on_abandon: bool = False,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        on_retry: RetryHook | None = None,
+    ) -> AsyncGenerator[job_service_pb2.WatchJobResponse, None]:
+        """Submits a job and yields its events until it is terminal: see `follow_job`.
+
+        `idempotency_key` (or the request's own) makes the submit safe to repeat: a submit that
+        could not reach the gateway is then sent again and joins the job the first one may have
+        queued, as does a later `run_job` with the same key. Without a key such a failure is
+        raised, since a retry could queue the job twice. `timeout_s` bounds submit and follow
+        together.
+        """
+        return jobs.run_job(
+            self,
+            request,
+            idempotency_key=idempotency_key,
+            timeout_s=timeout_s,
+            request_id=request_id,
+            cancel_on_abandon=cancel_on_abandon,
+            backoff=backoff,
+            on_retry=on_retry,
+        )
+
+    def follow_job(
+        self,
+        job_id: str,
+        *,
+        after_sequence: int = 0,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+        cancel_on_abandon: bool = False,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        on_retry: RetryHook | None = None,
+    ) -> AsyncGenerator[job_service_pb2.WatchJobResponse, None]:
+        """Yields a job's events: its current state, then each change (progress, transitions),
+        ending after the terminal state (SUCCEEDED with the result, FAILED, CANCELLED).
+
+        Unlike `watch_job`, a broken stream (UNAVAILABLE: connection reset, gateway restarting
+        or draining) is reopened after `backoff` and resumed after the last `sequence` yielded,
+        so no event is yielded twice; `on_retry(error, delay_s)` hears of each reconnect. Pass
+        `after_sequence` to resume a stream followed earlier (0: from the current state).
+        Other errors raise `GatewayError`, and so does the end of `timeout_s` (the whole
+        follow, reconnects included; DEADLINE_EXCEEDED, `error_metadata["job_id"]` set): the
+        job goes on regardless.
+
+        Leaving early (break, an exception, task cancellation) ends the stream; with
+        `cancel_on_abandon` it also cancels the job on the gateway. A `break` closes the
+        iterator when it is collected (at once in CPython); wrap it in
+        `contextlib.aclosing(...)` to close it at a point of your choosing.
+        """
+        return jobs.follow_job(
+            self,
+            job_id,
+            after_sequence=after_sequence,
+            timeout_s=timeout_s,
+            request_id=request_id,
+            cancel_on_abandon=cancel_on_abandon,
+            backoff=backoff,
+            on_retry=on_retry,
+        )
+
+    async def await_job(
+        self,
+        request: job_service_pb2.SubmitJobRequest,
+        *,
+        idempotency_key: str | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+        cancel_on_abandon: bool = False,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        on_retry: RetryHook | None = None,
+    ) -> job_pb2.Job:
+        """Submits a job and waits for it (`run_job`): returns the succeeded job with its
+        result, or raises `JobFailedError` (the job's error as code, reason and message),
+        `JobCancelledError`, or `GatewayError` (DEADLINE_EXCEEDED after `timeout_s`)."""
+        return await jobs.final_job(
+            self.run_job(
+                request,
+                idempotency_key=idempotency_key,
+                timeout_s=timeout_s,
+                request_id=request_id,
+                cancel_on_abandon=cancel_on_abandon,
+                backoff=backoff,
+                on_retry=on_retry,
+            )
+        )
+
     # The two call shapes every method above shares.
 
     async def _unary(
@@ -231,7 +330,7 @@ class GatewayClient:
         request: _Req,
         timeout_s: float | None,
         request_id: str | None,
-    ) -> AsyncIterator[_Resp]:
+    ) -> AsyncGenerator[_Resp, None]:
         metadata = call_metadata(self._metadata, request_id)
         call = method(request, timeout=timeout_s, metadata=metadata)
         try:
