@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 
@@ -59,6 +59,7 @@ from gateway.store.base import (
     parse_job_id,
     usage_job_id,
 )
+from gateway.store.batching import Batcher
 from gateway.store.changes import DUE, ChangeHub, wait_for_change
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,35 @@ _START_ATTEMPT = """
 """
 
 
+#: Job change events carried by one NOTIFY (each about 40 bytes; a payload holds 8,000).
+_EVENTS_PER_NOTIFY = 100
+#: Fewest due executions a capped claim reads per page.
+_MIN_CLAIM_PAGE = 64
+#: Most writes of one kind gathered into one statement.
+_MAX_WRITE_BATCH = 500
+#: Blob digests are SHA-256 digests.
+_DIGEST_BYTES = 32
+
+
+class _Insert(NamedTuple):
+    """A `join_or_create_active_job` call trying the batched insert."""
+
+    job_id: uuid.UUID
+    new: NewJob
+
+    def conflict_key(self) -> object:
+        """Two inserts that could conflict with each other never share a statement."""
+        return self.new.dedupe_key or self.job_id
+
+
+class _Completion(NamedTuple):
+    """A `complete_job` call waiting for its batch."""
+
+    job_id: uuid.UUID
+    worker_id: str
+    result: ResultRef
+
+
 def channel_name(schema: str) -> str:
     """The NOTIFY channel of a schema's job changes (an identifier of at most 63 bytes)."""
     name = f"{schema}.jobs"
@@ -114,7 +144,14 @@ class _Sql:
         def q(sql: str) -> str:
             return migrations.render(sql, schema)
 
-        notify = "pg_notify($NOTIFY, j.id::text || ':' || j.event_seq) AS notified"
+        # One notification per `_EVENTS_PER_NOTIFY` changed jobs ('<id>:<seq>,<id>:<seq>...'),
+        # not one per job: a batch of changes costs the listeners a few notifications.
+        notify = (
+            "(SELECT count(pg_notify($NOTIFY, events)) FROM ("
+            "SELECT string_agg(e.id::text || ':' || e.event_seq, ',') AS events FROM ("
+            f"SELECT id, event_seq, (row_number() OVER () - 1) / {_EVENTS_PER_NOTIFY} AS chunk "
+            "FROM j) e GROUP BY e.chunk) n) AS notified"
+        )
         # "A job may be due now", for the workers of every replica. PostgreSQL delivers
         # identical notifications of one transaction once, so a constant payload debounces it
         # to one per transaction however many rows became due. Rows due later (a delayed retry)
@@ -125,12 +162,18 @@ class _Sql:
         )
 
         def changed(
-            update: str, notify_param: int, returning: str = "*", *, due_when: str | None = None
+            update: str,
+            notify_param: int,
+            returning: str = "*",
+            *,
+            due_when: str | None = None,
+            event: bool = True,
         ) -> str:
             # The update and its notifications in one statement (delivered at commit).
             # `due_when`: the change can leave an execution queued and due, and the SQL
-            # condition (besides that) under which it wakes the workers.
-            columns = notify if due_when is None else f"{notify}, {due}"
+            # condition (besides that) under which it wakes the workers. `event`: watchers
+            # of the job are told (not for a new job: nobody can be watching it yet).
+            columns = ", ".join(([notify] if event else []) + ([] if due_when is None else [due]))
             columns = columns.replace("$DUE_WHEN", due_when or "true")
             return q(
                 f"WITH j AS ({update} RETURNING {returning}) "
@@ -186,6 +229,30 @@ class _Sql:
             """,
             12,
             due_when="$13::bool",
+        )
+        # Creates many executions at once (`join_or_create_active_job` batches concurrent
+        # calls), skipping each that conflicts (an active execution of its dedupe key, or its
+        # idempotency key taken): those take the one-by-one path. $5 holds each execution's
+        # input blob digests concatenated (32 bytes each); $13: any of them wakes the workers.
+        self.insert_executions = changed(
+            """
+            INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
+                dedupe_key, idempotency_key, request_hash, model, priority, max_attempts)
+            SELECT n.id, n.user_id, n.op, 'queued', n.input_json::json,
+                ARRAY(SELECT substring(n.input_blobs FROM 1 + 32 * k FOR 32)
+                    FROM generate_series(0, octet_length(n.input_blobs) / 32 - 1) AS k
+                    ORDER BY k),
+                n.dedupe_key, n.idempotency_key, n.request_hash, n.model, n.priority,
+                n.max_attempts
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                $6::bytea[], $7::text[], $8::bytea[], $9::text[], $10::int[], $11::int[])
+                AS n(id, user_id, op, input_json, input_blobs, dedupe_key, idempotency_key,
+                    request_hash, model, priority, max_attempts)
+            ON CONFLICT DO NOTHING
+            """,
+            12,
+            due_when="$13::bool",
+            event=False,
         )
         self.insert_handle = q(
             """
@@ -267,31 +334,30 @@ class _Sql:
             4,
             returning="t.*",
         )
-        # The same, holding back each user's due executions beyond her running cap: the n-th
-        # due execution of a user (in claim order) runs only if running + n <= the cap of its
-        # priority ($5 priorities, $6 caps). Callers serialize it with `claim_lock`.
-        self.claim_batch_capped = changed(
-            _START_ATTEMPT
-            + """
-            FROM (
-                SELECT id FROM {schema}.ai_jobs
-                WHERE id IN (
-                    SELECT c.id FROM (
-                        SELECT id, user_id, priority, row_number() OVER (
-                            PARTITION BY user_id ORDER BY priority DESC, created_at) AS n
-                        FROM {schema}.ai_jobs
-                        WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
-                    ) c
-                    LEFT JOIN unnest($5::int[], $6::int[]) AS cap(priority, most)
-                        ON cap.priority = c.priority
-                    WHERE c.user_id IS NULL OR cap.most IS NULL OR c.n + (
-                        SELECT count(*) FROM {schema}.ai_jobs r
-                        WHERE r.user_id = c.user_id AND r.status = 'running'
-                            AND r.follows IS NULL) <= cap.most)
-                ORDER BY priority DESC, created_at LIMIT $1 FOR UPDATE SKIP LOCKED
-            ) due
-            WHERE t.id = due.id
-            """,
+        # With per-user caps the claim takes turns (`claim_lock`) and walks the due queued
+        # executions in claim order, a page at a time ($1 rows after the row ($2, $3, $4):
+        # priority, created_at, id), choosing in Python which fit under their owners' caps.
+        # Rows skipped for a cap stay queued; they are locked only until the claim commits.
+        self.claim_page = q(
+            """
+            SELECT id, user_id, priority, created_at FROM {schema}.ai_jobs
+            WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
+                AND ($2::int IS NULL OR (priority < $2
+                    OR (priority = $2 AND (created_at, id) > ($3::timestamptz, $4::uuid))))
+            ORDER BY priority DESC, created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+            """
+        )
+        # Running executions are few (at most the workers of every replica): counted per owner
+        # once per claim.
+        self.running_by_user = q(
+            """
+            SELECT user_id, count(*) AS running FROM {schema}.ai_jobs
+            WHERE status = 'running' AND follows IS NULL AND user_id IS NOT NULL
+            GROUP BY user_id
+            """
+        )
+        self.claim_chosen = changed(
+            _START_ATTEMPT + "WHERE t.id = ANY($1::uuid[]) AND t.status = 'queued'",
             4,
             returning="t.*",
         )
@@ -323,17 +389,30 @@ class _Sql:
             FROM j
             """
         )
-        self.complete = changed(
+        # Completes many executions at once (`complete_job` batches concurrent calls): $1 ids,
+        # $2 their lease holders, $3 inline result JSON, $4 result JSON blob digests, $5 every
+        # execution's result blob digests concatenated (32 bytes each: arrays of arrays cannot
+        # be unnested), $6 the retention in seconds.
+        self.complete_many = changed(
             """
-            UPDATE {schema}.ai_jobs SET
-                status = 'succeeded', result_json = $3, result_blob = $4, result_blobs = $5,
+            UPDATE {schema}.ai_jobs t SET
+                status = 'succeeded', result_json = c.result_json::json,
+                result_blob = c.result_blob,
+                result_blobs = ARRAY(
+                    SELECT substring(c.result_blobs FROM 1 + 32 * n FOR 32)
+                    FROM generate_series(0, octet_length(c.result_blobs) / 32 - 1) AS n
+                    ORDER BY n),
                 error_reason = NULL, error_message = NULL, completed_at = now(),
                 expires_at = now() + make_interval(secs => $6),
-                locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
-            WHERE id = $1 AND status = 'running' AND locked_by = $2
+                locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::bytea[])
+                AS c(id, worker_id, result_json, result_blob, result_blobs)
+            WHERE t.id = c.id AND t.status = 'running' AND t.locked_by = c.worker_id
             """,
             7,
+            returning="t.*",
         )
+        self.jobs_by_ids = q("SELECT * FROM {schema}.ai_jobs WHERE id = ANY($1::uuid[])")
         # $5 NULL: no retry. Otherwise a retry after $5 seconds while attempts remain.
         self.fail = changed(
             """
@@ -465,6 +544,13 @@ def _cached(row: Record) -> CachedResult:
     )
 
 
+async def _keep_session(_conn: Connection) -> None:
+    """The pool's reset of a released connection: nothing beyond asyncpg's own rollback of an
+    open transaction. Its default (RESET ALL, UNLISTEN *, unlock advisory locks, CLOSE ALL)
+    costs a round trip at the end of every store call, and the store leaves no session state:
+    its advisory locks are transaction-scoped and it listens on a connection of its own."""
+
+
 def _advisory_key(name: str) -> int:
     """A signed 64-bit advisory lock key for `name` (stable across replicas and versions)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
@@ -500,6 +586,12 @@ class PostgresStore:
         self._closed = False
         #: Notifications received by the listener (for metrics and tests).
         self.notifications_received = 0
+        self._inserts: Batcher[_Insert, Job | None] = Batcher(
+            self._insert_many, max_batch=_MAX_WRITE_BATCH, key=_Insert.conflict_key
+        )
+        self._completions: Batcher[_Completion, Job] = Batcher(
+            self._complete_many, max_batch=_MAX_WRITE_BATCH, key=lambda c: c.job_id
+        )
 
     @property
     def schema(self) -> str:
@@ -530,6 +622,8 @@ class PostgresStore:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._listener = self._opening = None
+        await self._inserts.aclose()
+        await self._completions.aclose()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -596,6 +690,7 @@ class PostgresStore:
                     max_size=settings.pool_max_size,
                     timeout=settings.connect_timeout_s,
                     command_timeout=settings.command_timeout_s,
+                    reset=_keep_session,
                 )
             await self._prepare_schema(pool)
             return pool
@@ -657,8 +752,10 @@ class PostgresStore:
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         self.notifications_received += 1
-        # '<id>:<seq>' for a job's change, or `DUE`: either way the first field is the hub key.
-        self._hub.publish(str(payload).split(":", 1)[0])
+        # '<id>:<seq>' for each changed job, comma-separated, or `DUE`: either way the first
+        # field of each item is its hub key.
+        for item in str(payload).split(","):
+            self._hub.publish(item.split(":", 1)[0])
 
     async def _listen_forever(self) -> None:
         while not self._closed:
@@ -739,7 +836,16 @@ class PostgresStore:
     # -- jobs --------------------------------------------------------------------------------
 
     async def join_or_create_active_job(self, new: NewJob) -> JoinOutcome:
-        """See `Store.join_or_create_active_job`."""
+        """See `Store.join_or_create_active_job`.
+
+        A job of its own (not a handle on a shared execution) is first tried as a plain insert,
+        batched with concurrent ones (`gateway.store.batching`); one that conflicts takes the
+        transaction below, which finds what it conflicted with.
+        """
+        if not new.shared and all(len(d) == _DIGEST_BYTES for d in new.input_blobs):
+            created = await self._inserts.submit(_Insert(uuid.uuid4(), new))
+            if created is not None:
+                return JoinOutcome(created, created=True, existing=False)
         for _ in range(_JOIN_ATTEMPTS):
             try:
                 outcome = await self._run(lambda c: self._join_once(c, new), transaction=True)
@@ -748,6 +854,30 @@ class PostgresStore:
             if outcome is not None:
                 return outcome
         raise self._unavailable("the job for this request kept changing while joining it")
+
+    async def _insert_many(self, batch: Sequence[_Insert]) -> list[Job | None]:
+        """One statement creating every execution of `batch` that conflicts with nothing."""
+        news = [i.new for i in batch]
+        rows = await self._run(
+            lambda c: c.fetch(
+                self._sql.insert_executions,
+                [i.job_id for i in batch],
+                [n.user_id for n in news],
+                [n.op for n in news],
+                [n.input_json for n in news],
+                [b"".join(n.input_blobs) for n in news],
+                [n.dedupe_key for n in news],
+                [n.idempotency_key for n in news],
+                [n.request_hash for n in news],
+                [n.model for n in news],
+                [n.priority for n in news],
+                [n.max_attempts for n in news],
+                self._channel,
+                any(n.announce for n in news),
+            )
+        )
+        created = {row["id"]: _job(row) for row in rows}
+        return [created.get(i.job_id) for i in batch]
 
     async def _join_once(self, conn: Connection, new: NewJob) -> JoinOutcome | None:
         """One attempt; None when a concurrent change means it must be tried again."""
@@ -857,14 +987,13 @@ class PostgresStore:
         async def claim(conn: Connection) -> list[Record]:
             if caps:
                 await conn.execute(sql.claim_lock, self._claim_lock_key)
-                rows = await conn.fetch(
-                    sql.claim_batch_capped,
-                    limit,
-                    worker_id,
-                    float(lease_s),
-                    self._channel,
-                    list(caps),
-                    list(caps.values()),
+                chosen = await self._choose_capped(conn, limit, caps)
+                rows = (
+                    await conn.fetch(
+                        sql.claim_chosen, chosen, worker_id, float(lease_s), self._channel
+                    )
+                    if chosen
+                    else []
                 )
             else:
                 rows = await conn.fetch(
@@ -875,6 +1004,35 @@ class PostgresStore:
 
         rows = await self._run(claim, transaction=True)
         return sorted(map(_job, rows), key=lambda job: (-job.priority, job.created_at))
+
+    async def _choose_capped(
+        self, conn: Connection, limit: int, caps: Mapping[int, int]
+    ) -> list[uuid.UUID]:
+        """Up to `limit` due executions in claim order that fit under their owners' caps (see
+        `Store.claim_batch`), read a page at a time so a long queue costs what it must."""
+        sql = self._sql
+        running: dict[str, int] = {
+            row["user_id"]: row["running"] for row in await conn.fetch(sql.running_by_user)
+        }
+        page_size = max(limit * 4, _MIN_CLAIM_PAGE)
+        chosen: list[uuid.UUID] = []
+        after: tuple[Any, Any, Any] = (None, None, None)
+        while len(chosen) < limit:
+            page = await conn.fetch(sql.claim_page, page_size, *after)
+            for row in page:
+                user, cap = row["user_id"], caps.get(row["priority"])
+                if user is not None and cap is not None:
+                    if running.get(user, 0) >= cap:
+                        continue
+                    running[user] = running.get(user, 0) + 1
+                chosen.append(row["id"])
+                if len(chosen) == limit:
+                    break
+            if len(page) < page_size:
+                break
+            last = page[-1]
+            after = (last["priority"], last["created_at"], last["id"])
+        return chosen
 
     async def _rescue(self, conn: Connection, job_id: uuid.UUID | None, limit: int) -> int:
         error = lease_expired_error()
@@ -930,17 +1088,40 @@ class PostgresStore:
         )
 
     async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
-        """See `Store.complete_job`."""
-        return await self._held_change(
-            job_id,
-            worker_id,
-            self._sql.complete,
-            result.json,
-            result.json_blob,
-            list(result.blobs),
-            self._retention_s,
-            self._channel,
-        )
+        """See `Store.complete_job`. Concurrent completions share one statement and commit
+        (`gateway.store.batching`)."""
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            raise LeaseLost(job_id, None)
+        if any(len(digest) != _DIGEST_BYTES for digest in result.blobs):
+            raise ValueError("result blob digests are SHA-256 digests (32 bytes)")
+        return await self._completions.submit(_Completion(parsed, worker_id, result))
+
+    async def _complete_many(self, batch: Sequence[_Completion]) -> list[Job | LeaseLost]:
+        """One statement and transaction completing every execution of `batch`."""
+        sql = self._sql
+
+        async def complete(conn: Connection) -> tuple[list[Record], list[Record]]:
+            rows = await conn.fetch(
+                sql.complete_many,
+                [c.job_id for c in batch],
+                [c.worker_id for c in batch],
+                [c.result.json for c in batch],
+                [c.result.json_blob for c in batch],
+                [b"".join(c.result.blobs) for c in batch],
+                self._retention_s,
+                self._channel,
+            )
+            await self._mirror(conn, rows)
+            done = {row["id"] for row in rows}
+            lost = [c.job_id for c in batch if c.job_id not in done]
+            current = await conn.fetch(sql.jobs_by_ids, lost) if lost else []
+            return rows, current
+
+        rows, current = await self._run(complete, transaction=True)
+        by_id = {row["id"]: _job(row) for row in rows}
+        now = {row["id"]: _job(row) for row in current}
+        return [by_id.get(c.job_id) or LeaseLost(str(c.job_id), now.get(c.job_id)) for c in batch]
 
     async def fail_job(
         self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None

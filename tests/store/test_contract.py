@@ -337,6 +337,23 @@ async def test_claim_batch_holds_each_users_executions_beyond_her_cap(store: Sto
     }
 
 
+async def test_a_capped_users_long_queue_does_not_hide_others_jobs_behind_it(
+    store: Store,
+) -> None:
+    # More of Alice's jobs (capped at 1) than one page of a capped claim reads, all ahead of
+    # Bob's one job of the same priority.
+    alice = [
+        (await store.join_or_create_active_job(new_job(ALICE, f"a{i}", priority=0))).job
+        for i in range(150)
+    ]
+    bob = (await store.join_or_create_active_job(new_job(BOB, "b", priority=0))).job
+
+    claimed = await store.claim_batch("w1", 2, LEASE_S, CAPS)
+
+    assert [j.id for j in claimed] == [alice[0].id, bob.id]
+    assert await store.claim_batch("w2", 2, LEASE_S, CAPS) == []
+
+
 async def test_a_cap_holds_across_replicas_claiming_at_once(
     replicas: tuple[Store, Store],
 ) -> None:
