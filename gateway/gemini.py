@@ -142,6 +142,12 @@ class GeminiClient:
             )
         return self._client.aio.models
 
+    def prepare(self) -> None:
+        """Builds the SDK client now, in the running event loop: building it takes a few
+        hundred milliseconds of CPU, which the first request (and every lease heartbeat due
+        meanwhile) would otherwise wait for."""
+        self._models()
+
     async def aclose(self) -> None:
         """Closes the HTTP sessions of the underlying SDK client."""
         if self._client is not None:

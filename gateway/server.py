@@ -208,6 +208,7 @@ class GatewayServer:
             inline_result_max_bytes=settings.store.inline_result_max_bytes,
         )
         client = self._client = GeminiClient(settings.gemini, usage_sink=self.usage)
+        client.prepare()
         limiter = self._limiter = RateLimiter.from_settings(settings)
         limiter.add_listener(self._limiter_mode_changed)
         await limiter.start()

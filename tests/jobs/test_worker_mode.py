@@ -20,11 +20,12 @@ EXIT_TIMEOUT_S = 30.0
 
 
 async def test_the_worker_mode_runs_jobs_and_hands_them_back_on_sigterm(
+    # The schema first: fixtures end in reverse order, so it is dropped after the processes.
+    pg_schema: str,
     start_gateway: Any,
     spawn_gateway: Any,
     emulator: EmulatorServer,
     tmp_path: Path,
-    pg_schema: str,
 ) -> None:
     store = store_settings(pg_schema, migrate_on_start=True)
     # Submits only: the job can run nowhere but in a worker process.
