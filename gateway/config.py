@@ -370,8 +370,8 @@ class StoreSettings(BaseModel):
     command_timeout_s: float = Field(default=2.0, gt=0, le=60)
     #: After a failed connection attempt, calls fail at once for this long before trying again.
     reconnect_interval_s: float = Field(default=1.0, gt=0, le=60)
-    #: Waiters on a job re-read it this often when no notification arrives (the fallback for a
-    #: lost LISTEN connection); also how often the idle LISTEN connection is checked.
+    #: Waiters on a job re-read it this often while the LISTEN connection is down (the fallback
+    #: for lost notifications); also how often the idle LISTEN connection is checked.
     poll_interval_s: float = Field(default=2.0, gt=0, le=60)
     #: Apply pending migrations when the gateway starts (otherwise run `viewbait-gateway
     #: migrate`; a schema behind the gateway's migrations makes store calls fail UNAVAILABLE).

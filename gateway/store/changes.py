@@ -3,7 +3,9 @@
 A store publishes a job id whenever that job changes (the in-memory store directly; the
 PostgreSQL store from its single LISTEN connection). Any number of waiters in this process can
 wait for changes of any job; each has its own `asyncio.Event`, so one notification costs one
-`set()` per interested waiter and nothing for anyone else.
+`set()` per interested waiter and nothing for anyone else. While the hub is `live` (every
+change reaches it) waiters do not poll: a replica holding a thousand idle WatchJob streams would
+otherwise re-read a job for each of them every poll interval, for nothing.
 
 Besides job ids, the hub carries one more signal, `DUE`: "a job may have become due", which
 wakes the job workers of every replica sharing the store instead of waiting for their poll.
@@ -27,6 +29,10 @@ class ChangeHub:
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        #: Whether every change is published (the store's LISTEN connection is up). Whoever
+        #: clears it calls `publish_all` right after, so waiters that sleep without polling
+        #: re-read once and poll from then on.
+        self.live = False
 
     @contextmanager
     def subscribe(self, job_id: str, event: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
@@ -71,8 +77,8 @@ async def wait_for_change(
     """Reads the job until its `event_seq` passes `after_seq`, it is terminal, or time is up.
 
     Subscribes before the first read, and clears the event before every read, so a change that
-    lands between a read and the wait still wakes the waiter. Without any signal the job is
-    re-read every `poll_interval_s`: the fallback for lost notifications.
+    lands between a read and the wait still wakes the waiter. While the hub is not `live`, the
+    job is also re-read every `poll_interval_s`: the fallback for lost notifications.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(timeout_s, 0.0)
@@ -83,8 +89,9 @@ async def wait_for_change(
             remaining = deadline - loop.time()
             if job.event_seq > after_seq or not job.active or remaining <= 0:
                 return job
+            wait_s = remaining if hub.live else min(remaining, poll_interval_s)
             try:
-                async with asyncio.timeout(min(remaining, poll_interval_s)):
+                async with asyncio.timeout(wait_s):
                     await changed.wait()
             except TimeoutError:
                 pass

@@ -10,8 +10,8 @@ Every replica talks to the same schema; PostgreSQL is the coordination engine:
   in the same statement; a change that leaves an execution queued and due also sends
   `NOTIFY <channel>, 'due'` (once per transaction), which wakes the workers of every replica.
   Each store holds ONE listening connection and fans notifications out to
-  any number of waiters in process (`ChangeHub`); waiters also poll, so a lost listener only
-  slows them down.
+  any number of waiters in process (`ChangeHub`); while it is down waiters also poll, so a lost
+  listener only slows them down.
 
 Faults: every call is bounded by `connect_timeout_s + command_timeout_s` and fails with
 `gateway.errors.Unavailable` when the database is unreachable, slow or not migrated. A call that
@@ -777,7 +777,8 @@ class PostgresStore:
             conn.add_termination_listener(lambda _conn: lost.set())
             async with asyncio.timeout(self._call_timeout_s):
                 await conn.add_listener(self._channel, self._on_notify)
-            self._listening = True
+            # Every change reaches the hub from now on: waiters stop polling.
+            self._listening = self._hub.live = True
             # Changes made while nobody listened: every waiter re-reads once.
             self._hub.publish_all()
             while not lost.is_set():
@@ -791,7 +792,8 @@ class PostgresStore:
         finally:
             if self._listening and not self._closed:
                 log.warning("store listener lost its connection; reconnecting")
-            self._listening = False
+            # Waiters poll again once woken (`_listen_forever` wakes them all).
+            self._listening = self._hub.live = False
             conn.terminate()
 
     async def _mirror(self, conn: Connection, rows: Sequence[Record]) -> None:
@@ -1127,7 +1129,7 @@ class PostgresStore:
         self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
     ) -> Job:
         """See `Store.fail_job`."""
-        return await self._held_change(
+        job = await self._held_change(
             job_id,
             worker_id,
             self._sql.fail,
@@ -1137,10 +1139,13 @@ class PostgresStore:
             self._retention_s,
             self._channel,
         )
+        if retry_after_s is not None and job.status is JobStatus.QUEUED:
+            self._due_later(retry_after_s)
+        return job
 
     async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
         """See `Store.defer_job`."""
-        return await self._held_change(
+        job = await self._held_change(
             job_id,
             worker_id,
             self._sql.defer,
@@ -1149,6 +1154,14 @@ class PostgresStore:
             float(delay_s),
             self._channel,
         )
+        self._due_later(delay_s)
+        return job
+
+    def _due_later(self, delay_s: float) -> None:
+        """A job queued again becomes due in `delay_s`: nothing happens in the database then,
+        so this replica's workers are woken by a timer (other replicas' polls find it too)."""
+        if delay_s > 0:
+            asyncio.get_running_loop().call_later(delay_s, self._hub.publish, DUE)
 
     async def cancel_job(self, job_id: str, user_id: str) -> Job:
         """See `Store.cancel_job`."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.store import JobStatus, LeaseLost, ResultRef, Store
+from gateway.store import JobError, JobStatus, LeaseLost, ResultRef, Store
 from gateway.store.batching import Batcher
 from gateway.store.postgres import PostgresStore
 
@@ -206,3 +206,32 @@ async def test_concurrent_submissions_insert_together_and_conflicts_still_join(
     for n, outcome in enumerate(outcomes[:30]):
         assert outcome.job.input_blobs == images[: n % 4]
     assert store._inserts.batches < len(news)
+
+
+# -- wake-ups of jobs queued again for later ---------------------------------------------------
+
+
+@pytest.mark.parametrize("defer", [True, False])
+async def test_a_job_queued_again_for_later_wakes_the_workers_when_it_is_due(
+    make_store: MakeStore, defer: bool
+) -> None:
+    store = await make_store("postgres")
+    assert isinstance(store, PostgresStore)
+    (job,) = await claimed(store, 1, "w1")
+    for _ in range(1000):  # its (re)connection wakes every waiter once: let it happen first
+        if store.listening:
+            break
+        await asyncio.sleep(0.01)
+    assert store.listening
+    woken = asyncio.Event()
+    with store.subscribe_due(woken):
+        error = JobError("UPSTREAM_UNAVAILABLE", "try later")
+        if defer:
+            await store.defer_job(job.id, "w1", error, 0.5)
+        else:
+            await store.fail_job(job.id, "w1", error, retry_after_s=0.5)
+        # Nothing in the database happens when it becomes due: the store's timer wakes us.
+        async with asyncio.timeout(10):
+            await woken.wait()
+
+    assert [j.id for j in await store.claim_batch("w2", 10, 30.0)] == [job.id]

@@ -51,6 +51,34 @@ async def test_waiters_poll_when_no_notification_comes() -> None:
     assert changed.event_seq == job.event_seq + 1 and reads == 3
 
 
+async def test_waiters_poll_only_while_the_hub_is_not_live() -> None:
+    job = await a_job()
+    reads = 0
+    polling = asyncio.Event()
+
+    async def read() -> Job:
+        nonlocal reads
+        reads += 1
+        if reads == 4:
+            polling.set()
+        return job
+
+    hub = ChangeHub()
+    hub.live = True  # a listener is up: every change will be published
+    waiter = asyncio.create_task(wait_for_change(hub, job.id, read, job.event_seq, 60, 0.01))
+    try:
+        await asyncio.sleep(0.2)
+        assert reads == 1  # twenty polls were due; none ran
+        # The listener is lost: the waiter re-reads at once and polls from then on.
+        hub.live = False
+        hub.publish_all()
+        async with asyncio.timeout(10):
+            await polling.wait()
+        assert not waiter.done()
+    finally:
+        waiter.cancel()
+
+
 async def test_a_wait_with_no_change_returns_the_job_as_it_is() -> None:
     job = await a_job()
 
