@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
 from dataclasses import dataclass, field
@@ -41,5 +42,10 @@ def bind(ctx: RequestContext) -> contextvars.Token[RequestContext]:
 
 
 def unbind(token: contextvars.Token[RequestContext]) -> None:
-    """Restores the previous context."""
-    _current.reset(token)
+    """Restores the previous context.
+
+    A server stream the client abandoned is closed from another context than the one that
+    bound it; that context never held this request's, so there is nothing to restore.
+    """
+    with contextlib.suppress(ValueError):
+        _current.reset(token)
