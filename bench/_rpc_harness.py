@@ -2,9 +2,11 @@
 
 - `Fleet(workdir)`: the processes of one run, stopped on exit of `async with`:
   `emulator(latency_s)` (`python -m gateway.emulator`), `gateway(name, emulator_url, env)`
-  (`python -m gateway serve`, ready when its ready file appears) and `bare_server(response)`:
-  the anchor, a bare grpc.aio GatewayService answering one fixed AnalyzeVideoResponse from
-  memory (the physical limit of this stack).
+  (`python -m gateway serve`, ready when its ready file appears; `pids[port]` is its process),
+  `bare_server(response)`: the anchor, a bare grpc.aio GatewayService answering one fixed
+  AnalyzeVideoResponse from memory (the physical limit of this stack), `python_server(script,
+  *args)`: any other server script of the benchmarks, and `postgres(**settings)`: a PostgreSQL
+  server of the run's own, for settings the shared server does not have.
 - `emulator_calls(url)`: how many generate requests the emulator served, and
   `set_emulator_latency(url, s)`: its added latency (its admin routes).
 - `unlimited_policies_env()` lifts the per-user rate limits (the benchmarks drive one user far
@@ -25,8 +27,12 @@ import gc
 import json
 import os
 import re
+import shutil
+import signal
+import socket
 import statistics
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -73,17 +79,29 @@ class Fleet:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.processes: list[Process] = []
+        #: The process id of each gateway and server, by its port.
+        self.pids: dict[int, int] = {}
+        #: Database servers of the run: stopped after everything else, with SIGINT (PostgreSQL's
+        #: fast shutdown, which does not wait for clients to leave).
+        self._databases: list[Process] = []
+        #: Directories removed once every process stopped.
+        self._removals: list[Path] = []
 
     async def __aenter__(self) -> Fleet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for process in self.processes:
-            if process.returncode is None:
-                process.terminate()
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                await process.wait()
+        # The servers first, then the databases they use (so none of them sees its database go).
+        servers = [p for p in self.processes if p not in self._databases]
+        for group, stop in ((servers, signal.SIGTERM), (self._databases, signal.SIGINT)):
+            for process in group:
+                if process.returncode is None:
+                    process.send_signal(stop)
+            for process in group:
+                with contextlib.suppress(ProcessLookupError):
+                    await process.wait()
+        for path in self._removals:
+            shutil.rmtree(path, ignore_errors=True)
 
     async def emulator(self, latency_s: float = 0.0) -> str:
         """The offline Gemini emulator in its own process; returns its base URL."""
@@ -133,18 +151,91 @@ class Fleet:
             sys.executable, "-m", "gateway", "serve", env=environment
         )
         self.processes.append(process)
-        return int(json.loads(await wait_for(ready, process))["port"])
+        port = int(json.loads(await wait_for(ready, process))["port"])
+        self.pids[port] = process.pid
+        return port
 
     async def bare_server(self, response: gateway_service_pb2.AnalyzeVideoResponse) -> int:
         """The anchor in its own process, answering `response`; returns its port."""
         response_file = self.workdir / "bare-response.bin"
-        port_file = self.workdir / "bare.port"
         response_file.write_bytes(response.SerializeToString())
+        return await self.python_server(__file__, "--bare-server", str(response_file))
+
+    async def python_server(self, script: str, *args: str) -> int:
+        """`python script *args PORT_FILE` in its own process, where the script writes the port
+        it serves on to PORT_FILE; returns that port."""
+        port_file = self.workdir / f"server-{len(self.processes)}.port"
         process = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--bare-server", str(port_file), str(response_file)
+            sys.executable, script, *args, str(port_file)
         )
         self.processes.append(process)
-        return int(await wait_for(port_file, process))
+        port = int(await wait_for(port_file, process))
+        self.pids[port] = process.pid
+        return port
+
+    async def postgres(self, **settings: str) -> str:
+        """A PostgreSQL server of this run's own (a fresh cluster, trust authentication, TCP on
+        127.0.0.1 only) started with `settings` (`-c name=value`); returns its URL.
+
+        The binaries come from `VIEWBAIT_BENCH_PG_BIN`, the PATH or /usr/lib/postgresql. As
+        PostgreSQL refuses to run as root, root runs it as the `postgres` user.
+        """
+        bindir = _postgres_bindir()
+        # Outside the workdir, whose parents the server user may not be allowed to enter.
+        data = Path(tempfile.mkdtemp(prefix="viewbait-bench-pg-"))
+        self._removals.append(data)
+        user = None
+        if os.geteuid() == 0:
+            user = "postgres"
+            shutil.chown(data, user)
+        initdb = await asyncio.create_subprocess_exec(
+            str(bindir / "initdb"),
+            *("-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"),
+            stdout=asyncio.subprocess.DEVNULL,
+            user=user,
+        )
+        if await initdb.wait() != 0:
+            raise RuntimeError(f"initdb failed with {initdb.returncode}")
+        with socket.socket() as probe:  # a free port, handed to the server
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        options = {"listen_addresses": "127.0.0.1", "unix_socket_directories": "", **settings}
+        process = await asyncio.create_subprocess_exec(
+            str(bindir / "postgres"),
+            *("-D", str(data), "-p", str(port)),
+            *(arg for name, value in options.items() for arg in ("-c", f"{name}={value}")),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            user=user,
+        )
+        self.processes.append(process)
+        self._databases.append(process)
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        for _ in range(300):
+            if process.returncode is not None:
+                raise RuntimeError(f"postgres exited with {process.returncode}")
+            try:
+                conn = await asyncpg.connect(url, timeout=2)
+            except (OSError, asyncpg.PostgresError):
+                await asyncio.sleep(0.1)
+                continue
+            await conn.close()
+            self.pids[port] = process.pid
+            return url
+        raise RuntimeError("the benchmark's PostgreSQL server did not start")
+
+
+def _postgres_bindir() -> Path:
+    configured = os.environ.get("VIEWBAIT_BENCH_PG_BIN")
+    if configured:
+        return Path(configured)
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not installed:
+        raise RuntimeError("no PostgreSQL binaries: set VIEWBAIT_BENCH_PG_BIN")
+    return installed[-1].parent
 
 
 def emulator_calls(emulator_url: str) -> int:
@@ -182,7 +273,7 @@ def unlimited_policies_env(**ttl_by_operation: int) -> dict[str, str]:
     }
 
 
-async def _bare_server(port_file: Path, response_file: Path) -> None:
+async def _bare_server(response_file: Path, port_file: Path) -> None:
     response = gateway_service_pb2.AnalyzeVideoResponse.FromString(response_file.read_bytes())
 
     class Bare(gateway_service_pb2_grpc.GatewayServiceServicer):
@@ -208,7 +299,9 @@ async def call_once(port: int) -> gateway_service_pb2.AnalyzeVideoResponse:
 
 
 @contextlib.contextmanager
-def _client_gc_paused() -> Iterator[None]:
+def client_gc_paused() -> Iterator[None]:
+    """Pauses this process's garbage collector (what exists now is frozen out of it), so the
+    client's own collections do not show up as the server's latency."""
     gc.collect()
     gc.freeze()
     gc.disable()
@@ -234,7 +327,7 @@ async def closed_loop(port: int, seconds: float, concurrency: int) -> tuple[floa
                 await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
                 latencies.append((time.perf_counter() - started) * 1000)
 
-        with _client_gc_paused():
+        with client_gc_paused():
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             return len(latencies) / (time.perf_counter() - started), latencies
@@ -255,7 +348,7 @@ async def open_loop(port: int, rate: float, seconds: float) -> list[float]:
             latencies.append((loop.time() - scheduled) * 1000)
 
         tasks = []
-        with _client_gc_paused():
+        with client_gc_paused():
             start = loop.time() + 0.05
             interval = 1 / rate
             for i in range(int(rate * seconds)):
@@ -300,4 +393,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--bare-server":
         asyncio.run(_bare_server(Path(sys.argv[2]), Path(sys.argv[3])))
         raise SystemExit(0)
-    raise SystemExit("usage: _rpc_harness.py --bare-server PORT_FILE RESPONSE_FILE")
+    raise SystemExit("usage: _rpc_harness.py --bare-server RESPONSE_FILE PORT_FILE")
