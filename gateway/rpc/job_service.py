@@ -8,6 +8,7 @@ is scoped to the caller: another user's job id answers NOT_FOUND, exactly as a m
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -109,6 +110,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         pipeline: Pipeline,
         blobs: BlobStore,
         on_submit: Callable[[], None] | None = None,
+        draining: asyncio.Event | None = None,
     ) -> None:
         executor = pipeline.executor
         if executor is None:
@@ -117,6 +119,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._store: Store = executor.store
         self._blobs = blobs
         self._on_submit = on_submit
+        #: Set when the server starts draining: WatchJob streams end at once with UNAVAILABLE
+        #: (to be resumed on another replica) instead of holding the drain for its whole grace.
+        self._draining = draining or asyncio.Event()
 
     async def _message(self, job: Job, *, with_result: bool = True) -> job_pb2.Job:
         """The job for its owner, with its decoded result when it succeeded and `with_result`."""
@@ -177,7 +182,28 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 )
             if not job.active:
                 return
-            job = await self._store.wait_for_job_change(job_id, user_id, seen, WATCH_WAIT_S)
+            job = await self._wait_unless_draining(job_id, user_id, seen)
+
+    async def _wait_unless_draining(self, job_id: str, user_id: str, seen: int) -> Job:
+        """The job's next change, or `Unavailable` once this replica drains."""
+        if not self._draining.is_set():
+            change = asyncio.ensure_future(
+                self._store.wait_for_job_change(job_id, user_id, seen, WATCH_WAIT_S)
+            )
+            draining = asyncio.ensure_future(self._draining.wait())
+            try:
+                await asyncio.wait((change, draining), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                draining.cancel()
+                if not change.done():
+                    change.cancel()
+            if change.done():
+                return change.result()
+        raise errors.Unavailable(
+            f"this gateway replica is shutting down; watch job {job_id} again after sequence "
+            f"{seen} (another replica serves it)",
+            retry_after_s=0.0,
+        )
 
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: Context

@@ -8,6 +8,7 @@ a test needs it to (cancel, watch, list); another gateway on the same database r
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +461,26 @@ async def test_a_job_submitted_on_one_replica_wakes_the_workers_of_another(
 
     assert events[-1].job.status == SUCCEEDED
     assert pool.started == 1
+
+
+async def test_a_draining_replica_ends_its_watch_streams_at_once(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    # No workers: the job stays queued, so only the drain can end its watch stream.
+    running = await start_gateway(settings(emulator, tmp_path, workers=0))
+    jobs = Jobs(running)
+    job_id = (await jobs.submit(video())).job.id
+    stream = jobs.watch(job_id)
+    first = await stream.read()
+    assert first.job.status == QUEUED
+
+    # A grace far longer than the bound below: the stream must not hold the drain.
+    stopping = asyncio.ensure_future(running.server.stop(grace=120))
+    with pytest.raises(aio.AioRpcError) as ended:
+        async with asyncio.timeout(30):
+            await stream.read()
+
+    assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert f"after sequence {first.sequence}" in (ended.value.details() or "")
+    async with asyncio.timeout(30):
+        await stopping
