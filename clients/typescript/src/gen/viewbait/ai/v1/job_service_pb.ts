@@ -74,8 +74,9 @@ export type SubmitJobRequest = Message<"viewbait.ai.v1.SubmitJobRequest"> & {
   } | { case: undefined; value?: undefined };
 
   /**
-   * Optional key, unique per user: submitting again with the key of a job that is still active
-   * returns that job instead of creating another. Up to 128 characters. An embedded
+   * Optional key, unique per user: submitting again with the key of an earlier job (active or
+   * finished, for as long as the job is kept) returns that job instead of creating another; the
+   * same key with a different request is refused (ALREADY_EXISTS). Up to 128 characters. An embedded
    * GenerateThumbnailRequest's own key counts as this one when this one is empty; if both are set
    * they must be equal (INVALID_ARGUMENT otherwise).
    *
