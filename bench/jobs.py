@@ -1,8 +1,8 @@
 """Durable jobs: queue throughput against procrastinate, and WatchJob fan-out.
 
 (a) Throughput of no-op jobs on this machine's PostgreSQL, end to end: `--jobs` (20,000) jobs
-    submitted in batches of `--batch` (500) concurrent submissions while they are claimed and
-    completed by one replica's worker pool (`--workers` 500 at once, `--claim-batch` 250 per
+    submitted in batches of `--batch` (500, `join_or_create_active_jobs`) while they are claimed and
+    completed by one replica's worker pool (`--workers` 1,000 at once, `--claim-batch` 500 per
     claim). The job store, `WorkerPool` and claims are the gateway's own (`PostgresStore`, with
     every NOTIFY a real watcher would get); only the work is a no-op runner that completes each job
     at once. Anchor, in the same run on the same database: procrastinate (PyPI) with
@@ -91,13 +91,13 @@ def new_jobs(count: int, *, users: int) -> list[NewJob]:
 
 
 async def submit_in_batches(store: Store, jobs: list[NewJob], batch: int) -> None:
-    """Submits `batch` jobs at a time, two batches in flight (the store writes each batch of
-    concurrent submissions as one statement)."""
+    """Submits `batch` jobs at a time (`join_or_create_active_jobs`: one statement for a batch
+    of new jobs), two batches in flight."""
     in_flight = asyncio.Semaphore(2)
 
     async def submit(chunk: list[NewJob]) -> None:
         async with in_flight:
-            outcomes = await asyncio.gather(*(store.join_or_create_active_job(j) for j in chunk))
+            outcomes = await store.join_or_create_active_jobs(chunk)
         assert all(o.created for o in outcomes)
 
     await asyncio.gather(
@@ -290,8 +290,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--procrastinate-jobs", type=int, default=2_000)
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=500)
-    parser.add_argument("--claim-batch", type=int, default=250)
+    parser.add_argument("--workers", type=int, default=1000)
+    parser.add_argument("--claim-batch", type=int, default=500)
     parser.add_argument("--procrastinate-concurrency", type=int, default=50)
     parser.add_argument(
         "--processes", type=int, default=2, help="worker processes (replicas) of each queue"

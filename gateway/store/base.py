@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -393,6 +393,12 @@ class Store(Protocol):
 
         Raises `AlreadyExists` when the idempotency key belongs to a different request.
         """
+        ...
+
+    async def join_or_create_active_jobs(self, news: Sequence[NewJob]) -> list[JoinOutcome]:
+        """`join_or_create_active_job` for each of `news`, answers in order; a store may first
+        write every new execution of its own together, then join or create the others one by
+        one. Raises the first error any raises (others may have been created)."""
         ...
 
     async def find_job_by_idempotency_key(self, user_id: str, key: str) -> Job | None:

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 
@@ -119,6 +119,10 @@ class MemoryStore:
         return len(expired)
 
     # -- jobs --------------------------------------------------------------------------------
+
+    async def join_or_create_active_jobs(self, news: Sequence[NewJob]) -> list[JoinOutcome]:
+        """See `Store.join_or_create_active_jobs`."""
+        return [await self.join_or_create_active_job(new) for new in news]
 
     async def join_or_create_active_job(self, new: NewJob) -> JoinOutcome:
         """See `Store.join_or_create_active_job`."""

@@ -110,6 +110,12 @@ _MAX_WRITE_BATCH = 500
 _DIGEST_BYTES = 32
 
 
+def _insertable(new: NewJob) -> bool:
+    """Whether `new` can be tried as a plain insert of an execution of its own (its input blob
+    digests travel concatenated, 32 bytes each)."""
+    return not new.shared and all(len(d) == _DIGEST_BYTES for d in new.input_blobs)
+
+
 class _Insert(NamedTuple):
     """A `join_or_create_active_job` call trying the batched insert."""
 
@@ -844,10 +850,30 @@ class PostgresStore:
         batched with concurrent ones (`gateway.store.batching`); one that conflicts takes the
         transaction below, which finds what it conflicted with.
         """
-        if not new.shared and all(len(d) == _DIGEST_BYTES for d in new.input_blobs):
+        if _insertable(new):
             created = await self._inserts.submit(_Insert(uuid.uuid4(), new))
             if created is not None:
                 return JoinOutcome(created, created=True, existing=False)
+        return await self._join(new)
+
+    async def join_or_create_active_jobs(self, news: Sequence[NewJob]) -> list[JoinOutcome]:
+        """See `Store.join_or_create_active_jobs`: the executions of their own that conflict
+        with nothing are written `_MAX_WRITE_BATCH` to a statement, the rest one by one."""
+        outcomes: list[JoinOutcome | None] = [None] * len(news)
+        fresh = [i for i, new in enumerate(news) if _insertable(new)]
+        for first in range(0, len(fresh), _MAX_WRITE_BATCH):
+            chunk = fresh[first : first + _MAX_WRITE_BATCH]
+            created = await self._insert_many([_Insert(uuid.uuid4(), news[i]) for i in chunk])
+            for i, job in zip(chunk, created, strict=True):
+                if job is not None:
+                    outcomes[i] = JoinOutcome(job, created=True, existing=False)
+        for i, outcome in enumerate(outcomes):
+            if outcome is None:
+                outcomes[i] = await self._join(news[i])
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _join(self, new: NewJob) -> JoinOutcome:
+        """Joins what `new` conflicts with, or creates it, in a transaction of its own."""
         for _ in range(_JOIN_ATTEMPTS):
             try:
                 outcome = await self._run(lambda c: self._join_once(c, new), transaction=True)

@@ -337,6 +337,25 @@ async def test_claim_batch_holds_each_users_executions_beyond_her_cap(store: Sto
     }
 
 
+async def test_jobs_submitted_together_answer_as_each_would_alone(store: Store) -> None:
+    earlier = (await store.join_or_create_active_job(new_job(dedupe="taken"))).job
+    news = [new_job(dedupe=f"fresh-{n}") for n in range(5)]
+    news += [new_job(dedupe="taken"), new_job(dedupe="fresh-0")]
+    news += [new_job(dedupe=None, idempotency_key="k", request_hash=key("r"))] * 2
+
+    outcomes = await store.join_or_create_active_jobs(news)
+
+    assert [o.created for o in outcomes] == [True] * 5 + [False, False, True, False]
+    assert outcomes[5].job.id == earlier.id
+    assert outcomes[6].job.id == outcomes[0].job.id
+    assert outcomes[8].job.id == outcomes[7].job.id
+    assert len({o.job.id for o in outcomes}) == 7
+    with pytest.raises(AlreadyExists):
+        await store.join_or_create_active_jobs(
+            [new_job(dedupe=None, idempotency_key="k", request_hash=key("other"))]
+        )
+
+
 async def test_a_capped_users_long_queue_does_not_hide_others_jobs_behind_it(
     store: Store,
 ) -> None:
