@@ -32,6 +32,7 @@ test-typescript:
 # Static checks CI runs after `make test` (the extension is built by then).
 lint:
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
 	$(PYTHON) -m mypy.stubtest gateway._native
 	cargo clippy --quiet --all-targets -- -D warnings
