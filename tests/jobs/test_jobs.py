@@ -431,6 +431,9 @@ async def test_a_replica_stopping_mid_job_hands_it_to_another(
     async for event in jobs.watch(job_id):
         if event.job.status == RUNNING:
             break
+    # Stop it mid-call: an attempt whose work started counts (one stopped between its claim
+    # and its work is handed back uncounted).
+    await eventually(lambda: emulator.stats().count() >= 1, "the upstream call under way")
 
     await first.server.stop(grace=0.1)
     emulator.set_knobs(latency_s=0.0)
