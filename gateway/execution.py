@@ -311,7 +311,9 @@ class Executor:
         #: Flight key -> the job its leader joined (for pending answers of its callers).
         self._jobs: dict[bytes, Job] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._closing = False
+        #: Set once the replica stops (`shutting_down`): work cut short is handed back, and
+        #: open WatchJob streams end for their clients to resume elsewhere.
+        self.draining = asyncio.Event()
         self._last_fallback_log = -FALLBACK_LOG_INTERVAL_S
         self.worker_id = worker_id or default_worker_id()
         self.stats = ExecutionStats()
@@ -675,7 +677,7 @@ class Executor:
         """A claimed execution whose work never started: at shutdown it is re-queued without
         counting the attempt its claim charged (nothing ran); otherwise it ends as abandoned.
         In the background, like every job write."""
-        if self._closing:
+        if self.draining.is_set():
             self._spawn(self._settle(job_id, RELEASED, retry_after_s=0.0, defer=True))
         else:
             self._spawn(self._release(job_id))
@@ -683,7 +685,7 @@ class Executor:
     async def _release(self, job_id: str) -> None:
         """The work was cancelled: at shutdown the execution is re-queued for another replica;
         otherwise nobody waited for it, and it ends as abandoned."""
-        if self._closing:
+        if self.draining.is_set():
             await self._settle(job_id, RELEASED, retry_after_s=0.0)
         else:
             await self._settle(job_id, ABANDONED, retry_after_s=None)
@@ -758,12 +760,12 @@ class Executor:
     def shutting_down(self) -> None:
         """From now on, an execution whose work is cancelled (its RPC cut short by the shutdown)
         is handed back, re-queued for another replica, instead of ending as abandoned."""
-        self._closing = True
+        self.draining.set()
 
     async def aclose(self) -> None:
         """Stops: work still in flight (kept work included) is cancelled and its executions
         re-queued for other replicas; pending writes get `CLOSE_TIMEOUT_S` to finish."""
-        self._closing = True
+        self.draining.set()
         await asyncio.gather(*self._flights.cancel_all(), return_exceptions=True)
         if self._background:
             await asyncio.wait(set(self._background), timeout=CLOSE_TIMEOUT_S)

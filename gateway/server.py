@@ -122,8 +122,6 @@ class GatewayServer:
         self._store: Store | None = None
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
-        #: Set when `stop` begins (open WatchJob streams end at once).
-        self._draining = asyncio.Event()
         self._maintenance: list[asyncio.Task[None]] = []
         #: The usage ledger: in memory with the embedded store, else the store's `ai_usage`.
         self.usage: InMemoryUsageSink | StoreUsageSink = InMemoryUsageSink()
@@ -250,8 +248,7 @@ class GatewayServer:
             GatewayServicer(pipeline), server
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(pipeline, blobs, on_submit=runtime.workers.wake, draining=self._draining),
-            server,
+            JobServicer(pipeline, blobs, on_submit=runtime.workers.wake), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if server_settings.reflection:
@@ -343,7 +340,6 @@ class GatewayServer:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: health NOT_SERVING first, refuse new RPCs, drain, close backends."""
         await self._health.enter_graceful_shutdown()
-        self._draining.set()
         if self._executor is not None:
             self._executor.shutting_down()
         if self._server is not None:

@@ -110,7 +110,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         pipeline: Pipeline,
         blobs: BlobStore,
         on_submit: Callable[[], None] | None = None,
-        draining: asyncio.Event | None = None,
     ) -> None:
         executor = pipeline.executor
         if executor is None:
@@ -119,9 +118,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self._store: Store = executor.store
         self._blobs = blobs
         self._on_submit = on_submit
-        #: Set when the server starts draining: WatchJob streams end at once with UNAVAILABLE
+        #: Set when the replica starts draining: WatchJob streams end at once with UNAVAILABLE
         #: (to be resumed on another replica) instead of holding the drain for its whole grace.
-        self._draining = draining or asyncio.Event()
+        self._draining = executor.draining
 
     async def _message(self, job: Job, *, with_result: bool = True) -> job_pb2.Job:
         """The job for its owner, with its decoded result when it succeeded and `with_result`."""
