@@ -45,8 +45,10 @@ class BlobCorrupt(BlobError):
 class BlobStore(Protocol):
     """Where blobs live, by SHA-256 digest (32 bytes)."""
 
-    async def put(self, data: bytes) -> bytes:
-        """Stores `data` (idempotent) and returns its digest."""
+    async def put(self, data: bytes, digest: bytes | None = None) -> bytes:
+        """Stores `data` (idempotent) and returns its digest. `digest`: the SHA-256 of `data`
+        when the caller has it already (a verified image's), so it is not hashed again; a
+        wrong one stores a blob that `get` finds corrupt, never bytes under another's name."""
         ...
 
     async def get(self, digest: bytes) -> bytes:
@@ -79,17 +81,20 @@ class LocalBlobStore:
         name = digest.hex()
         return self.root / name[:2] / name[2:4] / name
 
-    async def put(self, data: bytes) -> bytes:
+    async def put(self, data: bytes, digest: bytes | None = None) -> bytes:
         """See `BlobStore.put`."""
+        if digest is not None:
+            _check_digest(digest)
         try:
-            return await asyncio.to_thread(self._put, data)
+            return await asyncio.to_thread(self._put, data, digest)
         except OSError as exc:
             raise Unavailable(
                 f"the blob store at {self.root} cannot write ({exc.strerror or exc})"
             ) from None
 
-    def _put(self, data: bytes) -> bytes:
-        digest = native.sha256(data)
+    def _put(self, data: bytes, digest: bytes | None) -> bytes:
+        if digest is None:
+            digest = native.sha256(data)
         path = self.path_of(digest)
         with contextlib.suppress(FileNotFoundError):
             # Same name, same size: the same bytes (unless corrupted since, which `get` finds

@@ -456,7 +456,7 @@ class Executor:
         blobs that exist)."""
         text = codec.to_json(call.request)
         images = codec.collect_blobs(call.request)
-        await asyncio.gather(*(self._blobs.put(data) for data in images.values()))
+        await asyncio.gather(*(self._blobs.put(data, digest) for digest, data in images.items()))
         return NewJob(
             user_id=call.user_id,
             op=call.spec.name,

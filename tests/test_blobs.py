@@ -22,6 +22,22 @@ def files_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
+async def test_a_digest_the_caller_has_names_the_blob_and_a_wrong_one_is_never_served(
+    blobs: LocalBlobStore,
+) -> None:
+    data = os.urandom(5_000)
+    digest = hashlib.sha256(data).digest()
+    assert await blobs.put(data, digest) == digest
+    assert await blobs.get(digest) == data
+
+    wrong = hashlib.sha256(b"other bytes").digest()
+    assert await blobs.put(data, wrong) == wrong
+    with pytest.raises(BlobCorrupt):
+        await blobs.get(wrong)
+    with pytest.raises(ValueError, match="32 bytes"):
+        await blobs.put(data, b"short")
+
+
 async def test_put_names_bytes_by_their_sha256_in_fanned_out_directories(
     blobs: LocalBlobStore,
 ) -> None:
