@@ -6,12 +6,10 @@ Needs the gateway package (this repository) installed next to the client.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -24,6 +22,8 @@ from gateway.auth import mint_dev_jwt
 from gateway.config import AuthSettings, GeminiSettings, ServerSettings, Settings, Tier
 from gateway.emulator import EmulatorServer
 from gateway.server import GatewayServer
+
+from .conftest import eventually
 
 SERVICE_TOKEN = "client-e2e-service-token-0123456789"
 JWT_SECRET = "client-e2e-hs256-secret-of-at-least-32-bytes"
@@ -60,15 +60,6 @@ def backend_client(server: GatewayServer, tier: str = "pro") -> GatewayClient:
     return GatewayClient(
         f"127.0.0.1:{server.port}", token=SERVICE_TOKEN, user_id="user-1", tier=tier
     )
-
-
-async def eventually(condition: Callable[[], bool], what: str, patience_s: float = 20) -> None:
-    """Waits until `condition()` holds; fails after `patience_s`."""
-    give_up = time.monotonic() + patience_s
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def png(size: tuple[int, int] = (320, 180)) -> bytes:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -41,6 +40,8 @@ from gateway.config import (
 )
 from gateway.emulator import EmulatorServer
 from gateway.server import GatewayServer
+
+from .conftest import eventually
 
 SERVICE_TOKEN = "client-jobs-service-token-0123456789"
 DATABASE_URL = os.environ.get(
@@ -135,26 +136,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-async def eventually(condition: Callable[[], bool], what: str, patience_s: float = 10) -> None:
-    """Waits until `condition()` holds; fails after `patience_s`."""
-    give_up = time.monotonic() + patience_s
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def eventually_async(
-    condition: Callable[[], Awaitable[bool]], what: str, patience_s: float = 10
-) -> None:
-    """`eventually` for a condition that must be awaited."""
-    give_up = time.monotonic() + patience_s
-    while not await condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def record(errors: list[GatewayError]) -> Callable[[GatewayError, float], None]:
@@ -296,7 +277,7 @@ async def test_leaving_early_cancels_the_job_only_when_asked(
         async def cancelled(job_id: str) -> bool:
             return (await get(client, job_id)).status == CANCELLED
 
-        await eventually_async(lambda: cancelled(broken_off.job.id), "the broken-off job's cancel")
+        await eventually(lambda: cancelled(broken_off.job.id), "the broken-off job's cancel")
         assert await cancelled(cancelled_task.job.id)  # the task ended after its cancel
     assert kept_job.status == QUEUED
 
