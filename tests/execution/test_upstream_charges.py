@@ -26,7 +26,8 @@ ALICE = Principal(user_id="alice", tier=Tier.PRO, via="service")
 CLOCK_NS = 1_700_000_000 * 1_000_000_000
 
 
-def _limited(burst: int) -> tuple[Settings, RateLimiter]:
+def _limited(client: GeminiClient, burst: int) -> tuple[Pipeline, RateLimiter, str]:
+    """A pipeline whose text model may be called `burst` times an hour, its limiter and model."""
     settings = Settings()
     model = settings.gemini.text_model
     settings = settings.model_copy(
@@ -37,7 +38,8 @@ def _limited(burst: int) -> tuple[Settings, RateLimiter]:
             )
         }
     )
-    return settings, RateLimiter(settings, clock=lambda: CLOCK_NS)
+    limiter = RateLimiter(settings, clock=lambda: CLOCK_NS)
+    return Pipeline(settings, client, limiter), limiter, model
 
 
 async def _calls_left(limiter: RateLimiter, model: str) -> int:
@@ -54,9 +56,7 @@ async def _calls_left(limiter: RateLimiter, model: str) -> int:
 async def test_every_attempt_is_charged_to_the_model_limit(
     emulator: EmulatorServer, gemini_client: GeminiClient, usage_sink: InMemoryUsageSink
 ) -> None:
-    settings, limiter = _limited(burst=10)
-    model = settings.gemini.text_model
-    pipeline = Pipeline(settings, gemini_client, limiter)
+    pipeline, limiter, model = _limited(gemini_client, burst=10)
     emulator.inject("rate_limited", count=2, retry_delay_s=0.01)
 
     outcome = await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
@@ -71,9 +71,7 @@ async def test_every_attempt_is_charged_to_the_model_limit(
 async def test_a_retry_the_limit_refuses_is_not_made(
     emulator: EmulatorServer, gemini_client: GeminiClient, usage_sink: InMemoryUsageSink
 ) -> None:
-    settings, limiter = _limited(burst=2)
-    model = settings.gemini.text_model
-    pipeline = Pipeline(settings, gemini_client, limiter)
+    pipeline, limiter, model = _limited(gemini_client, burst=2)
     emulator.inject("rate_limited", count=5, retry_delay_s=0.01)
 
     with pytest.raises(UpstreamUnavailable) as failed:
@@ -93,8 +91,7 @@ async def test_a_retry_the_limit_refuses_is_not_made(
 async def test_a_first_attempt_the_limit_refuses_costs_nothing(
     emulator: EmulatorServer, gemini_client: GeminiClient, usage_sink: InMemoryUsageSink
 ) -> None:
-    settings, limiter = _limited(burst=1)
-    pipeline = Pipeline(settings, gemini_client, limiter)
+    pipeline, _, _ = _limited(gemini_client, burst=1)
     await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
     with pytest.raises(RateLimited):
         await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
