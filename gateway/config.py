@@ -217,8 +217,14 @@ class LimiterSettings(BaseModel):
     #: Longest a request waits on Redis for a decision; then the failure mode decides.
     command_timeout_s: float = Field(default=0.1, gt=0, le=10)
     failure_mode: FailureMode = FailureMode.LOCAL
-    #: Gateway replicas sharing the limits: in `local` failure mode each enforces this share.
+    #: The fewest replicas the `local` failure mode assumes share the limits: each replica then
+    #: enforces 1/max(live count, this) of every limit. The live count comes from the replicas'
+    #: heartbeats in Redis (the last one read before the outage); this is the only count of a
+    #: replica that never reached Redis, so set it to the fleet's size to be safe from the start.
     replicas: int = Field(default=1, ge=1)
+    #: How often each replica renews its heartbeat in Redis; one silent for three intervals no
+    #: longer counts.
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)
     #: Consecutive failed Redis calls that open the circuit (Redis is then skipped).
     breaker_failures: int = Field(default=3, ge=1)
     #: While the circuit is open, Redis is probed this often; the first answer closes it.

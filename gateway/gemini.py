@@ -51,6 +51,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.model import (
+    AttemptGate,
     Blob,
     CallLabels,
     ModelRequest,
@@ -171,6 +172,7 @@ class GeminiClient:
         labels: CallLabels,
         deadline: float | None = None,
         on_text: TextCallback | None = None,
+        before_attempt: AttemptGate | None = None,
     ) -> ModelResponse:
         """Runs `request` with retries until it succeeds, fails for good, or the deadline comes.
 
@@ -178,10 +180,15 @@ class GeminiClient:
         is passed on as it arrives. If an attempt fails mid-stream and is retried, the retry
         streams again from its beginning: treat chunks as progress, `ModelResponse.text` as
         the answer.
+
+        `before_attempt(n)` runs before attempt n (the rate limits charge every attempt). If it
+        refuses a retry, the call ends with the failure it would have retried: the upstream
+        error, its retry-after at least the gate's, so a caller backs off as long as both ask.
         """
         contents = _contents(request)
         config = self._configs.get(request)
         attempt = 0
+        failure: _Failure | None = None
         while True:
             attempt += 1
             timeout, capped_by_deadline = self._attempt_timeout(deadline)
@@ -189,6 +196,13 @@ class GeminiClient:
                 raise DeadlineExceeded(
                     f"the deadline passed before Gemini could be asked (attempt {attempt})"
                 )
+            if before_attempt is not None:
+                try:
+                    await before_attempt(attempt)
+                except GatewayError as refused:
+                    if failure is None:
+                        raise
+                    raise self._refused_retry(failure, attempt - 1, refused) from None
             started = time.monotonic()
             try:
                 # The one per-attempt timeout: asyncio cancels the request, which closes the
@@ -364,6 +378,22 @@ class GeminiClient:
         if deadline is not None and time.monotonic() + delay >= deadline:
             return None
         return delay
+
+    def _refused_retry(
+        self, failure: _Failure, attempts: int, refused: GatewayError
+    ) -> GatewayError:
+        """The error of a call whose retry `before_attempt` refused (a rate limit): the last
+        upstream failure, told why it was not retried, and not to come back sooner than either
+        the upstream or the gate asks."""
+        error = failure.error
+        waits = [s for s in (error.retry_after_s, refused.retry_after_s) if s is not None]
+        final = type(error)(
+            f"{error.message}, after {attempts} attempt(s); not retried now: {refused.message}",
+            retry_after_s=max(waits) if waits else None,
+        )
+        final.metadata.update(error.metadata)
+        final.metadata["retry_refused_by"] = refused.reason
+        return final
 
     def _final_error(self, failure: _Failure, attempts: int) -> GatewayError:
         error = failure.error

@@ -126,6 +126,11 @@ class UsageSink(Protocol):
 
 #: Called with each chunk of text as it streams in.
 TextCallback = Callable[[str], Awaitable[None]]
+#: Called before every upstream attempt with its number (1 for the first, retries included),
+#: e.g. to charge it to the rate limits. An error it raises before the first attempt reaches the
+#: caller unchanged; before a retry it ends the call with the failure being retried (see
+#: `ModelClient.generate`).
+AttemptGate = Callable[[int], Awaitable[None]]
 
 
 class ModelClient(Protocol):
@@ -138,6 +143,7 @@ class ModelClient(Protocol):
         labels: CallLabels,
         deadline: float | None = None,
         on_text: TextCallback | None = None,
+        before_attempt: AttemptGate | None = None,
     ) -> ModelResponse:
         """Runs the request to completion.
 
@@ -146,6 +152,9 @@ class ModelClient(Protocol):
         an attempt retried after a mid-stream failure streams again from its start, so chunks
         are progress and `ModelResponse.text` is the answer. An exception raised by `on_text`
         ends the call and reaches the caller unchanged.
+        `before_attempt` runs before every attempt; when it raises a `GatewayError` before a
+        retry, no further attempt is made and the call fails with the retried failure, its
+        retry-after raised to at least the gate's.
         Raises a `gateway.errors.GatewayError` subclass on failure.
         """
         ...

@@ -18,7 +18,14 @@ from gateway.config import Settings, Tier
 from gateway.errors import InvalidArgument, Unimplemented
 from gateway.execution import Call, Executor, Outcome, Pending, Runner, Spend
 from gateway.limiter import RateLimiter
-from gateway.model import CallLabels, ModelClient, ModelRequest, ModelResponse, TextCallback
+from gateway.model import (
+    AttemptGate,
+    CallLabels,
+    ModelClient,
+    ModelRequest,
+    ModelResponse,
+    TextCallback,
+)
 from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
 from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, JoinOutcome
 
@@ -34,9 +41,11 @@ def tier_of_priority(priority: int) -> Tier:
 
 
 class _GuardedClient:
-    """The `ModelClient` a spec runs against: every call first passes the upstream limits (the
-    user's on the route and the model's fleet-wide one; a denial raises `RateLimited` before
-    any spend), and every answer is added to the request's `Spend`."""
+    """The `ModelClient` a spec runs against: every upstream attempt, retries included, first
+    passes the upstream limits (the user's on the route and the model's fleet-wide one), so the
+    limits count what Gemini is asked, 429 storms included. A denial of the first attempt raises
+    `RateLimited` before any spend; a denied retry ends the call with the failure it retried
+    (see `ModelClient.generate`). Every answer is added to the request's `Spend`."""
 
     def __init__(
         self,
@@ -59,13 +68,19 @@ class _GuardedClient:
         labels: CallLabels,
         deadline: float | None = None,
         on_text: TextCallback | None = None,
+        before_attempt: AttemptGate | None = None,
     ) -> ModelResponse:
         principal = self._principal
-        await self._limiter.check_upstream(
-            self._operation, principal.user_id, principal.tier, request.model
-        )
+
+        async def charge(attempt: int) -> None:
+            await self._limiter.check_upstream(
+                self._operation, principal.user_id, principal.tier, request.model
+            )
+            if before_attempt is not None:
+                await before_attempt(attempt)
+
         response = await self._inner.generate(
-            request, labels=labels, deadline=deadline, on_text=on_text
+            request, labels=labels, deadline=deadline, on_text=on_text, before_attempt=charge
         )
         self._spend.add(response)
         return response

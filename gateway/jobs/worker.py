@@ -4,7 +4,9 @@ heartbeat, result stored, waiters woken), and retry failed attempts with backoff
 
 A job's row holds its validated request (images as blob references), its owner and its
 priority; that is all a worker needs to run it on any replica. A shared execution (global
-scope) has no owner: it runs as `SHARED_USER`, at the priority of the request that created it.
+scope) has no owner: it runs as the user whose request started it (`Job.charged_user`), on her
+upstream limits and at her priority; users joining it later cost nothing. Only a shared
+execution from before starters were recorded runs as `SHARED_USER`.
 
 Retries: a retryable error (upstream 503 or 429, a deadline, a bad answer) queues the job again
 after full-jitter backoff, never earlier than the upstream's own retry delay; anything else, or
@@ -14,11 +16,10 @@ counting the attempt. A cancelled job
 is never retried: its worker learns of the cancel at its next heartbeat and stops.
 
 Per-user caps: a user runs at most `JobSettings.running_caps[tier]` jobs at once across all
-replicas; `claim_batch` leaves her further jobs queued. Shared executions are exempt, not
-charged to their handles' owners: one execution serves every user holding a handle, so charging
-it to them would let one user's cap hold back the result others wait for (and a handle owner's
-cancel would change another user's count), while charging it to nobody costs little because
-identical requests coalesce into it and submissions are rate limited per user.
+replicas; `claim_batch` leaves her further jobs queued. A shared execution counts against the
+user who started it, and only her: one user cannot fill every worker with heatmaps nobody else
+asked for, while a later user joining it (a handle) is never held back by it, and a handle's
+cancel changes nobody's count.
 
 Shutdown: the executor is told first (`Executor.shutting_down`), so the attempts cut short
 here are handed back queued for another replica, not failed.
@@ -46,7 +47,7 @@ from gateway.store.base import Job, JobError, JobProgress, LeaseLost, Store
 
 log = logging.getLogger(__name__)
 
-#: The user a shared execution (no owner) runs as, in its usage records and upstream limits.
+#: The user a shared execution runs as when its starter is not recorded (rows from before that).
 SHARED_USER = "shared"
 
 
@@ -319,14 +320,16 @@ class OperationRunner:
 
     async def _call(self, job: Job) -> Call:
         """The executor's call for a stored job: its validated request read back, run as its
-        owner (or `SHARED_USER`) at its tier."""
+        owner (for a shared execution, the user who started it) at its tier."""
         spec = operations.get(job.op)
         contents = await asyncio.gather(*(self._blobs.get(d) for d in job.input_blobs))
         request: Any = codec.from_json(
             spec.request_type, job.input_json, dict(zip(job.input_blobs, contents, strict=True))
         )
         principal = Principal(
-            user_id=job.user_id or SHARED_USER, tier=tier_of_priority(job.priority), via="service"
+            user_id=job.charged_user or SHARED_USER,
+            tier=tier_of_priority(job.priority),
+            via="service",
         )
         call = self._pipeline.call(
             job.op,

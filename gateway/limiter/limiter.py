@@ -5,7 +5,9 @@ checks from the policy table, asks the backend (embedded native, or shared Redis
 `RateLimited` naming the limit and the retry-after when one denies. With Redis configured, a
 circuit breaker and the configured failure mode decide what happens while Redis is unreachable;
 the live mode is a property (health and metrics read it), every change is logged and announced to
-listeners, and the breaker closes by itself once a background probe gets an answer.
+listeners, and the breaker closes by itself once a background probe gets an answer. While Redis
+answers, each replica keeps a heartbeat there (`gateway.limiter.fleet`), so the `local` failure
+mode knows how many replicas share each limit.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from gateway.errors import RateLimited, Unavailable
 from gateway.limiter import keys
 from gateway.limiter.breaker import CircuitBreaker
 from gateway.limiter.checks import Check, LimiterBackendError, Rule, Verdict
+from gateway.limiter.fleet import ReplicaRegistry
 from gateway.limiter.local import NativeBackend
 from gateway.limiter.shared import RedisBackend, RedisClient
 
@@ -41,7 +44,8 @@ class LimiterMode(StrEnum):
     EMBEDDED = "embedded"
     #: Redis answers: limits are exact across the fleet.
     SHARED = "shared"
-    #: Redis unreachable, failure mode `local`: each replica enforces its share natively.
+    #: Redis unreachable, failure mode `local`: each replica enforces its share natively (the
+    #: limit divided by the fleet's last known size).
     LOCAL_FALLBACK = "local-fallback"
     #: Redis unreachable, failure mode `open`: everything is allowed.
     OPEN_FALLBACK = "open-fallback"
@@ -129,12 +133,22 @@ class RateLimiter:
         self._model_rules: dict[str, Rule | None] = {}
         self._listeners: list[Callable[[LimiterMode], None]] = []
         self._probe: asyncio.Task[None] | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
         self._closed = False
         self._breaker = CircuitBreaker(settings.limiter.breaker_failures, self._breaker_changed)
         self._native = NativeBackend(clock=clock)
-        self._fallback = NativeBackend(replicas=settings.limiter.replicas, clock=clock)
+        # Enforces the shares `_shares` computes for the fleet's size at the time.
+        self._fallback = NativeBackend(clock=clock)
+        self._share_rules: dict[tuple[Rule, int], Rule] = {}
         self._shared: RedisBackend | None = None
+        self._registry: ReplicaRegistry | None = None
         if redis is not None:
+            self._registry = ReplicaRegistry(
+                redis,
+                settings.limiter.key_prefix,
+                ttl_s=3 * settings.limiter.heartbeat_interval_s,
+                timeout_s=settings.limiter.command_timeout_s,
+            )
             self._shared = RedisBackend(
                 redis,
                 timeout_s=settings.limiter.command_timeout_s,
@@ -160,6 +174,29 @@ class RateLimiter:
         except LimiterBackendError as exc:
             log.warning("rate limiter: %s at startup", exc)
             self._breaker.trip()
+        if self._registry is not None and self._heartbeats is None:
+            registry = self._registry
+            with contextlib.suppress(LimiterBackendError):
+                await registry.heartbeat()
+            self._heartbeats = asyncio.get_running_loop().create_task(
+                self._beat_forever(registry), name="viewbait-limiter-heartbeat"
+            )
+
+    async def _beat_forever(self, registry: ReplicaRegistry) -> None:
+        while not self._closed:
+            await asyncio.sleep(self._settings.heartbeat_interval_s)
+            try:
+                await registry.heartbeat()
+            except LimiterBackendError as exc:
+                # The breaker hears of trouble from decisions; the last count stays in use.
+                log.debug("rate limiter: %s", exc)
+
+    @property
+    def replicas(self) -> int:
+        """How many replicas the `local` failure mode assumes share each limit: the live count
+        from the last heartbeat Redis answered, at least `limiter.replicas`."""
+        live = 0 if self._registry is None or self._registry.live is None else self._registry.live
+        return max(live, self._settings.replicas)
 
     # --- mode -----------------------------------------------------------------------------
 
@@ -263,7 +300,7 @@ class RateLimiter:
                 return await shared.decide(checks, cost)
         failure_mode = self._settings.failure_mode
         if failure_mode is FailureMode.LOCAL:
-            return self._fallback.decide_now(checks, cost)
+            return self._fallback.decide_now(self._shares(checks), cost)
         if failure_mode is FailureMode.OPEN:
             return Verdict(True, tuple(checks), ())
         raise Unavailable(
@@ -273,13 +310,28 @@ class RateLimiter:
             metadata={"limiter_mode": LimiterMode.CLOSED_FALLBACK.value},
         )
 
+    def _shares(self, checks: Sequence[Check]) -> list[Check]:
+        """This replica's share of each check, for the fleet's size right now."""
+        replicas = self.replicas
+        shares: list[Check] = []
+        for check in checks:
+            share = self._share_rules.get((check.rule, replicas))
+            if share is None:
+                share = self._share_rules[check.rule, replicas] = check.rule.shared_by(replicas)
+            shares.append(Check(check.key, share))
+        return shares
+
     async def aclose(self) -> None:
-        """Stops probing and closes the Redis connections."""
+        """Stops probing and heartbeats, leaves the fleet's count and closes the Redis
+        connections."""
         self._closed = True
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        for task in (self._probe, self._heartbeats):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._registry is not None and not self._breaker.open:
+            await self._registry.leave()
         if self._shared is not None:
             await self._shared.aclose()
 

@@ -27,9 +27,12 @@ answers a request that they already deny without asking Redis. It can only deny 
 deny too, so it is exact, and an abusive flood on one key costs about one Redis call per
 retry-after window instead of one per request.
 
-**Timeouts.** Every call runs under a deadline of `timeout_s` from when its oldest request
-arrived; a missed deadline, a connection error or a Redis error raises `LimiterBackendError`
-(the caller applies the failure mode) and is reported to the circuit breaker.
+**Timeouts.** Every call runs under a deadline of `timeout_s` of *responsive* loop time from
+when its oldest request arrived (`gateway.limiter.lag`): time the event loop spent unable to run
+(a burst, a blocking call) is not charged to Redis, since a reply that arrived meanwhile is read
+as soon as the loop runs. A missed deadline, a connection error or a Redis error raises
+`LimiterBackendError` (the caller applies the failure mode); the circuit breaker hears only of
+true failures: errors, and deadlines that passed while the loop was responsive.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import native
 from gateway.limiter.breaker import CircuitBreaker
 from gateway.limiter.checks import Check, Decision, LimiterBackendError, Verdict
+from gateway.limiter.lag import Expiry, LoopWatch, Mark, lag_aware_timeout
 from gateway.limiter.local import decision_of
 
 log = logging.getLogger("gateway.limiter")
@@ -135,8 +139,8 @@ class _Pending:
 
     checks: Sequence[Check]
     cost: int
-    #: Loop time by which it must be answered.
-    deadline: float
+    #: When it arrived (its deadline counts from here).
+    mark: Mark
     future: asyncio.Future[Verdict] = field(repr=False)
 
 
@@ -165,6 +169,7 @@ class RedisBackend:
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._mirror = native.GcraLimiter()
+        self._watch = LoopWatch()
         self._pending: list[_Pending] = []
         self._inflight = 0
         self._flush_scheduled = False
@@ -203,20 +208,26 @@ class RedisBackend:
             ]
             return Verdict(False, tuple(checks), tuple(decisions))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
-        if self._inflight == 0 and not self._pending:
-            # Nobody to share a round trip with: go at once, no queueing.
-            self._inflight += 1
-            try:
-                (verdict,) = await self._call([(checks, cost)], deadline, now)
-            finally:
-                self._inflight -= 1
-                self._after_call()
-            return verdict
-        pending = _Pending(checks, cost, deadline, loop.create_future())
-        self._pending.append(pending)
-        self._schedule_flush()
-        return await pending.future
+        watch = self._watch
+        # Watched from arrival: a stall while it waits for a batch is not Redis's either.
+        watch.hold()
+        try:
+            mark = Mark(loop.time(), watch.stalled(loop.time()))
+            if self._inflight == 0 and not self._pending:
+                # Nobody to share a round trip with: go at once, no queueing.
+                self._inflight += 1
+                try:
+                    (verdict,) = await self._call([(checks, cost)], mark, now)
+                finally:
+                    self._inflight -= 1
+                    self._after_call()
+                return verdict
+            pending = _Pending(checks, cost, mark, loop.create_future())
+            self._pending.append(pending)
+            self._schedule_flush()
+            return await pending.future
+        finally:
+            watch.release()
 
     def _now_ns(self) -> int:
         if self._explicit_clock is None:
@@ -248,9 +259,8 @@ class RedisBackend:
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         try:
-            verdicts = await self._call(
-                [(p.checks, p.cost) for p in batch], min(p.deadline for p in batch)
-            )
+            oldest = min((p.mark for p in batch), key=lambda m: m.at)
+            verdicts = await self._call([(p.checks, p.cost) for p in batch], oldest)
         except BaseException as exc:
             # Whatever happened, no caller may be left waiting.
             message = str(exc) if isinstance(exc, LimiterBackendError) else "limiter closed"
@@ -270,30 +280,37 @@ class RedisBackend:
     async def _call(
         self,
         requests: Sequence[tuple[Sequence[Check], int]],
-        deadline: float,
+        mark: Mark,
         sent_at: int | None = None,
     ) -> list[Verdict]:
-        """One round trip (one per slot in Cluster mode) deciding `requests` in order.
+        """One round trip (one per slot in Cluster mode) deciding `requests` in order, within
+        `timeout_s` of responsive loop time from `mark`.
 
         `sent_at` (this replica's clock, no later than the call) dates the mirror's bounds."""
         if sent_at is None:
             sent_at = self._now_ns()
         now_arg = "-" if self._explicit_clock is None else str(sent_at // 1000)
+        expiry = Expiry()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with lag_aware_timeout(self._watch, mark, self._timeout_s, expiry):
                 if self._cluster:
                     reply = await self._call_by_slot(requests, now_arg)
                 else:
                     reply = await self._eval(requests, now_arg)
             verdicts = self._verdicts(requests, reply, sent_at)
         except Exception as exc:
-            if self._breaker is not None:
+            # A deadline the loop's own stalls ran out says nothing about Redis: the failure
+            # mode decides these requests, but the breaker does not count it.
+            stalled_out = expiry.fired and not expiry.responsive
+            if self._breaker is not None and not stalled_out:
                 self._breaker.record_failure()
             if not isinstance(exc, RedisError | OSError | TimeoutError):
                 # A client bug or a malformed reply: the failure mode answers, loudly.
                 log.warning("rate limiter: unexpected error from the Redis client", exc_info=True)
             timed_out = isinstance(exc, TimeoutError | RedisTimeoutError)
             reason = "timed out" if timed_out else type(exc).__name__
+            if stalled_out:
+                reason = "the event loop stalled past the grace"
             # Once per call, not per request: the failure mode decides this call's requests.
             log.info("rate limiter: Redis did not decide %d requests: %s", len(requests), reason)
             raise LimiterBackendError(f"Redis did not decide: {reason}") from exc

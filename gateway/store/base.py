@@ -234,6 +234,15 @@ class Job:
     completed_at: datetime | None
     #: When a finished job may be deleted; None while active.
     expires_at: datetime | None
+    #: For a shared execution: the user whose request created it (None for every other row, and
+    #: on shared executions from before this was recorded).
+    started_by: str | None = None
+
+    @property
+    def charged_user(self) -> str | None:
+        """Whose upstream limits and running cap an execution uses: its owner, or for a shared
+        execution the user who started it."""
+        return self.user_id if self.user_id is not None else self.started_by
 
     @property
     def execution_id(self) -> str:
@@ -432,8 +441,9 @@ class Store(Protocol):
         `caps` (job priority -> most running executions per user) holds a user's executions
         back: taking the due ones of each user in claim order, the n-th of a user whose
         priority caps it at c is claimed only if (her running executions) + n <= c; it stays
-        queued otherwise. Priorities without a cap, and shared executions (no owner), are
-        never held back. The cap holds across replicas claiming at once.
+        queued otherwise. A shared execution counts as the user's who started it
+        (`Job.charged_user`); one without (from before that was recorded) is never held back,
+        nor are priorities without a cap. The cap holds across replicas claiming at once.
 
         Executions whose lease expired are not taken here: `rescue_expired_leases` queues
         them again first. Returns them in claim order.

@@ -170,6 +170,7 @@ class MemoryStore:
             started_at=None,
             completed_at=None,
             expires_at=None,
+            started_by=new.user_id if new.shared else None,
         )
         self._save(execution)
         if new.announce:
@@ -271,19 +272,22 @@ class MemoryStore:
         """The due executions `caps` lets run, in claim order (the rule of `Store.claim_batch`,
         as the SQL store's window query applies it)."""
         running = Counter(
-            job.user_id
+            job.charged_user
             for job in self._jobs.values()
-            if job.follows is None and job.status is JobStatus.RUNNING and job.user_id is not None
+            if job.follows is None
+            and job.status is JobStatus.RUNNING
+            and job.charged_user is not None
         )
         seen: Counter[str] = Counter()
         allowed = []
         for job in due:
-            if job.user_id is None:
+            user = job.charged_user
+            if user is None:
                 allowed.append(job)
                 continue
-            seen[job.user_id] += 1
+            seen[user] += 1
             cap = caps.get(job.priority)
-            if cap is None or running[job.user_id] + seen[job.user_id] <= cap:
+            if cap is None or running[user] + seen[user] <= cap:
                 allowed.append(job)
         return allowed
 

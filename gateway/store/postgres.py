@@ -229,8 +229,9 @@ class _Sql:
         self.insert_execution = changed(
             """
             INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
-                dedupe_key, idempotency_key, request_hash, model, priority, max_attempts)
-            VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11)
+                dedupe_key, idempotency_key, request_hash, model, priority, max_attempts,
+                started_by)
+            VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $14)
             ON CONFLICT DO NOTHING
             """,
             12,
@@ -346,7 +347,8 @@ class _Sql:
         # Rows skipped for a cap stay queued; they are locked only until the claim commits.
         self.claim_page = q(
             """
-            SELECT id, user_id, priority, created_at FROM {schema}.ai_jobs
+            SELECT id, coalesce(user_id, started_by) AS user_id, priority, created_at
+            FROM {schema}.ai_jobs
             WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
                 AND ($2::int IS NULL OR (priority < $2
                     OR (priority = $2 AND (created_at, id) > ($3::timestamptz, $4::uuid))))
@@ -354,12 +356,14 @@ class _Sql:
             """
         )
         # Running executions are few (at most the workers of every replica): counted per owner
-        # once per claim.
+        # (for a shared execution, the user who started it) once per claim.
         self.running_by_user = q(
             """
-            SELECT user_id, count(*) AS running FROM {schema}.ai_jobs
-            WHERE status = 'running' AND follows IS NULL AND user_id IS NOT NULL
-            GROUP BY user_id
+            SELECT coalesce(user_id, started_by) AS user_id, count(*) AS running
+            FROM {schema}.ai_jobs
+            WHERE status = 'running' AND follows IS NULL
+                AND coalesce(user_id, started_by) IS NOT NULL
+            GROUP BY 1
             """
         )
         self.claim_chosen = changed(
@@ -533,6 +537,7 @@ def _job(row: Record) -> Job:
         started_at=row["started_at"],
         completed_at=row["completed_at"],
         expires_at=row["expires_at"],
+        started_by=row.get("started_by"),
     )
 
 
@@ -931,6 +936,7 @@ class PostgresStore:
             new.max_attempts,
             self._channel,
             new.announce,
+            new.user_id if new.shared else None,
         )
         created = row is not None
         if row is None:

@@ -34,6 +34,7 @@ from gateway.config import (
     Tier,
 )
 from gateway.emulator import EmulatorServer
+from gateway.errors import RateLimited
 
 from .conftest import as_user, encode_png, eventually, gateway_settings, store_settings
 
@@ -487,3 +488,33 @@ async def test_a_draining_replica_ends_its_watch_streams_at_once(
     assert f"after sequence {first.sequence}" in (ended.value.details() or "")
     async with asyncio.timeout(30):
         await stopping
+
+
+async def test_a_shared_execution_is_charged_to_the_user_who_started_it(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, store_for: Any
+) -> None:
+    # One heatmap call per minute per user: whoever pays for the shared execution has none left.
+    policies = Settings().policies
+    heatmap_policy = policies["compute_attention_heatmap"]
+    one_call = RouteLimits(upstream=RateLimit(rate=1, period_s=60, burst=1))
+    policies["compute_attention_heatmap"] = heatmap_policy.model_copy(
+        update={"limits": {tier: one_call for tier in Tier}}
+    )
+    gateway = await start_gateway(settings(emulator, tmp_path, store_for, policies=policies))
+    jobs = Jobs(gateway)
+    started = await jobs.submit(heatmap(), user="user-a")
+    joined = await jobs.submit(heatmap(), user="user-b")
+    finals = [
+        (await jobs.watch_to_end(started.job.id, user="user-a"))[-1].job,
+        (await jobs.watch_to_end(joined.job.id, user="user-b"))[-1].job,
+    ]
+    assert [f.status for f in finals] == [SUCCEEDED, SUCCEEDED]
+    assert emulator.stats().requests == 1
+
+    limiter = gateway.server.limiter
+    model = Settings().gemini.text_model
+    # The starter paid for the one upstream call; the user who joined paid nothing.
+    with pytest.raises(RateLimited):
+        await limiter.check_upstream("compute_attention_heatmap", "user-a", Tier.PRO, model)
+    await limiter.check_upstream("compute_attention_heatmap", "user-b", Tier.PRO, model)
+    await limiter.check_upstream("compute_attention_heatmap", "shared", Tier.PRO, model)

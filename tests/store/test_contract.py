@@ -314,27 +314,32 @@ async def test_claim_batch_holds_each_users_executions_beyond_her_cap(store: Sto
     alice = [await queue(ALICE, f"a{i}", 0) for i in range(3)]  # capped at 1
     bob = [await queue(BOB, f"b{i}", 1) for i in range(3)]  # capped at 2
     carol = [await queue("user-carol", f"c{i}", 3) for i in range(2)]  # uncapped
-    # Shared executions have no owner: never held back (see gateway.jobs.worker).
+    # A shared execution counts against the user who started it (see gateway.jobs.worker)...
     shared = [await queue(ALICE, f"s{i}", 0, shared=True) for i in range(2)]
+    # ... and only her: Bob joining one costs him nothing.
+    await queue(BOB, "s0", 1, shared=True)
 
     first = await store.claim_batch("w1", 100, LEASE_S, CAPS)
 
-    assert {j.id for j in first} == {
-        alice[0].id,
-        bob[0].id,
-        bob[1].id,
-        *(j.id for j in carol),
-        *(j.execution_id for j in shared),
-    }
+    assert {j.id for j in first} == {alice[0].id, bob[0].id, bob[1].id, *(j.id for j in carol)}
     assert await store.claim_batch("w2", 100, LEASE_S, CAPS) == []
     # A finished job frees its owner's slot for her next one, oldest first.
     await store.complete_job(alice[0].id, "w1", REF)
     assert [j.id for j in await store.claim_batch("w2", 100, LEASE_S, CAPS)] == [alice[1].id]
-    # Without caps everything due is claimed.
-    assert {j.id for j in await store.claim_batch("w3", 100, LEASE_S)} == {
-        alice[2].id,
-        bob[2].id,
-    }
+    # Without caps everything due is claimed; a shared execution names its starter.
+    rest = await store.claim_batch("w3", 100, LEASE_S)
+    assert {j.id for j in rest} == {alice[2].id, bob[2].id, *(j.execution_id for j in shared)}
+    executions = [j for j in rest if j.user_id is None]
+    assert [(j.started_by, j.charged_user) for j in executions] == [(ALICE, ALICE)] * 2
+    # Her own jobs done, the running shared executions alone hold her slot.
+    await store.complete_job(alice[1].id, "w2", REF)
+    await store.complete_job(alice[2].id, "w3", REF)
+    later = await queue(ALICE, "s-later", 0, shared=True)
+    await queue("user-dave", "d0", 0)
+    assert [j.user_id for j in await store.claim_batch("w4", 100, LEASE_S, CAPS)] == ["user-dave"]
+    for job in executions:
+        await store.complete_job(job.id, "w3", REF)
+    assert [j.id for j in await store.claim_batch("w4", 100, LEASE_S, CAPS)] == [later.execution_id]
 
 
 async def test_jobs_submitted_together_answer_as_each_would_alone(store: Store) -> None:
