@@ -48,6 +48,7 @@ class ImageInfo:
     @property
     def sha256(self) -> bytes: ...
 
+# The default is DEFAULT_MAX_IMAGE_SIDE (stubs take literals; stubtest checks it at runtime).
 def inspect_image(data: Buffer, max_side: int = 16384) -> ImageInfo:
     """Sniffs PNG, JPEG, WebP or GIF from headers and hashes the whole file.
 

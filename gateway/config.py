@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gateway.native import DEFAULT_MAX_IMAGE_SIDE
+
 
 class Tier(StrEnum):
     """ViewBait subscription tiers, lowest first."""
@@ -338,7 +340,7 @@ class InputBounds(BaseModel):
     #: `server.max_receive_message_bytes`.
     max_total_image_bytes: int = Field(default=48 * 1024 * 1024, ge=1024)
     #: Longest side of any input image, in pixels (read from headers, never decoded).
-    max_image_side: int = Field(default=4096, ge=16, le=16384)
+    max_image_side: int = Field(default=4096, ge=16, le=DEFAULT_MAX_IMAGE_SIDE)
     #: Reference images of a GenerateThumbnail request (face or style).
     max_generate_references: int = Field(default=4, ge=0, le=14)
     #: Variations one GenerateThumbnail request may ask for (one image-model call each).

@@ -129,6 +129,10 @@ fn image_error(err: CoreImageError) -> PyErr {
     ImageError::new_err(err.to_string())
 }
 
+// PyO3 writes only literal defaults into the Python signature (`inspect.signature`, stubtest),
+// so `inspect_image`'s default is spelled out; this keeps it equal to the named constant.
+const _: () = assert!(image::DEFAULT_MAX_SIDE == 16384);
+
 /// Sniffs an image's format and size from its headers and hashes it, in one call.
 #[pyfunction]
 #[pyo3(signature = (data, max_side = 16384))]

@@ -255,6 +255,48 @@ mod tests {
     }
 
     #[test]
+    fn check_all_peek_and_raise_answer_the_same_at_every_clock_origin() {
+        // Hour-long limits from one second and a few minutes after boot (a monotonic clock on a
+        // fresh machine) to an epoch-like clock: the answers may not depend on the origin.
+        let hour = 3_600 * S;
+        let user = Limit::per_period(2.0, 3_600.0, 2).unwrap();
+        let model = Limit::per_period(3.0, 3_600.0, 3).unwrap();
+        let run = |origin: u64| {
+            let l = KeyedLimiter::new();
+            let mut answers = Vec::new();
+            for (user_key, at) in [
+                ("alice", 0),
+                ("alice", 0),
+                ("alice", 0),
+                ("bob", 0),
+                ("bob", 1),
+            ] {
+                answers.extend(l.check_all(&[(user_key, user), ("model", model)], 1, origin + at));
+            }
+            answers.extend(l.peek_all(&[("model", model)], 1, origin + 700 * S));
+            l.raise_tat("carol", origin + hour, origin);
+            answers.extend(l.peek_all(&[("carol", user)], 1, origin));
+            l.sweep(origin + 2 * hour);
+            (answers, l.len())
+        };
+        let (reference, held) = run(1_700_000_000 * S);
+        assert_eq!(held, 0, "every key has expired two hours later");
+        // Alice's third request is refused by her own limit; the model has one left for Bob.
+        assert!(!reference[4].allowed && reference[5].allowed);
+        assert_eq!(reference[5].remaining, 1);
+        assert_eq!(
+            reference[7].remaining, 0,
+            "Bob took the model's last request"
+        );
+        assert!(!reference[9].allowed, "the model limit is spent");
+        assert_eq!(reference[8].remaining, 1, "the denial charged Bob nothing");
+        assert_eq!(reference[11].retry_after_ns, Some(hour / 2));
+        for origin in [S, 700 * S, 1_000_000 * S, u64::MAX - 10 * hour] {
+            assert_eq!(run(origin), (reference.clone(), 0), "origin {origin}");
+        }
+    }
+
+    #[test]
     fn concurrent_checks_admit_exactly_the_burst() {
         let l = Arc::new(KeyedLimiter::new());
         let lim = limit(1.0, 1000);

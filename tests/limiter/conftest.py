@@ -9,7 +9,8 @@
   SIGSTOP, flushed or stopped), stopped at the end of the test.
 - `redis_cluster` (module): three `redis-server` masters joined into a Redis Cluster with
   `redis-cli --cluster create`, torn down at the end of the module.
-- `clock`: a `Clock`, integer nanoseconds that only move when a test says so.
+- `clock`: a `Clock`, integer nanoseconds that only move when a test says so; `make_clock` builds
+  one starting at a given origin (results may not depend on it: see the conformance tests).
 - `make_settings`: `limiter_settings`, Settings with the same limits on every route and tier.
 """
 
@@ -56,6 +57,12 @@ class Clock:
 def clock() -> Clock:
     """A controlled clock (not moving unless advanced)."""
     return Clock()
+
+
+@pytest.fixture
+def make_clock() -> Callable[[int], Clock]:
+    """`Clock(start_ns)`, for tests that run at several clock origins."""
+    return Clock
 
 
 @pytest.fixture(scope="session")

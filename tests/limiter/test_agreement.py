@@ -1,5 +1,6 @@
 """Property: on the same request sequence under the same clock, the shared Redis limiter (with its
-local deny mirror) and the embedded native limiter give the same answers, field for field."""
+local deny mirror) and the embedded native limiter give the same answers, field for field, from
+any clock origin (one second after boot as well as an epoch-like clock)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ steps = st.lists(
     min_size=1,
     max_size=40,
 )
+#: Clock origins in nanoseconds: smaller than most generated windows (up to 24 s), and large.
+origins = st.sampled_from([10**9, 700 * 10**9, 1_700_000_000 * 10**9])
 
 
 def _compare(native: Verdict, shared: Verdict, step: int) -> None:
@@ -39,11 +42,14 @@ def _compare(native: Verdict, shared: Verdict, step: int) -> None:
 
 
 async def _run(
-    redis_url: str, key_rules: list[Rule], sequence: list[tuple[int, set[int], int]]
+    redis_url: str,
+    key_rules: list[Rule],
+    sequence: list[tuple[int, set[int], int]],
+    origin_ns: int = 1_700_000_000 * 10**9,
 ) -> int:
-    """Plays `sequence` against both limiters, comparing every answer; returns how many
-    requests the shared limiter's mirror denied without Redis."""
-    clock_ns = [1_700_000_000 * 10**9]
+    """Plays `sequence` against both limiters from `origin_ns`, comparing every answer; returns
+    how many requests the shared limiter's mirror denied without Redis."""
+    clock_ns = [origin_ns]
 
     def clock() -> int:
         return clock_ns[0]
@@ -63,11 +69,14 @@ async def _run(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(key_rules=st.lists(rules, min_size=3, max_size=3), sequence=steps)
+@given(key_rules=st.lists(rules, min_size=3, max_size=3), sequence=steps, origin_ns=origins)
 def test_native_and_redis_agree(
-    redis_url: str, key_rules: list[Rule], sequence: list[tuple[int, set[int], int]]
+    redis_url: str,
+    key_rules: list[Rule],
+    sequence: list[tuple[int, set[int], int]],
+    origin_ns: int,
 ) -> None:
-    asyncio.run(_run(redis_url, key_rules, sequence))
+    asyncio.run(_run(redis_url, key_rules, sequence, origin_ns))
 
 
 def test_the_mirror_answers_repeated_denials_identically(redis_url: str) -> None:

@@ -1,12 +1,14 @@
 """One contract for both backends: the embedded native limiter and the shared Redis limiter.
 
 Both are driven by the same controlled clock, so their answers must match redis_rate's published
-behaviour, and each other, to the microsecond.
+behaviour, and each other, to the microsecond, whatever the clock's origin: every sequence runs
+with the clock at one second and at a few minutes (a monotonic clock just after boot) and at an
+epoch-like value.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,7 +24,14 @@ if TYPE_CHECKING:
 
 MS = 1_000_000
 US = 1_000
+S = 1_000_000_000
 TEN_PER_SECOND = Rule(emission_us=100_000, burst=10, kind="admission", label="10/s")
+
+
+@pytest.fixture(params=[S, 700 * S, 1_700_000_000 * S], ids=lambda ns: f"origin={ns // S}s")
+def clock(request: pytest.FixtureRequest, make_clock: Callable[[int], Clock]) -> Clock:
+    """The controlled clock, starting at each origin in turn."""
+    return make_clock(request.param)
 
 
 @pytest.fixture(params=["native", "redis"])

@@ -4,6 +4,7 @@ and shared alike."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from redis.asyncio import Redis
@@ -11,6 +12,9 @@ from redis.asyncio import Redis
 from gateway.config import RateLimit, RouteLimits, Settings, Tier
 from gateway.errors import RateLimited
 from gateway.limiter import LimiterMode, RateLimiter
+
+if TYPE_CHECKING:
+    from tests.limiter.conftest import Clock
 
 HOUR = 3600.0
 TWO_PER_HOUR = RateLimit(rate=2, period_s=HOUR, burst=2)
@@ -99,16 +103,7 @@ async def test_a_tier_without_an_entry_is_not_limited(
         await limiter.admit("check_channel_consistency", "u1", Tier.FREE)
 
 
-async def test_the_model_limit_is_shared_and_a_denial_charges_no_user(
-    make_limiter: Factory, make_settings: Callable[..., Settings], key_prefix: str
-) -> None:
-    limiter = make_limiter(
-        make_settings(
-            key_prefix,
-            upstream=TWO_PER_HOUR,
-            models={"gemini-test": RateLimit(rate=3, period_s=HOUR, burst=3)},
-        )
-    )
+async def _model_limit_is_shared_and_a_denial_charges_no_user(limiter: RateLimiter) -> None:
     await limiter.check_upstream("generate_thumbnail", "alice", Tier.FREE, "gemini-test")
     await limiter.check_upstream("generate_thumbnail", "alice", Tier.FREE, "gemini-test")
     with pytest.raises(RateLimited, match="Gemini-call limit of route 'generate'"):
@@ -120,3 +115,44 @@ async def test_the_model_limit_is_shared_and_a_denial_charges_no_user(
     # A model without a configured limit is only bound by the users' own limits.
     verdict = await limiter.check_upstream("generate_thumbnail", "carol", Tier.FREE, "other")
     assert verdict is not None and verdict.remaining == 1
+
+
+def _model_limit_settings(make_settings: Callable[..., Settings], key_prefix: str) -> Settings:
+    return make_settings(
+        key_prefix,
+        upstream=TWO_PER_HOUR,
+        models={"gemini-test": RateLimit(rate=3, period_s=HOUR, burst=3)},
+    )
+
+
+async def test_the_model_limit_is_shared_and_a_denial_charges_no_user(
+    make_limiter: Factory, make_settings: Callable[..., Settings], key_prefix: str
+) -> None:
+    # On the limiter's own clock (CLOCK_MONOTONIC when embedded): the answers may not depend on
+    # how long the machine has been up.
+    limiter = make_limiter(_model_limit_settings(make_settings, key_prefix))
+    await _model_limit_is_shared_and_a_denial_charges_no_user(limiter)
+
+
+@pytest.mark.parametrize("origin_s", [1, 700], ids=lambda s: f"origin={s}s")
+@pytest.mark.parametrize("shared", [False, True], ids=["embedded", "shared"])
+async def test_hour_long_limits_hold_from_the_first_second_after_boot(
+    make_settings: Callable[..., Settings],
+    make_clock: Callable[[int], Clock],
+    key_prefix: str,
+    redis_url: str,
+    origin_s: int,
+    shared: bool,
+) -> None:
+    """The same denials and `remaining` with the clock at 1 s and 700 s (a monotonic clock on a
+    freshly booted machine), where the hour-long windows are longer than the clock's reading."""
+    redis = Redis.from_url(redis_url) if shared else None
+    limiter = RateLimiter(
+        _model_limit_settings(make_settings, key_prefix),
+        redis=redis,
+        clock=make_clock(origin_s * 1_000_000_000),
+    )
+    try:
+        await _model_limit_is_shared_and_a_denial_charges_no_user(limiter)
+    finally:
+        await limiter.aclose()

@@ -175,7 +175,8 @@ def test_sides_above_the_default_limit_raise(pillow_format: str, width: int, hei
     data = encode(Variant("big", pillow_format, "L", {}), width, height, seed=3)
     with pytest.raises(
         native.ImageError,
-        match=rf"^image is {width}x{height}, larger than the 16384-pixel limit per side$",
+        match=rf"^image is {width}x{height}, larger than the {native.DEFAULT_MAX_IMAGE_SIDE}-pixel "
+        r"limit per side$",
     ):
         native.inspect_image(data)
 

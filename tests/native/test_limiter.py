@@ -1,4 +1,9 @@
-"""The in-process GCRA limiter: redis_rate semantics, validation, memory bound, thread safety."""
+"""The in-process GCRA limiter: redis_rate semantics, validation, memory bound, thread safety.
+
+Every sequence runs at several clock origins: `now_ns` of one second and a few minutes (a
+monotonic clock just after boot, smaller than an hour-long window), a long-running host, an
+epoch-like clock and the last hours of the `u64` range. The answers must be the same at each.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,35 @@ from gateway import native
 
 MS = 1_000_000
 S = 1_000_000_000
+HOUR = 3600 * S
+
+ORIGINS = [S, 700 * S, 1_000_000 * S, 1_700_000_000 * S, 2**64 - 1 - 10 * HOUR]
+#: Hour-long limits (windows longer than the smallest origins) and the gateway's default
+#: per-minute policy limits (`gateway/config.py`), as `(rate, period_s, burst)`.
+LIMITS = [
+    (10, 1.0, 10),
+    (10, 3600.0, 10),
+    (2, 3600.0, 2),
+    (1, 3600.0, 1),
+    (30, 60.0, 10),
+    (10, 60.0, 8),
+    (120, 60.0, 64),
+    (2000, 60.0, 200),
+    (600, 60.0, 60),
+    (1000, 60.0, 100),
+]
 
 
-def test_redis_rate_conformance_sequence() -> None:
+@pytest.fixture(params=ORIGINS, ids=lambda ns: f"origin={ns // S}s")
+def origin(request: pytest.FixtureRequest) -> int:
+    """A clock origin in nanoseconds."""
+    value: int = request.param
+    return value
+
+
+def test_redis_rate_conformance_sequence(origin: int) -> None:
     limiter = native.GcraLimiter()
-    now = 10 * S
+    now = origin
     d = limiter.check("user:1", 10, 1.0, 10, now_ns=now)
     assert (d.allowed, d.remaining, d.retry_after_s) == (True, 9, -1.0)
     assert d.reset_after_s == pytest.approx(0.1)
@@ -33,23 +62,68 @@ def test_redis_rate_conformance_sequence() -> None:
     assert d.reset_after_s == pytest.approx(0.999)
 
 
-def test_burst_then_one_per_interval() -> None:
+def test_hour_long_limits_from_the_first_second_after_boot(origin: int) -> None:
+    # 10 per hour, burst 10: one request every 6 minutes, the window (an hour) longer than the
+    # smallest origins, which is where clamping "TAT minus window" at 0 used to break `remaining`.
     limiter = native.GcraLimiter()
-    allowed = [limiter.check("k", 10, 1.0, 10, now_ns=S).allowed for _ in range(11)]
+    for i in range(10):
+        d = limiter.check("k", 10, 3600.0, 10, now_ns=origin)
+        assert (d.allowed, d.remaining) == (True, 9 - i)
+        assert d.reset_after_s == pytest.approx(360.0 * (i + 1))
+    denied = limiter.check("k", 10, 3600.0, 10, now_ns=origin + 300 * S)
+    assert (denied.allowed, denied.remaining) == (False, 0)
+    assert denied.retry_after_s == pytest.approx(60.0)
+    d = limiter.check("k", 10, 3600.0, 10, now_ns=origin + 700 * S)
+    assert (d.allowed, d.remaining) == (True, 0)
+    idle = limiter.check("k", 10, 3600.0, 10, cost=0, now_ns=origin + HOUR + 700 * S)
+    assert (idle.remaining, idle.reset_after_s) == (10, 0.0)
+
+
+def _transcript(origin: int, rate: float, period_s: float, burst: int) -> list[tuple[object, ...]]:
+    """Every answer of one sequence on one key: a fresh read, the burst, a denial, a cost above
+    the burst, one nanosecond early, on time, a cost of 2 later, and recovery after idling."""
+    emission = round(period_s * S / rate)
+    steps = [(0, 0), *[(0, 1)] * burst, (0, 1), (0, burst + 1), (emission - 1, 1), (emission, 1)]
+    steps += [(3 * emission, 2), (3 * emission + burst * emission + 1, 0)]
+    limiter = native.GcraLimiter()
+    answers: list[tuple[object, ...]] = []
+    for at, cost in steps:
+        d = limiter.check("k", rate, period_s, burst, cost=cost, now_ns=origin + at)
+        answers.append((d.allowed, d.remaining, d.retry_after_s, d.reset_after_s))
+    both = [("k", rate, period_s, burst), ("other", rate, period_s, burst)]
+    answers += [(d.allowed, d.remaining) for d in limiter.peek_all(both, now_ns=origin + emission)]
+    return answers
+
+
+@pytest.mark.parametrize(("rate", "period_s", "burst"), LIMITS)
+def test_every_answer_is_the_same_at_every_clock_origin(
+    rate: float, period_s: float, burst: int
+) -> None:
+    reference = _transcript(1_000_000 * S, rate, period_s, burst)
+    assert reference[0][:2] == (True, burst), "a fresh key holds its whole burst"
+    assert reference[burst][:2] == (True, 0), "the burst is spent"
+    assert reference[burst + 1][0] is False, "one more is refused"
+    for origin in ORIGINS:
+        assert _transcript(origin, rate, period_s, burst) == reference, f"origin {origin}"
+
+
+def test_burst_then_one_per_interval(origin: int) -> None:
+    limiter = native.GcraLimiter()
+    allowed = [limiter.check("k", 10, 1.0, 10, now_ns=origin).allowed for _ in range(11)]
     assert allowed == [True] * 10 + [False]
-    denied = limiter.check("k", 10, 1.0, 10, now_ns=S)
+    denied = limiter.check("k", 10, 1.0, 10, now_ns=origin)
     assert denied.retry_after_s == pytest.approx(0.1)
-    assert limiter.check("k", 10, 1.0, 10, now_ns=S + 100 * MS).allowed
-    assert not limiter.check("k", 10, 1.0, 10, now_ns=S + 150 * MS).allowed
+    assert limiter.check("k", 10, 1.0, 10, now_ns=origin + 100 * MS).allowed
+    assert not limiter.check("k", 10, 1.0, 10, now_ns=origin + 150 * MS).allowed
 
 
-def test_cost_zero_reads_and_cost_above_burst_changes_nothing() -> None:
+def test_cost_zero_reads_and_cost_above_burst_changes_nothing(origin: int) -> None:
     limiter = native.GcraLimiter()
-    fresh = limiter.check("k", 10, 1.0, 10, cost=0, now_ns=S)
+    fresh = limiter.check("k", 10, 1.0, 10, cost=0, now_ns=origin)
     assert (fresh.allowed, fresh.remaining, fresh.reset_after_s) == (True, 10, 0.0)
     assert len(limiter) == 0
-    assert not limiter.check("k", 10, 1.0, 10, cost=11, now_ns=S).allowed
-    assert limiter.check("k", 10, 1.0, 10, cost=10, now_ns=S).allowed
+    assert not limiter.check("k", 10, 1.0, 10, cost=11, now_ns=origin).allowed
+    assert limiter.check("k", 10, 1.0, 10, cost=10, now_ns=origin).allowed
 
 
 @pytest.mark.parametrize(
