@@ -16,7 +16,7 @@ from gateway import operations
 from gateway.auth import Principal, require_tier
 from gateway.config import Settings, Tier
 from gateway.errors import InvalidArgument, Unimplemented
-from gateway.execution import Call, Executor, Outcome, Pending, Runner, Spend
+from gateway.execution import Call, Executor, InputWrite, Outcome, Pending, Runner, Spend
 from gateway.limiter import RateLimiter
 from gateway.model import CallLabels, ModelClient, ModelRequest, ModelResponse, TextCallback
 from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
@@ -36,7 +36,8 @@ def tier_of_priority(priority: int) -> Tier:
 class _GuardedClient:
     """The `ModelClient` a spec runs against: every call first passes the upstream limits (the
     user's on the route and the model's fleet-wide one; a denial raises `RateLimited` before
-    any spend), and every answer is added to the request's `Spend`."""
+    any spend), and every answer is added to the request's `Spend`. The request's input images
+    are written (`inputs`) only once a call has passed those limits."""
 
     def __init__(
         self,
@@ -45,12 +46,14 @@ class _GuardedClient:
         operation: str,
         principal: Principal,
         spend: Spend,
+        inputs: InputWrite,
     ) -> None:
         self._inner = inner
         self._limiter = limiter
         self._operation = operation
         self._principal = principal
         self._spend = spend
+        self._inputs = inputs
 
     async def generate(
         self,
@@ -64,6 +67,7 @@ class _GuardedClient:
         await self._limiter.check_upstream(
             self._operation, principal.user_id, principal.tier, request.model
         )
+        await self._inputs()
         response = await self._inner.generate(
             request, labels=labels, deadline=deadline, on_text=on_text
         )
@@ -163,9 +167,8 @@ class Pipeline:
         """
         validated = await self._admit_keyed(operation, request, principal, idempotency_key)
         if self._executor is None:
-            return await self._runner(operation, validated, principal, request_id, progress)(
-                "", deadline
-            )
+            runner = self._runner(operation, validated, principal, request_id, progress)
+            return await runner("", deadline)
         call = self.call(
             operation,
             validated,
@@ -223,12 +226,13 @@ class Pipeline:
         key = None
         if policy.ttl_s > 0:
             key = spec.cache_key(validated, principal.user_id, model, policy.scope)
+        inputs = InputWrite()
         return Call(
             spec=spec,
             request=validated,
             user_id=principal.user_id,
             model=model,
-            run=self._runner(operation, validated, principal, request_id, progress),
+            run=self._runner(operation, validated, principal, request_id, progress, inputs),
             key=key,
             scope=policy.scope,
             ttl_s=policy.ttl_s,
@@ -236,6 +240,7 @@ class Pipeline:
             priority=_PRIORITY[principal.tier],
             deadline=deadline,
             long_poll=long_poll,
+            inputs=inputs,
         )
 
     def _runner(
@@ -245,6 +250,7 @@ class Pipeline:
         principal: Principal,
         request_id: str,
         progress: ProgressCallback | None,
+        inputs: InputWrite | None = None,
     ) -> Runner:
         spec = operations.get(operation)
         model = self._settings.model_name(self._settings.policy(operation))
@@ -259,6 +265,7 @@ class Pipeline:
                 request_id=request_id,
                 deadline=run_deadline,
                 progress=progress,
+                inputs=InputWrite() if inputs is None else inputs,
             )
 
         return run
@@ -274,6 +281,7 @@ class Pipeline:
         request_id: str,
         deadline: float | None,
         progress: ProgressCallback | None,
+        inputs: InputWrite,
     ) -> Outcome[Any]:
         """One run of the spec against the model, metered and limited."""
         spend = Spend()
@@ -289,7 +297,7 @@ class Pipeline:
             deadline=deadline,
             progress=progress,
         )
-        client = _GuardedClient(self._client, self._limiter, spec.name, principal, spend)
+        client = _GuardedClient(self._client, self._limiter, spec.name, principal, spend, inputs)
         result = await spec.run(validated, client, ctx)
         return Outcome(result=result, model=model, spend=spend)
 
