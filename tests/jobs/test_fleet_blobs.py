@@ -10,6 +10,8 @@ import asyncio
 import io
 import os
 import signal
+import sys
+from asyncio.subprocess import PIPE
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from viewbait.ai.v1 import common_pb2, gateway_service_pb2_grpc, operations_pb2
 from gateway.config import StoreSettings
 from gateway.emulator import EmulatorServer
 from gateway.store.blobs import BlobCorrupt
+from gateway.store.blobs.postgres import PostgresBlobStore
+from gateway.store.postgres import PostgresStore, run_migrations
 
 from .conftest import DATABASE_URL, as_user, execution_fixtures, store_settings
 from .test_jobs import SUCCEEDED, Jobs, heatmap, settings
@@ -191,3 +195,32 @@ def test_a_replica_with_a_database_refuses_a_private_blob_directory(
         spawn_gateway(**env)
     # Declared a shared mount, it starts.
     assert spawn_gateway(**env, VIEWBAIT_STORE__BLOB_DIR_SHARED="true").port > 0
+
+
+async def test_the_gc_command_deletes_only_old_unreferenced_blobs(pg_schema: str) -> None:
+    settings = store_settings(pg_schema)
+    await run_migrations(settings)
+    store = PostgresStore(settings)
+    await store.start()
+    try:
+        blobs = PostgresBlobStore(store)
+        orphan, young = await blobs.put(b"orphan"), await blobs.put(b"young orphan")
+        await store.run(
+            lambda conn: conn.execute(
+                f"UPDATE \"{pg_schema}\".ai_blobs SET touched_at = now() - interval '2 hours' "
+                "WHERE digest = $1",
+                orphan,
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIEWBAIT_")}
+        env |= {"VIEWBAIT_STORE__DATABASE_URL": DATABASE_URL, "VIEWBAIT_STORE__SCHEMA": pg_schema}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "gc", env=env, stdout=PIPE, stderr=PIPE
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+
+        assert process.returncode == 0, stderr.decode()
+        assert b"1 deleted, 0 still referenced, of 1 older than 3600 s" in stdout
+        assert not await blobs.exists(orphan) and await blobs.exists(young)
+    finally:
+        await store.close()
