@@ -143,10 +143,12 @@ class Fleet:
                 "VIEWBAIT_AUTH__SERVICE_TOKEN": SERVICE_TOKEN,
                 "VIEWBAIT_GEMINI__API_KEY": EMULATOR_KEY,
                 "VIEWBAIT_GEMINI__BASE_URL": emulator_url,
-                "VIEWBAIT_STORE__BLOB_DIR": str(workdir / "blobs"),
                 **(env or {}),
             }
         )
+        if "VIEWBAIT_STORE__DATABASE_URL" not in environment:
+            # Embedded: blobs in this replica's own directory (with a database, in PostgreSQL).
+            environment["VIEWBAIT_STORE__BLOB_DIR"] = str(workdir / "blobs")
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", env=environment
         )

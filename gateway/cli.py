@@ -66,6 +66,50 @@ def _migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(_args: argparse.Namespace) -> int:
+    from gateway.errors import Unavailable
+    from gateway.store import create_store
+    from gateway.store.blobs import create_blob_store
+    from gateway.store.blobs.gc import collect_garbage
+
+    settings = load_settings().store
+    if settings.database_url is None:
+        print(
+            "gc: no database configured; set VIEWBAIT_STORE__DATABASE_URL (in embedded mode "
+            "only the serving process knows which blobs its rows reference, and it collects "
+            "them itself)",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def collect() -> str:
+        store = create_store(settings)
+        await store.start()
+        blobs = create_blob_store(settings, store)
+        try:
+            done = await collect_garbage(
+                blobs,
+                store,
+                grace_s=settings.blob_gc_grace_s,
+                batch_size=settings.cleanup_batch_size,
+            )
+        finally:
+            await blobs.aclose()
+            await store.close()
+        return (
+            f"blobs ({settings.resolved_blob_backend}): {done.deleted} deleted, "
+            f"{done.referenced} still referenced, of {done.examined} older than "
+            f"{settings.blob_gc_grace_s:g} s, in {done.seconds:.2f} s"
+        )
+
+    try:
+        print(asyncio.run(collect()))
+    except Unavailable as exc:
+        print(f"gc: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses the command line and runs the chosen command."""
     parser = argparse.ArgumentParser(
@@ -94,6 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate", help="apply pending PostgreSQL migrations (VIEWBAIT_STORE__DATABASE_URL)"
     )
     migrate.set_defaults(run=_migrate)
+    gc = commands.add_parser(
+        "gc",
+        help="delete the blobs no cache row or job references, once older than "
+        "VIEWBAIT_STORE__BLOB_GC_GRACE_S (the maintenance loop does the same)",
+    )
+    gc.set_defaults(run=_gc)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -384,9 +384,33 @@ class StoreSettings(BaseModel):
     #: Apply pending migrations when the gateway starts (otherwise run `viewbait-gateway
     #: migrate`; a schema behind the gateway's migrations makes store calls fail UNAVAILABLE).
     migrate_on_start: bool = False
-    #: Directory of the content-addressed blob store (images, large result JSON); relative
-    #: paths are relative to the working directory.
+    #: Where blobs (images, heatmaps, large result JSON) live: `postgres` (the database's
+    #: `ai_blobs` table), `s3` (an S3-compatible bucket), `local` (`blob_dir`), or `auto`:
+    #: `postgres` with a database, else `local`.
+    blob_backend: Literal["auto", "local", "postgres", "s3"] = "auto"
+    #: Directory of the local blob store; relative paths are relative to the working directory.
     blob_dir: str = "var/blobs"
+    #: Declares `blob_dir` a mount every replica shares (NFS and the like): only then may
+    #: replicas with a database keep blobs in a local directory.
+    blob_dir_shared: bool = False
+    #: Blobs no row references are deleted once this long has passed since they were written.
+    blob_gc_grace_s: float = Field(default=3600.0, gt=0)
+    #: Per-user bound on input bytes written to the blob store, in KiB (`rate` KiB per
+    #: `period_s`, `burst` KiB at once); null: none.
+    blob_write_limit: RateLimit | None = Field(
+        default_factory=lambda: RateLimit(rate=1024 * 1024, period_s=3600, burst=256 * 1024)
+    )
+    #: The s3 backend: bucket, key prefix, endpoint (unset: AWS), region and credentials
+    #: (unset: the usual AWS environment variables).
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    #: Bound on one object store request, and on opening its connection.
+    s3_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    s3_connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
     #: Result JSON up to this many bytes is kept in the row; larger JSON goes to the blob store.
     inline_result_max_bytes: int = Field(default=64 * 1024, ge=0, le=1024 * 1024)
     #: How often expired cache entries and finished jobs past retention are deleted.
@@ -401,6 +425,34 @@ class StoreSettings(BaseModel):
         if self.pool_min_size > self.pool_max_size:
             raise ValueError("store.pool_min_size must not exceed store.pool_max_size")
         return self
+
+    @model_validator(mode="after")
+    def _blob_backend_fits(self) -> StoreSettings:
+        backend = self.resolved_blob_backend
+        if backend == "postgres" and self.database_url is None:
+            raise ValueError(
+                "VIEWBAIT_STORE__BLOB_BACKEND=postgres needs VIEWBAIT_STORE__DATABASE_URL"
+            )
+        if backend == "s3" and not self.s3_bucket:
+            raise ValueError("VIEWBAIT_STORE__BLOB_BACKEND=s3 needs VIEWBAIT_STORE__S3_BUCKET")
+        if backend == "local" and self.database_url is not None and not self.blob_dir_shared:
+            raise ValueError(
+                f"blobs in the local directory {self.blob_dir!r} are invisible to the other "
+                "replicas sharing VIEWBAIT_STORE__DATABASE_URL: unset VIEWBAIT_STORE__BLOB_DIR "
+                "(blobs then go to PostgreSQL), set VIEWBAIT_STORE__BLOB_BACKEND=s3, or set "
+                "VIEWBAIT_STORE__BLOB_DIR_SHARED=true if every replica mounts that directory"
+            )
+        return self
+
+    @property
+    def resolved_blob_backend(self) -> str:
+        """The blob backend in use: `auto` resolved (a database means `postgres`, unless a blob
+        directory was set explicitly, which then has to be declared shared)."""
+        if self.blob_backend != "auto":
+            return self.blob_backend
+        if self.database_url is None or "blob_dir" in self.model_fields_set:
+            return "local"
+        return "postgres"
 
 
 class ExecutionSettings(BaseModel):
@@ -503,6 +555,19 @@ class Settings(BaseSettings):
         if path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _blob_write_limit_fits(self) -> Settings:
+        # A request's images are charged at once: a burst below the largest allowed request
+        # would refuse that request forever.
+        limit = self.store.blob_write_limit
+        largest_kib = -(-self.bounds.max_total_image_bytes // 1024)
+        if limit is not None and limit.burst < largest_kib:
+            raise ValueError(
+                f"store.blob_write_limit.burst ({limit.burst} KiB) is below the largest request "
+                f"bounds.max_total_image_bytes allows ({largest_kib} KiB): raise the burst"
+            )
+        return self
 
     def policy(self, operation: str) -> RoutePolicy:
         """The policy of one operation; a missing entry is a configuration bug."""

@@ -49,7 +49,6 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from gateway import errors, native
-from gateway.blobs import BlobError, BlobStore
 from gateway.config import ExecutionSettings, Scope
 from gateway.model import ModelResponse, Usage
 from gateway.operations import codec
@@ -66,6 +65,7 @@ from gateway.store.base import (
     NewJob,
     Store,
 )
+from gateway.store.blobs import BlobError, BlobStore
 from gateway.store.results import ResultCache, load_result, save_result
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,41 @@ class Pending:
 #: Runs the operation once: (job id for the usage labels or "", deadline) -> a fresh outcome.
 Runner = Callable[[str, float | None], Awaitable[Outcome[Any]]]
 
+#: Charges a user for input bytes about to be written to the blob store: (user id, bytes);
+#: raises `RateLimited` when the user's blob write limit refuses them.
+BlobQuota = Callable[[str, int], Awaitable[object]]
+
+
+class InputWrite:
+    """A request's input images, written to the blob store once, when first asked.
+
+    An inline run asks just after its first model call passed the upstream limits (and a
+    queued job at submission, after admission), so a request refused by a limit writes
+    nothing. Unarmed (nothing to write), asking is free.
+    """
+
+    def __init__(self) -> None:
+        self._write: Callable[[], Awaitable[None]] | None = None
+        self._lock = asyncio.Lock()
+
+    def arm(self, write: Callable[[], Awaitable[None]] | None) -> None:
+        """What to run on the first ask (None: nothing)."""
+        self._write = write
+
+    async def __call__(self) -> None:
+        """Runs the write unless it has run; concurrent askers wait for the one write."""
+        if self._write is None:
+            return
+        async with self._lock:
+            write, self._write = self._write, None
+            if write is None:
+                return
+            try:
+                await write()
+            except BaseException:
+                self._write = write
+                raise
+
 
 @dataclass(frozen=True, slots=True)
 class Retry:
@@ -198,6 +233,8 @@ class Call:
     #: Answer a pending handle after the long-poll window (unary RPCs) instead of waiting for
     #: the end (streams).
     long_poll: bool = True
+    #: The input images' deferred write; `run` asks for it before its first model call.
+    inputs: InputWrite = field(default_factory=InputWrite, compare=False)
 
 
 @dataclass(slots=True)
@@ -300,10 +337,12 @@ class Executor:
         *,
         inline_result_max_bytes: int = 64 * 1024,
         worker_id: str | None = None,
+        blob_quota: BlobQuota | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._blobs = blobs
+        self._blob_quota = blob_quota
         self._inline_max = inline_result_max_bytes
         self._cache = ResultCache(store, blobs, inline_max_bytes=inline_result_max_bytes)
         self.hot = HotResults(settings.hot_cache_entries, settings.hot_cache_max_bytes)
@@ -411,7 +450,7 @@ class Executor:
         if job is None or job.user_id != call.user_id:
             # Another user's flight on a shared execution (or the join is still under way):
             # this caller gets a handle of its own.
-            joined = await self._store.join_or_create_active_job(await self._new_job(call))
+            joined = await self._store.join_or_create_active_job(self._new_job(call))
             job = joined.job
             if joined.created:
                 # The execution finished just now, so this made a new one nobody would run.
@@ -427,12 +466,13 @@ class Executor:
     async def _coalesce(self, call: Call, flight_key: bytes) -> Outcome[Any]:
         """This replica's shared work for a key: join or create the active execution and see it
         through (run it, or follow whoever runs it)."""
-        try:
-            # This replica claims what it creates at once: waking every replica's job workers
-            # would only have them race it for the claim.
-            new = dataclasses.replace(await self._new_job(call), announce=False)
-        except errors.Unavailable as exc:
-            return await self._without_store(call, exc)
+        # This replica claims what it creates at once: waking every replica's job workers
+        # would only have them race it for the claim.
+        new = dataclasses.replace(self._new_job(call), announce=False)
+        # Its images are written once the run has passed the upstream limits (whichever
+        # replica runs it: a waiter that takes over writes them itself).
+        images = codec.collect_blobs(call.request)
+        call.inputs.arm((lambda: self._put_inputs(call.user_id, images)) if images else None)
         try:
             for _ in range(MAX_EXECUTIONS):
                 try:
@@ -451,12 +491,16 @@ class Executor:
             "the work for this request was abandoned several times in a row; retry", retry_after_s=1
         )
 
-    async def _new_job(self, call: Call) -> NewJob:
-        """The job row for a request; its images go to the blob store first (rows reference
-        blobs that exist)."""
+    async def _put_inputs(self, user_id: str, images: dict[bytes, bytes]) -> None:
+        """Writes a request's images, after charging them to the user's blob write limit."""
+        if self._blob_quota is not None:
+            await self._blob_quota(user_id, sum(len(data) for data in images.values()))
+        await asyncio.gather(*(self._blobs.put(data, digest) for digest, data in images.items()))
+
+    def _new_job(self, call: Call) -> NewJob:
+        """The job row for a request (its images as references; the caller writes them)."""
         text = codec.to_json(call.request)
         images = codec.collect_blobs(call.request)
-        await asyncio.gather(*(self._blobs.put(data, digest) for digest, data in images.items()))
         return NewJob(
             user_id=call.user_id,
             op=call.spec.name,
@@ -551,8 +595,12 @@ class Executor:
     async def enqueue(self, call: Call) -> JoinOutcome:
         """The caller's job for `call` without running it: an earlier one with its idempotency
         key, the active execution of its key (joined), or a new queued execution for the job
-        workers."""
-        return await self._store.join_or_create_active_job(await self._new_job(call))
+        workers. Its images are written first, after admission (a worker on any replica reads
+        them)."""
+        images = codec.collect_blobs(call.request)
+        if images:
+            await self._put_inputs(call.user_id, images)
+        return await self._store.join_or_create_active_job(self._new_job(call))
 
     async def _run(
         self, call: Call, execution: Job, retry_delay: RetryPolicy | None = None
@@ -584,7 +632,7 @@ class Executor:
             if lost is not None and (current is None or current.cancelling() == 0):
                 # The heartbeat stopped the work, not a caller: see where the execution went.
                 return await self._lost(call, lost)
-            self._spawn(self._release(job_id))
+            self._spawn(self._release(job_id, call.inputs))
             raise
         except Exception as exc:
             beat.cancel()
@@ -682,13 +730,20 @@ class Executor:
         else:
             self._spawn(self._release(job_id))
 
-    async def _release(self, job_id: str) -> None:
-        """The work was cancelled: at shutdown the execution is re-queued for another replica;
-        otherwise nobody waited for it, and it ends as abandoned."""
+    async def _release(self, job_id: str, inputs: InputWrite | None = None) -> None:
+        """The work was cancelled: at shutdown the execution is re-queued for another replica
+        (its input images written first, for that replica's worker to read); otherwise nobody
+        waited for it, and it ends as abandoned."""
         if self.draining.is_set():
-            await self._settle(job_id, RELEASED, retry_after_s=0.0)
-        else:
-            await self._settle(job_id, ABANDONED, retry_after_s=None)
+            try:
+                if inputs is not None:
+                    await inputs()
+            except errors.GatewayError as exc:
+                log.warning("job %s ends as abandoned: its input was not stored (%s)", job_id, exc)
+            else:
+                await self._settle(job_id, RELEASED, retry_after_s=0.0)
+                return
+        await self._settle(job_id, ABANDONED, retry_after_s=None)
 
     async def _settle(
         self, job_id: str, error: JobError, *, retry_after_s: float | None, defer: bool = False
@@ -720,6 +775,8 @@ class Executor:
             self._last_fallback_log = now
             log.warning("store unavailable, running requests uncached: %s", exc.message)
         self.stats.uncached += 1
+        # No job row refers to the images: nothing to write.
+        call.inputs.arm(None)
         outcome = await call.run("", None)
         self._remember(call, outcome.result, outcome.model)
         self._spawn(self._cache_only(call, outcome))
@@ -772,10 +829,12 @@ class Executor:
 
 
 __all__ = [
+    "BlobQuota",
     "Call",
     "ExecutionStats",
     "Executor",
     "HotResults",
+    "InputWrite",
     "Outcome",
     "Pending",
     "Retry",

@@ -16,7 +16,7 @@ from gateway import operations
 from gateway.auth import Principal, require_tier
 from gateway.config import Settings, Tier
 from gateway.errors import InvalidArgument, Unimplemented
-from gateway.execution import Call, Executor, Outcome, Pending, Runner, Spend
+from gateway.execution import Call, Executor, InputWrite, Outcome, Pending, Runner, Spend
 from gateway.limiter import RateLimiter
 from gateway.model import (
     AttemptGate,
@@ -45,7 +45,8 @@ class _GuardedClient:
     passes the upstream limits (the user's on the route and the model's fleet-wide one), so the
     limits count what Gemini is asked, 429 storms included. A denial of the first attempt raises
     `RateLimited` before any spend; a denied retry ends the call with the failure it retried
-    (see `ModelClient.generate`). Every answer is added to the request's `Spend`."""
+    (see `ModelClient.generate`). Every answer is added to the request's `Spend`. The request's
+    input images are written (`inputs`) only once an attempt has passed those limits."""
 
     def __init__(
         self,
@@ -54,12 +55,14 @@ class _GuardedClient:
         operation: str,
         principal: Principal,
         spend: Spend,
+        inputs: InputWrite,
     ) -> None:
         self._inner = inner
         self._limiter = limiter
         self._operation = operation
         self._principal = principal
         self._spend = spend
+        self._inputs = inputs
 
     async def generate(
         self,
@@ -76,6 +79,7 @@ class _GuardedClient:
             await self._limiter.check_upstream(
                 self._operation, principal.user_id, principal.tier, request.model
             )
+            await self._inputs()
             if before_attempt is not None:
                 await before_attempt(attempt)
 
@@ -178,9 +182,8 @@ class Pipeline:
         """
         validated = await self._admit_keyed(operation, request, principal, idempotency_key)
         if self._executor is None:
-            return await self._runner(operation, validated, principal, request_id, progress)(
-                "", deadline
-            )
+            runner = self._runner(operation, validated, principal, request_id, progress)
+            return await runner("", deadline)
         call = self.call(
             operation,
             validated,
@@ -238,12 +241,13 @@ class Pipeline:
         key = None
         if policy.ttl_s > 0:
             key = spec.cache_key(validated, principal.user_id, model, policy.scope)
+        inputs = InputWrite()
         return Call(
             spec=spec,
             request=validated,
             user_id=principal.user_id,
             model=model,
-            run=self._runner(operation, validated, principal, request_id, progress),
+            run=self._runner(operation, validated, principal, request_id, progress, inputs),
             key=key,
             scope=policy.scope,
             ttl_s=policy.ttl_s,
@@ -251,6 +255,7 @@ class Pipeline:
             priority=_PRIORITY[principal.tier],
             deadline=deadline,
             long_poll=long_poll,
+            inputs=inputs,
         )
 
     def _runner(
@@ -260,6 +265,7 @@ class Pipeline:
         principal: Principal,
         request_id: str,
         progress: ProgressCallback | None,
+        inputs: InputWrite | None = None,
     ) -> Runner:
         spec = operations.get(operation)
         model = self._settings.model_name(self._settings.policy(operation))
@@ -274,6 +280,7 @@ class Pipeline:
                 request_id=request_id,
                 deadline=run_deadline,
                 progress=progress,
+                inputs=InputWrite() if inputs is None else inputs,
             )
 
         return run
@@ -289,6 +296,7 @@ class Pipeline:
         request_id: str,
         deadline: float | None,
         progress: ProgressCallback | None,
+        inputs: InputWrite,
     ) -> Outcome[Any]:
         """One run of the spec against the model, metered and limited."""
         spend = Spend()
@@ -304,7 +312,7 @@ class Pipeline:
             deadline=deadline,
             progress=progress,
         )
-        client = _GuardedClient(self._client, self._limiter, spec.name, principal, spend)
+        client = _GuardedClient(self._client, self._limiter, spec.name, principal, spend, inputs)
         result = await spec.run(validated, client, ctx)
         return Outcome(result=result, model=model, spend=spend)
 

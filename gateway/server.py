@@ -33,7 +33,6 @@ from viewbait.ai.v1 import (
 )
 
 from gateway.auth import Authenticator
-from gateway.blobs import LocalBlobStore
 from gateway.config import Settings
 from gateway.emulator import EmulatorServer
 from gateway.errors import Unavailable
@@ -52,6 +51,7 @@ from gateway.rpc.interceptors import (
 )
 from gateway.rpc.job_service import JobServicer
 from gateway.store import Store, create_store
+from gateway.store.blobs import BlobStore, create_blob_store
 from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
 from gateway.usage import InMemoryUsageSink
@@ -98,7 +98,7 @@ class _Runtime:
     store: Store
     limiter: RateLimiter
     pipeline: Pipeline
-    blobs: LocalBlobStore
+    blobs: BlobStore
     workers: WorkerPool
 
 
@@ -120,6 +120,7 @@ class GatewayServer:
         self._limiter: RateLimiter | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
         self._store: Store | None = None
+        self._blobs: BlobStore | None = None
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
         self._maintenance: list[asyncio.Task[None]] = []
@@ -130,6 +131,11 @@ class GatewayServer:
     def store(self) -> Store | None:
         """The result and job store once started."""
         return self._store
+
+    @property
+    def blobs(self) -> BlobStore | None:
+        """The blob store once started."""
+        return self._blobs
 
     @property
     def workers(self) -> WorkerPool | None:
@@ -200,18 +206,19 @@ class GatewayServer:
         await store.start()
         if settings.store.database_url is not None:
             self.usage = StoreUsageSink(store)
-        blobs = LocalBlobStore(settings.store.blob_dir)
+        blobs = self._blobs = create_blob_store(settings.store, store)
+        limiter = self._limiter = RateLimiter.from_settings(settings)
+        limiter.add_listener(self._limiter_mode_changed)
+        await limiter.start()
         executor = self._executor = Executor(
             settings.execution,
             store,
             blobs,
             inline_result_max_bytes=settings.store.inline_result_max_bytes,
+            blob_quota=limiter.charge_blob_bytes,
         )
         client = self._client = GeminiClient(settings.gemini, usage_sink=self.usage)
         client.prepare()
-        limiter = self._limiter = RateLimiter.from_settings(settings)
-        limiter.add_listener(self._limiter_mode_changed)
-        await limiter.start()
         pipeline = Pipeline(settings, client, limiter, executor)
         workers = self._workers = WorkerPool(
             settings.jobs, OperationRunner(settings.jobs, pipeline, blobs)
@@ -264,7 +271,7 @@ class GatewayServer:
         returns the bound port (0 without the listener)."""
         settings = await self._runtime_settings()
         runtime = await self._build_runtime(settings)
-        store, limiter = runtime.store, runtime.limiter
+        store, limiter, blobs = runtime.store, runtime.limiter, runtime.blobs
         if self._listen:
             await self._start_grpc(settings, runtime)
         runtime.workers.start()
@@ -273,8 +280,10 @@ class GatewayServer:
         await self._health.set(LIMITER_HEALTH_SERVICE, _limiter_health(limiter.mode))
         await self._health.set(STORE_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._maintenance = [
-            asyncio.create_task(run_cleanup(store, settings.store), name="viewbait-store-cleanup"),
-            asyncio.create_task(self._rescue_leases(store), name="viewbait-lease-rescue"),
+            asyncio.create_task(
+                run_cleanup(store, blobs, settings.store), name="viewbait-store-cleanup"
+            ),
+            asyncio.create_task(self._rescue_leases(store, blobs), name="viewbait-lease-rescue"),
         ]
         server_settings = settings.server
         if self._listen:
@@ -295,9 +304,9 @@ class GatewayServer:
             self._write_ready_file(Path(server_settings.ready_file))
         return self.port
 
-    async def _rescue_leases(self, store: Store) -> None:
+    async def _rescue_leases(self, store: Store, blobs: BlobStore) -> None:
         """Every `rescue_interval_s`: re-queues (or fails) executions whose lease lapsed, and
-        reports whether the store answers on its health service."""
+        reports whether the store and the blob store answer on the store's health service."""
         settings = self.settings
         batch = settings.store.cleanup_batch_size
         serving = True
@@ -305,6 +314,7 @@ class GatewayServer:
             try:
                 while await store.rescue_expired_leases(batch) == batch:
                     pass
+                await blobs.ping()
                 healthy = True
             except Unavailable as exc:
                 healthy = False
@@ -365,6 +375,9 @@ class GatewayServer:
         if self._limiter is not None:
             await self._limiter.aclose()
             self._limiter = None
+        if self._blobs is not None:
+            await self._blobs.aclose()
+            self._blobs = None
         if self._store is not None:
             await self._store.close()
             self._store = None

@@ -6,17 +6,24 @@
 - `gemini_settings`: `GeminiSettings` for the emulator, with millisecond backoff so retry tests
   are quick.
 - `gemini_client`: a `GeminiClient` (real google-genai over HTTP) built from those settings.
+- `s3_server`: a real S3-compatible server (s3s-fs, tests/s3s_fs.py) on loopback, per session;
+  `s3_settings(**overrides)` the s3 blob backend's settings on a fresh bucket of it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from gateway.config import GeminiSettings
+from gateway.config import GeminiSettings, StoreSettings
 from gateway.emulator import EmulatorServer
 from gateway.gemini import GeminiClient
 from gateway.usage import InMemoryUsageSink
@@ -64,3 +71,59 @@ async def gemini_client(
         yield client
     finally:
         await client.aclose()
+
+
+def _load_s3s_fs() -> ModuleType:
+    """tests/s3s_fs.py (the suite uses importlib mode, so it is loaded by path)."""
+    name = "_viewbait_s3s_fs"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "s3s_fs.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+s3s_fs = _load_s3s_fs()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Builds s3s-fs before any test that needs it runs (outside every test's timeout); a
+    build that fails stops the run."""
+    if any("s3_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        try:
+            s3s_fs.ensure_built()
+        except RuntimeError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3-compatible server (s3s-fs) on loopback for the session; `new_bucket()` gives
+    each test a bucket of its own."""
+    server = s3s_fs.start(tmp_path_factory.mktemp("s3s-fs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_settings(s3_server: Any) -> Callable[..., StoreSettings]:
+    """`s3_settings(**overrides)`: `StoreSettings` of the s3 blob backend on a fresh bucket of
+    the session's server (each call: a bucket of its own, as each deployment has)."""
+
+    def settings(**overrides: Any) -> StoreSettings:
+        values: dict[str, Any] = {
+            "blob_backend": "s3",
+            "s3_bucket": s3_server.new_bucket(),
+            "s3_endpoint": s3_server.endpoint,
+            "s3_access_key_id": SecretStr(s3s_fs.ACCESS_KEY),
+            "s3_secret_access_key": SecretStr(s3s_fs.SECRET_KEY),
+            "s3_timeout_s": 5.0,
+        }
+        values.update(overrides)
+        return StoreSettings(**values)
+
+    return settings

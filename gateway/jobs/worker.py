@@ -37,13 +37,13 @@ from typing import Any, Protocol
 from gateway import errors, operations
 from gateway.auth import Principal
 from gateway.backoff import next_delay
-from gateway.blobs import BlobError, BlobStore
 from gateway.config import JobSettings, Tier
-from gateway.execution import Call, Executor, Retry
+from gateway.execution import ABANDONED, Call, Executor, Retry
 from gateway.operations import codec
 from gateway.operations.base import ProgressCallback, ProgressEvent, ProgressKind
 from gateway.pipeline import Pipeline, tier_of_priority
 from gateway.store.base import Job, JobError, JobProgress, LeaseLost, Store
+from gateway.store.blobs import BlobError, BlobNotFound, BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,14 @@ class OperationRunner:
             # Stopped while reading the job's input: hand the claimed job back, not left running.
             self._executor.hand_back(job.id)
             raise
+        except BlobNotFound as exc:
+            # Only an inline execution whose replica stopped before its first model call has
+            # a row without its input (queued jobs write theirs first): whoever still waits
+            # for it holds the request, and starts the work anew on ABANDONED.
+            log.warning("job %s has no stored input (%s); it ends as abandoned", job.id, exc)
+            with contextlib.suppress(LeaseLost, errors.Unavailable):
+                await self._executor.store.fail_job(job.id, self._executor.worker_id, ABANDONED)
+            return
         except (BlobError, codec.DecodeError, KeyError) as exc:
             # The stored input cannot be read back: no retry can fix that.
             log.error("job %s has an unusable input: %s", job.id, exc)

@@ -44,3 +44,8 @@ def upstream_key(prefix: str, model: str, user_id: str, route_id: str) -> str:
 def model_key(prefix: str, model: str) -> str:
     """The key of the fleet-wide limit on calls to one model."""
     return f"{{{prefix}:m:{_part(model)}}}:all"
+
+
+def blob_bytes_key(prefix: str, user_id: str) -> str:
+    """The key of one user's limit on bytes written to the blob store (tagged by the user)."""
+    return f"{{{prefix}:u:{_part(user_id)}}}:b"

@@ -131,6 +131,10 @@ class RateLimiter:
         self._prefix = settings.limiter.key_prefix
         self._routes = _route_rules(settings)
         self._model_rules: dict[str, Rule | None] = {}
+        # Costs are KiB: the GCRA state stays in the same integer range as request counts.
+        self._blob_rule = _rule(
+            settings.store.blob_write_limit, "blob_bytes", "limit on input KiB written per user"
+        )
         self._listeners: list[Callable[[LimiterMode], None]] = []
         self._probe: asyncio.Task[None] | None = None
         self._heartbeats: asyncio.Task[None] | None = None
@@ -274,6 +278,15 @@ class RateLimiter:
         if not checks:
             return None
         return await self.decide(checks)
+
+    async def charge_blob_bytes(self, user_id: str, nbytes: int) -> Verdict | None:
+        """Charges `nbytes` (rounded up to KiB) about to be written to the blob store to the
+        user's blob write limit; raises `RateLimited` when it refuses them."""
+        rule = self._blob_rule
+        if rule is None or nbytes <= 0:
+            return None
+        key = keys.blob_bytes_key(self._prefix, user_id)
+        return await self.decide([Check(key, rule)], cost=-(-nbytes // 1024))
 
     def _model_rule(self, model: str) -> Rule | None:
         try:

@@ -514,6 +514,11 @@ class Store(Protocol):
         """Deletes up to `limit` finished jobs past their retention; returns how many."""
         ...
 
+    async def referenced_blobs(self, digests: Sequence[bytes]) -> set[bytes]:
+        """Those of `digests` that a cache row or a job (input or result) references; the
+        blob collector keeps them. Usage rows reference jobs, never blobs."""
+        ...
+
     # -- usage ledger ------------------------------------------------------------------------
 
     async def insert_usage(self, record: UsageRecord) -> None:

@@ -1,4 +1,5 @@
-"""The periodic cleanup: expired cache entries and finished jobs past their retention.
+"""The periodic cleanup: expired cache entries, finished jobs past their retention, and then
+the blobs no row references any more (`gateway.store.blobs.gc`).
 
 Deletes run in small batches (`cleanup_batch_size` rows per statement, `SKIP LOCKED`), so they
 hold locks briefly, never block requests, and several replicas can run them at once.
@@ -12,6 +13,8 @@ import logging
 from gateway.config import StoreSettings
 from gateway.errors import Unavailable
 from gateway.store.base import Store
+from gateway.store.blobs import BlobStore
+from gateway.store.blobs.gc import collect_garbage
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +32,30 @@ async def purge_expired(store: Store, batch_size: int) -> tuple[int, int]:
     return results, jobs
 
 
-async def run_cleanup(store: Store, settings: StoreSettings) -> None:
-    """Runs `purge_expired` every `cleanup_interval_s` until cancelled.
+async def run_cleanup(store: Store, blobs: BlobStore, settings: StoreSettings) -> None:
+    """Runs `purge_expired`, then the blob collector, every `cleanup_interval_s` until
+    cancelled.
 
-    A database outage skips a round (logged); the next round catches up.
+    An outage skips a round (logged); the next round catches up.
     """
     while True:
         await asyncio.sleep(settings.cleanup_interval_s)
         try:
             results, jobs = await purge_expired(store, settings.cleanup_batch_size)
+            # After the rows: blobs only they referenced go in the same round.
+            collected = await collect_garbage(
+                blobs,
+                store,
+                grace_s=settings.blob_gc_grace_s,
+                batch_size=settings.cleanup_batch_size,
+            )
         except Unavailable as exc:
             log.warning("store cleanup skipped: %s", exc.message)
             continue
-        if results or jobs:
-            log.info("store cleanup deleted %d cache entries and %d jobs", results, jobs)
+        if results or jobs or collected.deleted:
+            log.info(
+                "store cleanup deleted %d cache entries, %d jobs and %d blobs",
+                results,
+                jobs,
+                collected.deleted,
+            )

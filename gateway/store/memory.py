@@ -442,6 +442,20 @@ class MemoryStore:
             self._delete(job_id)
         return len(expired)
 
+    async def referenced_blobs(self, digests: Sequence[bytes]) -> set[bytes]:
+        """See `Store.referenced_blobs`."""
+        wanted = set(digests)
+        used: set[bytes] = set()
+        refs = [entry.ref for entry in self._results.values()]
+        refs += [job.result for job in self._jobs.values() if job.result is not None]
+        for ref in refs:
+            used.update(ref.blobs)
+            if ref.json_blob is not None:
+                used.add(ref.json_blob)
+        for job in self._jobs.values():
+            used.update(job.input_blobs)
+        return used & wanted
+
     def _delete(self, job_id: str) -> None:
         job = self._jobs.pop(job_id, None)
         if job is None:

@@ -497,6 +497,17 @@ class _Sql:
             """
         )
         self.list_usage = q("SELECT * FROM {schema}.ai_usage WHERE job_id = $1 ORDER BY id")
+        # Index lookups per candidate (GIN on the digest arrays, migration 0002).
+        self.referenced_blobs = q(
+            """
+            SELECT c.d FROM unnest($1::bytea[]) AS c(d) WHERE
+                EXISTS (SELECT 1 FROM {schema}.ai_jobs j WHERE j.input_blobs @> ARRAY[c.d])
+                OR EXISTS (SELECT 1 FROM {schema}.ai_jobs j WHERE j.result_blobs @> ARRAY[c.d])
+                OR EXISTS (SELECT 1 FROM {schema}.ai_jobs j WHERE j.result_blob = c.d)
+                OR EXISTS (SELECT 1 FROM {schema}.ai_results r WHERE r.result_blobs @> ARRAY[c.d])
+                OR EXISTS (SELECT 1 FROM {schema}.ai_results r WHERE r.result_blob = c.d)
+            """
+        )
 
 
 def _ref(row: Record) -> ResultRef | None:
@@ -733,6 +744,13 @@ class PostgresStore:
                 f"schema {self._schema!r} lacks migrations {pending}: run "
                 "`viewbait-gateway migrate` (or set store.migrate_on_start)"
             )
+
+    async def run(
+        self, fn: Callable[[Connection], Awaitable[T]], *, transaction: bool = False
+    ) -> T:
+        """`fn` on a pooled connection under the store's timeouts and circuit, for the blob
+        store that shares this database (its failures count toward the store's health)."""
+        return await self._run(fn, transaction=transaction)
 
     async def _run(
         self, fn: Callable[[Connection], Awaitable[T]], *, transaction: bool = False
@@ -1264,6 +1282,13 @@ class PostgresStore:
             timeout_s,
             self._settings.poll_interval_s,
         )
+
+    async def referenced_blobs(self, digests: Sequence[bytes]) -> set[bytes]:
+        """See `Store.referenced_blobs`."""
+        if not digests:
+            return set()
+        rows = await self._run(lambda c: c.fetch(self._sql.referenced_blobs, list(digests)))
+        return {bytes(row[0]) for row in rows}
 
     async def purge_finished_jobs(self, limit: int) -> int:
         """See `Store.purge_finished_jobs`."""

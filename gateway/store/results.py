@@ -18,10 +18,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from gateway.blobs import BlobError, BlobStore
 from gateway.operations.base import OperationSpec
 from gateway.operations.codec import DecodeError
 from gateway.store.base import CachedResult, ResultRef, Store
+from gateway.store.blobs import BlobError, BlobStore
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from pydantic import SecretStr
 from viewbait.ai.v1 import gateway_service_pb2_grpc
 
 from gateway.auth import Principal
-from gateway.blobs import LocalBlobStore
 from gateway.config import (
     AuthSettings,
     GeminiSettings,
@@ -47,6 +46,7 @@ from gateway.limiter import RateLimiter
 from gateway.pipeline import Pipeline
 from gateway.server import GatewayServer
 from gateway.store import Store
+from gateway.store.blobs import LocalBlobStore
 
 
 def _sibling_conftest(directory: str) -> ModuleType:
@@ -156,9 +156,12 @@ def as_user(user_id: str = "user-a", tier: Tier = Tier.PRO) -> tuple[tuple[str, 
 def gateway_settings(
     emulator: EmulatorServer, blob_dir: Path, *, store: StoreSettings | None = None, **sections: Any
 ) -> Settings:
-    """A loopback gateway calling `emulator`, with its blobs under `blob_dir`; `sections` are
-    further `Settings` fields (e.g. `execution=ExecutionSettings(...)`)."""
-    store = (store or StoreSettings()).model_copy(update={"blob_dir": str(blob_dir)})
+    """A loopback gateway calling `emulator`; `sections` are further `Settings` fields (e.g.
+    `execution=ExecutionSettings(...)`). Its blobs go where a deployment's would: under
+    `blob_dir` (its own) when embedded, else where `store` says (PostgreSQL by default)."""
+    store = store or StoreSettings()
+    if store.database_url is None:
+        store = store.model_copy(update={"blob_dir": str(blob_dir)})
     return Settings(
         server=ServerSettings(host="127.0.0.1", port=0, shutdown_grace_s=1.0),
         auth=AuthSettings(service_token=SecretStr(SERVICE_TOKEN)),

@@ -213,7 +213,6 @@ async def test_a_follower_on_another_replica_finishes_the_work_of_a_killed_one(
         VIEWBAIT_STORE__DATABASE_URL=DATABASE_URL,
         VIEWBAIT_STORE__SCHEMA=pg_schema,
         VIEWBAIT_STORE__MIGRATE_ON_START="true",
-        VIEWBAIT_STORE__BLOB_DIR=str(tmp_path / "doomed-blobs"),
         VIEWBAIT_EXECUTION__LEASE_S="1",
         VIEWBAIT_SERVER__LOG_LEVEL="WARNING",
     )

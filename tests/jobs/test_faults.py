@@ -132,7 +132,6 @@ async def test_a_killed_worker_loses_its_jobs_to_the_others_only_once_its_leases
         "VIEWBAIT_GEMINI__API_KEY": emulator.api_key,
         "VIEWBAIT_STORE__DATABASE_URL": DATABASE_URL,
         "VIEWBAIT_STORE__SCHEMA": pg_schema,
-        "VIEWBAIT_STORE__BLOB_DIR": str(tmp_path),
         "VIEWBAIT_SERVER__LOG_LEVEL": "WARNING",
         "VIEWBAIT_EXECUTION__LEASE_S": str(KILL_LEASE_S),
         "VIEWBAIT_EXECUTION__RESCUE_INTERVAL_S": "0.5",

@@ -174,7 +174,7 @@ async def test_users_submitting_one_global_request_share_one_execution(
     start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, store_for: Any
 ) -> None:
     # With PostgreSQL, the submitting replica runs no jobs: another replica's workers do (the
-    # replicas share the blob store, as deployed replicas do).
+    # replicas keep blobs in PostgreSQL, each by its own settings, as deployed replicas do).
     shared_db = store_for is not None
     gateway = await start_gateway(
         settings(emulator, tmp_path, store_for, workers=0 if shared_db else 4)

@@ -35,7 +35,6 @@ async def test_the_worker_mode_runs_jobs_and_hands_them_back_on_sigterm(
         "VIEWBAIT_GEMINI__BASE_URL": emulator.base_url,
         "VIEWBAIT_STORE__DATABASE_URL": DATABASE_URL,
         "VIEWBAIT_STORE__SCHEMA": pg_schema,
-        "VIEWBAIT_STORE__BLOB_DIR": str(tmp_path),
         "VIEWBAIT_SERVER__LOG_LEVEL": "WARNING",
     }
     emulator.set_knobs(latency_s=20.0)

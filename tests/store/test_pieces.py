@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from gateway.config import StoreSettings
 from gateway.errors import Internal, InvalidArgument, NotFound, RateLimited
 from gateway.model import CallLabels, Usage, UsageRecord
 from gateway.store import Job, JobError, MemoryStore, NewJob, ResultRef, Store
+from gateway.store.blobs import LocalBlobStore
 from gateway.store.changes import ChangeHub, wait_for_change
 from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
@@ -107,14 +109,17 @@ def test_a_result_ref_holds_exactly_one_json_form() -> None:
         ResultRef(json="{}", json_blob=hashlib.sha256(b"").digest())
 
 
-async def test_the_cleanup_task_purges_periodically() -> None:
+async def test_the_cleanup_task_purges_periodically(tmp_path: Path) -> None:
     store = MemoryStore(job_retention_s=0.01)
-    job = (await store.join_or_create_active_job(NewJob("u", "op", "{}"))).job
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    digest = await blobs.put(b"the job's input image")
+    new = NewJob("u", "op", "{}", input_blobs=(digest,))
+    job = (await store.join_or_create_active_job(new)).job
     await store.cancel_job(job.id, "u")
     key = hashlib.sha256(b"k").digest()
     await store.put_result(key, op="op", scope="user", model="m", ref=ResultRef("{}"), ttl_s=0.01)
-    settings = StoreSettings(cleanup_interval_s=0.02, cleanup_batch_size=1)
-    task = asyncio.create_task(run_cleanup(store, settings))
+    settings = StoreSettings(cleanup_interval_s=0.02, cleanup_batch_size=1, blob_gc_grace_s=0.01)
+    task = asyncio.create_task(run_cleanup(store, blobs, settings))
 
     async def purged() -> bool:
         try:
@@ -126,13 +131,14 @@ async def test_the_cleanup_task_purges_periodically() -> None:
     try:
         async with asyncio.timeout(10):
             while True:  # polls an outcome; no event marks "the periodic task ran"
-                if await purged():
+                if await purged() and not await blobs.exists(digest):
                     break
                 await asyncio.sleep(0.02)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    # Results go first in every round, so nothing is left for anyone else to purge.
+    # Results go first in every round, so nothing is left for anyone else to purge (and the
+    # input blob only the purged job referenced went after it).
     assert await store.purge_expired_results(10) == 0
 
 

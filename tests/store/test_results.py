@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from PIL import Image as PILImage
 
-from gateway.blobs import LocalBlobStore
 from gateway.config import GeminiSettings, Scope
 from gateway.gemini import GeminiClient
 from gateway.model import CallLabels
@@ -23,6 +22,7 @@ from gateway.operations.base import OperationSpec, RunContext
 from gateway.operations.compute_attention_heatmap import ComputeAttentionHeatmapRequest
 from gateway.operations.images import ImageInput
 from gateway.store import Store
+from gateway.store.blobs import LocalBlobStore
 from gateway.store.results import ResultCache, load_result, save_result
 
 MODEL = GeminiSettings().text_model

@@ -72,7 +72,8 @@ async def emulator() -> AsyncIterator[EmulatorServer]:
 @pytest.fixture
 async def start_gateway(emulator: EmulatorServer, tmp_path: Path) -> AsyncIterator[StartGateway]:
     """`await start_gateway(port=0, workers=4, store=None, listen=True)`: a running gateway
-    calling the test's emulator, with the test's blob directory; stopped after the test."""
+    calling the test's emulator, its blobs in the test's directory when embedded (with a
+    database, in PostgreSQL as deployed); stopped after the test."""
     running: list[GatewayServer] = []
 
     async def start(
@@ -82,6 +83,9 @@ async def start_gateway(emulator: EmulatorServer, tmp_path: Path) -> AsyncIterat
         store: StoreSettings | None = None,
         listen: bool = True,
     ) -> GatewayServer:
+        store = store or StoreSettings()
+        if store.database_url is None:
+            store = store.model_copy(update={"blob_dir": str(tmp_path)})
         settings = Settings(
             server=ServerSettings(host="127.0.0.1", port=port, shutdown_grace_s=0.5),
             auth=AuthSettings(service_token=SecretStr(SERVICE_TOKEN)),
@@ -91,7 +95,7 @@ async def start_gateway(emulator: EmulatorServer, tmp_path: Path) -> AsyncIterat
                 backoff_initial_s=0.01,
                 backoff_max_s=0.05,
             ),
-            store=(store or StoreSettings()).model_copy(update={"blob_dir": str(tmp_path)}),
+            store=store,
             jobs=JobSettings(
                 workers=workers, poll_interval_s=0.05, retry_initial_s=0.01, retry_max_s=0.05
             ),
