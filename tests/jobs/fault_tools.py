@@ -218,10 +218,10 @@ class JobAudit:
 
 
 def postgres_bin_dir() -> Path | None:
-    """Where `initdb` and `pg_ctl` are: `VIEWBAIT_TEST_PG_BIN`, else next to a `pg_ctl` on PATH,
+    """Where `initdb` and `pg_ctl` are: `GATEWAY_TEST_PG_BIN`, else next to a `pg_ctl` on PATH,
     else the newest Debian/Ubuntu server package (/usr/lib/postgresql/<version>/bin)."""
     candidates: list[Path] = []
-    if configured := os.environ.get("VIEWBAIT_TEST_PG_BIN"):
+    if configured := os.environ.get("GATEWAY_TEST_PG_BIN"):
         candidates.append(Path(configured))
     if on_path := shutil.which("pg_ctl"):
         candidates.append(Path(on_path).parent)

@@ -1,7 +1,7 @@
 // End to end: `runJob`, `followJob` and `awaitJob` against the real gateway over PostgreSQL. A
 // worker process (`python -m gateway worker`) runs the jobs; the client calls a listener
 // (`python -m gateway serve` with no workers of its own), which one test restarts mid-job on the
-// same port. Needs PostgreSQL (VIEWBAIT_TEST_DATABASE_URL, default
+// same port. Needs PostgreSQL (GATEWAY_TEST_DATABASE_URL, default
 // postgresql://postgres@127.0.0.1:5432/test): each run uses a fresh schema, dropped afterwards.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
