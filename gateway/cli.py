@@ -34,19 +34,26 @@ def _run(*, listen: bool) -> int:
         settings = load_settings()
     except ConfigError as exc:
         return _refuse(exc.problems)
-    if not listen and settings.store.database_url is None:
-        return _refuse(
-            [
-                "worker: no database configured; set VIEWBAIT_STORE__DATABASE_URL (workers "
-                "without a listener only make sense on the store other replicas submit jobs to)"
-            ]
-        )
+    problems = _problems(settings, listen=listen)
+    if problems:
+        return _refuse(problems)
     configure_logging(settings.server.log_format, settings.server.log_level)
     try:
         asyncio.run(serve(settings, listen=listen))
     except ConfigError as exc:
         return _refuse(exc.problems)
     return 0
+
+
+def _problems(settings: Settings, *, listen: bool) -> list[str]:
+    """Everything `serve` (`listen`) or `worker` would refuse to start with."""
+    problems = deployment_problems(settings, listen=listen)
+    if not listen and settings.store.database_url is None:
+        problems.append(
+            "worker: no database configured; set VIEWBAIT_STORE__DATABASE_URL (workers without "
+            "a listener only make sense on the store other replicas submit jobs to)"
+        )
+    return problems
 
 
 def _serve(_args: argparse.Namespace) -> int:
@@ -74,9 +81,7 @@ def _check_config(args: argparse.Namespace) -> int:
         return _refuse(exc.problems)
     listen = not args.worker
     print(json.dumps(effective_configuration(settings), indent=2))
-    problems = deployment_problems(settings, listen=listen)
-    if not listen and settings.store.database_url is None:
-        problems.append("worker: no database configured; set VIEWBAIT_STORE__DATABASE_URL")
+    problems = _problems(settings, listen=listen)
     if problems:
         return _refuse(problems)
     print(f"{_PROG}: configuration OK", file=sys.stderr)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,8 @@ class GatewayServer:
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
         self._maintenance: list[asyncio.Task[None]] = []
+        #: Whether `start` got past its checks (so `stop` has something to stop).
+        self._began = False
         #: The usage ledger: in memory with the embedded store, else the store's `ai_usage`.
         self.usage: InMemoryUsageSink | StoreUsageSink = InMemoryUsageSink()
 
@@ -267,13 +270,7 @@ class GatewayServer:
         except RuntimeError:
             self.port = 0
         if self.port == 0:
-            raise ConfigError(
-                [
-                    f"cannot listen on {address}: port {server_settings.port} is in use (or the "
-                    "address is not this host's); stop what listens there or set "
-                    "VIEWBAIT_SERVER__PORT (and VIEWBAIT_SERVER__HOST)"
-                ]
-            )
+            raise _cannot_listen(server_settings.host, server_settings.port)
         return server
 
     async def _start_grpc(self, server: aio.Server, settings: Settings, runtime: _Runtime) -> None:
@@ -298,6 +295,9 @@ class GatewayServer:
         the port cannot be bound.
         """
         check_deployment(self.settings, listen=self._listen)
+        if self._listen:
+            _check_port_free(self.settings.server.host, self.settings.server.port)
+        self._began = True
         settings = self._with_local_auth(self.settings)
         if self._listen:
             # Kept before anything else starts, so `stop` closes it whatever fails next.
@@ -418,6 +418,8 @@ class GatewayServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: health NOT_SERVING first, refuse new RPCs, drain, close backends."""
+        if not self._began:
+            return  # refused before anything started: nothing to stop
         await self._health.enter_graceful_shutdown()
         if self._executor is not None:
             self._executor.shutting_down()
@@ -456,6 +458,35 @@ class GatewayServer:
         """Returns when the server has stopped."""
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _cannot_listen(host: str, port: int) -> ConfigError:
+    return ConfigError(
+        [
+            f"cannot listen on {host}:{port}: port {port} is in use (or {host} is not an "
+            "address of this host); stop what listens there or set VIEWBAIT_SERVER__PORT "
+            "(and VIEWBAIT_SERVER__HOST)"
+        ]
+    )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raises `ConfigError` when the listen address cannot be bound, before gRPC tries (its
+    core would log its own error lines first). Bound the way gRPC binds: with SO_REUSEADDR,
+    so a port in TIME_WAIT counts as free."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise _cannot_listen(host, port) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            raise _cannot_listen(host, port) from None
 
 
 def _limiter_serves(mode: LimiterMode) -> bool:

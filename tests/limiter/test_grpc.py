@@ -3,7 +3,7 @@
 Over a small admission limit, every RPC answers RESOURCE_EXHAUSTED with `retry-after-ms` trailing
 metadata and a google.rpc.RetryInfo detail, before any upstream call; the upstream limit guards
 each Gemini call; with failure mode `closed` and Redis unreachable, the limiter's health service
-says NOT_SERVING and calls answer UNAVAILABLE.
+and the overall one say NOT_SERVING and calls answer UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from viewbait.ai.v1 import common_pb2, gateway_service_pb2_grpc, operations_pb2
 
 from gateway.config import (
     AuthSettings,
+    Backend,
     FailureMode,
     GeminiSettings,
     RateLimit,
@@ -54,12 +55,16 @@ def as_user(user: str, tier: str = "pro") -> tuple[tuple[str, str], ...]:
 
 
 def gateway_settings(limits: Settings) -> Settings:
-    """`limits` (policies and limiter) on a loopback server in local mode (the emulator)."""
+    """`limits` (policies and limiter) on a loopback server answered by the in-process
+    emulator."""
     return limits.model_copy(
         update={
             "server": ServerSettings(host="127.0.0.1", port=0, shutdown_grace_s=1.0),
             "auth": AuthSettings(service_token=SecretStr(SERVICE_TOKEN)),
-            "gemini": GeminiSettings(backoff_initial_s=0.01, backoff_max_s=0.05),
+            # Asked for explicitly: with Redis configured this is not local mode.
+            "gemini": GeminiSettings(
+                backend=Backend.EMULATOR, backoff_initial_s=0.01, backoff_max_s=0.05
+            ),
         }
     )
 
@@ -209,8 +214,9 @@ async def test_closed_failure_mode_reports_not_serving_and_unavailable(
     health = health_pb2_grpc.HealthStub(gateway.channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service=LIMITER_HEALTH_SERVICE))
     assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    # A replica that refuses every request is no use to a load balancer either.
     overall = await health.Check(health_pb2.HealthCheckRequest(service=""))
-    assert overall.status == health_pb2.HealthCheckResponse.SERVING
+    assert overall.status == health_pb2.HealthCheckResponse.NOT_SERVING
     with pytest.raises(aio.AioRpcError) as refused:
         await _calls(gateway.stub, _png())["AnalyzeVideo"]("alice")
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
