@@ -275,7 +275,15 @@ def read_environment(
         segments = name[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER)
         resolved = _resolve_env(segments, settings_cls) if all(segments) else None
         if resolved is None:
-            problems.append(f"unknown setting {name}{_suggest(name.upper(), candidates)}")
+            # Matched without the prefix every name shares, which would make any two alike.
+            close = difflib.get_close_matches(
+                name.upper().removeprefix(ENV_PREFIX),
+                [c.removeprefix(ENV_PREFIX) for c in candidates],
+                n=1,
+                cutoff=0.6,
+            )
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+            problems.append(f"unknown setting {name}{hint}")
             continue
         path, annotation = resolved
         value: Any = raw

@@ -6,6 +6,7 @@ a replica in its own process that is killed with SIGKILL in the middle of a call
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
@@ -24,7 +25,7 @@ from gateway.execution import HotResults
 from gateway.gemini import GeminiClient
 from gateway.operations.analyze_video import AnalyzeVideoRequest
 from gateway.pipeline import Pipeline
-from gateway.server import STORE_HEALTH_SERVICE
+from gateway.server import STORE_HEALTH_SERVICE, UPSTREAM_HEALTH_SERVICE
 
 from .conftest import (
     DATABASE_URL,
@@ -257,11 +258,7 @@ async def store_health(gateway: Any) -> int:
 
 
 async def wait_for_store_health(gateway: Any, wanted: int) -> None:
-    for _ in range(200):
-        if await store_health(gateway) == wanted:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the store's health never became {wanted}")
+    await wait_for_health(gateway, STORE_HEALTH_SERVICE, wanted)
 
 
 async def test_a_blackholed_database_over_grpc(
@@ -375,3 +372,58 @@ async def test_the_same_request_has_different_keys_emulated_and_real(
     assert calls["real"].key != calls["emulated"].key
     assert calls["real"].model == real.gemini.text_model
     assert calls["emulated"].model == f"emulator:{real.gemini.text_model}"
+
+
+async def test_refused_gemini_credentials_make_the_replica_unfit_and_callers_unavailable(
+    start_gateway: Any,
+    emulator: EmulatorServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = gateway_settings(emulator, tmp_path)
+    gemini = settings.gemini.model_copy(update={"credentials_check_interval_s": 0.1})
+    settings = settings.model_copy(update={"gemini": gemini})
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    gateway = await start_gateway(settings)
+    assert await upstream_health(gateway) == serving
+
+    # The key is revoked upstream: the emulator accepts another one from now on. No traffic:
+    # the replica's own probe notices.
+    caplog.set_level(logging.INFO, logger="gateway.gemini")
+    emulator.set_api_key("the-key-after-rotation")
+    await wait_for_health(gateway, UPSTREAM_HEALTH_SERVICE, not_serving)
+    assert await overall_health(gateway) == not_serving
+
+    with pytest.raises(aio.AioRpcError) as refused:
+        await analyze(gateway)
+    status = refused.value
+    assert status.code() is grpc.StatusCode.UNAVAILABLE
+    assert "API key not valid" not in (status.details() or "")  # Gemini's text stays inside
+    assert emulator.api_key not in (status.details() or "")
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all("VIEWBAIT_GEMINI__API_KEY" in r.getMessage() for r in errors)
+    assert calls(emulator) == 1  # the one call made (probes are not generate calls)
+
+    emulator.set_api_key(gemini.api_key.get_secret_value())  # type: ignore[union-attr]
+    await wait_for_health(gateway, UPSTREAM_HEALTH_SERVICE, serving)
+    assert await overall_health(gateway) == serving
+    answer = await analyze(gateway)
+    assert answer.WhichOneof("outcome") == "result"
+
+
+async def upstream_health(gateway: Any) -> int:
+    request = health_pb2.HealthCheckRequest(service=UPSTREAM_HEALTH_SERVICE)
+    return int((await gateway.health.Check(request, timeout=CALL_TIMEOUT_S)).status)
+
+
+async def wait_for_health(gateway: Any, service: str, wanted: int) -> None:
+    request = health_pb2.HealthCheckRequest(service=service)
+    for _ in range(400):
+        answer = await gateway.health.Check(request, timeout=CALL_TIMEOUT_S)
+        if answer.status == wanted:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the health of {service!r} never became {wanted}")

@@ -8,6 +8,7 @@ and the overall one say NOT_SERVING and calls answer UNAVAILABLE.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -221,3 +222,43 @@ async def test_closed_failure_mode_reports_not_serving_and_unavailable(
         await _calls(gateway.stub, _png())["AnalyzeVideo"]("alice")
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "failure_mode is 'closed'" in (refused.value.details() or "")
+
+
+async def test_an_idle_replica_probes_redis_and_turns_not_serving_when_it_stops(
+    start_gateway: Callable[[Settings], Any],
+    make_settings: Callable[..., Settings],
+    key_prefix: str,
+    private_redis: Any,
+) -> None:
+    gateway: Running = await start_gateway(
+        make_settings(
+            key_prefix,
+            admission=TWO_PER_HOUR,
+            redis_url=private_redis.url,
+            failure_mode=FailureMode.CLOSED,
+            probe_interval_s=0.05,
+        )
+    )
+    health = health_pb2_grpc.HealthStub(gateway.channel)
+
+    async def status(service: str) -> int:
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        return int(answer.status)
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert await status("") == serving
+    assert await status(LIMITER_HEALTH_SERVICE) == serving
+
+    private_redis.stop()
+    # No request is made: only the replica's own probe can notice.
+    for _ in range(400):
+        if await status("") == not_serving:
+            break
+        await asyncio.sleep(0.05)
+    assert await status("") == not_serving
+    assert await status(LIMITER_HEALTH_SERVICE) == not_serving
+    assert gateway.server.limiter is not None
+    assert gateway.server.limiter.mode is LimiterMode.CLOSED_FALLBACK
