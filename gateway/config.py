@@ -594,7 +594,8 @@ def gemini_backend(settings: Settings) -> Backend | None:
     return Backend.EMULATOR if is_local_mode(settings) else None
 
 
-def _auth_configured(settings: Settings) -> bool:
+def auth_configured(settings: Settings) -> bool:
+    """Whether any way for callers to authenticate is configured."""
     auth = settings.auth
     return bool(auth.service_token or auth.jwt_secret or auth.jwks_file or auth.allow_anonymous)
 
@@ -633,7 +634,7 @@ def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]
         )
     local_dev = backend is Backend.EMULATOR and is_loopback(host)
     # Without a listener nobody calls in: there is nothing to authenticate.
-    if listen and not _auth_configured(settings) and not local_dev:
+    if listen and not auth_configured(settings) and not local_dev:
         problems.append(
             f"no authentication configured: set {env_name('auth.service_token')} and/or "
             f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')}"

@@ -42,6 +42,7 @@ from gateway.config import (
     Backend,
     ConfigError,
     Settings,
+    auth_configured,
     check_deployment,
     gemini_backend,
     is_loopback,
@@ -90,11 +91,6 @@ _SERVICE_NAMES = (
     gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
 )
-
-
-def _auth_configured(settings: Settings) -> bool:
-    auth = settings.auth
-    return bool(auth.service_token or auth.jwt_secret or auth.jwks_file or auth.allow_anonymous)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +170,7 @@ class GatewayServer:
         local_dev = gemini_backend(settings) is Backend.EMULATOR and is_loopback(
             settings.server.host
         )
-        if not (self._listen and local_dev and not _auth_configured(settings)):
+        if not (self._listen and local_dev and not auth_configured(settings)):
             return settings
         log.warning(
             "local mode: no authentication configured, accepting the documented dev service "
