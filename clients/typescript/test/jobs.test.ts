@@ -89,6 +89,8 @@ test("the job errors are ConnectErrors, and only their own instances pass their 
 describe("jobs end to end", { skip: serverMissing }, () => {
   const schema = freshSchema();
   const env = {
+    // With a database this is not local mode: the in-process emulator must be asked for.
+    VIEWBAIT_GEMINI__BACKEND: "emulator",
     VIEWBAIT_STORE__DATABASE_URL: DATABASE_URL,
     VIEWBAIT_STORE__SCHEMA: schema.name,
     VIEWBAIT_STORE__MIGRATE_ON_START: "true",
