@@ -54,7 +54,7 @@ METADATA = (
 )
 REQUEST = operations_pb2.AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="Benchmark video")
 DEFAULT_DATABASE_URL = os.environ.get(
-    "VIEWBAIT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    "GATEWAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 #: Client channel options: room for the largest responses the benchmarks ask for.
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -179,7 +179,7 @@ class Fleet:
         """A PostgreSQL server of this run's own (a fresh cluster, trust authentication, TCP on
         127.0.0.1 only) started with `settings` (`-c name=value`); returns its URL.
 
-        The binaries come from `VIEWBAIT_BENCH_PG_BIN`, the PATH or /usr/lib/postgresql. As
+        The binaries come from `GATEWAY_BENCH_PG_BIN`, the PATH or /usr/lib/postgresql. As
         PostgreSQL refuses to run as root, root runs it as the `postgres` user.
         """
         bindir = _postgres_bindir()
@@ -228,7 +228,7 @@ class Fleet:
 
 
 def _postgres_bindir() -> Path:
-    configured = os.environ.get("VIEWBAIT_BENCH_PG_BIN")
+    configured = os.environ.get("GATEWAY_BENCH_PG_BIN")
     if configured:
         return Path(configured)
     found = shutil.which("initdb")
@@ -236,7 +236,7 @@ def _postgres_bindir() -> Path:
         return Path(found).parent
     installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not installed:
-        raise RuntimeError("no PostgreSQL binaries: set VIEWBAIT_BENCH_PG_BIN")
+        raise RuntimeError("no PostgreSQL binaries: set GATEWAY_BENCH_PG_BIN")
     return installed[-1].parent
 
 

@@ -365,7 +365,7 @@ async def fleet(url: str, limit: int, command_timeout_s: float = 1.0) -> bool:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--redis", default=os.environ.get("VIEWBAIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+        "--redis", default=os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     parser.add_argument("--decisions", type=int, default=20_000)
     parser.add_argument("--fleet-limit", type=int, default=50)

@@ -4,27 +4,56 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
 
-from gateway.config import load_settings
+from gateway.config import (
+    ConfigError,
+    Settings,
+    deployment_problems,
+    gemini_backend,
+    load_settings,
+)
 from gateway.telemetry import configure_logging
+
+_PROG = "viewbait-gateway"
+
+
+def _refuse(problems: list[str]) -> int:
+    """Reports configuration problems, one line each, and the exit status that refuses."""
+    for problem in problems:
+        print(f"{_PROG}: {problem}", file=sys.stderr)
+    return 2
 
 
 def _run(*, listen: bool) -> int:
     from gateway.server import serve
 
-    settings = load_settings()
-    if not listen and settings.store.database_url is None:
-        print(
-            "worker: no database configured; set VIEWBAIT_STORE__DATABASE_URL (workers without "
-            "a listener only make sense on the store other replicas submit jobs to)",
-            file=sys.stderr,
-        )
-        return 2
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _refuse(exc.problems)
+    problems = _problems(settings, listen=listen)
+    if problems:
+        return _refuse(problems)
     configure_logging(settings.server.log_format, settings.server.log_level)
-    asyncio.run(serve(settings, listen=listen))
+    try:
+        asyncio.run(serve(settings, listen=listen))
+    except ConfigError as exc:
+        return _refuse(exc.problems)
     return 0
+
+
+def _problems(settings: Settings, *, listen: bool) -> list[str]:
+    """Everything `serve` (`listen`) or `worker` would refuse to start with."""
+    problems = deployment_problems(settings, listen=listen)
+    if not listen and settings.store.database_url is None:
+        problems.append(
+            "worker: no database configured; set VIEWBAIT_STORE__DATABASE_URL (workers without "
+            "a listener only make sense on the store other replicas submit jobs to)"
+        )
+    return problems
 
 
 def _serve(_args: argparse.Namespace) -> int:
@@ -33,6 +62,30 @@ def _serve(_args: argparse.Namespace) -> int:
 
 def _worker(_args: argparse.Namespace) -> int:
     return _run(listen=False)
+
+
+def effective_configuration(settings: Settings) -> dict[str, object]:
+    """The settings as they will be used, secrets redacted, with the resolved model backend."""
+    shown: dict[str, object] = settings.model_dump(mode="json", by_alias=True)
+    backend = gemini_backend(settings)
+    gemini = shown["gemini"]
+    assert isinstance(gemini, dict)
+    gemini["backend"] = backend.value if backend is not None else None
+    return shown
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _refuse(exc.problems)
+    listen = not args.worker
+    print(json.dumps(effective_configuration(settings), indent=2))
+    problems = _problems(settings, listen=listen)
+    if problems:
+        return _refuse(problems)
+    print(f"{_PROG}: configuration OK", file=sys.stderr)
+    return 0
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -46,7 +99,10 @@ def _migrate(_args: argparse.Namespace) -> int:
     from gateway.store.migrate import MigrationError
     from gateway.store.postgres import run_migrations
 
-    store = load_settings().store
+    try:
+        store = load_settings().store
+    except ConfigError as exc:
+        return _refuse(exc.problems)
     if store.database_url is None:
         print(
             "migrate: no database configured; set VIEWBAIT_STORE__DATABASE_URL "
@@ -113,7 +169,7 @@ def _gc(_args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses the command line and runs the chosen command."""
     parser = argparse.ArgumentParser(
-        prog="viewbait-gateway",
+        prog=_PROG,
         description="ViewBait AI Gateway: gRPC sidecar in front of Gemini.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "VIEWBAIT_STORE__BLOB_GC_GRACE_S (the maintenance loop does the same)",
     )
     gc.set_defaults(run=_gc)
+    check = commands.add_parser(
+        "check-config",
+        help="print the effective configuration (secrets redacted) and exit non-zero on any "
+        "problem serve (or worker) would refuse to start with",
+    )
+    check.add_argument(
+        "--worker", action="store_true", help="check as `worker` would (no listener)"
+    )
+    check.set_defaults(run=_check_config)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

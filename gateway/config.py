@@ -3,24 +3,33 @@
 Values come from, highest priority first: keyword arguments (tests), environment variables
 `VIEWBAIT_*` (nested fields joined by `__`, e.g. `VIEWBAIT_GEMINI__TEXT_MODEL`), an optional TOML
 file named by `VIEWBAIT_CONFIG_FILE`, then the defaults below. Every knob is documented in the
-README with its default.
+README with its default. The environment and the file are read strictly (unknown names refused,
+partial tables merged over the defaults: `gateway.settings_sources`), and `deployment_problems`
+refuses combinations that are unsafe to serve with (the emulator outside local mode, anonymous
+callers on a public listener, no authentication).
 """
 
 from __future__ import annotations
 
-import os
+import ipaddress
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.native import DEFAULT_MAX_IMAGE_SIDE
+from gateway.settings_sources import GEMINI_API_KEY_ALIAS as GEMINI_API_KEY_ALIAS
+from gateway.settings_sources import ConfigError as ConfigError
+from gateway.settings_sources import env_name, operator_source
 
 
 class Tier(StrEnum):
@@ -49,9 +58,27 @@ class ModelPrice(BaseModel):
     image_output: float = 0.0
 
 
+class Backend(StrEnum):
+    """What answers the gateway's model calls."""
+
+    #: Gemini (or any server reached through `gemini.base_url` with `gemini.api_key`).
+    GEMINI = "gemini"
+    #: The built-in offline emulator, started in-process: synthetic answers, kept apart from
+    #: real ones in every cache key and stored result.
+    EMULATOR = "emulator"
+
+
+#: Prefix of the model identity of emulated answers (`emulator:gemini-3.6-flash`): in cache keys,
+#: stored results and response metadata, so synthetic answers never pass for Gemini's.
+EMULATOR_MODEL_PREFIX = "emulator:"
+
+
 class GeminiSettings(BaseModel):
     """How the gateway reaches Gemini (or the offline emulator)."""
 
+    #: None: Gemini when an API key is set, the emulator in local mode (loopback listener, no
+    #: database, no Redis); anything else refuses to start (`deployment_problems`).
+    backend: Backend | None = None
     api_key: SecretStr | None = None
     #: Base URL of the Gemini API; empty means Google's default endpoint. Tests and the demo point
     #: it at the emulator.
@@ -65,6 +92,9 @@ class GeminiSettings(BaseModel):
     backoff_max_s: float = Field(default=20.0, gt=0)
     #: Per-attempt timeout when the caller gave no deadline.
     attempt_timeout_s: float = Field(default=120.0, gt=0)
+    #: How often the health probe asks Gemini whether it accepts the API key (`models.get`),
+    #: and at most how often a refused key is logged at ERROR.
+    credentials_check_interval_s: float = Field(default=30.0, gt=0)
     #: USD per million tokens, by model name.
     prices: dict[str, ModelPrice] = Field(
         default_factory=lambda: {
@@ -79,7 +109,7 @@ class GeminiSettings(BaseModel):
 
 
 class EmulatorSettings(BaseModel):
-    """The built-in offline Gemini emulator (used when no Gemini API key is configured)."""
+    """The built-in offline Gemini emulator (`gemini.backend` emulator, or local mode)."""
 
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port
@@ -550,11 +580,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = os.environ.get("VIEWBAIT_CONFIG_FILE")
-        if path:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
+        # The environment and the TOML file through one strict source (unknown names refused,
+        # partial tables merged over the defaults) instead of pydantic-settings' lenient ones.
+        return init_settings, operator_source(settings_cls)
 
     @model_validator(mode="after")
     def _blob_write_limit_fits(self) -> Settings:
@@ -580,16 +608,114 @@ class Settings(BaseSettings):
         """The configured Gemini model name a policy's model kind resolves to."""
         return self.gemini.image_model if policy.model == "image" else self.gemini.text_model
 
-
-#: Accepted as a synonym of `VIEWBAIT_GEMINI__API_KEY` (the spelling operators tend to type).
-GEMINI_API_KEY_ALIAS = "VIEWBAIT_GEMINI_API_KEY"
+    def model_identity(self, policy: RoutePolicy) -> str:
+        """The model as results name it (cache keys, stored results, response metadata): the
+        configured model name, marked when the emulator answers instead of Gemini."""
+        name = self.model_name(policy)
+        return EMULATOR_MODEL_PREFIX + name if self.gemini.backend is Backend.EMULATOR else name
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and optional TOML file, with keyword overrides on top."""
-    settings = Settings(**overrides)
-    alias = os.environ.get(GEMINI_API_KEY_ALIAS)
-    if alias and settings.gemini.api_key is None:
-        gemini = settings.gemini.model_copy(update={"api_key": SecretStr(alias)})
-        settings = settings.model_copy(update={"gemini": gemini})
-    return settings
+    """Settings from the environment and optional TOML file, with keyword overrides on top.
+
+    Raises `ConfigError` naming every problem (unknown names, invalid values) by the variable
+    that fixes it.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: Any) -> str:
+    """One validation error as an operator reads it: the variable, then what is wrong."""
+    loc = [str(part) for part in error["loc"]]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not loc:
+        return message
+    return f"{env_name('.'.join(loc))}: {message}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this host only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_local_mode(settings: Settings) -> bool:
+    """Pure local mode: a loopback listener, no database, no Redis (one developer's machine)."""
+    return (
+        is_loopback(settings.server.host)
+        and settings.store.database_url is None
+        and settings.limiter.redis_url is None
+    )
+
+
+def gemini_backend(settings: Settings) -> Backend | None:
+    """What answers model calls: the configured backend, else Gemini with a key, the emulator
+    in local mode, and None (refused) otherwise."""
+    gemini = settings.gemini
+    if gemini.backend is not None:
+        return gemini.backend
+    if gemini.api_key is not None:
+        return Backend.GEMINI
+    return Backend.EMULATOR if is_local_mode(settings) else None
+
+
+def auth_configured(settings: Settings) -> bool:
+    """Whether any way for callers to authenticate is configured."""
+    auth = settings.auth
+    return bool(auth.service_token or auth.jwt_secret or auth.jwks_file or auth.allow_anonymous)
+
+
+def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]:
+    """Why these settings must not serve (`listen`) or work (without the listener), one line
+    each naming the setting to change; empty when they may."""
+    problems: list[str] = []
+    gemini = settings.gemini
+    backend = gemini_backend(settings)
+    key, base_url = env_name("gemini.api_key"), env_name("gemini.base_url")
+    choose = env_name("gemini.backend")
+    if backend is None:
+        problems.append(
+            f"no Gemini API key: set {key} (the offline emulator runs only when asked for, "
+            f"{choose}=emulator, or in local mode: loopback listener, no database, no Redis)"
+        )
+    elif backend is Backend.GEMINI and gemini.api_key is None:
+        problems.append(f"{choose}=gemini needs a Gemini API key: set {key}")
+    elif backend is Backend.EMULATOR:
+        if gemini.api_key is not None:
+            problems.append(
+                f"{key} is set but the emulator answers ({choose}=emulator or local mode): "
+                f"unset one of them"
+            )
+        if gemini.base_url:
+            problems.append(
+                f"{base_url} is set but the in-process emulator answers: set {key} too to call "
+                f"that server, or unset {base_url}"
+            )
+    host = settings.server.host
+    if settings.auth.allow_anonymous and not is_loopback(host):
+        problems.append(
+            f"{env_name('auth.allow_anonymous')}=true is for local development and needs a "
+            f"loopback listener ({env_name('server.host')} is {host}): unset it"
+        )
+    local_dev = backend is Backend.EMULATOR and is_loopback(host)
+    # Without a listener nobody calls in: there is nothing to authenticate.
+    if listen and not auth_configured(settings) and not local_dev:
+        problems.append(
+            f"no authentication configured: set {env_name('auth.service_token')} and/or "
+            f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')}"
+        )
+    return problems
+
+
+def check_deployment(settings: Settings, *, listen: bool = True) -> None:
+    """Raises `ConfigError` with `deployment_problems`, if there are any."""
+    problems = deployment_problems(settings, listen=listen)
+    if problems:
+        raise ConfigError(problems)

@@ -153,6 +153,14 @@ class UpstreamRejected(UpstreamError):
     reason = "UPSTREAM_REJECTED"
 
 
+class UpstreamCredentialsRefused(UpstreamError):
+    """Gemini refused the gateway's own credentials (its API key): an operator must act, the
+    caller can only come back later. The message never carries Gemini's text."""
+
+    reason = "UPSTREAM_CREDENTIALS_REFUSED"
+    retryable = True
+
+
 class UpstreamBadResponse(UpstreamError):
     """Gemini answered, but not in the shape the operation's schema demands."""
 

@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from gateway import errors, native
-from gateway.config import ExecutionSettings, Scope
+from gateway.config import EMULATOR_MODEL_PREFIX, ExecutionSettings, Scope
 from gateway.model import ModelResponse, Usage
 from gateway.operations import codec
 from gateway.operations.base import OperationSpec
@@ -217,7 +217,8 @@ class Call:
     #: The validated request (only `validate`'s output may reach here).
     request: Any
     user_id: str
-    #: The configured model name that runs it.
+    #: The identity of the model that runs it (`Settings.model_identity`: the configured
+    #: name, marked when the emulator answers).
     model: str
     run: Runner
     #: The result-cache key; None when the result is not cached.
@@ -319,6 +320,16 @@ def _result_size(spec: OperationSpec[Any, Any], result: Any) -> int:
 def idempotency_flight_key(user_id: str, idempotency_key: str) -> bytes:
     """The single-flight key of a user's idempotency key (never equal to a cache key)."""
     return derive_key([("idempotency_user", user_id), ("idempotency_key", idempotency_key)])
+
+
+def _request_hash(call: Call, text: str) -> bytes:
+    """What tells a repeated idempotency key's request from another one. An emulated request
+    is marked, so a key first used against the emulator never replays its synthetic answer to
+    a request Gemini serves (and the other way round); a model change alone is no new request."""
+    if call.model.startswith(EMULATOR_MODEL_PREFIX):
+        # Unambiguous: the request JSON starts with "{", never with the marker.
+        return native.sha256(f"{call.spec.name}\x00{call.model}\x00{text}".encode())
+    return native.sha256(f"{call.spec.name}\x00{text}".encode())
 
 
 def default_worker_id() -> str:
@@ -509,7 +520,7 @@ class Executor:
             dedupe_key=call.key,
             shared=call.key is not None and call.scope is Scope.GLOBAL,
             idempotency_key=call.idempotency_key,
-            request_hash=native.sha256(f"{call.spec.name}\x00{text}".encode()),
+            request_hash=_request_hash(call, text),
             model=call.model,
             priority=call.priority,
             max_attempts=self._settings.max_attempts,

@@ -14,6 +14,11 @@
   connection, so Google stops working on it too.
 - Errors: SDK and transport failures become `gateway.errors` domain errors with sanitized
   messages (no API key, no raw upstream body; tracebacks do not chain the SDK exception).
+- Credentials: a refused API key (401/403, or reason API_KEY_INVALID) is the operator's
+  problem, not the caller's: callers get `UpstreamCredentialsRefused` (UNAVAILABLE, no upstream
+  text), the refusal is logged at ERROR at most once per `credentials_check_interval_s`, and
+  listeners (the health service) hear of every change; `check_credentials` asks Gemini
+  (`models.get`) without waiting for traffic.
 - Usage: every attempt, failed or not, is handed to the `UsageSink` as a `UsageRecord` with its
   tokens by kind and cost (`gateway.usage.PriceBook`).
 """
@@ -28,7 +33,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +51,7 @@ from gateway.errors import (
     Internal,
     SafetyBlocked,
     UpstreamBadResponse,
+    UpstreamCredentialsRefused,
     UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
@@ -115,6 +121,10 @@ class GeminiClient:
         # Built on first use, inside the event loop that will use its HTTP session.
         self._client: genai.Client | None = None
         self._session: aiohttp.ClientSession | None = None
+        #: Whether Gemini refused the key on the last call or check that got an answer.
+        self.credentials_refused = False
+        self._credentials_listeners: list[Callable[[bool], None]] = []
+        self._refusal_logged_at: float | None = None
 
     def _models(self) -> Any:
         """The SDK's async models API, creating the client and its HTTP session on first use.
@@ -158,6 +168,46 @@ class GeminiClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def add_credentials_listener(self, listener: Callable[[bool], None]) -> None:
+        """Calls `listener(refused)` whenever Gemini starts or stops refusing the API key."""
+        self._credentials_listeners.append(listener)
+
+    def _credentials_answered(self, refused: bool, why: str = "") -> None:
+        if refused:
+            now = time.monotonic()
+            interval = self._settings.credentials_check_interval_s
+            if self._refusal_logged_at is None or now - self._refusal_logged_at >= interval:
+                self._refusal_logged_at = now
+                log.error(
+                    "Gemini refuses the gateway's credentials (%s): every model call fails "
+                    "until an operator fixes VIEWBAIT_GEMINI__API_KEY",
+                    why,
+                )
+        elif self.credentials_refused:
+            self._refusal_logged_at = None
+            log.warning("Gemini accepts the gateway's credentials again")
+        if refused != self.credentials_refused:
+            self.credentials_refused = refused
+            for listener in self._credentials_listeners:
+                listener(refused)
+
+    async def check_credentials(self) -> bool | None:
+        """Asks Gemini whether it accepts the API key (`models.get` of the text model, bounded
+        by `attempt_timeout_s`): True accepted, False refused, None no answer (unreachable,
+        overloaded: says nothing about the key). Listeners hear of a change."""
+        try:
+            async with asyncio.timeout(self._settings.attempt_timeout_s):
+                await self._models().get(model=self._settings.text_model)
+        except genai_errors.APIError as exc:
+            if not _refuses_credentials(exc):
+                return None
+            self._credentials_answered(True, f"{exc.code} {exc.status}")
+            return False
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return None
+        self._credentials_answered(False)
+        return True
 
     async def __aenter__(self) -> GeminiClient:
         return self
@@ -244,6 +294,8 @@ class GeminiClient:
                 )
                 await asyncio.sleep(delay)
                 continue
+            if self.credentials_refused:
+                self._credentials_answered(False)
             await self._record(
                 labels,
                 request.model,
@@ -344,13 +396,17 @@ class GeminiClient:
                 retryable=True,
                 server_delay_s=server_delay,
             )
-        reasons = {d.get("reason") for d in details if isinstance(d, Mapping)}
-        if code in (401, 403) or "API_KEY_INVALID" in reasons:
-            message = (
-                f"Gemini rejected the gateway's credentials ({code} {status}); an operator "
-                "must fix the configured Gemini API key (VIEWBAIT_GEMINI__API_KEY)"
+        if _refuses_credentials(exc):
+            # The caller can do nothing about the gateway's key: no upstream text, no setting
+            # names; the operator learns the details from the ERROR log and the health service.
+            self._credentials_answered(True, f"{code} {status}")
+            refused = UpstreamCredentialsRefused(
+                "the AI provider is refusing this gateway's credentials; its operators have "
+                "been alerted; retry later",
+                retry_after_s=self._settings.credentials_check_interval_s,
             )
-        elif code == 404:
+            return _Failure(refused, retryable=False)
+        if code == 404:
             message = (
                 f"Gemini does not serve model {model!r} for this API version ({code} {status}); "
                 "check the configured model names (VIEWBAIT_GEMINI__*_MODEL)"
@@ -440,6 +496,17 @@ class GeminiClient:
             await self._sink.record(record)
         except Exception:
             log.exception("usage sink failed; dropping one usage record")
+
+
+def _refuses_credentials(exc: genai_errors.APIError) -> bool:
+    """Whether Gemini's error says the API key itself is refused (401/403, API_KEY_INVALID)."""
+    if exc.code in (401, 403):
+        return True
+    body = exc.details if isinstance(exc.details, Mapping) else {}
+    error = body.get("error", body)
+    details = error.get("details") if isinstance(error, Mapping) else None
+    reasons = {d.get("reason") for d in details or () if isinstance(d, Mapping)}
+    return "API_KEY_INVALID" in reasons
 
 
 # -- reading answers -------------------------------------------------------------------------

@@ -237,7 +237,9 @@ class Pipeline:
         """What the executor needs to answer a request `admit` accepted (or a queued job)."""
         spec = operations.get(operation)
         policy = self._settings.policy(operation)
-        model = self._settings.model_name(policy)
+        # The identity, not the bare name: emulated answers never share keys or rows with
+        # Gemini's.
+        model = self._settings.model_identity(policy)
         key = None
         if policy.ttl_s > 0:
             key = spec.cache_key(validated, principal.user_id, model, policy.scope)
@@ -268,7 +270,9 @@ class Pipeline:
         inputs: InputWrite | None = None,
     ) -> Runner:
         spec = operations.get(operation)
-        model = self._settings.model_name(self._settings.policy(operation))
+        policy = self._settings.policy(operation)
+        model = self._settings.model_name(policy)
+        identity = self._settings.model_identity(policy)
 
         async def run(job_id: str, run_deadline: float | None) -> Outcome[Any]:
             return await self._run_spec(
@@ -276,6 +280,7 @@ class Pipeline:
                 validated,
                 principal,
                 model,
+                identity,
                 job_id=job_id,
                 request_id=request_id,
                 deadline=run_deadline,
@@ -291,6 +296,7 @@ class Pipeline:
         validated: Any,
         principal: Principal,
         model: str,
+        identity: str,
         *,
         job_id: str,
         request_id: str,
@@ -298,7 +304,8 @@ class Pipeline:
         progress: ProgressCallback | None,
         inputs: InputWrite,
     ) -> Outcome[Any]:
-        """One run of the spec against the model, metered and limited."""
+        """One run of the spec against `model` (the name Gemini is asked for), metered and
+        limited; the outcome names `identity` (`Settings.model_identity`)."""
         spend = Spend()
         ctx = RunContext(
             user_id=principal.user_id,
@@ -314,7 +321,7 @@ class Pipeline:
         )
         client = _GuardedClient(self._client, self._limiter, spec.name, principal, spend, inputs)
         result = await spec.run(validated, client, ctx)
-        return Outcome(result=result, model=model, spend=spend)
+        return Outcome(result=result, model=identity, spend=spend)
 
 
 __all__ = ["Outcome", "Pending", "Pipeline", "Spend"]

@@ -1,11 +1,14 @@
 """The gateway's gRPC server: one lifecycle (build, register, start, serve, graceful stop).
 
 With nothing configured it serves on 127.0.0.1 with the embedded backends and the offline Gemini
-emulator started in-process (and says so loudly); with `VIEWBAIT_GEMINI__API_KEY` set it calls
-real Gemini. With `VIEWBAIT_STORE__DATABASE_URL` set, results, jobs and the usage ledger live in
-PostgreSQL, shared by every replica; each replica also runs the periodic cleanup of expired rows
-and the rescue of executions whose lease lapsed. `viewbait-gateway worker` runs the same
-runtime without the gRPC listener: job workers and maintenance only.
+emulator started in-process (local mode, and it says so loudly); with `VIEWBAIT_GEMINI__API_KEY`
+set it calls real Gemini. Settings unsafe to serve with are refused before anything starts
+(`gateway.config.deployment_problems`), and the listener is bound first, so a port in use ends
+start-up before any backend is touched. With `VIEWBAIT_STORE__DATABASE_URL` set, results, jobs
+and the usage ledger live in PostgreSQL, shared by every replica; each replica also runs the
+periodic cleanup of expired rows and the rescue of executions whose lease lapsed.
+`viewbait-gateway worker` runs the same runtime without the gRPC listener: job workers and
+maintenance only.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import json
 import logging
 import os
 import signal
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,15 @@ from viewbait.ai.v1 import (
 )
 
 from gateway.auth import Authenticator
-from gateway.config import Settings
+from gateway.config import (
+    Backend,
+    ConfigError,
+    Settings,
+    auth_configured,
+    check_deployment,
+    gemini_backend,
+    is_loopback,
+)
 from gateway.emulator import EmulatorServer
 from gateway.errors import Unavailable
 from gateway.execution import Executor
@@ -64,31 +76,21 @@ LOCAL_DEV_SERVICE_TOKEN = "local-dev-service-token"
 
 #: Health-check name of the rate limiter: NOT_SERVING while it refuses every request (Redis
 #: unreachable with `limiter.failure_mode` closed), SERVING otherwise. Its mode is also logged on
-#: every change (`limiter_mode`).
+#: every change (`limiter_mode`); an idle replica pings Redis every `limiter.probe_interval_s`.
 LIMITER_HEALTH_SERVICE = "viewbait.ai.v1.Limiter"
 
 #: Health-check name of the result and job store: NOT_SERVING while PostgreSQL does not answer
 #: (probed every `execution.rescue_interval_s`; cacheable requests then run uncached if allowed).
 STORE_HEALTH_SERVICE = "viewbait.ai.v1.Store"
 
+#: Health-check name of the model backend: NOT_SERVING while Gemini refuses the gateway's API key
+#: (learned from traffic, and probed every `gemini.credentials_check_interval_s`).
+UPSTREAM_HEALTH_SERVICE = "viewbait.ai.v1.Upstream"
+
 _SERVICE_NAMES = (
     gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
 )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _auth_configured(settings: Settings) -> bool:
-    auth = settings.auth
-    return bool(auth.service_token or auth.jwt_secret or auth.jwks_file or auth.allow_anonymous)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +121,19 @@ class GatewayServer:
         self._client: GeminiClient | None = None
         self._limiter: RateLimiter | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
+        #: Component health service -> whether it serves; the overall health follows from it.
+        self._components = {
+            LIMITER_HEALTH_SERVICE: True,
+            STORE_HEALTH_SERVICE: True,
+            UPSTREAM_HEALTH_SERVICE: True,
+        }
         self._store: Store | None = None
         self._blobs: BlobStore | None = None
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
         self._maintenance: list[asyncio.Task[None]] = []
+        #: Whether `start` got past its checks (so `stop` has something to stop).
+        self._began = False
         #: The usage ledger: in memory with the embedded store, else the store's `ai_usage`.
         self.usage: InMemoryUsageSink | StoreUsageSink = InMemoryUsageSink()
 
@@ -160,21 +170,34 @@ class GatewayServer:
         """
         return self._emulator
 
-    async def _runtime_settings(self) -> Settings:
-        """Settings with local-mode defaults filled in (emulator URL and key, dev token)."""
-        settings = self.settings
+    def _with_local_auth(self, settings: Settings) -> Settings:
+        """Settings whose auth accepts the documented dev token in local development (the
+        emulator behind a loopback listener) when nothing else is configured."""
+        local_dev = gemini_backend(settings) is Backend.EMULATOR and is_loopback(
+            settings.server.host
+        )
+        if not (self._listen and local_dev and not auth_configured(settings)):
+            return settings
+        log.warning(
+            "local mode: no authentication configured, accepting the documented dev service "
+            "token on the loopback listener only (see README)"
+        )
+        auth = settings.auth.model_copy(
+            update={"service_token": SecretStr(LOCAL_DEV_SERVICE_TOKEN)}
+        )
+        return settings.model_copy(update={"auth": auth})
+
+    async def _with_backend(self, settings: Settings) -> Settings:
+        """Settings with the model backend resolved: the in-process emulator started and its
+        URL and key filled in when it answers, so its answers carry the emulator marker."""
         gemini = settings.gemini
-        local = gemini.api_key is None
-        if local:
-            if gemini.base_url:
-                raise SystemExit(
-                    "VIEWBAIT_GEMINI__BASE_URL is set without VIEWBAIT_GEMINI__API_KEY: set both"
-                )
+        backend = gemini_backend(settings)
+        if backend is Backend.EMULATOR:
             self._emulator = EmulatorServer.from_settings(settings.emulator)
             await self._emulator.start()
             log.warning(
-                "no Gemini API key configured: using the built-in OFFLINE GEMINI EMULATOR, "
-                "not Gemini; answers are synthetic",
+                "using the built-in OFFLINE GEMINI EMULATOR, not Gemini; answers are synthetic "
+                "and cached apart from Gemini's",
                 extra={"emulator_url": self._emulator.base_url},
             )
             gemini = gemini.model_copy(
@@ -183,20 +206,8 @@ class GatewayServer:
                     "api_key": SecretStr(self._emulator.api_key),
                 }
             )
-        auth = settings.auth
-        # Without a listener nobody calls in: there is nothing to authenticate.
-        if self._listen and not _auth_configured(settings):
-            if not (local and _is_loopback(settings.server.host)):
-                raise SystemExit(
-                    "no authentication configured: set VIEWBAIT_AUTH__SERVICE_TOKEN and/or "
-                    "VIEWBAIT_AUTH__JWT_SECRET / VIEWBAIT_AUTH__JWKS_FILE"
-                )
-            auth = auth.model_copy(update={"service_token": SecretStr(LOCAL_DEV_SERVICE_TOKEN)})
-            log.warning(
-                "local mode: no authentication configured, accepting the documented dev service "
-                "token on the loopback listener only (see README)"
-            )
-        return settings.model_copy(update={"gemini": gemini, "auth": auth})
+        gemini = gemini.model_copy(update={"backend": backend})
+        return settings.model_copy(update={"gemini": gemini})
 
     async def _build_runtime(self, settings: Settings) -> _Runtime:
         """The store, executor, Gemini client, limiter, pipeline and (unstarted) job workers
@@ -208,7 +219,9 @@ class GatewayServer:
             self.usage = StoreUsageSink(store)
         blobs = self._blobs = create_blob_store(settings.store, store)
         limiter = self._limiter = RateLimiter.from_settings(settings)
-        limiter.add_listener(self._limiter_mode_changed)
+        limiter.add_listener(
+            lambda mode: self._component_changed(LIMITER_HEALTH_SERVICE, _limiter_serves(mode))
+        )
         await limiter.start()
         executor = self._executor = Executor(
             settings.execution,
@@ -219,16 +232,19 @@ class GatewayServer:
         )
         client = self._client = GeminiClient(settings.gemini, usage_sink=self.usage)
         client.prepare()
+        client.add_credentials_listener(
+            lambda refused: self._component_changed(UPSTREAM_HEALTH_SERVICE, not refused)
+        )
         pipeline = Pipeline(settings, client, limiter, executor)
         workers = self._workers = WorkerPool(
             settings.jobs, OperationRunner(settings.jobs, pipeline, blobs)
         )
         return _Runtime(store, limiter, pipeline, blobs, workers)
 
-    async def _start_grpc(self, settings: Settings, runtime: _Runtime) -> None:
-        """Registers the services and starts the gRPC listener."""
+    def _bind(self, settings: Settings) -> aio.Server:
+        """The gRPC server with its interceptors and its listening port (bound now, so a port in
+        use stops start-up before anything else starts)."""
         server_settings = settings.server
-        pipeline, blobs = runtime.pipeline, runtime.blobs
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", server_settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", server_settings.max_send_message_bytes),
@@ -251,6 +267,18 @@ class GatewayServer:
             ],
             options=options,
         )
+        address = f"{server_settings.host}:{server_settings.port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise _cannot_listen(server_settings.host, server_settings.port)
+        return server
+
+    async def _start_grpc(self, server: aio.Server, settings: Settings, runtime: _Runtime) -> None:
+        """Registers the services on the bound server and starts it."""
+        pipeline, blobs = runtime.pipeline, runtime.blobs
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
             GatewayServicer(pipeline), server
         )
@@ -258,33 +286,52 @@ class GatewayServer:
             JobServicer(pipeline, blobs, on_submit=runtime.workers.wake), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        if server_settings.reflection:
+        if settings.server.reflection:
             reflection.enable((*_SERVICE_NAMES, health.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{server_settings.host}:{server_settings.port}")
-        if self.port == 0:
-            raise SystemExit(f"could not bind {server_settings.host}:{server_settings.port}")
         await server.start()
-        self._server = server
 
     async def start(self) -> int:
         """Builds everything, starts serving (or, without the listener, only working), and
-        returns the bound port (0 without the listener)."""
-        settings = await self._runtime_settings()
-        runtime = await self._build_runtime(settings)
-        store, limiter, blobs = runtime.store, runtime.limiter, runtime.blobs
+        returns the bound port (0 without the listener).
+
+        Raises `ConfigError` (before anything has started) when the settings must not serve or
+        the port cannot be bound.
+        """
+        check_deployment(self.settings, listen=self._listen)
         if self._listen:
-            await self._start_grpc(settings, runtime)
+            _check_port_free(self.settings.server.host, self.settings.server.port)
+        self._began = True
+        settings = self._with_local_auth(self.settings)
+        if self._listen:
+            # Kept before anything else starts, so `stop` closes it whatever fails next.
+            self._server = self._bind(settings)
+        settings = await self._with_backend(settings)
+        runtime = await self._build_runtime(settings)
+        store, limiter, blobs, client = runtime.store, runtime.limiter, runtime.blobs, self._client
+        assert client is not None
+        if self._server is not None:
+            await self._start_grpc(self._server, settings, runtime)
         runtime.workers.start()
-        for name in ("", *_SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        await self._health.set(LIMITER_HEALTH_SERVICE, _limiter_health(limiter.mode))
-        await self._health.set(STORE_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self._components[LIMITER_HEALTH_SERVICE] = _limiter_serves(limiter.mode)
+        self._components[UPSTREAM_HEALTH_SERVICE] = not client.credentials_refused
+        await self._publish_health()
         self._maintenance = [
             asyncio.create_task(
                 run_cleanup(store, blobs, settings.store), name="viewbait-store-cleanup"
             ),
             asyncio.create_task(self._rescue_leases(store, blobs), name="viewbait-lease-rescue"),
+            asyncio.create_task(
+                _every(settings.gemini.credentials_check_interval_s, client.check_credentials),
+                name="viewbait-upstream-probe",
+            ),
         ]
+        if limiter.shared is not None:
+            self._maintenance.append(
+                asyncio.create_task(
+                    _every(settings.limiter.probe_interval_s, limiter.probe),
+                    name="viewbait-limiter-probe",
+                )
+            )
         server_settings = settings.server
         if self._listen:
             log.info(
@@ -293,6 +340,7 @@ class GatewayServer:
                     "host": server_settings.host,
                     "port": self.port,
                     "limiter_mode": limiter.mode.value,
+                    "backend": settings.gemini.backend,
                 },
             )
         else:
@@ -304,13 +352,52 @@ class GatewayServer:
             self._write_ready_file(Path(server_settings.ready_file))
         return self.port
 
+    def serving(self) -> bool:
+        """Whether this replica can serve (the overall health): the limiter does not refuse
+        everything, Gemini accepts the key, and the store answers or requests may run
+        uncached without it."""
+        components = self._components
+        store_ok = (
+            components[STORE_HEALTH_SERVICE]
+            or self.settings.execution.run_uncached_on_store_failure
+        )
+        return (
+            components[LIMITER_HEALTH_SERVICE] and components[UPSTREAM_HEALTH_SERVICE] and store_ok
+        )
+
+    async def _publish_health(self) -> None:
+        """Every component's status, then the overall one (`""` and each service)."""
+        status = health_pb2.HealthCheckResponse
+        for name, ok in self._components.items():
+            await self._health.set(name, status.SERVING if ok else status.NOT_SERVING)
+        overall = status.SERVING if self.serving() else status.NOT_SERVING
+        for name in ("", *_SERVICE_NAMES):
+            await self._health.set(name, overall)
+
+    def _component_changed(self, service: str, ok: bool) -> None:
+        """Records a component's health and publishes it (from event-loop callbacks)."""
+        if self._components[service] == ok:
+            return
+        before = self.serving()
+        self._components[service] = ok
+        if self.serving() != before:
+            log.warning(
+                "replica %s (%s %s)",
+                "serving again" if self.serving() else "cannot serve",
+                service,
+                "serving" if ok else "not serving",
+            )
+        update = asyncio.get_running_loop().create_task(self._publish_health())
+        self._health_updates.add(update)
+        update.add_done_callback(self._health_updates.discard)
+
     async def _rescue_leases(self, store: Store, blobs: BlobStore) -> None:
         """Every `rescue_interval_s`: re-queues (or fails) executions whose lease lapsed, and
         reports whether the store and the blob store answer on the store's health service."""
         settings = self.settings
         batch = settings.store.cleanup_batch_size
-        serving = True
         while True:
+            serving = self._components[STORE_HEALTH_SERVICE]
             try:
                 while await store.rescue_expired_leases(batch) == batch:
                     pass
@@ -320,22 +407,10 @@ class GatewayServer:
                 healthy = False
                 if serving:
                     log.warning("store unavailable: %s", exc.message)
-            if healthy != serving:
-                serving = healthy
-                status = health_pb2.HealthCheckResponse
-                await self._health.set(
-                    STORE_HEALTH_SERVICE, status.SERVING if healthy else status.NOT_SERVING
-                )
-                if healthy:
-                    log.info("store available again")
+            if healthy and not serving:
+                log.info("store available again")
+            self._component_changed(STORE_HEALTH_SERVICE, healthy)
             await asyncio.sleep(settings.execution.rescue_interval_s)
-
-    def _limiter_mode_changed(self, mode: LimiterMode) -> None:
-        update = asyncio.get_running_loop().create_task(
-            self._health.set(LIMITER_HEALTH_SERVICE, _limiter_health(mode))
-        )
-        self._health_updates.add(update)
-        update.add_done_callback(self._health_updates.discard)
 
     def _write_ready_file(self, path: Path) -> None:
         payload = {
@@ -349,6 +424,8 @@ class GatewayServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: health NOT_SERVING first, refuse new RPCs, drain, close backends."""
+        if not self._began:
+            return  # refused before anything started: nothing to stop
         await self._health.enter_graceful_shutdown()
         if self._executor is not None:
             self._executor.shutting_down()
@@ -392,10 +469,48 @@ class GatewayServer:
             await self._server.wait_for_termination()
 
 
-def _limiter_health(mode: LimiterMode) -> int:
-    if mode is LimiterMode.CLOSED_FALLBACK:
-        return health_pb2.HealthCheckResponse.NOT_SERVING
-    return health_pb2.HealthCheckResponse.SERVING
+def _cannot_listen(host: str, port: int) -> ConfigError:
+    return ConfigError(
+        [
+            f"cannot listen on {host}:{port}: port {port} is in use (or {host} is not an "
+            "address of this host); stop what listens there or set VIEWBAIT_SERVER__PORT "
+            "(and VIEWBAIT_SERVER__HOST)"
+        ]
+    )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raises `ConfigError` when the listen address cannot be bound, before gRPC tries (its
+    core would log its own error lines first). Bound the way gRPC binds: with SO_REUSEADDR,
+    so a port in TIME_WAIT counts as free."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise _cannot_listen(host, port) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            raise _cannot_listen(host, port) from None
+
+
+def _limiter_serves(mode: LimiterMode) -> bool:
+    return mode is not LimiterMode.CLOSED_FALLBACK
+
+
+async def _every(interval_s: float, probe: Callable[[], Awaitable[object]]) -> None:
+    """Runs `probe` now, then every `interval_s` seconds (a health probe: its outcome reaches
+    the health service through the component's listener); an unexpected failure is logged."""
+    while True:
+        try:
+            await probe()
+        except Exception:
+            log.exception("health probe failed")
+        await asyncio.sleep(interval_s)
 
 
 async def serve(settings: Settings, *, listen: bool = True) -> None:
@@ -428,6 +543,7 @@ __all__ = [
     "LIMITER_HEALTH_SERVICE",
     "LOCAL_DEV_SERVICE_TOKEN",
     "STORE_HEALTH_SERVICE",
+    "UPSTREAM_HEALTH_SERVICE",
     "GatewayServer",
     "serve",
 ]

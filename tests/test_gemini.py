@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import random
+import socket
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from gateway.errors import (
     GatewayError,
     SafetyBlocked,
     UpstreamBadResponse,
+    UpstreamCredentialsRefused,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -333,21 +335,27 @@ async def test_a_passed_deadline_sends_nothing(
 
 
 @pytest.mark.parametrize(
-    ("code", "needle"), [(400, "rejected the request"), (403, "credentials"), (404, "model")]
+    ("code", "error", "needle"),
+    [
+        (400, UpstreamRejected, "rejected the request"),
+        (403, UpstreamCredentialsRefused, "credentials"),
+        (404, UpstreamRejected, "model"),
+    ],
 )
 async def test_client_errors_are_not_retried(
     gemini_client: GeminiClient,
     emulator: EmulatorServer,
     usage_sink: InMemoryUsageSink,
     code: int,
+    error: type[GatewayError],
     needle: str,
 ) -> None:
     emulator.inject("error", code=code, count=5)
-    with pytest.raises(UpstreamRejected) as caught:
+    with pytest.raises(error) as caught:
         await gemini_client.generate(text_request(), labels=LABELS)
     assert needle in caught.value.message
     assert emulator.stats().requests == 1
-    assert usage_sink.outcomes() == ["UPSTREAM_REJECTED"]
+    assert usage_sink.outcomes() == [error.reason]
 
 
 async def test_a_real_bad_request_is_rejected_with_googles_reason(
@@ -438,15 +446,60 @@ async def test_api_key_never_appears_in_errors_or_logs(
 
 
 async def test_wrong_api_key_is_an_operator_problem_without_the_key(
-    emulator: EmulatorServer, usage_sink: InMemoryUsageSink, gemini_settings: GeminiSettings
+    emulator: EmulatorServer,
+    usage_sink: InMemoryUsageSink,
+    gemini_settings: GeminiSettings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     wrong = "AIzaSy-wrong-key-that-must-not-leak"
     settings = gemini_settings.model_copy(update={"api_key": SecretStr(wrong)})
+    heard: list[bool] = []
     async with GeminiClient(settings, usage_sink=usage_sink) as client:
-        with pytest.raises(UpstreamRejected, match="API key") as caught:
-            await client.generate(text_request(), labels=LABELS)
+        client.add_credentials_listener(heard.append)
+        with caplog.at_level(logging.INFO, logger="gateway.gemini"):
+            for _ in range(3):
+                with pytest.raises(UpstreamCredentialsRefused) as caught:
+                    await client.generate(text_request(), labels=LABELS)
     _assert_no_secret(caught.value, wrong)
-    assert emulator.stats().count(outcome="bad_api_key") == 1
+    # The caller learns nothing of Gemini's answer, only to come back later.
+    assert "API key not valid" not in caught.value.message
+    assert caught.value.retry_after_s == settings.credentials_check_interval_s
+    assert emulator.stats().count(outcome="bad_api_key") == 3
+    assert client.credentials_refused and heard == [True]  # one change, heard once
+    # The operator is told, once per interval however many calls fail, and what to fix.
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "VIEWBAIT_GEMINI__API_KEY" in errors[0].getMessage()
+    assert wrong not in errors[0].getMessage()
+
+
+async def test_credentials_check_asks_gemini_and_recovers(
+    emulator: EmulatorServer, usage_sink: InMemoryUsageSink, gemini_settings: GeminiSettings
+) -> None:
+    heard: list[bool] = []
+    async with GeminiClient(gemini_settings, usage_sink=usage_sink) as client:
+        client.add_credentials_listener(heard.append)
+        assert await client.check_credentials() is True
+        emulator.set_api_key("a-rotated-key")  # the gateway's key is revoked upstream
+        assert await client.check_credentials() is False
+        assert client.credentials_refused
+        emulator.set_api_key(gemini_settings.api_key.get_secret_value())  # type: ignore[union-attr]
+        # A successful call says the key is accepted again, without waiting for a check.
+        await client.generate(text_request(), labels=LABELS)
+        assert not client.credentials_refused
+    assert heard == [True, False]
+    assert emulator.stats().requests == 1  # the checks are not generate calls
+
+
+async def test_credentials_check_without_an_answer_says_nothing(
+    usage_sink: InMemoryUsageSink, gemini_settings: GeminiSettings
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once closed
+    nowhere = gemini_settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}"})
+    async with GeminiClient(nowhere, usage_sink=usage_sink) as client:
+        assert await client.check_credentials() is None
+        assert not client.credentials_refused
 
 
 def _assert_no_secret(error: GatewayError, secret: str) -> None:

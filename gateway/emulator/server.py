@@ -4,6 +4,7 @@ Routes (Gemini REST, as the google-genai SDK calls them):
 - `POST /{version}/models/{model}:generateContent`
 - `POST /{version}/models/{model}:streamGenerateContent?alt=sse` (without `alt=sse`: one JSON
   array, as Google serves it)
+- `GET  /{version}/models/{model}` (`models.get`: a model's description, after the key check)
 
 Admin routes (no API key; bind the emulator to loopback):
 - `GET  /_emulator/stats`    request counters per model and outcome, recent requests
@@ -143,6 +144,7 @@ class EmulatorServer:
             raise RuntimeError("the emulator is already running")
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post("/{version}/models/{target}", self._generate)
+        app.router.add_get("/{version}/models/{model}", self._get_model)
         app.router.add_get("/_emulator/stats", self._admin_stats)
         app.router.add_get("/_emulator/knobs", self._admin_get_knobs)
         app.router.add_post("/_emulator/knobs", self._admin_set_knobs)
@@ -200,6 +202,11 @@ class EmulatorServer:
     def knobs(self) -> Knobs:
         """The current knobs, fault rules as they stand now (counted rules shrink as they fire)."""
         return self._knobs.model_copy(update={"faults": self._plan.rules}, deep=True)
+
+    def set_api_key(self, api_key: str) -> None:
+        """Accepts `api_key` from now on instead of the key it started with (a key revoked or
+        re-enabled upstream, as the gateway sees it)."""
+        self._api_key = api_key
 
     def set_knobs(self, knobs: Knobs | None = None, **changes: Any) -> Knobs:
         """Replaces the knobs with `knobs`, or updates only the named fields.
@@ -277,6 +284,27 @@ class EmulatorServer:
             return await self._answer(request, parsed, body, fault, sse=sse)
         except ApiError as exc:
             return _json_response(exc.body(), status=exc.code)
+
+    async def _get_model(self, request: web.Request) -> web.Response:
+        # `models.get`: what the gateway's health probe asks to learn whether its key is
+        # accepted. Not counted in the stats, which count generate requests.
+        version, model = request.match_info["version"], request.match_info["model"]
+        try:
+            if version not in API_VERSIONS:
+                raise ApiError(404, f"API version {version!r} not found.")
+            if (key_error := self._check_key(request)) is not None:
+                raise key_error
+            if not model.startswith("gemini-"):
+                raise ApiError(404, f"models/{model} is not found for API version {version}.")
+        except ApiError as exc:
+            return _json_response(exc.body(), status=exc.code)
+        return _json_response(
+            {
+                "name": f"models/{model}",
+                "displayName": f"{model} ({_BANNER})",
+                "supportedGenerationMethods": list(_METHODS),
+            }
+        )
 
     async def _read(
         self,

@@ -248,6 +248,21 @@ class RateLimiter:
                 await self._shared.ping()
                 self._breaker.record_success()
 
+    async def probe(self) -> LimiterMode:
+        """Asks Redis now (the health service's active probe, so an idle replica notices an
+        outage too): a PING that fails counts like a failed decision, one that answers like a
+        successful one. Returns the mode after it; nothing to ask when embedded or while the
+        breaker's own prober is at work."""
+        shared = self._shared
+        if shared is not None and not self._breaker.open and not self._closed:
+            try:
+                await shared.ping()
+            except LimiterBackendError:
+                self._breaker.record_failure()
+            else:
+                self._breaker.record_success()
+        return self.mode
+
     # --- deciding -------------------------------------------------------------------------
 
     async def admit(self, operation: str, user_id: str, tier: Tier) -> Verdict | None:

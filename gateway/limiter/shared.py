@@ -385,9 +385,13 @@ class RedisBackend:
     # --- health ---------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        """One PING within the timeout; raises `LimiterBackendError` if Redis does not answer."""
+        """One PING within the timeout (of responsive loop time, like decisions, so a stalled
+        loop does not pass for an outage); raises `LimiterBackendError` if Redis does not
+        answer."""
+        loop = asyncio.get_running_loop()
+        mark = Mark(loop.time(), self._watch.stalled(loop.time()))
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with lag_aware_timeout(self._watch, mark, self._timeout_s, Expiry()):
                 await self._client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             raise LimiterBackendError(f"Redis did not answer PING: {type(exc).__name__}") from exc

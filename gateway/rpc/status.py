@@ -33,6 +33,8 @@ STATUS_CODES: dict[type[errors.GatewayError], grpc.StatusCode] = {
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
+    # An operator must fix the gateway's key; to the caller this replica cannot serve for now.
+    errors.UpstreamCredentialsRefused: grpc.StatusCode.UNAVAILABLE,
     # The model's answer was malformed twice in a row: transient, a retry may well succeed.
     errors.UpstreamBadResponse: grpc.StatusCode.UNAVAILABLE,
     # Gemini refused a request we built: nothing the caller can change fixes it.

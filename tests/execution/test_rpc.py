@@ -6,6 +6,7 @@ a replica in its own process that is killed with SIGKILL in the middle of a call
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
@@ -18,10 +19,13 @@ from grpc_health.v1 import health_pb2
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
 from gateway import operations
-from gateway.config import ExecutionSettings, Settings, StoreSettings
+from gateway.config import Backend, ExecutionSettings, GeminiSettings, Settings, StoreSettings
 from gateway.emulator import EmulatorServer
 from gateway.execution import HotResults
-from gateway.server import STORE_HEALTH_SERVICE
+from gateway.gemini import GeminiClient
+from gateway.operations.analyze_video import AnalyzeVideoRequest
+from gateway.pipeline import Pipeline
+from gateway.server import STORE_HEALTH_SERVICE, UPSTREAM_HEALTH_SERVICE
 
 from .conftest import (
     DATABASE_URL,
@@ -30,10 +34,12 @@ from .conftest import (
     encode_png,
     eventually,
     gateway_settings,
+    principal,
     store_settings,
 )
 
 VIDEO = operations_pb2.AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
+ANALYSIS = AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
 #: Keeps concurrent callers overlapping with the one upstream call.
 SLOW_S = 0.6
 CALL_TIMEOUT_S = 30
@@ -251,11 +257,7 @@ async def store_health(gateway: Any) -> int:
 
 
 async def wait_for_store_health(gateway: Any, wanted: int) -> None:
-    for _ in range(200):
-        if await store_health(gateway) == wanted:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the store's health never became {wanted}")
+    await wait_for_health(gateway, STORE_HEALTH_SERVICE, wanted)
 
 
 async def test_a_blackholed_database_over_grpc(
@@ -284,3 +286,143 @@ async def test_a_blackholed_database_over_grpc(
 
     assert not fresh.metadata.cached and again.metadata.cached
     assert calls(emulator) == 2
+
+
+async def overall_health(gateway: Any) -> int:
+    request = health_pb2.HealthCheckRequest(service="")
+    return int((await gateway.health.Check(request, timeout=CALL_TIMEOUT_S)).status)
+
+
+@pytest.mark.parametrize("run_uncached", [True, False])
+async def test_a_store_down_makes_the_replica_unfit_only_without_the_uncached_fallback(
+    start_gateway: Any,
+    emulator: EmulatorServer,
+    tmp_path: Path,
+    pg_schema: str,
+    tcp_proxy: Any,
+    run_uncached: bool,
+) -> None:
+    settings = gateway_settings(
+        emulator,
+        tmp_path,
+        store=shared_store(pg_schema, tcp_proxy.url, reconnect_interval_s=0.2),
+        execution=ExecutionSettings(
+            rescue_interval_s=0.2, run_uncached_on_store_failure=run_uncached
+        ),
+    )
+    gateway = await start_gateway(settings)
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert await overall_health(gateway) == serving
+
+    # No traffic: the periodic probe alone notices the database is gone.
+    tcp_proxy.blackhole()
+    await wait_for_store_health(gateway, not_serving)
+    assert await overall_health(gateway) == (serving if run_uncached else not_serving)
+
+    await tcp_proxy.restore()
+    await wait_for_store_health(gateway, serving)
+    assert await overall_health(gateway) == serving
+    assert calls(emulator) == 0
+
+
+async def test_emulated_answers_never_share_cache_entries_with_real_ones(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, pg_schema: str
+) -> None:
+    store = shared_store(pg_schema)
+    # Asked for explicitly (a database is configured): the in-process emulator answers.
+    emulated_settings = gateway_settings(emulator, tmp_path / "emulated", store=store)
+    emulated_settings.gemini = emulated_settings.gemini.model_copy(
+        update={"backend": Backend.EMULATOR, "api_key": None, "base_url": ""}
+    )
+    emulated = await start_gateway(emulated_settings)
+    # The emulator reached through a configured URL and key is Gemini as far as keys go.
+    real = await start_gateway(gateway_settings(emulator, tmp_path / "real", store=store))
+
+    first = await analyze(emulated)
+    again = await analyze(emulated)
+    from_real = await analyze(real)
+    real_again = await analyze(real)
+
+    text_model = Settings().gemini.text_model
+    assert again.metadata.cached and again.metadata.model == f"emulator:{text_model}"
+    assert not from_real.metadata.cached and from_real.metadata.model == text_model
+    assert real_again.metadata.cached and real_again.metadata.model == text_model
+    assert not first.metadata.cached
+    assert calls(emulator) == 1  # the shared emulator served only the real gateway's miss
+
+
+async def test_the_same_request_has_different_keys_emulated_and_real(
+    gemini_client: GeminiClient, gemini_settings: GeminiSettings
+) -> None:
+    """The keys the pipeline derives (cache and coalescing), and the model a stored result
+    names, for one request: emulated, and through a configured URL and key (real)."""
+    real = Settings(gemini=gemini_settings)
+    emulated = Settings(gemini=GeminiSettings(backend=Backend.EMULATOR))
+    calls = {}
+    for name, settings in (("real", real), ("emulated", emulated)):
+        pipeline = Pipeline(settings, gemini_client)
+        validated = pipeline.prepare("analyze_video", ANALYSIS, principal())
+        calls[name] = pipeline.call("analyze_video", validated, principal())
+
+    assert calls["real"].key is not None and calls["emulated"].key is not None
+    assert calls["real"].key != calls["emulated"].key
+    assert calls["real"].model == real.gemini.text_model
+    assert calls["emulated"].model == f"emulator:{real.gemini.text_model}"
+
+
+async def test_refused_gemini_credentials_make_the_replica_unfit_and_callers_unavailable(
+    start_gateway: Any,
+    emulator: EmulatorServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = gateway_settings(emulator, tmp_path)
+    gemini = settings.gemini.model_copy(update={"credentials_check_interval_s": 0.1})
+    settings = settings.model_copy(update={"gemini": gemini})
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    gateway = await start_gateway(settings)
+    assert await upstream_health(gateway) == serving
+
+    # The key is revoked upstream: the emulator accepts another one from now on. No traffic:
+    # the replica's own probe notices.
+    caplog.set_level(logging.INFO, logger="gateway.gemini")
+    emulator.set_api_key("the-key-after-rotation")
+    await wait_for_health(gateway, UPSTREAM_HEALTH_SERVICE, not_serving)
+    assert await overall_health(gateway) == not_serving
+
+    with pytest.raises(aio.AioRpcError) as refused:
+        await analyze(gateway)
+    status = refused.value
+    assert status.code() is grpc.StatusCode.UNAVAILABLE
+    assert "API key not valid" not in (status.details() or "")  # Gemini's text stays inside
+    assert emulator.api_key not in (status.details() or "")
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all("VIEWBAIT_GEMINI__API_KEY" in r.getMessage() for r in errors)
+    assert calls(emulator) == 1  # the one call made (probes are not generate calls)
+
+    emulator.set_api_key(gemini.api_key.get_secret_value())  # type: ignore[union-attr]
+    await wait_for_health(gateway, UPSTREAM_HEALTH_SERVICE, serving)
+    assert await overall_health(gateway) == serving
+    answer = await analyze(gateway)
+    assert answer.WhichOneof("outcome") == "result"
+
+
+async def upstream_health(gateway: Any) -> int:
+    request = health_pb2.HealthCheckRequest(service=UPSTREAM_HEALTH_SERVICE)
+    return int((await gateway.health.Check(request, timeout=CALL_TIMEOUT_S)).status)
+
+
+async def wait_for_health(gateway: Any, service: str, wanted: int) -> None:
+    request = health_pb2.HealthCheckRequest(service=service)
+    for _ in range(400):
+        answer = await gateway.health.Check(request, timeout=CALL_TIMEOUT_S)
+        if answer.status == wanted:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the health of {service!r} never became {wanted}")

@@ -62,7 +62,8 @@ class UpstreamCall:
 
 
 class UpstreamRecorder:
-    """Reverse proxies to one upstream (the emulator), each logging the calls made through it."""
+    """Reverse proxies to one upstream (the emulator), each logging the model calls made through
+    it (other requests, such as the gateway's credentials probe, pass through unlogged)."""
 
     def __init__(self, upstream_url: str) -> None:
         self._upstream = upstream_url.rstrip("/")
@@ -110,7 +111,9 @@ class UpstreamRecorder:
         body = await request.read()
         named = _VIDEO.search(body)
         call = UpstreamCall(via, named.group(1).decode() if named else None, time.time())
-        self.calls.append(call)
+        # Model calls are POSTs; the gateway's credentials probe (GET models/...) is no call.
+        if request.method == "POST":
+            self.calls.append(call)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         assert self._session is not None
         try:
@@ -218,10 +221,10 @@ class JobAudit:
 
 
 def postgres_bin_dir() -> Path | None:
-    """Where `initdb` and `pg_ctl` are: `VIEWBAIT_TEST_PG_BIN`, else next to a `pg_ctl` on PATH,
+    """Where `initdb` and `pg_ctl` are: `GATEWAY_TEST_PG_BIN`, else next to a `pg_ctl` on PATH,
     else the newest Debian/Ubuntu server package (/usr/lib/postgresql/<version>/bin)."""
     candidates: list[Path] = []
-    if configured := os.environ.get("VIEWBAIT_TEST_PG_BIN"):
+    if configured := os.environ.get("GATEWAY_TEST_PG_BIN"):
         candidates.append(Path(configured))
     if on_path := shutil.which("pg_ctl"):
         candidates.append(Path(on_path).parent)

@@ -70,7 +70,7 @@ async def cluster() -> AsyncIterator[PostgresCluster]:
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found: set VIEWBAIT_TEST_PG_BIN "
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: set GATEWAY_TEST_PG_BIN "
             "or install the server package (Debian: postgresql)"
         )
     if os.geteuid() == 0 and shutil.which("setpriv") is None:

@@ -1,6 +1,6 @@
 """Fixtures for the limiter tests: real Redis servers, a controlled clock, fresh key prefixes.
 
-- `redis_url` (session): the shared test Redis, `VIEWBAIT_TEST_REDIS_URL` (default
+- `redis_url` (session): the shared test Redis, `GATEWAY_TEST_REDIS_URL` (default
   `redis://127.0.0.1:6379/0`, or a `redis-server` started for the session when nothing answers
   there). Tests only touch keys under their own random prefix; nothing is ever flushed there.
 - `key_prefix`: a fresh random key prefix for one test.
@@ -67,14 +67,14 @@ def make_clock() -> Callable[[int], Clock]:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The shared test Redis: `VIEWBAIT_TEST_REDIS_URL` if set (it must answer), else the default
+    """The shared test Redis: `GATEWAY_TEST_REDIS_URL` if set (it must answer), else the default
     URL if something answers there, else a `redis-server` started for this session."""
-    url = os.environ.get("VIEWBAIT_TEST_REDIS_URL")
+    url = os.environ.get("GATEWAY_TEST_REDIS_URL")
     if url is not None:
         try:
             redis.Redis.from_url(url, socket_connect_timeout=2).ping()
         except redis.RedisError as exc:
-            pytest.fail(f"VIEWBAIT_TEST_REDIS_URL={url} does not answer: {exc}")
+            pytest.fail(f"GATEWAY_TEST_REDIS_URL={url} does not answer: {exc}")
         yield url
         return
     try:

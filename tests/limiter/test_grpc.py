@@ -3,11 +3,12 @@
 Over a small admission limit, every RPC answers RESOURCE_EXHAUSTED with `retry-after-ms` trailing
 metadata and a google.rpc.RetryInfo detail, before any upstream call; the upstream limit guards
 each Gemini call; with failure mode `closed` and Redis unreachable, the limiter's health service
-says NOT_SERVING and calls answer UNAVAILABLE.
+and the overall one say NOT_SERVING and calls answer UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from viewbait.ai.v1 import common_pb2, gateway_service_pb2_grpc, operations_pb2
 
 from gateway.config import (
     AuthSettings,
+    Backend,
     FailureMode,
     GeminiSettings,
     RateLimit,
@@ -54,12 +56,16 @@ def as_user(user: str, tier: str = "pro") -> tuple[tuple[str, str], ...]:
 
 
 def gateway_settings(limits: Settings) -> Settings:
-    """`limits` (policies and limiter) on a loopback server in local mode (the emulator)."""
+    """`limits` (policies and limiter) on a loopback server answered by the in-process
+    emulator."""
     return limits.model_copy(
         update={
             "server": ServerSettings(host="127.0.0.1", port=0, shutdown_grace_s=1.0),
             "auth": AuthSettings(service_token=SecretStr(SERVICE_TOKEN)),
-            "gemini": GeminiSettings(backoff_initial_s=0.01, backoff_max_s=0.05),
+            # Asked for explicitly: with Redis configured this is not local mode.
+            "gemini": GeminiSettings(
+                backend=Backend.EMULATOR, backoff_initial_s=0.01, backoff_max_s=0.05
+            ),
         }
     )
 
@@ -209,9 +215,50 @@ async def test_closed_failure_mode_reports_not_serving_and_unavailable(
     health = health_pb2_grpc.HealthStub(gateway.channel)
     answer = await health.Check(health_pb2.HealthCheckRequest(service=LIMITER_HEALTH_SERVICE))
     assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    # A replica that refuses every request is no use to a load balancer either.
     overall = await health.Check(health_pb2.HealthCheckRequest(service=""))
-    assert overall.status == health_pb2.HealthCheckResponse.SERVING
+    assert overall.status == health_pb2.HealthCheckResponse.NOT_SERVING
     with pytest.raises(aio.AioRpcError) as refused:
         await _calls(gateway.stub, _png())["AnalyzeVideo"]("alice")
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "failure_mode is 'closed'" in (refused.value.details() or "")
+
+
+async def test_an_idle_replica_probes_redis_and_turns_not_serving_when_it_stops(
+    start_gateway: Callable[[Settings], Any],
+    make_settings: Callable[..., Settings],
+    key_prefix: str,
+    private_redis: Any,
+) -> None:
+    gateway: Running = await start_gateway(
+        make_settings(
+            key_prefix,
+            admission=TWO_PER_HOUR,
+            redis_url=private_redis.url,
+            failure_mode=FailureMode.CLOSED,
+            probe_interval_s=0.05,
+        )
+    )
+    health = health_pb2_grpc.HealthStub(gateway.channel)
+
+    async def status(service: str) -> int:
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        return int(answer.status)
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert await status("") == serving
+    assert await status(LIMITER_HEALTH_SERVICE) == serving
+
+    private_redis.stop()
+    # No request is made: only the replica's own probe can notice.
+    for _ in range(400):
+        if await status("") == not_serving:
+            break
+        await asyncio.sleep(0.05)
+    assert await status("") == not_serving
+    assert await status(LIMITER_HEALTH_SERVICE) == not_serving
+    assert gateway.server.limiter is not None
+    assert gateway.server.limiter.mode is LimiterMode.CLOSED_FALLBACK

@@ -185,6 +185,11 @@ class Gateway:
         """The Gemini model name an operation runs on."""
         return self.settings.model_name(self.settings.policy(operation))
 
+    def identity_for(self, operation: str) -> str:
+        """The model an operation's answers name: its Gemini model, marked as the emulator's
+        (this gateway runs in local mode, on the in-process emulator)."""
+        return "emulator:" + self.model_for(operation)
+
     @staticmethod
     def as_service(
         user_id: str = "user-1", tier: Tier = Tier.PRO, *, request_id: str | None = None

@@ -86,7 +86,7 @@ def check_unary_response(
         response.metadata,
         gateway,
         request_id=request_id,
-        model=gateway.model_for(operation.name),
+        model=gateway.identity_for(operation.name),
     )
     CHECKS[operation.name](response.result, samples)
 
@@ -187,7 +187,7 @@ async def test_generate_thumbnail_streams_progress_images_then_one_summary(
         summary.metadata,
         gateway,
         request_id=request_id,
-        model=gateway.model_for("generate_thumbnail"),
+        model=gateway.identity_for("generate_thumbnail"),
     )
     assert summary.metadata.usage.image_output_tokens > 0
     assert summary.metadata.usage.upstream_calls == variations

@@ -1,6 +1,6 @@
 """Fixtures for the store tests: both store implementations, real PostgreSQL, a fault proxy.
 
-PostgreSQL comes from `VIEWBAIT_TEST_DATABASE_URL` (default
+PostgreSQL comes from `GATEWAY_TEST_DATABASE_URL` (default
 `postgresql://postgres@127.0.0.1:5432/test`). Every test that uses it gets a fresh schema with a
 unique name, dropped afterwards, so tests never see each other's rows. A database that cannot be
 reached fails these tests: they are not skipped.
@@ -36,7 +36,7 @@ from gateway.store.migrate import quote_ident
 from gateway.store.postgres import PostgresStore, run_migrations
 
 DATABASE_URL = os.environ.get(
-    "VIEWBAIT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    "GATEWAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 KINDS = ["memory", "postgres"]
 

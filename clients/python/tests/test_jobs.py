@@ -1,6 +1,6 @@
 """`run_job`, `follow_job` and `await_job` against real gateways: in-process `GatewayServer`s on
 loopback calling one offline Gemini emulator, over the embedded store or a fresh PostgreSQL
-schema (`VIEWBAIT_TEST_DATABASE_URL`, default postgresql://postgres@127.0.0.1:5432/test).
+schema (`GATEWAY_TEST_DATABASE_URL`, default postgresql://postgres@127.0.0.1:5432/test).
 
 A gateway started with `workers=0` runs no jobs: what it queues stays queued until cancelled.
 Needs the gateway package (this repository) installed next to the client.
@@ -45,7 +45,7 @@ from .conftest import eventually
 
 SERVICE_TOKEN = "client-jobs-service-token-0123456789"
 DATABASE_URL = os.environ.get(
-    "VIEWBAIT_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    "GATEWAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 QUEUED, RUNNING = job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_RUNNING
 SUCCEEDED, FAILED = job_pb2.JOB_STATUS_SUCCEEDED, job_pb2.JOB_STATUS_FAILED

@@ -17,7 +17,7 @@ const START_TIMEOUT_MS = 120_000;
 const STOP_TIMEOUT_MS = 30_000;
 const PYTHON = process.env["PYTHON"] ?? "python3";
 /** The PostgreSQL database of the tests, as in the Python suite. */
-export const DATABASE_URL = process.env["VIEWBAIT_TEST_DATABASE_URL"] ?? "postgresql://postgres@127.0.0.1:5432/test";
+export const DATABASE_URL = process.env["GATEWAY_TEST_DATABASE_URL"] ?? "postgresql://postgres@127.0.0.1:5432/test";
 
 /** The repository root: the first ancestor holding the gateway's pyproject.toml. */
 export function repositoryRoot(): string {

@@ -1,7 +1,7 @@
 // End to end: `runJob`, `followJob` and `awaitJob` against the real gateway over PostgreSQL. A
 // worker process (`python -m gateway worker`) runs the jobs; the client calls a listener
 // (`python -m gateway serve` with no workers of its own), which one test restarts mid-job on the
-// same port. Needs PostgreSQL (VIEWBAIT_TEST_DATABASE_URL, default
+// same port. Needs PostgreSQL (GATEWAY_TEST_DATABASE_URL, default
 // postgresql://postgres@127.0.0.1:5432/test): each run uses a fresh schema, dropped afterwards.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -89,6 +89,8 @@ test("the job errors are ConnectErrors, and only their own instances pass their 
 describe("jobs end to end", { skip: serverMissing }, () => {
   const schema = freshSchema();
   const env = {
+    // With a database this is not local mode: the in-process emulator must be asked for.
+    VIEWBAIT_GEMINI__BACKEND: "emulator",
     VIEWBAIT_STORE__DATABASE_URL: DATABASE_URL,
     VIEWBAIT_STORE__SCHEMA: schema.name,
     VIEWBAIT_STORE__MIGRATE_ON_START: "true",
