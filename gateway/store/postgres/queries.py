@@ -92,6 +92,12 @@ def _expand(entries: Mapping[str, Entry], name: str, seen: tuple[str, ...] = ())
     return _INCLUDE.sub(include, entries[name].sql)
 
 
+def statement_names(entries: Mapping[str, Entry]) -> list[str]:
+    """The entries that are statements: those no other entry includes."""
+    included = {m[1] for entry in entries.values() for m in _INCLUDE.finditer(entry.sql)}
+    return [name for name in entries if name not in included]
+
+
 def compile_entry(entries: Mapping[str, Entry], name: str, schema: str) -> Statement:
     """Entry `name` with its includes expanded, `schema` filled in and parameters numbered."""
     params: list[str] = []
@@ -110,7 +116,9 @@ class Queries:
 
     def __init__(self, schema: str, defaults: Mapping[str, Any]) -> None:
         entries = load()
-        self._statements = {name: compile_entry(entries, name, schema) for name in entries}
+        self._statements = {
+            name: compile_entry(entries, name, schema) for name in statement_names(entries)
+        }
         self._defaults = dict(defaults)
 
     def __call__(self, name: str, /, **values: Any) -> tuple[Any, ...]:
