@@ -52,7 +52,7 @@ _JOIN_ATTEMPTS = 5
 #: Fewest due executions a capped claim reads per page.
 _MIN_CLAIM_PAGE = 64
 #: Most writes of one kind gathered into one statement.
-MAX_WRITE_BATCH = 500
+_MAX_WRITE_BATCH = 500
 #: Blob digests are SHA-256 digests.
 _DIGEST_BYTES = 32
 
@@ -138,11 +138,12 @@ class PostgresJobs:
         self._hub = hub
         self._poll_interval_s = settings.poll_interval_s
         self._claim_lock_key = claim_lock_key
+        #: The group commits of new executions and of completions (their counts: for tests).
         self.inserts: Batcher[_Insert, Job | None] = Batcher(
-            self._insert_many, max_batch=MAX_WRITE_BATCH, key=_Insert.conflict_key
+            self._insert_many, max_batch=_MAX_WRITE_BATCH, key=_Insert.conflict_key
         )
         self.completions: Batcher[_Completion, Job] = Batcher(
-            self._complete_many, max_batch=MAX_WRITE_BATCH, key=lambda c: c.job_id
+            self._complete_many, max_batch=_MAX_WRITE_BATCH, key=lambda c: c.job_id
         )
 
     async def close(self) -> None:
@@ -171,11 +172,11 @@ class PostgresJobs:
 
     async def join_or_create_active_jobs(self, news: Sequence[NewJob]) -> list[JoinOutcome]:
         """See `JobStore.join_or_create_active_jobs`: the executions of their own that conflict
-        with nothing are written `MAX_WRITE_BATCH` to a statement, the rest one by one."""
+        with nothing are written `_MAX_WRITE_BATCH` to a statement, the rest one by one."""
         outcomes: list[JoinOutcome | None] = [None] * len(news)
         fresh = [i for i, new in enumerate(news) if _insertable(new)]
-        for first in range(0, len(fresh), MAX_WRITE_BATCH):
-            chunk = fresh[first : first + MAX_WRITE_BATCH]
+        for first in range(0, len(fresh), _MAX_WRITE_BATCH):
+            chunk = fresh[first : first + _MAX_WRITE_BATCH]
             created = await self._insert_many([_Insert(uuid.uuid4(), news[i]) for i in chunk])
             for i, job in zip(chunk, created, strict=True):
                 if job is not None:
