@@ -42,7 +42,7 @@ from gateway.execution import ABANDONED, Call, Executor, Retry
 from gateway.operations import codec
 from gateway.operations.base import ProgressCallback, ProgressEvent, ProgressKind
 from gateway.pipeline import Pipeline, tier_of_priority
-from gateway.store.base import Job, JobError, JobProgress, LeaseLost, Store
+from gateway.store.base import Job, JobError, JobProgress, JobStore, LeaseLost
 from gateway.store.blobs import BlobError, BlobNotFound, BlobStore
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class JobRunner(Protocol):
     queued again); `WorkerPool` decides only what to claim and when."""
 
     @property
-    def store(self) -> Store:
+    def store(self) -> JobStore:
         """The job store claims are made in."""
         ...
 
@@ -239,7 +239,7 @@ class OperationRunner:
         self._rng = rng
 
     @property
-    def store(self) -> Store:
+    def store(self) -> JobStore:
         """See `JobRunner.store`."""
         return self._executor.store
 

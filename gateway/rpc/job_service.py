@@ -26,7 +26,7 @@ from gateway.operations import codec
 from gateway.pipeline import Pipeline
 from gateway.rpc import context as request_context
 from gateway.rpc import convert
-from gateway.store.base import Job, JobCursor, JobFilter, JobStatus, Store
+from gateway.store.base import Job, JobCursor, JobFilter, JobStatus, JobStore
 from gateway.store.blobs import BlobError, BlobStore
 from gateway.store.results import load_result
 
@@ -115,7 +115,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         if executor is None:
             raise ValueError("JobService needs a pipeline with an executor (the job store)")
         self._pipeline = pipeline
-        self._store: Store = executor.store
+        self._store: JobStore = executor.store
         self._blobs = blobs
         self._on_submit = on_submit
         #: Set when the replica starts draining: WatchJob streams end at once with UNAVAILABLE

@@ -1,10 +1,11 @@
 """Results, jobs and the usage ledger: embedded in process, or shared in PostgreSQL.
 
 `create_store(settings)` picks the implementation: `MemoryStore` when `store.database_url` is
-unset, `PostgresStore` otherwise. Both implement `Store` (see `gateway.store.base` for the job
-model) with the same semantics. Blobs live in `gateway.store.blobs`; `gateway.store.results`
-stores a typed operation result across the two. Schema, coalescing protocol and migrations:
-docs/storage.md.
+unset, `PostgresStore` otherwise. Both implement `Store`, the union of `ResultStore`,
+`JobStore` and `UsageStore` (see `gateway.store.base` for the job model), with the same
+semantics. Blobs live in `gateway.store.blobs`; `gateway.store.results` stores a typed operation
+result across the two. Schema, coalescing protocol and migrations: docs/storage.md; the
+PostgreSQL store's statements: `gateway/store/postgres/sql/queries.sql`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from gateway.store.base import (
     JobError,
     JobProgress,
     JobStatus,
+    JobStore,
     JoinOutcome,
     LeaseLost,
     NewJob,
     ResultRef,
+    ResultStore,
     Store,
     UsageEntry,
+    UsageStore,
 )
 from gateway.store.memory import MemoryStore
 
@@ -43,12 +47,15 @@ __all__ = [
     "JobError",
     "JobProgress",
     "JobStatus",
+    "JobStore",
     "JoinOutcome",
     "LeaseLost",
     "MemoryStore",
     "NewJob",
     "ResultRef",
+    "ResultStore",
     "Store",
     "UsageEntry",
+    "UsageStore",
     "create_store",
 ]

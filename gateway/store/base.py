@@ -1,10 +1,11 @@
 """What the gateway keeps between requests: cached results, jobs and the usage ledger.
 
-`Store` is the interface; `gateway.store.memory.MemoryStore` (embedded, in process) and
+`Store` is the interface, the union of `ResultStore`, `JobStore` and `UsageStore`;
+`gateway.store.memory.MemoryStore` (embedded, in process) and
 `gateway.store.postgres.PostgresStore` (shared by every replica) implement it with the same
 semantics, checked by one contract test suite (tests/store).
 
-The job is one entity for single-flight and for background work (DESIGN.md section 3):
+The job is one entity for single-flight and for background work (docs/storage.md):
 
 - An **execution** is a job row that runs: it has a lease, attempts and a result. At most one
   execution per dedupe key is active (queued or running) at a time; a caller who misses the
@@ -183,7 +184,7 @@ class NewJob:
     #: Higher runs first (tier weight).
     priority: int = 0
     max_attempts: int = 3
-    #: A new execution wakes the job workers of every replica (`Store.subscribe_due`); False
+    #: A new execution wakes the job workers of every replica (`JobStore.subscribe_due`); False
     #: when its creator claims it itself at once (an inline run), so no worker races for it.
     announce: bool = True
 
@@ -256,7 +257,7 @@ class Job:
 
 
 class JoinOutcome(NamedTuple):
-    """What `Store.join_or_create_active_job` did."""
+    """What `JobStore.join_or_create_active_job` did."""
 
     #: The caller's job (an execution it owns, or its handle on a shared execution).
     job: Job
@@ -267,7 +268,7 @@ class JoinOutcome(NamedTuple):
 
 
 class JobCursor(NamedTuple):
-    """Where a page of `Store.list_jobs` ends: the last job's creation time and id (jobs are
+    """Where a page of `JobStore.list_jobs` ends: the last job's creation time and id (jobs are
     listed newest first, ties broken by id descending)."""
 
     created_at: datetime
@@ -276,7 +277,7 @@ class JobCursor(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    """Which of a user's jobs `Store.list_jobs` returns; empty sets mean any."""
+    """Which of a user's jobs `JobStore.list_jobs` returns; empty sets mean any."""
 
     statuses: frozenset[JobStatus] = frozenset()
     ops: frozenset[str] = frozenset()
@@ -365,19 +366,9 @@ def check_same_sharing(execution: Job, new: NewJob) -> None:
         )
 
 
-class Store(Protocol):
-    """The results, jobs and usage the gateway keeps. Every call may raise
-    `gateway.errors.Unavailable` when the backing database cannot answer in time."""
-
-    async def start(self) -> None:
-        """Connects (best effort: a database that is down now is retried on later calls)."""
-        ...
-
-    async def close(self) -> None:
-        """Releases connections and wakes every waiter."""
-        ...
-
-    # -- result cache ------------------------------------------------------------------------
+class ResultStore(Protocol):
+    """The result cache. Every call may raise `gateway.errors.Unavailable` when the backing
+    database cannot answer in time."""
 
     async def get_result(self, key: bytes) -> CachedResult | None:
         """The cached result under `key`; None when there is none or it expired."""
@@ -393,7 +384,11 @@ class Store(Protocol):
         """Deletes up to `limit` expired cache entries; returns how many it deleted."""
         ...
 
-    # -- jobs --------------------------------------------------------------------------------
+
+class JobStore(Protocol):
+    """Jobs: executions, handles, leases and the waits on them (see the module docstring).
+    Every call may raise `gateway.errors.Unavailable` when the backing database cannot answer
+    in time."""
 
     async def join_or_create_active_job(self, new: NewJob) -> JoinOutcome:
         """The caller's job for `new`: its earlier job with the same idempotency key, or the
@@ -514,12 +509,10 @@ class Store(Protocol):
         """Deletes up to `limit` finished jobs past their retention; returns how many."""
         ...
 
-    async def referenced_blobs(self, digests: Sequence[bytes]) -> set[bytes]:
-        """Those of `digests` that a cache row or a job (input or result) references; the
-        blob collector keeps them. Usage rows reference jobs, never blobs."""
-        ...
 
-    # -- usage ledger ------------------------------------------------------------------------
+class UsageStore(Protocol):
+    """The usage ledger: every upstream attempt, by job. Every call may raise
+    `gateway.errors.Unavailable` when the backing database cannot answer in time."""
 
     async def insert_usage(self, record: UsageRecord) -> None:
         """Appends one upstream attempt to the ledger."""
@@ -527,4 +520,22 @@ class Store(Protocol):
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:
         """The ledger rows of one job, oldest first."""
+        ...
+
+
+class Store(ResultStore, JobStore, UsageStore, Protocol):
+    """The results, jobs and usage the gateway keeps, and their connections; consumers that
+    use one of the three depend on its protocol alone."""
+
+    async def start(self) -> None:
+        """Connects (best effort: a database that is down now is retried on later calls)."""
+        ...
+
+    async def close(self) -> None:
+        """Releases connections and wakes every waiter."""
+        ...
+
+    async def referenced_blobs(self, digests: Sequence[bytes]) -> set[bytes]:
+        """Those of `digests` that a cache row or a job (input or result) references; the
+        blob collector keeps them. Usage rows reference jobs, never blobs."""
         ...

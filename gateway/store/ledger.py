@@ -10,15 +10,15 @@ import logging
 
 from gateway.errors import Unavailable
 from gateway.model import UsageRecord
-from gateway.store.base import Store
+from gateway.store.base import UsageStore
 
 log = logging.getLogger(__name__)
 
 
 class StoreUsageSink:
-    """Writes usage records to `Store.insert_usage`."""
+    """Writes usage records to `UsageStore.insert_usage`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: UsageStore) -> None:
         self._store = store
         #: Records that could not be written (for metrics and tests).
         self.dropped = 0

@@ -5,10 +5,10 @@ An operation spec already separates a result into JSON and blobs (`result_to_jso
 `ResultRef` a row stores (the JSON inline when small, else as a blob of its own), so a row never
 points at a blob that is not there. `load_result` reverses it, verifying every blob.
 
-`ResultCache` is the cache-aside helper over a `Store` and a `BlobStore`: a hit is a result that
-loads completely; anything else (absent, expired, another operation's entry, a lost or corrupt
-blob, JSON the current result type cannot decode) is a miss, so a damaged entry costs one
-recomputation and never a wrong answer.
+`ResultCache` is the cache-aside helper over a `ResultStore` and a `BlobStore`: a hit is a
+result that loads completely; anything else (absent, expired, another operation's entry, a lost
+or corrupt blob, JSON the current result type cannot decode) is a miss, so a damaged entry costs
+one recomputation and never a wrong answer.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from gateway.operations.base import OperationSpec
 from gateway.operations.codec import DecodeError
-from gateway.store.base import CachedResult, ResultRef, Store
+from gateway.store.base import CachedResult, ResultRef, ResultStore
 from gateway.store.blobs import BlobError, BlobStore
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class CacheHit(Generic[ResultT]):
 class ResultCache:
     """Cache-aside for operation results over a store and a blob store."""
 
-    def __init__(self, store: Store, blobs: BlobStore, *, inline_max_bytes: int) -> None:
+    def __init__(self, store: ResultStore, blobs: BlobStore, *, inline_max_bytes: int) -> None:
         self.store = store
         self.blobs = blobs
         self.inline_max_bytes = inline_max_bytes

@@ -205,7 +205,7 @@ async def test_the_gc_command_deletes_only_old_unreferenced_blobs(pg_schema: str
     try:
         blobs = PostgresBlobStore(store)
         orphan, young = await blobs.put(b"orphan"), await blobs.put(b"young orphan")
-        await store.run(
+        await store.pool.run(
             lambda conn: conn.execute(
                 f"UPDATE \"{pg_schema}\".ai_blobs SET touched_at = now() - interval '2 hours' "
                 "WHERE digest = $1",

@@ -170,7 +170,7 @@ async def test_concurrent_completions_share_a_statement_each_with_its_answer(
         assert answer.result == results[job.id]
         assert answer.event_seq == job.event_seq + 1
     # Fewer statements than completions: the ones that queued behind the first shared one.
-    assert store._completions.batches < len(jobs)
+    assert store.jobs.completions.batches < len(jobs)
     # Read back, not just returned.
     again = await store.get_job(jobs[3].id, jobs[3].user_id or "")
     assert again.status is JobStatus.SUCCEEDED and again.result == results[jobs[3].id]
@@ -205,7 +205,7 @@ async def test_concurrent_submissions_insert_together_and_conflicts_still_join(
     assert outcomes[40].job.id == outcomes[41].job.id
     for n, outcome in enumerate(outcomes[:30]):
         assert outcome.job.input_blobs == images[: n % 4]
-    assert store._inserts.batches < len(news)
+    assert store.jobs.inserts.batches < len(news)
 
 
 # -- wake-ups of jobs queued again for later ---------------------------------------------------

@@ -69,7 +69,7 @@ async def backend(
     elif kind == "postgres":
         store = await make_store("postgres")
         table = f"{quote_ident(pg_schema)}.ai_blobs"
-        url = store._settings.database_url.get_secret_value()
+        url = store.pool.dsn
 
         async def sql(statement: str, *args: Any) -> None:
             conn = await asyncpg.connect(url)

@@ -1,0 +1,237 @@
+"""The shared store: results, jobs and usage in PostgreSQL, through an asyncpg pool.
+
+Every replica talks to the same schema. `PostgresStore` composes one room per concern:
+
+- `pool`: the connection pool behind a circuit; every failure to reach, hear from or use the
+  database is a `gateway.errors.Unavailable`, and after one, calls fail at once for
+  `reconnect_interval_s` instead of queueing behind a dead database.
+- `listener`: the one LISTEN connection, fanning job notifications out to any number of
+  waiters in process (`ChangeHub`); while it is down, waiters poll.
+- `jobs`: the job state machine (coalescing, leases, batched inserts and completions).
+- `results`: the result cache rows. `usage`: the usage ledger.
+- `sql/queries.sql` (through `queries`): every statement, named and described, with named
+  parameters.
+
+Nothing needs a restart when the database returns: asyncpg replaces broken pooled
+connections, the pool is re-created on the next call if it was never made, and the listener
+reconnects on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+
+from gateway.config import StoreSettings
+from gateway.model import UsageRecord
+from gateway.store.base import (
+    CachedResult,
+    Job,
+    JobCursor,
+    JobError,
+    JobFilter,
+    JobProgress,
+    JoinOutcome,
+    NewJob,
+    ResultRef,
+    UsageEntry,
+)
+from gateway.store.changes import DUE, ChangeHub
+from gateway.store.postgres.jobs import PostgresJobs
+from gateway.store.postgres.listener import Listener, channel_name
+from gateway.store.postgres.pool import Pool, run_migrations
+from gateway.store.postgres.queries import Queries
+from gateway.store.postgres.results import PostgresResults
+from gateway.store.postgres.usage import PostgresUsage
+
+
+def _advisory_key(name: str) -> int:
+    """A signed 64-bit advisory lock key for `name` (stable across replicas and versions)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class PostgresStore:
+    """`Store` on PostgreSQL: the results, jobs and usage parts over one pool and listener."""
+
+    def __init__(self, settings: StoreSettings) -> None:
+        self._pool = Pool(settings)
+        schema = self._pool.schema
+        channel = channel_name(schema)
+        queries = self.queries = Queries(
+            schema,
+            {
+                "channel": channel,
+                "due": DUE,
+                "announce": True,
+                "retention_s": settings.job_retention_s,
+            },
+        )
+        self._hub = ChangeHub()
+        self._listener = Listener(
+            settings, self._pool.dsn, channel, self._hub, self._pool.call_timeout_s
+        )
+        #: The result cache (`ResultStore`).
+        self.results = PostgresResults(self._pool, queries)
+        #: Jobs (`JobStore`).
+        self.jobs = PostgresJobs(
+            self._pool, queries, self._hub, settings, _advisory_key(f"{schema}.claim")
+        )
+        #: The usage ledger (`UsageStore`).
+        self.usage = PostgresUsage(self._pool, queries)
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema this store uses."""
+        return self._pool.schema
+
+    #: Every statement of `sql/queries.sql`, for the blob store that shares the schema.
+    queries: Queries
+
+    @property
+    def pool(self) -> Pool:
+        """The circuit-guarded connections, for other tables of the same schema."""
+        return self._pool
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up (waiters poll while it is not)."""
+        return self._listener.listening
+
+    @property
+    def notifications_received(self) -> int:
+        """Notifications received by the listener (for metrics and tests)."""
+        return self._listener.notifications_received
+
+    async def start(self) -> None:
+        """Connects and starts the listener; a database that is down now is retried later."""
+        self._listener.start(f"viewbait-store-listener:{self.schema}")
+        await self._pool.open()
+
+    async def close(self) -> None:
+        """Stops the listener, closes the pool and wakes every waiter."""
+        self._pool.closing()
+        await self._listener.close()
+        await self.jobs.close()
+        await self._pool.close()
+        self._hub.publish_all()
+
+    # -- result cache ------------------------------------------------------------------------
+
+    async def get_result(self, key: bytes) -> CachedResult | None:
+        """See `ResultStore.get_result`."""
+        return await self.results.get_result(key)
+
+    async def put_result(
+        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+    ) -> CachedResult:
+        """See `ResultStore.put_result`."""
+        return await self.results.put_result(
+            key, op=op, scope=scope, model=model, ref=ref, ttl_s=ttl_s
+        )
+
+    async def purge_expired_results(self, limit: int) -> int:
+        """See `ResultStore.purge_expired_results`."""
+        return await self.results.purge_expired_results(limit)
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def join_or_create_active_job(self, new: NewJob) -> JoinOutcome:
+        """See `JobStore.join_or_create_active_job`."""
+        return await self.jobs.join_or_create_active_job(new)
+
+    async def join_or_create_active_jobs(self, news: Sequence[NewJob]) -> list[JoinOutcome]:
+        """See `JobStore.join_or_create_active_jobs`."""
+        return await self.jobs.join_or_create_active_jobs(news)
+
+    async def find_job_by_idempotency_key(self, user_id: str, key: str) -> Job | None:
+        """See `JobStore.find_job_by_idempotency_key`."""
+        return await self.jobs.find_job_by_idempotency_key(user_id, key)
+
+    async def get_job(self, job_id: str, user_id: str) -> Job:
+        """See `JobStore.get_job`."""
+        return await self.jobs.get_job(job_id, user_id)
+
+    async def claim_job(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+        """See `JobStore.claim_job`."""
+        return await self.jobs.claim_job(job_id, worker_id, lease_s)
+
+    async def claim_batch(
+        self,
+        worker_id: str,
+        limit: int,
+        lease_s: float,
+        caps: Mapping[int, int] | None = None,
+    ) -> list[Job]:
+        """See `JobStore.claim_batch`."""
+        return await self.jobs.claim_batch(worker_id, limit, lease_s, caps)
+
+    async def heartbeat_job(
+        self, job_id: str, worker_id: str, lease_s: float, progress: JobProgress | None = None
+    ) -> Job:
+        """See `JobStore.heartbeat_job`."""
+        return await self.jobs.heartbeat_job(job_id, worker_id, lease_s, progress)
+
+    async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
+        """See `JobStore.complete_job`."""
+        return await self.jobs.complete_job(job_id, worker_id, result)
+
+    async def fail_job(
+        self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
+    ) -> Job:
+        """See `JobStore.fail_job`."""
+        return await self.jobs.fail_job(job_id, worker_id, error, retry_after_s)
+
+    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+        """See `JobStore.defer_job`."""
+        return await self.jobs.defer_job(job_id, worker_id, error, delay_s)
+
+    async def cancel_job(self, job_id: str, user_id: str) -> Job:
+        """See `JobStore.cancel_job`."""
+        return await self.jobs.cancel_job(job_id, user_id)
+
+    async def rescue_expired_leases(self, limit: int) -> int:
+        """See `JobStore.rescue_expired_leases`."""
+        return await self.jobs.rescue_expired_leases(limit)
+
+    async def list_jobs(
+        self, user_id: str, job_filter: JobFilter, limit: int, after: JobCursor | None = None
+    ) -> list[Job]:
+        """See `JobStore.list_jobs`."""
+        return await self.jobs.list_jobs(user_id, job_filter, limit, after)
+
+    def subscribe_due(self, event: asyncio.Event) -> AbstractContextManager[asyncio.Event]:
+        """See `JobStore.subscribe_due`."""
+        return self.jobs.subscribe_due(event)
+
+    async def wait_for_job_change(
+        self, job_id: str, user_id: str, after_seq: int, timeout_s: float
+    ) -> Job:
+        """See `JobStore.wait_for_job_change`."""
+        return await self.jobs.wait_for_job_change(job_id, user_id, after_seq, timeout_s)
+
+    async def purge_finished_jobs(self, limit: int) -> int:
+        """See `JobStore.purge_finished_jobs`."""
+        return await self.jobs.purge_finished_jobs(limit)
+
+    # -- usage ledger ------------------------------------------------------------------------
+
+    async def referenced_blobs(self, digests: Sequence[bytes]) -> set[bytes]:
+        """See `Store.referenced_blobs`."""
+        if not digests:
+            return set()
+        statement = self.queries("referenced_blobs", digests=list(digests))
+        rows = await self._pool.run(lambda c: c.fetch(*statement))
+        return {bytes(row[0]) for row in rows}
+
+    async def insert_usage(self, record: UsageRecord) -> None:
+        """See `UsageStore.insert_usage`."""
+        await self.usage.insert_usage(record)
+
+    async def list_usage(self, job_id: str) -> list[UsageEntry]:
+        """See `UsageStore.list_usage`."""
+        return await self.usage.list_usage(job_id)
+
+
+__all__ = ["PostgresStore", "channel_name", "run_migrations"]

@@ -1,0 +1,425 @@
+-- The PostgreSQL store's statements, loaded by `gateway.store.postgres.queries`.
+--
+-- Each entry starts with a `-- name --` line, then comment lines describing it, then its SQL.
+-- `:name` is a named parameter; `{schema}` is the configured schema, quoted; `{entry}` is the
+-- text of another entry, written once and used by several (its parameters become theirs).
+-- `:channel` (this schema's NOTIFY channel), `:due` (the "a job may be due" payload),
+-- `:retention_s` (how long finished jobs are kept) and `:announce` (true) have defaults the
+-- store fills in.
+--
+-- Every change a watcher should see bumps `event_seq` and notifies in the same statement
+-- (delivered at commit): `WITH j AS (<change> RETURNING ...) SELECT j.*, {job_events} FROM j`.
+
+
+-- job_events --
+-- The notifications of the changed jobs `j`: one per 100 jobs ('<id>:<seq>,<id>:<seq>...',
+-- each about 40 bytes; a payload holds 8,000), not one per job, so a batch of changes costs
+-- the listeners a few notifications.
+(SELECT count(pg_notify(:channel, events)) FROM (
+    SELECT string_agg(e.id::text || ':' || e.event_seq, ',') AS events FROM (
+        SELECT id, event_seq, (row_number() OVER () - 1) / 100 AS chunk FROM j) e
+    GROUP BY e.chunk) n) AS notified
+
+-- due_wake --
+-- "A job may be due now", for the workers of every replica, when a changed job `j` is left
+-- queued and due (and :announce). PostgreSQL delivers identical notifications of one
+-- transaction once, so the constant payload debounces it to one per transaction however many
+-- rows became due. Rows due later (a delayed retry) send nothing: nothing happens in the
+-- database when they become due; polls find them.
+CASE WHEN j.follows IS NULL AND j.status = 'queued' AND j.run_after <= now() AND :announce::bool
+    THEN pg_notify(:channel, :due) END AS due_notified
+
+-- start_attempt --
+-- The SET clause that starts an attempt of a claimed execution (row alias `t`), shared by
+-- every way of claiming.
+UPDATE {schema}.ai_jobs t SET
+    status = 'running', attempts = t.attempts + 1, locked_by = :worker_id,
+    locked_until = now() + make_interval(secs => :lease_s), heartbeat_at = now(),
+    started_at = coalesce(t.started_at, now()), progress = NULL,
+    error_reason = NULL, error_message = NULL, event_seq = t.event_seq + 1
+
+
+-- get_result --
+-- The cache entry under :key, unless it expired.
+SELECT * FROM {schema}.ai_results WHERE key = :key AND expires_at > now();
+
+-- put_result --
+-- Stores (or replaces) the cache entry under :key for :ttl_s seconds.
+INSERT INTO {schema}.ai_results
+    (key, op, scope, model, result_json, result_blob, result_blobs, expires_at)
+VALUES (:key, :op, :scope, :model, :result_json, :result_blob, :result_blobs,
+    now() + make_interval(secs => :ttl_s))
+ON CONFLICT (key) DO UPDATE SET
+    op = excluded.op, scope = excluded.scope, model = excluded.model,
+    result_json = excluded.result_json, result_blob = excluded.result_blob,
+    result_blobs = excluded.result_blobs, created_at = excluded.created_at,
+    expires_at = excluded.expires_at
+RETURNING *;
+
+-- purge_results --
+-- Deletes up to :limit expired cache entries, skipping rows another cleanup holds.
+DELETE FROM {schema}.ai_results WHERE key IN (
+    SELECT key FROM {schema}.ai_results WHERE expires_at <= now()
+    ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED);
+
+
+-- job_by_id --
+-- Any job row, by id (for the gateway's own runners).
+SELECT * FROM {schema}.ai_jobs WHERE id = :job_id;
+
+-- jobs_by_ids --
+-- Any job rows, by id.
+SELECT * FROM {schema}.ai_jobs WHERE id = ANY(:job_ids::uuid[]);
+
+-- user_job --
+-- A user's own job.
+SELECT * FROM {schema}.ai_jobs WHERE id = :job_id AND user_id = :user_id;
+
+-- job_by_idempotency --
+-- The user's job created with an idempotency key.
+SELECT * FROM {schema}.ai_jobs WHERE user_id = :user_id AND idempotency_key = :idempotency_key;
+
+-- active_execution --
+-- The active execution of a dedupe key, locked so it cannot finish until the joining
+-- transaction (and the handle it may add) commits: the finishing update's mirror never misses
+-- that handle.
+SELECT * FROM {schema}.ai_jobs
+WHERE dedupe_key = :dedupe_key AND status IN ('queued', 'running') FOR SHARE;
+
+-- active_handle --
+-- A user's active handle on a shared execution.
+SELECT * FROM {schema}.ai_jobs
+WHERE follows = :execution_id AND user_id = :user_id AND status IN ('queued', 'running');
+
+-- insert_execution --
+-- Creates a queued execution, or nothing when it conflicts (an active execution of its dedupe
+-- key, or its idempotency key taken). :user_id is NULL for a shared execution, whose
+-- :started_by is the user whose request created it.
+WITH j AS (
+    INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
+        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, started_by)
+    VALUES (:job_id, :user_id, :op, 'queued', :input_json, :input_blobs, :dedupe_key,
+        :idempotency_key, :request_hash, :model, :priority, :max_attempts, :started_by)
+    ON CONFLICT DO NOTHING
+    RETURNING *)
+SELECT j.*, {job_events}, {due_wake} FROM j;
+
+-- insert_executions --
+-- Creates many executions of their own at once (concurrent calls batched), skipping each that
+-- conflicts: those take the one-by-one path. Every parameter is an array with one element per
+-- execution; :input_blobs holds each execution's input blob digests concatenated (32 bytes
+-- each: arrays of arrays cannot be unnested). Nobody can be watching a new job yet: no events.
+WITH j AS (
+    INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
+        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts)
+    SELECT n.id, n.user_id, n.op, 'queued', n.input_json::json,
+        ARRAY(SELECT substring(n.input_blobs FROM 1 + 32 * k FOR 32)
+            FROM generate_series(0, octet_length(n.input_blobs) / 32 - 1) AS k
+            ORDER BY k),
+        n.dedupe_key, n.idempotency_key, n.request_hash, n.model, n.priority,
+        n.max_attempts
+    FROM unnest(:job_ids::uuid[], :user_ids::text[], :ops::text[], :input_jsons::text[],
+        :input_blobs::bytea[], :dedupe_keys::bytea[], :idempotency_keys::text[],
+        :request_hashes::bytea[], :models::text[], :priorities::int[], :max_attempts::int[])
+        AS n(id, user_id, op, input_json, input_blobs, dedupe_key, idempotency_key,
+            request_hash, model, priority, max_attempts)
+    ON CONFLICT DO NOTHING
+    RETURNING *)
+SELECT j.*, {due_wake} FROM j;
+
+-- insert_handle --
+-- A user's handle on the shared execution :execution_id, mirroring its state; nothing when
+-- the user's concurrent request added one first (or took the idempotency key).
+INSERT INTO {schema}.ai_jobs (id, user_id, follows, op, status, input_json,
+    input_blobs, idempotency_key, request_hash, model, priority, attempts,
+    max_attempts, run_after, progress, result_json, result_blob, result_blobs,
+    error_reason, error_message, started_at, completed_at, expires_at)
+SELECT :job_id, :user_id, e.id, e.op, e.status, :input_json, :input_blobs, :idempotency_key,
+    :request_hash, e.model, :priority, e.attempts, e.max_attempts, e.run_after, e.progress,
+    e.result_json, e.result_blob, e.result_blobs, e.error_reason, e.error_message,
+    e.started_at, e.completed_at, e.expires_at
+FROM {schema}.ai_jobs e WHERE e.id = :execution_id
+ON CONFLICT DO NOTHING
+RETURNING *;
+
+-- mirror --
+-- Copies the visible state of the executions :execution_ids to their active handles,
+-- notifying each.
+WITH j AS (
+    UPDATE {schema}.ai_jobs h SET
+        status = e.status, attempts = e.attempts, max_attempts = e.max_attempts,
+        run_after = e.run_after, progress = e.progress,
+        result_json = e.result_json, result_blob = e.result_blob,
+        result_blobs = e.result_blobs, error_reason = e.error_reason,
+        error_message = e.error_message, started_at = e.started_at,
+        completed_at = e.completed_at, expires_at = e.expires_at,
+        event_seq = h.event_seq + 1
+    FROM {schema}.ai_jobs e
+    WHERE e.id = ANY(:execution_ids::uuid[]) AND h.follows = e.id
+        AND h.status IN ('queued', 'running')
+    RETURNING h.id, h.event_seq)
+SELECT pg_notify(:channel, j.id::text || ':' || j.event_seq) FROM j;
+
+-- rescue --
+-- Up to :limit running executions whose lease expired (:job_id NULL: any, else that one):
+-- queued again while attempts remain, failed with :reason and :message otherwise.
+WITH j AS (
+    UPDATE {schema}.ai_jobs t SET
+        status = CASE WHEN t.attempts < t.max_attempts THEN 'queued' ELSE 'failed' END,
+        run_after = CASE WHEN t.attempts < t.max_attempts THEN now() ELSE t.run_after END,
+        completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
+        expires_at = CASE WHEN t.attempts < t.max_attempts THEN NULL
+            ELSE now() + make_interval(secs => :retention_s) END,
+        locked_by = NULL, locked_until = NULL,
+        error_reason = :reason, error_message = :message, event_seq = t.event_seq + 1
+    FROM (
+        SELECT id FROM {schema}.ai_jobs
+        WHERE status = 'running' AND follows IS NULL AND locked_until < now()
+            AND (:job_id::uuid IS NULL OR id = :job_id)
+        ORDER BY locked_until LIMIT :limit FOR UPDATE SKIP LOCKED
+    ) due
+    WHERE t.id = due.id
+    RETURNING t.*)
+SELECT j.*, {job_events}, {due_wake} FROM j;
+
+-- claim --
+-- Starts an attempt of the execution :job_id if it is queued and due.
+WITH j AS (
+    {start_attempt}
+    WHERE id = :job_id AND follows IS NULL AND status = 'queued' AND run_after <= now()
+    RETURNING *)
+SELECT j.*, {job_events} FROM j;
+
+-- claim_batch --
+-- Starts an attempt of up to :limit due queued executions, highest priority then oldest;
+-- rows another runner is claiming are skipped, not waited for.
+WITH j AS (
+    {start_attempt}
+    FROM (
+        SELECT id FROM {schema}.ai_jobs
+        WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
+        ORDER BY priority DESC, created_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    ) due
+    WHERE t.id = due.id
+    RETURNING t.*)
+SELECT j.*, {job_events} FROM j;
+
+-- claim_lock --
+-- Two replicas each counting a user's running executions before the other's claim commits
+-- would both claim up to her cap: capped claims take turns on this lock.
+SELECT pg_advisory_xact_lock(:key);
+
+-- claim_page --
+-- With per-user caps the claim walks the due queued executions in claim order, :limit rows
+-- at a time after the row (:after_priority, :after_created_at, :after_id) (all NULL: from the
+-- first), choosing in Python which fit under their owners' caps (a shared execution's owner
+-- being the user who started it). Rows skipped for a cap stay queued; they are locked only
+-- until the claim commits.
+SELECT id, coalesce(user_id, started_by) AS user_id, priority, created_at
+FROM {schema}.ai_jobs
+WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
+    AND (:after_priority::int IS NULL OR (priority < :after_priority
+        OR (priority = :after_priority
+            AND (created_at, id) > (:after_created_at::timestamptz, :after_id::uuid))))
+ORDER BY priority DESC, created_at, id LIMIT :limit FOR UPDATE SKIP LOCKED;
+
+-- running_by_user --
+-- Running executions per owner (for a shared execution, the user who started it). They are
+-- few (at most the workers of every replica): counted once per capped claim.
+SELECT coalesce(user_id, started_by) AS user_id, count(*) AS running
+FROM {schema}.ai_jobs
+WHERE status = 'running' AND follows IS NULL AND coalesce(user_id, started_by) IS NOT NULL
+GROUP BY 1;
+
+-- claim_chosen --
+-- Starts an attempt of the executions a capped claim chose, those still queued.
+WITH j AS (
+    {start_attempt}
+    WHERE t.id = ANY(:job_ids::uuid[]) AND t.status = 'queued'
+    RETURNING t.*)
+SELECT j.*, {job_events} FROM j;
+
+-- list_jobs --
+-- A user's jobs, newest first, :limit of them; NULL :statuses, :ops and cursor
+-- (:after_created_at, :after_id) mean any / the first page.
+SELECT * FROM {schema}.ai_jobs
+WHERE user_id = :user_id
+    AND (:statuses::text[] IS NULL OR status = ANY(:statuses::text[]))
+    AND (:ops::text[] IS NULL OR op = ANY(:ops::text[]))
+    AND (:after_created_at::timestamptz IS NULL
+        OR (created_at, id) < (:after_created_at::timestamptz, :after_id::uuid))
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- heartbeat --
+-- Extends the lease of a held execution to now + :lease_s; with :progress (JSON, else NULL)
+-- it records it, an event for watchers.
+WITH j AS (
+    UPDATE {schema}.ai_jobs SET
+        locked_until = now() + make_interval(secs => :lease_s), heartbeat_at = now(),
+        progress = coalesce(:progress::jsonb, progress),
+        event_seq = event_seq + CASE WHEN :progress::jsonb IS NULL THEN 0 ELSE 1 END
+    WHERE id = :job_id AND status = 'running' AND locked_by = :worker_id
+    RETURNING *)
+SELECT j.*, CASE WHEN :progress::jsonb IS NOT NULL
+    THEN pg_notify(:channel, j.id::text || ':' || j.event_seq) END AS notified
+FROM j;
+
+-- complete_many --
+-- Completes many held executions at once (concurrent completions batched). Every parameter
+-- is an array with one element per execution: :job_ids, their lease holders :worker_ids,
+-- inline :result_jsons, :result_json_blobs digests, and :result_blobs, each execution's result
+-- blob digests concatenated (32 bytes each: arrays of arrays cannot be unnested).
+WITH j AS (
+    UPDATE {schema}.ai_jobs t SET
+        status = 'succeeded', result_json = c.result_json::json,
+        result_blob = c.result_blob,
+        result_blobs = ARRAY(
+            SELECT substring(c.result_blobs FROM 1 + 32 * n FOR 32)
+            FROM generate_series(0, octet_length(c.result_blobs) / 32 - 1) AS n
+            ORDER BY n),
+        error_reason = NULL, error_message = NULL, completed_at = now(),
+        expires_at = now() + make_interval(secs => :retention_s),
+        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1
+    FROM unnest(:job_ids::uuid[], :worker_ids::text[], :result_jsons::text[],
+        :result_json_blobs::bytea[], :result_blobs::bytea[])
+        AS c(id, worker_id, result_json, result_blob, result_blobs)
+    WHERE t.id = c.id AND t.status = 'running' AND t.locked_by = c.worker_id
+    RETURNING t.*)
+SELECT j.*, {job_events} FROM j;
+
+-- fail --
+-- Records a failed attempt of a held execution with :reason and :message. :retry_after_s
+-- NULL: it fails for good. Otherwise it is queued again, due after that many seconds, while
+-- attempts remain.
+WITH j AS (
+    UPDATE {schema}.ai_jobs SET
+        status = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
+            THEN 'queued' ELSE 'failed' END,
+        run_after = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
+            THEN now() + make_interval(secs => greatest(:retry_after_s::float8, 0))
+            ELSE run_after END,
+        completed_at = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
+            THEN NULL ELSE now() END,
+        expires_at = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
+            THEN NULL ELSE now() + make_interval(secs => :retention_s) END,
+        error_reason = :reason, error_message = :message,
+        locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+    WHERE id = :job_id AND status = 'running' AND locked_by = :worker_id
+    RETURNING *)
+SELECT j.*, {job_events}, {due_wake} FROM j;
+
+-- defer --
+-- Gives a held execution back without counting its attempt: queued again, due after
+-- :delay_s, with :reason and :message saying why it waits.
+WITH j AS (
+    UPDATE {schema}.ai_jobs SET
+        status = 'queued', attempts = attempts - 1,
+        run_after = now() + make_interval(secs => greatest(:delay_s::float8, 0)),
+        error_reason = :reason, error_message = :message,
+        locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+    WHERE id = :job_id AND status = 'running' AND locked_by = :worker_id
+    RETURNING *)
+SELECT j.*, {job_events}, {due_wake} FROM j;
+
+-- lock_job --
+-- Locks a job row (lock order everywhere: an execution before its handles).
+SELECT id FROM {schema}.ai_jobs WHERE id = :job_id FOR UPDATE;
+
+-- cancel --
+-- Cancels the user's job if it is active.
+WITH j AS (
+    UPDATE {schema}.ai_jobs SET
+        status = 'cancelled', result_json = NULL, result_blob = NULL,
+        result_blobs = NULL, error_reason = NULL, error_message = NULL,
+        completed_at = now(), expires_at = now() + make_interval(secs => :retention_s),
+        locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+    WHERE id = :job_id AND user_id = :user_id AND status IN ('queued', 'running')
+    RETURNING *)
+SELECT j.*, {job_events} FROM j;
+
+-- cancel_orphan --
+-- Cancels the shared execution :execution_id once its last active handle has gone.
+WITH j AS (
+    UPDATE {schema}.ai_jobs e SET
+        status = 'cancelled', error_reason = NULL, error_message = NULL,
+        completed_at = now(), expires_at = now() + make_interval(secs => :retention_s),
+        locked_by = NULL, locked_until = NULL, event_seq = e.event_seq + 1
+    WHERE e.id = :execution_id AND e.status IN ('queued', 'running') AND NOT EXISTS (
+        SELECT 1 FROM {schema}.ai_jobs h
+        WHERE h.follows = e.id AND h.status IN ('queued', 'running'))
+    RETURNING *)
+SELECT j.*, {job_events} FROM j;
+
+-- purge_jobs --
+-- Deletes up to :limit finished jobs past their retention, skipping rows another cleanup
+-- holds.
+DELETE FROM {schema}.ai_jobs WHERE id IN (
+    SELECT id FROM {schema}.ai_jobs WHERE expires_at <= now()
+    ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED);
+
+
+-- insert_usage --
+-- Appends one upstream attempt to the usage ledger (:job_id NULL for a call outside a job).
+INSERT INTO {schema}.ai_usage (job_id, user_id, op, request_id, model, attempt,
+    outcome, prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
+    image_output_tokens, total_tokens, cost_usd, duration_s)
+VALUES (:job_id, :user_id, :op, :request_id, :model, :attempt, :outcome, :prompt_tokens,
+    :cached_prompt_tokens, :output_tokens, :thinking_tokens, :image_output_tokens,
+    :total_tokens, :cost_usd, :duration_s);
+
+-- list_usage --
+-- The ledger rows of one job, oldest first.
+SELECT * FROM {schema}.ai_usage WHERE job_id = :job_id ORDER BY id;
+
+
+-- referenced_blobs --
+-- Those of :digests that a job (input or result) or a cache row references: the blob collector
+-- keeps them. One index lookup per candidate (GIN on the digest arrays, migration 0002).
+SELECT c.d FROM unnest(:digests::bytea[]) AS c(d) WHERE
+    EXISTS (SELECT 1 FROM {schema}.ai_jobs j WHERE j.input_blobs @> ARRAY[c.d])
+    OR EXISTS (SELECT 1 FROM {schema}.ai_jobs j WHERE j.result_blobs @> ARRAY[c.d])
+    OR EXISTS (SELECT 1 FROM {schema}.ai_jobs j WHERE j.result_blob = c.d)
+    OR EXISTS (SELECT 1 FROM {schema}.ai_results r WHERE r.result_blobs @> ARRAY[c.d])
+    OR EXISTS (SELECT 1 FROM {schema}.ai_results r WHERE r.result_blob = c.d);
+
+
+-- blob_age --
+-- Whether blob :digest is stored (NULL: absent), and whether it was last touched more than
+-- :refresh_after_s seconds ago (then a put refreshes it, so the collector's grace restarts).
+SELECT touched_at < now() - make_interval(secs => :refresh_after_s) AS old
+FROM {schema}.ai_blobs WHERE digest = :digest;
+
+-- blob_refresh --
+-- Marks blob :digest as just written; returns its size (no row: collected meanwhile).
+UPDATE {schema}.ai_blobs SET touched_at = now() WHERE digest = :digest RETURNING size;
+
+-- blob_insert --
+-- Stores blob :digest. A concurrent put of the same blob may win the insert; either way it
+-- is stored and young.
+INSERT INTO {schema}.ai_blobs (digest, size, data) VALUES (:digest, :size, :data)
+ON CONFLICT (digest) DO UPDATE SET touched_at = now();
+
+-- blob_get --
+-- The bytes of blob :digest (no row: not stored).
+SELECT data FROM {schema}.ai_blobs WHERE digest = :digest;
+
+-- blob_drop_corrupt --
+-- Removes blob :digest only if it is still corrupt: a good row written meanwhile stays.
+DELETE FROM {schema}.ai_blobs WHERE digest = :digest AND sha256(data) <> digest;
+
+-- blob_exists --
+-- Whether blob :digest is stored (not verified).
+SELECT EXISTS (SELECT 1 FROM {schema}.ai_blobs WHERE digest = :digest);
+
+-- blob_stale --
+-- Up to :limit blobs, in digest order after :after, untouched for :grace_s seconds: the
+-- collector's candidates, a page at a time.
+SELECT digest FROM {schema}.ai_blobs
+WHERE touched_at < now() - make_interval(secs => :grace_s) AND digest > :after
+ORDER BY digest LIMIT :limit;
+
+-- blob_delete_stale --
+-- Deletes those of :digests still untouched for :grace_s seconds (the age is checked as rows
+-- are deleted, so a concurrent put either refreshes a blob first or writes it again after).
+DELETE FROM {schema}.ai_blobs WHERE digest = ANY(:digests::bytea[])
+    AND touched_at < now() - make_interval(secs => :grace_s);
