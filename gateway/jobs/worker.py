@@ -38,10 +38,10 @@ from gateway import errors, operations
 from gateway.auth import Principal
 from gateway.backoff import next_delay
 from gateway.config import JobSettings, Tier
-from gateway.execution import ABANDONED, Call, Executor, Retry
+from gateway.execution import ABANDONED, Call, Executor, Pipeline, Retry
+from gateway.execution.pipeline import tier_of_priority
 from gateway.operations import codec
 from gateway.operations.base import ProgressCallback, ProgressEvent, ProgressKind
-from gateway.pipeline import Pipeline, tier_of_priority
 from gateway.store.base import Job, JobError, JobProgress, LeaseLost, Store
 from gateway.store.blobs import BlobError, BlobNotFound, BlobStore
 

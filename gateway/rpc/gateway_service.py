@@ -18,9 +18,9 @@ from grpc import aio
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
 from gateway.auth import Principal
+from gateway.execution import Pending, Pipeline
 from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
-from gateway.pipeline import Pending, Pipeline
 from gateway.rpc import context as request_context
 from gateway.rpc import convert
 

@@ -22,13 +22,12 @@ from viewbait.ai.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 from gateway import errors, operations
 from gateway.auth import Principal
+from gateway.execution import Pipeline, load_result
 from gateway.operations import codec
-from gateway.pipeline import Pipeline
 from gateway.rpc import context as request_context
 from gateway.rpc import convert
 from gateway.store.base import Job, JobCursor, JobFilter, JobStatus, Store
 from gateway.store.blobs import BlobError, BlobStore
-from gateway.store.results import load_result
 
 Context = aio.ServicerContext[Any, Any]
 

@@ -2,9 +2,9 @@
 
 `create_store(settings)` picks the implementation: `MemoryStore` when `store.database_url` is
 unset, `PostgresStore` otherwise. Both implement `Store` (see `gateway.store.base` for the job
-model) with the same semantics. Blobs live in `gateway.store.blobs`; `gateway.store.results`
-stores a typed operation result across the two. Schema, coalescing protocol and migrations:
-docs/storage.md.
+model) with the same semantics. Blobs live in `gateway.store.blobs`; the request path
+(`gateway.execution.result_cache`) stores a typed operation result across the two. Schema,
+coalescing protocol and migrations: docs/storage.md.
 """
 
 from __future__ import annotations

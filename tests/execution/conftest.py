@@ -40,10 +40,9 @@ from gateway.config import (
     Tier,
 )
 from gateway.emulator import EmulatorServer
-from gateway.execution import Executor
+from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
 from gateway.limiter import RateLimiter
-from gateway.pipeline import Pipeline
 from gateway.server import GatewayServer
 from gateway.store import Store
 from gateway.store.blobs import LocalBlobStore

@@ -17,12 +17,11 @@ from pydantic import SecretStr
 from gateway import errors, operations
 from gateway.config import Settings
 from gateway.emulator import EmulatorServer
-from gateway.execution import Outcome, Pending
+from gateway.execution import Outcome, Pending, Pipeline
 from gateway.operations.analyze_video import AnalyzeVideoRequest, VideoAnalysis
 from gateway.operations.compute_attention_heatmap import ComputeAttentionHeatmapRequest
 from gateway.operations.generate_thumbnail import GenerateThumbnailRequest
 from gateway.operations.images import ImageInput
-from gateway.pipeline import Pipeline
 from gateway.store import JobStatus, NewJob, Store
 from gateway.store.maintenance import purge_expired
 

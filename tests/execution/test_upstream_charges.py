@@ -14,10 +14,10 @@ from gateway.auth import Principal
 from gateway.config import LimiterSettings, RateLimit, Settings, Tier
 from gateway.emulator import EmulatorServer
 from gateway.errors import RateLimited, UpstreamUnavailable
+from gateway.execution import Pipeline
 from gateway.gemini import GeminiClient
 from gateway.limiter import RateLimiter
 from gateway.operations.analyze_video import AnalyzeVideoRequest
-from gateway.pipeline import Pipeline
 from gateway.usage import InMemoryUsageSink
 
 VIDEO = AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")

@@ -16,7 +16,8 @@ from gateway import operations
 from gateway.auth import Principal, require_tier
 from gateway.config import Settings, Tier
 from gateway.errors import InvalidArgument, Unimplemented
-from gateway.execution import Call, Executor, InputWrite, Outcome, Pending, Runner, Spend
+from gateway.execution.executor import Executor
+from gateway.execution.types import Call, InputWrite, Outcome, Pending, Runner, Spend
 from gateway.limiter import RateLimiter
 from gateway.model import (
     AttemptGate,
@@ -317,4 +318,4 @@ class Pipeline:
         return Outcome(result=result, model=model, spend=spend)
 
 
-__all__ = ["Outcome", "Pending", "Pipeline", "Spend"]
+__all__ = ["Pipeline", "tier_of_priority"]

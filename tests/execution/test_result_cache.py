@@ -14,6 +14,7 @@ import pytest
 from PIL import Image as PILImage
 
 from gateway.config import GeminiSettings, Scope
+from gateway.execution import ResultCache, load_result, save_result
 from gateway.gemini import GeminiClient
 from gateway.model import CallLabels
 from gateway.operations import ANALYZE_VIDEO, COMPUTE_ATTENTION_HEATMAP
@@ -23,7 +24,6 @@ from gateway.operations.compute_attention_heatmap import ComputeAttentionHeatmap
 from gateway.operations.images import ImageInput
 from gateway.store import Store
 from gateway.store.blobs import LocalBlobStore
-from gateway.store.results import ResultCache, load_result, save_result
 
 MODEL = GeminiSettings().text_model
 ALICE, BOB = "user-alice", "user-bob"
