@@ -14,7 +14,14 @@ Callers import from here.
 from gateway.execution.executor import ABANDONED, ExecutionStats, Executor
 from gateway.execution.hot_cache import HotResults
 from gateway.execution.pipeline import Pipeline
-from gateway.execution.result_cache import CacheHit, ResultCache, load_result, save_result
+from gateway.execution.result_cache import (
+    CacheHit,
+    EncodedResult,
+    ResultCache,
+    fetch_result,
+    load_result,
+    save_result,
+)
 from gateway.execution.singleflight import SingleFlight
 from gateway.execution.types import (
     BlobQuota,
@@ -33,6 +40,7 @@ __all__ = [
     "BlobQuota",
     "CacheHit",
     "Call",
+    "EncodedResult",
     "ExecutionStats",
     "Executor",
     "HotResults",
@@ -46,6 +54,7 @@ __all__ = [
     "Runner",
     "SingleFlight",
     "Spend",
+    "fetch_result",
     "load_result",
     "save_result",
 ]

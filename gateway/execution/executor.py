@@ -50,7 +50,13 @@ from typing import Any
 from gateway import errors, native
 from gateway.config import ExecutionSettings, Scope
 from gateway.execution.hot_cache import HotResults
-from gateway.execution.result_cache import ResultCache, load_result, save_result
+from gateway.execution.result_cache import (
+    CacheHit,
+    EncodedResult,
+    ResultCache,
+    load_result,
+    save_result,
+)
 from gateway.execution.singleflight import SingleFlight
 from gateway.execution.types import (
     BlobQuota,
@@ -62,7 +68,6 @@ from gateway.execution.types import (
     Spend,
 )
 from gateway.operations import codec
-from gateway.operations.base import OperationSpec
 from gateway.operations.keys import derive_key
 from gateway.store.base import (
     Job,
@@ -116,12 +121,6 @@ class ExecutionStats:
     uncached: int = 0
     #: Results (cache row, blobs or job completion) that could not be written.
     write_failures: int = 0
-
-
-def _result_size(spec: OperationSpec[Any, Any], result: Any) -> int:
-    """Bytes a result holds: its JSON and its images (what the hot copy is bounded by)."""
-    blobs = spec.result_blobs(result)
-    return len(spec.result_to_json(result)) + sum(len(data) for data in blobs.values())
 
 
 def idempotency_flight_key(user_id: str, idempotency_key: str) -> bytes:
@@ -220,7 +219,7 @@ class Executor:
             hit.result,
             hit.entry.model,
             expires=time.monotonic() + remaining,
-            size=_result_size(call.spec, hit.result),
+            size=hit.encoded.size,
         )
         return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
 
@@ -425,8 +424,9 @@ class Executor:
                 self.hand_back(job_id)
                 raise
             if hit is not None:
-                self._spawn(self._complete(call, job_id, hit.result, hit.model, cache=False))
-                return hit
+                # The result is cached already: only the execution is completed with it.
+                self._spawn(self._write(call, job_id, hit.encoded, hit.entry.model, cache=False))
+                return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
         self.stats.runs += 1
         work = asyncio.ensure_future(call.run(job_id, None))
         beat = asyncio.ensure_future(self._keep_lease(job_id, work))
@@ -453,19 +453,15 @@ class Executor:
                 self._spawn(self._settle(job_id, error, retry_after_s=delay))
             raise
         beat.cancel()
-        self._remember(call, outcome.result, outcome.model)
-        self._spawn(self._complete(call, job_id, outcome.result, outcome.model, cache=True))
+        self._keep(call, job_id, outcome)
         return outcome
 
-    async def _recheck(self, call: Call, key: bytes) -> Outcome[Any] | None:
+    async def _recheck(self, call: Call, key: bytes) -> CacheHit[Any] | None:
         """The cache, read again by the runner before it pays for the work."""
         try:
-            hit = await self._cache.get(call.spec, key)
+            return await self._cache.get(call.spec, key)
         except errors.Unavailable:
             return None
-        if hit is None:
-            return None
-        return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
 
     async def _keep_lease(self, job_id: str, work: asyncio.Future[Any]) -> LeaseLost | None:
         """Heartbeats every third of the lease; cancels `work` and returns the loss when the
@@ -491,43 +487,53 @@ class Executor:
             return None
         return await self._finished(call, job)
 
-    def _remember(self, call: Call, result: Any, model: str) -> None:
+    def _keep(self, call: Call, job_id: str | None, outcome: Outcome[Any]) -> None:
+        """Keeps a fresh result, the one way results are cached: encoded once, into the hot copy
+        at once (the next request on this replica hits it), then in the background its blobs,
+        its cache row and the completion of its execution (`job_id`; None for a run without
+        the store)."""
+        encoded = EncodedResult.of(call.spec, outcome.result)
         if call.key is not None and call.ttl_s > 0:
             self.hot.put(
                 call.key,
-                result,
-                model,
+                outcome.result,
+                outcome.model,
                 expires=time.monotonic() + call.ttl_s,
-                size=_result_size(call.spec, result),
+                size=encoded.size,
             )
+        self._spawn(self._write(call, job_id, encoded, outcome.model, cache=True))
 
-    async def _complete(
-        self, call: Call, job_id: str, result: Any, model: str, *, cache: bool
+    async def _write(
+        self, call: Call, job_id: str | None, encoded: EncodedResult, model: str, *, cache: bool
     ) -> None:
-        """Stores a result (blobs, the cache row when `cache`) and completes the execution,
-        which wakes every waiter. Runs after the callers have their answer."""
+        """Stores a result (blobs, the cache row when `cache`) and completes its execution, which
+        wakes every waiter. Runs after the callers have their answer; a failed write costs at
+        most a later recomputation."""
         try:
-            ref = await save_result(call.spec, result, self._blobs, self._inline_max)
             if cache and call.key is not None and call.ttl_s > 0:
-                await self._store.put_result(
+                ref = await self._cache.put(
+                    call.spec,
                     call.key,
-                    op=call.spec.name,
+                    encoded,
                     scope=call.scope.value,
                     model=model,
-                    ref=ref,
                     ttl_s=call.ttl_s,
                 )
-            await self._store.complete_job(job_id, self.worker_id, ref)
+            else:
+                ref = await save_result(encoded, self._blobs, self._inline_max)
+            if job_id is not None:
+                await self._store.complete_job(job_id, self.worker_id, ref)
         except LeaseLost as lost:
             log.warning("job %s was taken from this replica before it completed: %s", job_id, lost)
         except errors.Unavailable as exc:
             self.stats.write_failures += 1
-            log.warning(
-                "the result of job %s was not stored (%s); its lease will lapse and the next "
-                "request recomputes it",
-                job_id,
-                exc.message,
-            )
+            if job_id is not None:
+                log.warning(
+                    "the result of job %s was not stored (%s); its lease will lapse and the "
+                    "next request recomputes it",
+                    job_id,
+                    exc.message,
+                )
 
     def hand_back(self, job_id: str) -> None:
         """A claimed execution whose work never started: at shutdown it is re-queued without
@@ -586,24 +592,8 @@ class Executor:
         # No job row refers to the images: nothing to write.
         call.inputs.arm(None)
         outcome = await call.run("", None)
-        self._remember(call, outcome.result, outcome.model)
-        self._spawn(self._cache_only(call, outcome))
+        self._keep(call, None, outcome)
         return outcome
-
-    async def _cache_only(self, call: Call, outcome: Outcome[Any]) -> None:
-        """Tries to cache a result computed without the store (fails fast while it is down)."""
-        assert call.key is not None
-        try:
-            await self._cache.put(
-                call.spec,
-                call.key,
-                outcome.result,
-                scope=call.scope.value,
-                model=outcome.model,
-                ttl_s=call.ttl_s,
-            )
-        except errors.Unavailable:
-            self.stats.write_failures += 1
 
     # -- lifecycle ---------------------------------------------------------------------------
 
