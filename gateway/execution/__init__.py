@@ -13,7 +13,7 @@ Callers import from here.
 
 from gateway.execution.executor import ABANDONED, ExecutionStats, Executor
 from gateway.execution.hot_cache import HotResults
-from gateway.execution.pipeline import Pipeline
+from gateway.execution.pipeline import Pipeline, Prepared
 from gateway.execution.result_cache import (
     CacheHit,
     EncodedResult,
@@ -48,6 +48,7 @@ __all__ = [
     "Outcome",
     "Pending",
     "Pipeline",
+    "Prepared",
     "ResultCache",
     "Retry",
     "RetryPolicy",

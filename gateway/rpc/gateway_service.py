@@ -50,13 +50,8 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
     ) -> ResponseT:
         """Runs one unary operation for the caller and builds its response message."""
         rc, principal = _caller()
-        outcome = await self._pipeline.run(
-            operation,
-            to_domain(request),
-            principal,
-            deadline=rc.deadline,
-            request_id=rc.request_id,
-        )
+        prepared = self._pipeline.prepare(operation, to_domain(request), principal)
+        outcome = await self._pipeline.run(prepared, deadline=rc.deadline, request_id=rc.request_id)
         if isinstance(outcome, Pending):
             return response_type(
                 pending=convert.pending_job(outcome),
@@ -127,9 +122,13 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         joining it if it still runs.
         """
         rc, principal = _caller()
-        domain_request = convert.generate_thumbnail_request(request)
         # Refuse bad input and missing tiers before the stream starts.
-        self._pipeline.prepare("generate_thumbnail", domain_request, principal)
+        prepared = self._pipeline.prepare(
+            "generate_thumbnail",
+            convert.generate_thumbnail_request(request),
+            principal,
+            idempotency_key=request.idempotency_key,
+        )
         events: asyncio.Queue[gateway_service_pb2.GenerateThumbnailResponse] = asyncio.Queue()
         sent: set[int] = set()
 
@@ -142,13 +141,10 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
         run = asyncio.create_task(
             self._pipeline.run(
-                "generate_thumbnail",
-                domain_request,
-                principal,
+                prepared,
                 deadline=rc.deadline,
                 request_id=rc.request_id,
                 progress=progress,
-                idempotency_key=request.idempotency_key,
                 long_poll=False,
             )
         )

@@ -150,9 +150,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "idempotency_key",
                 f"differs from {case}.idempotency_key; set one of them, or both to the same key",
             )
-        joined = await self._pipeline.submit(
+        prepared = self._pipeline.prepare(
             case, _REQUESTS[case](operation), principal, idempotency_key=key or inner
         )
+        joined = await self._pipeline.submit(prepared)
         if joined.created and self._on_submit is not None:
             self._on_submit()
         return job_service_pb2.SubmitJobResponse(

@@ -8,6 +8,7 @@ over HTTP. "Upstream calls" are what the emulator counted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from gateway.operations.images import ImageInput
 from gateway.store import JobStatus, NewJob, Store
 from gateway.store.maintenance import purge_expired
 
-from .conftest import MakePipeline, encode_png, eventually, principal
+from .conftest import MakePipeline, ask, encode_png, eventually, principal
 
 VIDEO = AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
 #: Upstream latency that keeps concurrent callers overlapping.
@@ -37,7 +38,7 @@ def heatmap(color: tuple[int, int, int] = (10, 200, 30)) -> ComputeAttentionHeat
 
 
 async def analyze(pipeline: Pipeline, user: str = "user-a", **kwargs: Any) -> Any:
-    return await pipeline.run("analyze_video", VIDEO, principal(user), deadline=None, **kwargs)
+    return await ask(pipeline, "analyze_video", VIDEO, principal(user), deadline=None, **kwargs)
 
 
 def calls(emulator: EmulatorServer) -> int:
@@ -138,7 +139,7 @@ async def test_user_results_stay_private_and_the_heatmap_is_shared(
     for_b = await analyze(pipeline, "user-b")
 
     request = heatmap()
-    run = pipeline.run
+    run = functools.partial(ask, pipeline)
     first = await run("compute_attention_heatmap", request, principal("user-a"), deadline=None)
     shared = await run("compute_attention_heatmap", request, principal("user-b"), deadline=None)
 
@@ -203,8 +204,8 @@ async def test_a_short_deadline_bounds_the_wait_not_the_work(
     emulator.set_knobs(latency_s=1.0)
     pipeline = make_pipeline(store)
 
-    answer = await pipeline.run(
-        "analyze_video", VIDEO, principal(), deadline=time.monotonic() + 0.5
+    answer = await ask(
+        pipeline, "analyze_video", VIDEO, principal(), deadline=time.monotonic() + 0.5
     )
 
     assert isinstance(answer, Pending)
@@ -221,7 +222,7 @@ async def test_shared_work_gives_each_user_a_handle_of_their_own(
 
     answers = await asyncio.gather(
         *(
-            pipeline.run("compute_attention_heatmap", request, principal(user), deadline=None)
+            ask(pipeline, "compute_attention_heatmap", request, principal(user), deadline=None)
             for user in ("user-a", "user-b")
         )
     )
@@ -337,7 +338,8 @@ async def test_a_replica_shutting_down_hands_its_running_work_to_another(
 
 
 async def generate(pipeline: Pipeline, prompt: str, key: str) -> Outcome[Any]:
-    return await pipeline.run(
+    return await ask(
+        pipeline,
         "generate_thumbnail",
         GenerateThumbnailRequest(prompt=prompt),
         principal(),

@@ -17,7 +17,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
-from gateway import operations
+from gateway import native, operations
 from gateway.config import ExecutionSettings, Settings, StoreSettings
 from gateway.emulator import EmulatorServer
 from gateway.execution import HotResults
@@ -164,6 +164,46 @@ async def test_an_idempotency_key_replays_the_first_stream(
             operations_pb2.GenerateThumbnailRequest(prompt="other", idempotency_key="stream-1")
         )
     assert reused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_a_thumbnail_request_is_validated_and_its_references_hashed_once(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = await start_gateway(gateway_settings(emulator, tmp_path))
+    spec = operations.get("generate_thumbnail")
+    validations: list[object] = []
+    hashed: list[bytes] = []
+    validate, inspect = type(spec).validate, native.inspect_image_field
+
+    def counted_validate(self: Any, request: Any, *args: Any) -> Any:
+        validations.append(request)
+        return validate(self, request, *args)
+
+    def counted_inspect(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        hashed.append(data)
+        return inspect(data, *args, **kwargs)
+
+    monkeypatch.setattr(type(spec), "validate", counted_validate)
+    monkeypatch.setattr(native, "inspect_image_field", counted_inspect)
+    references = [
+        operations_pb2.ReferenceImage(
+            image=common_pb2.Image(data=encode_png((64, 64), color)), role=role
+        )
+        for color, role in (
+            ((200, 0, 0), operations_pb2.REFERENCE_ROLE_FACE),
+            ((0, 0, 200), operations_pb2.REFERENCE_ROLE_STYLE),
+        )
+    ]
+    request = operations_pb2.GenerateThumbnailRequest(
+        prompt="a treehouse at dusk", references=references, idempotency_key="once-1"
+    )
+
+    call = gateway.stub.GenerateThumbnail(request, metadata=as_user(), timeout=CALL_TIMEOUT_S)
+    messages = [m async for m in call]
+
+    assert messages[-1].summary.image_count == 1
+    assert len(validations) == 1
+    assert sorted(hashed) == sorted(ref.image.data for ref in references)
 
 
 # -- replicas sharing PostgreSQL ---------------------------------------------------------------

@@ -20,6 +20,8 @@ from gateway.limiter import RateLimiter
 from gateway.operations.analyze_video import AnalyzeVideoRequest
 from gateway.usage import InMemoryUsageSink
 
+from .conftest import ask
+
 VIDEO = AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
 ALICE = Principal(user_id="alice", tier=Tier.PRO, via="service")
 #: A fixed, large clock: hour-long limits then read the same whenever the machine booted.
@@ -59,7 +61,7 @@ async def test_every_attempt_is_charged_to_the_model_limit(
     pipeline, limiter, model = _limited(gemini_client, burst=10)
     emulator.inject("rate_limited", count=2, retry_delay_s=0.01)
 
-    outcome = await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
+    outcome = await ask(pipeline, "analyze_video", VIDEO, ALICE, deadline=None)
 
     assert outcome.spend.upstream_calls == 3
     assert emulator.stats().count(model) == 3
@@ -75,7 +77,7 @@ async def test_a_retry_the_limit_refuses_is_not_made(
     emulator.inject("rate_limited", count=5, retry_delay_s=0.01)
 
     with pytest.raises(UpstreamUnavailable) as failed:
-        await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
+        await ask(pipeline, "analyze_video", VIDEO, ALICE, deadline=None)
 
     # Two attempts were charged and made; the third was refused before Gemini was asked.
     assert emulator.stats().count(model) == 2
@@ -92,8 +94,8 @@ async def test_a_first_attempt_the_limit_refuses_costs_nothing(
     emulator: EmulatorServer, gemini_client: GeminiClient, usage_sink: InMemoryUsageSink
 ) -> None:
     pipeline, _, _ = _limited(gemini_client, burst=1)
-    await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
+    await ask(pipeline, "analyze_video", VIDEO, ALICE, deadline=None)
     with pytest.raises(RateLimited):
-        await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
+        await ask(pipeline, "analyze_video", VIDEO, ALICE, deadline=None)
     assert emulator.stats().requests == 1
     assert len(usage_sink.records) == 1
