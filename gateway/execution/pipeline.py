@@ -17,7 +17,7 @@ from typing import Any, Literal, overload
 from gateway import operations
 from gateway.auth import Principal, require_tier
 from gateway.config import Settings, Tier
-from gateway.errors import InvalidArgument, Unimplemented
+from gateway.errors import InvalidArgument
 from gateway.execution.executor import Executor
 from gateway.execution.types import Call, InputWrite, Outcome, Pending, Runner, Spend
 from gateway.limiter import RateLimiter
@@ -108,26 +108,26 @@ class Prepared:
 class Pipeline:
     """Runs operations for authenticated callers.
 
-    `limiter` enforces the policy table's rate limits; by default the embedded one (exact for a
-    single replica), the server passes the shared one when Redis is configured. `executor`
-    answers through the result cache and coalescing; without one, every request runs.
+    `limiter` enforces the policy table's rate limits (the embedded one, exact for a single
+    replica, or the shared one when Redis is configured). `executor` answers through the result
+    cache and coalescing; a request that is neither cacheable nor keyed runs straight through it.
     """
 
     def __init__(
         self,
         settings: Settings,
         client: ModelClient,
-        limiter: RateLimiter | None = None,
-        executor: Executor | None = None,
+        limiter: RateLimiter,
+        executor: Executor,
     ) -> None:
         self._settings = settings
         self._client = client
-        self._limiter = limiter if limiter is not None else RateLimiter(settings)
+        self._limiter = limiter
         self._executor = executor
 
     @property
-    def executor(self) -> Executor | None:
-        """The cache and coalescing layer (None: every request runs)."""
+    def executor(self) -> Executor:
+        """The cache and coalescing layer (and the job store behind it)."""
         return self._executor
 
     def prepare(
@@ -189,14 +189,10 @@ class Pipeline:
         admission limit; a refused request has cost nothing upstream.
         """
         await self._admit(prepared)
-        operation, validated, principal = prepared.operation, prepared.request, prepared.principal
-        if self._executor is None:
-            runner = self._runner(operation, validated, principal, request_id, progress)
-            return await runner("", deadline)
         call = self.call(
-            operation,
-            validated,
-            principal,
+            prepared.operation,
+            prepared.request,
+            prepared.principal,
             request_id=request_id,
             progress=progress,
             idempotency_key=prepared.idempotency_key,
@@ -212,8 +208,6 @@ class Pipeline:
         Returns the caller's job: an earlier one with the same idempotency key, the active job
         with the same cache key (joined), or a new queued one (`created`).
         """
-        if self._executor is None:
-            raise Unimplemented("jobs need the result store; this pipeline runs inline only")
         await self._admit(prepared)
         call = self.call(
             prepared.operation,
@@ -271,7 +265,7 @@ class Pipeline:
         principal: Principal,
         request_id: str,
         progress: ProgressCallback | None,
-        inputs: InputWrite | None = None,
+        inputs: InputWrite,
     ) -> Runner:
         spec = operations.get(operation)
         model = self._settings.model_name(self._settings.policy(operation))
@@ -286,7 +280,7 @@ class Pipeline:
                 request_id=request_id,
                 deadline=run_deadline,
                 progress=progress,
-                inputs=InputWrite() if inputs is None else inputs,
+                inputs=inputs,
             )
 
         return run

@@ -111,8 +111,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         on_submit: Callable[[], None] | None = None,
     ) -> None:
         executor = pipeline.executor
-        if executor is None:
-            raise ValueError("JobService needs a pipeline with an executor (the job store)")
         self._pipeline = pipeline
         self._store: Store = executor.store
         self._blobs = blobs

@@ -47,12 +47,10 @@ def calls(emulator: EmulatorServer) -> int:
 
 async def flush(pipeline: Pipeline) -> None:
     """Waits for the pipeline's background result writes (they follow the answer)."""
-    assert pipeline.executor is not None
     await pipeline.executor.flush()
 
 
 def stats(pipeline: Pipeline) -> Any:
-    assert pipeline.executor is not None
     return pipeline.executor.stats
 
 
@@ -324,7 +322,6 @@ async def test_a_replica_shutting_down_hands_its_running_work_to_another(
     await eventually(lambda: stats(staying).misses == 1, "the follower")
     await asyncio.sleep(0.1)  # it has joined the execution and waits for it
 
-    assert leaving.executor is not None
     await leaving.executor.aclose()
     outcome = await follower
 
