@@ -8,6 +8,7 @@ over HTTP. "Upstream calls" are what the emulator counted.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import time
 from typing import Any
@@ -89,6 +90,39 @@ async def test_a_hit_comes_from_the_store_on_a_replica_that_never_saw_it(
 
     assert again.cached and calls(emulator) == 1
     assert (stats(other).store_hits, stats(other).hot_hits) == (1, 0)
+
+
+async def test_a_result_is_encoded_once_and_a_store_hit_decoded_once(
+    store: Store, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec_type = type(operations.get("compute_attention_heatmap"))
+    counts: collections.Counter[str] = collections.Counter()
+    to_json, from_json = spec_type.result_to_json, spec_type.result_from_json
+
+    def counted_to_json(self: Any, result: Any) -> str:
+        counts["encoded"] += 1
+        return to_json(self, result)
+
+    def counted_from_json(self: Any, text: str, blobs: Any) -> Any:
+        counts["decoded"] += 1
+        return from_json(self, text, blobs)
+
+    monkeypatch.setattr(spec_type, "result_to_json", counted_to_json)
+    monkeypatch.setattr(spec_type, "result_from_json", counted_from_json)
+    running, other = make_pipeline(store), make_pipeline(store)
+    request = heatmap((90, 60, 30))
+
+    first = await ask(running, "compute_attention_heatmap", request, principal(), deadline=None)
+    await flush(running)
+    # Sized for the hot copy and stored from one encoding.
+    assert not first.cached and counts == {"encoded": 1}
+    from_store = await ask(other, "compute_attention_heatmap", request, principal(), deadline=None)
+    from_hot = await ask(other, "compute_attention_heatmap", request, principal(), deadline=None)
+    await flush(other)
+
+    assert from_store.cached and from_hot.cached and from_hot.result == first.result
+    # The store hit is decoded once and sized from what was read; the hot hit costs nothing.
+    assert counts == {"encoded": 1, "decoded": 1}
 
 
 async def test_an_expired_entry_is_a_miss_and_cleanup_deletes_it(
