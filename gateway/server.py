@@ -48,11 +48,10 @@ from gateway.config import (
 )
 from gateway.emulator import EmulatorServer
 from gateway.errors import Unavailable
-from gateway.execution import Executor
+from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
 from gateway.jobs import OperationRunner, WorkerPool
 from gateway.limiter import LimiterMode, RateLimiter
-from gateway.pipeline import Pipeline
 from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
 from gateway.rpc.interceptors import (

@@ -38,10 +38,10 @@ from gateway import errors, operations
 from gateway.auth import Principal
 from gateway.backoff import next_delay
 from gateway.config import JobSettings, Tier
-from gateway.execution import ABANDONED, Call, Executor, Retry
+from gateway.execution import ABANDONED, Call, Pipeline, Retry
+from gateway.execution.pipeline import tier_of_priority
 from gateway.operations import codec
 from gateway.operations.base import ProgressCallback, ProgressEvent, ProgressKind
-from gateway.pipeline import Pipeline, tier_of_priority
 from gateway.store.base import Job, JobError, JobProgress, JobStore, LeaseLost
 from gateway.store.blobs import BlobError, BlobNotFound, BlobStore
 
@@ -229,12 +229,9 @@ class OperationRunner:
         *,
         rng: random.Random | None = None,
     ) -> None:
-        executor = pipeline.executor
-        if executor is None:
-            raise ValueError("job workers need a pipeline with an executor (the job store)")
         self._settings = settings
         self._pipeline = pipeline
-        self._executor: Executor = executor
+        self._executor = pipeline.executor
         self._blobs = blobs
         self._rng = rng
 

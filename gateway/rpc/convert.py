@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from viewbait.ai.v1 import common_pb2, job_pb2, operations_pb2
 
 from gateway.errors import InvalidArgument
+from gateway.execution import Pending, Spend
 from gateway.operations.analyze_video import AnalyzeVideoRequest, VideoAnalysis
 from gateway.operations.check_channel_consistency import (
     ChannelConsistency,
@@ -41,7 +42,6 @@ from gateway.operations.suggest_thumbnail_concepts import (
     SuggestThumbnailConceptsRequest,
     ThumbnailConcepts,
 )
-from gateway.pipeline import Pending, Spend
 from gateway.rpc.status import status_code
 from gateway.store.base import Job, JobError, JobProgress, JobStatus
 

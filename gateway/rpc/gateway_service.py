@@ -18,9 +18,9 @@ from grpc import aio
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
 from gateway.auth import Principal
+from gateway.execution import Pending, Pipeline
 from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
-from gateway.pipeline import Pending, Pipeline
 from gateway.rpc import context as request_context
 from gateway.rpc import convert
 
@@ -50,13 +50,8 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
     ) -> ResponseT:
         """Runs one unary operation for the caller and builds its response message."""
         rc, principal = _caller()
-        outcome = await self._pipeline.run(
-            operation,
-            to_domain(request),
-            principal,
-            deadline=rc.deadline,
-            request_id=rc.request_id,
-        )
+        prepared = self._pipeline.prepare(operation, to_domain(request), principal)
+        outcome = await self._pipeline.run(prepared, deadline=rc.deadline, request_id=rc.request_id)
         if isinstance(outcome, Pending):
             return response_type(
                 pending=convert.pending_job(outcome),
@@ -127,9 +122,13 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         joining it if it still runs.
         """
         rc, principal = _caller()
-        domain_request = convert.generate_thumbnail_request(request)
         # Refuse bad input and missing tiers before the stream starts.
-        self._pipeline.prepare("generate_thumbnail", domain_request, principal)
+        prepared = self._pipeline.prepare(
+            "generate_thumbnail",
+            convert.generate_thumbnail_request(request),
+            principal,
+            idempotency_key=request.idempotency_key,
+        )
         events: asyncio.Queue[gateway_service_pb2.GenerateThumbnailResponse] = asyncio.Queue()
         sent: set[int] = set()
 
@@ -142,13 +141,10 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
         run = asyncio.create_task(
             self._pipeline.run(
-                "generate_thumbnail",
-                domain_request,
-                principal,
+                prepared,
                 deadline=rc.deadline,
                 request_id=rc.request_id,
                 progress=progress,
-                idempotency_key=request.idempotency_key,
                 long_poll=False,
             )
         )

@@ -22,13 +22,12 @@ from viewbait.ai.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 from gateway import errors, operations
 from gateway.auth import Principal
+from gateway.execution import Pipeline, load_result
 from gateway.operations import codec
-from gateway.pipeline import Pipeline
 from gateway.rpc import context as request_context
 from gateway.rpc import convert
 from gateway.store.base import Job, JobCursor, JobFilter, JobStatus, JobStore
 from gateway.store.blobs import BlobError, BlobStore
-from gateway.store.results import load_result
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -112,8 +111,6 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         on_submit: Callable[[], None] | None = None,
     ) -> None:
         executor = pipeline.executor
-        if executor is None:
-            raise ValueError("JobService needs a pipeline with an executor (the job store)")
         self._pipeline = pipeline
         self._store: JobStore = executor.store
         self._blobs = blobs
@@ -151,9 +148,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "idempotency_key",
                 f"differs from {case}.idempotency_key; set one of them, or both to the same key",
             )
-        joined = await self._pipeline.submit(
+        prepared = self._pipeline.prepare(
             case, _REQUESTS[case](operation), principal, idempotency_key=key or inner
         )
+        joined = await self._pipeline.submit(prepared)
         if joined.created and self._on_submit is not None:
             self._on_submit()
         return job_service_pb2.SubmitJobResponse(

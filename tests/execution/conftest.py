@@ -8,7 +8,8 @@ conftest.
 - `store_kind`: "memory" or "postgres" (parametrized); `store`: a started store of that kind.
 - `make_pipeline(store, **execution)`: a `Pipeline` whose executor runs over `store` and a blob
   directory of the test's own, calling the emulator through the real adapter.
-- `principal(user, tier)`: an authenticated caller.
+- `principal(user, tier)`: an authenticated caller; `ask(pipeline, operation, request, who,
+  **run)`: a request prepared and run as a servicer does.
 - `gateway_settings(emulator, blob_dir, **sections)` and `start_gateway(settings)`: in-process
   `GatewayServer`s calling the test's emulator, with a channel and stubs, stopped after the test.
 """
@@ -40,10 +41,9 @@ from gateway.config import (
     Tier,
 )
 from gateway.emulator import EmulatorServer
-from gateway.execution import Executor
+from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
 from gateway.limiter import RateLimiter
-from gateway.pipeline import Pipeline
 from gateway.server import GatewayServer
 from gateway.store import Store
 from gateway.store.blobs import LocalBlobStore
@@ -105,6 +105,20 @@ async def eventually(condition: Callable[[], bool], what: str, patience_s: float
 def principal(user_id: str = "user-a", tier: Tier = Tier.PRO) -> Principal:
     """An authenticated caller."""
     return Principal(user_id=user_id, tier=tier, via="service")
+
+
+async def ask(
+    pipeline: Pipeline,
+    operation: str,
+    request: Any,
+    who: Principal,
+    *,
+    idempotency_key: str = "",
+    **run: Any,
+) -> Any:
+    """`pipeline.prepare` then `pipeline.run(prepared, **run)`, as a servicer does."""
+    prepared = pipeline.prepare(operation, request, who, idempotency_key=idempotency_key)
+    return await pipeline.run(prepared, **run)
 
 
 MakePipeline = Callable[..., Pipeline]

@@ -8,6 +8,8 @@ over HTTP. "Upstream calls" are what the emulator counted.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import time
 from typing import Any
 
@@ -17,16 +19,15 @@ from pydantic import SecretStr
 from gateway import errors, operations
 from gateway.config import Settings
 from gateway.emulator import EmulatorServer
-from gateway.execution import Outcome, Pending
+from gateway.execution import Outcome, Pending, Pipeline
 from gateway.operations.analyze_video import AnalyzeVideoRequest, VideoAnalysis
 from gateway.operations.compute_attention_heatmap import ComputeAttentionHeatmapRequest
 from gateway.operations.generate_thumbnail import GenerateThumbnailRequest
 from gateway.operations.images import ImageInput
-from gateway.pipeline import Pipeline
 from gateway.store import JobStatus, NewJob, Store
 from gateway.store.maintenance import purge_expired
 
-from .conftest import MakePipeline, encode_png, eventually, principal
+from .conftest import MakePipeline, ask, encode_png, eventually, principal
 
 VIDEO = AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
 #: Upstream latency that keeps concurrent callers overlapping.
@@ -38,7 +39,7 @@ def heatmap(color: tuple[int, int, int] = (10, 200, 30)) -> ComputeAttentionHeat
 
 
 async def analyze(pipeline: Pipeline, user: str = "user-a", **kwargs: Any) -> Any:
-    return await pipeline.run("analyze_video", VIDEO, principal(user), deadline=None, **kwargs)
+    return await ask(pipeline, "analyze_video", VIDEO, principal(user), deadline=None, **kwargs)
 
 
 def calls(emulator: EmulatorServer) -> int:
@@ -47,12 +48,10 @@ def calls(emulator: EmulatorServer) -> int:
 
 async def flush(pipeline: Pipeline) -> None:
     """Waits for the pipeline's background result writes (they follow the answer)."""
-    assert pipeline.executor is not None
     await pipeline.executor.flush()
 
 
 def stats(pipeline: Pipeline) -> Any:
-    assert pipeline.executor is not None
     return pipeline.executor.stats
 
 
@@ -91,6 +90,39 @@ async def test_a_hit_comes_from_the_store_on_a_replica_that_never_saw_it(
 
     assert again.cached and calls(emulator) == 1
     assert (stats(other).store_hits, stats(other).hot_hits) == (1, 0)
+
+
+async def test_a_result_is_encoded_once_and_a_store_hit_decoded_once(
+    store: Store, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec_type = type(operations.get("compute_attention_heatmap"))
+    counts: collections.Counter[str] = collections.Counter()
+    to_json, from_json = spec_type.result_to_json, spec_type.result_from_json
+
+    def counted_to_json(self: Any, result: Any) -> str:
+        counts["encoded"] += 1
+        return to_json(self, result)
+
+    def counted_from_json(self: Any, text: str, blobs: Any) -> Any:
+        counts["decoded"] += 1
+        return from_json(self, text, blobs)
+
+    monkeypatch.setattr(spec_type, "result_to_json", counted_to_json)
+    monkeypatch.setattr(spec_type, "result_from_json", counted_from_json)
+    running, other = make_pipeline(store), make_pipeline(store)
+    request = heatmap((90, 60, 30))
+
+    first = await ask(running, "compute_attention_heatmap", request, principal(), deadline=None)
+    await flush(running)
+    # Sized for the hot copy and stored from one encoding.
+    assert not first.cached and counts == {"encoded": 1}
+    from_store = await ask(other, "compute_attention_heatmap", request, principal(), deadline=None)
+    from_hot = await ask(other, "compute_attention_heatmap", request, principal(), deadline=None)
+    await flush(other)
+
+    assert from_store.cached and from_hot.cached and from_hot.result == first.result
+    # The store hit is decoded once and sized from what was read; the hot hit costs nothing.
+    assert counts == {"encoded": 1, "decoded": 1}
 
 
 async def test_an_expired_entry_is_a_miss_and_cleanup_deletes_it(
@@ -139,7 +171,7 @@ async def test_user_results_stay_private_and_the_heatmap_is_shared(
     for_b = await analyze(pipeline, "user-b")
 
     request = heatmap()
-    run = pipeline.run
+    run = functools.partial(ask, pipeline)
     first = await run("compute_attention_heatmap", request, principal("user-a"), deadline=None)
     shared = await run("compute_attention_heatmap", request, principal("user-b"), deadline=None)
 
@@ -204,8 +236,8 @@ async def test_a_short_deadline_bounds_the_wait_not_the_work(
     emulator.set_knobs(latency_s=1.0)
     pipeline = make_pipeline(store)
 
-    answer = await pipeline.run(
-        "analyze_video", VIDEO, principal(), deadline=time.monotonic() + 0.5
+    answer = await ask(
+        pipeline, "analyze_video", VIDEO, principal(), deadline=time.monotonic() + 0.5
     )
 
     assert isinstance(answer, Pending)
@@ -222,7 +254,7 @@ async def test_shared_work_gives_each_user_a_handle_of_their_own(
 
     answers = await asyncio.gather(
         *(
-            pipeline.run("compute_attention_heatmap", request, principal(user), deadline=None)
+            ask(pipeline, "compute_attention_heatmap", request, principal(user), deadline=None)
             for user in ("user-a", "user-b")
         )
     )
@@ -324,7 +356,6 @@ async def test_a_replica_shutting_down_hands_its_running_work_to_another(
     await eventually(lambda: stats(staying).misses == 1, "the follower")
     await asyncio.sleep(0.1)  # it has joined the execution and waits for it
 
-    assert leaving.executor is not None
     await leaving.executor.aclose()
     outcome = await follower
 
@@ -338,7 +369,8 @@ async def test_a_replica_shutting_down_hands_its_running_work_to_another(
 
 
 async def generate(pipeline: Pipeline, prompt: str, key: str) -> Outcome[Any]:
-    return await pipeline.run(
+    return await ask(
+        pipeline,
         "generate_thumbnail",
         GenerateThumbnailRequest(prompt=prompt),
         principal(),

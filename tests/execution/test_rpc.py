@@ -18,14 +18,16 @@ from grpc import aio
 from grpc_health.v1 import health_pb2
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
-from gateway import operations
+from gateway import native, operations
 from gateway.config import Backend, ExecutionSettings, GeminiSettings, Settings, StoreSettings
 from gateway.emulator import EmulatorServer
-from gateway.execution import HotResults
+from gateway.execution import Executor, HotResults, Pipeline
 from gateway.gemini import GeminiClient
+from gateway.limiter import RateLimiter
 from gateway.operations.analyze_video import AnalyzeVideoRequest
-from gateway.pipeline import Pipeline
 from gateway.server import STORE_HEALTH_SERVICE, UPSTREAM_HEALTH_SERVICE
+from gateway.store import MemoryStore
+from gateway.store.blobs import LocalBlobStore
 
 from .conftest import (
     DATABASE_URL,
@@ -170,6 +172,46 @@ async def test_an_idempotency_key_replays_the_first_stream(
             operations_pb2.GenerateThumbnailRequest(prompt="other", idempotency_key="stream-1")
         )
     assert reused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_a_thumbnail_request_is_validated_and_its_references_hashed_once(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = await start_gateway(gateway_settings(emulator, tmp_path))
+    spec = operations.get("generate_thumbnail")
+    validations: list[object] = []
+    hashed: list[bytes] = []
+    validate, inspect = type(spec).validate, native.inspect_image_field
+
+    def counted_validate(self: Any, request: Any, *args: Any) -> Any:
+        validations.append(request)
+        return validate(self, request, *args)
+
+    def counted_inspect(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        hashed.append(data)
+        return inspect(data, *args, **kwargs)
+
+    monkeypatch.setattr(type(spec), "validate", counted_validate)
+    monkeypatch.setattr(native, "inspect_image_field", counted_inspect)
+    references = [
+        operations_pb2.ReferenceImage(
+            image=common_pb2.Image(data=encode_png((64, 64), color)), role=role
+        )
+        for color, role in (
+            ((200, 0, 0), operations_pb2.REFERENCE_ROLE_FACE),
+            ((0, 0, 200), operations_pb2.REFERENCE_ROLE_STYLE),
+        )
+    ]
+    request = operations_pb2.GenerateThumbnailRequest(
+        prompt="a treehouse at dusk", references=references, idempotency_key="once-1"
+    )
+
+    call = gateway.stub.GenerateThumbnail(request, metadata=as_user(), timeout=CALL_TIMEOUT_S)
+    messages = [m async for m in call]
+
+    assert messages[-1].summary.image_count == 1
+    assert len(validations) == 1
+    assert sorted(hashed) == sorted(ref.image.data for ref in references)
 
 
 # -- replicas sharing PostgreSQL ---------------------------------------------------------------
@@ -355,7 +397,7 @@ async def test_emulated_answers_never_share_cache_entries_with_real_ones(
 
 
 async def test_the_same_request_has_different_keys_emulated_and_real(
-    gemini_client: GeminiClient, gemini_settings: GeminiSettings
+    gemini_client: GeminiClient, gemini_settings: GeminiSettings, tmp_path: Path
 ) -> None:
     """The keys the pipeline derives (cache and coalescing), and the model a stored result
     names, for one request: emulated, and through a configured URL and key (real)."""
@@ -363,9 +405,10 @@ async def test_the_same_request_has_different_keys_emulated_and_real(
     emulated = Settings(gemini=GeminiSettings(backend=Backend.EMULATOR))
     calls = {}
     for name, settings in (("real", real), ("emulated", emulated)):
-        pipeline = Pipeline(settings, gemini_client)
-        validated = pipeline.prepare("analyze_video", ANALYSIS, principal())
-        calls[name] = pipeline.call("analyze_video", validated, principal())
+        executor = Executor(settings.execution, MemoryStore(), LocalBlobStore(tmp_path / name))
+        pipeline = Pipeline(settings, gemini_client, RateLimiter(settings), executor)
+        prepared = pipeline.prepare("analyze_video", ANALYSIS, principal())
+        calls[name] = pipeline.call("analyze_video", prepared.request, principal())
 
     assert calls["real"].key is not None and calls["emulated"].key is not None
     assert calls["real"].key != calls["emulated"].key

@@ -8,17 +8,23 @@ wait at least as long as the limit does.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.auth import Principal
 from gateway.config import LimiterSettings, RateLimit, Settings, Tier
 from gateway.emulator import EmulatorServer
 from gateway.errors import RateLimited, UpstreamUnavailable
+from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
 from gateway.limiter import RateLimiter
 from gateway.operations.analyze_video import AnalyzeVideoRequest
-from gateway.pipeline import Pipeline
+from gateway.store.blobs import LocalBlobStore
+from gateway.store.memory import MemoryStore
 from gateway.usage import InMemoryUsageSink
+
+from .conftest import ask
 
 VIDEO = AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
 ALICE = Principal(user_id="alice", tier=Tier.PRO, via="service")
@@ -26,20 +32,27 @@ ALICE = Principal(user_id="alice", tier=Tier.PRO, via="service")
 CLOCK_NS = 1_700_000_000 * 1_000_000_000
 
 
-def _limited(client: GeminiClient, burst: int) -> tuple[Pipeline, RateLimiter, str]:
-    """A pipeline whose text model may be called `burst` times an hour, its limiter and model."""
+def _limited(client: GeminiClient, burst: int, blob_dir: Path) -> tuple[Pipeline, RateLimiter, str]:
+    """A pipeline whose text model may be called `burst` times an hour, its limiter and model.
+
+    Its executor runs over the embedded store with AnalyzeVideo uncached, so every request
+    goes upstream."""
     settings = Settings()
     model = settings.gemini.text_model
+    policies = dict(settings.policies)
+    policies["analyze_video"] = policies["analyze_video"].model_copy(update={"ttl_s": 0})
     settings = settings.model_copy(
         update={
             "limiter": LimiterSettings(
                 models={model: RateLimit(rate=burst, period_s=3600, burst=burst)},
                 model_default=None,
-            )
+            ),
+            "policies": policies,
         }
     )
     limiter = RateLimiter(settings, clock=lambda: CLOCK_NS)
-    return Pipeline(settings, client, limiter), limiter, model
+    executor = Executor(settings.execution, MemoryStore(), LocalBlobStore(blob_dir))
+    return Pipeline(settings, client, limiter, executor), limiter, model
 
 
 async def _calls_left(limiter: RateLimiter, model: str) -> int:
@@ -54,12 +67,15 @@ async def _calls_left(limiter: RateLimiter, model: str) -> int:
 
 
 async def test_every_attempt_is_charged_to_the_model_limit(
-    emulator: EmulatorServer, gemini_client: GeminiClient, usage_sink: InMemoryUsageSink
+    emulator: EmulatorServer,
+    gemini_client: GeminiClient,
+    usage_sink: InMemoryUsageSink,
+    tmp_path: Path,
 ) -> None:
-    pipeline, limiter, model = _limited(gemini_client, burst=10)
+    pipeline, limiter, model = _limited(gemini_client, burst=10, blob_dir=tmp_path)
     emulator.inject("rate_limited", count=2, retry_delay_s=0.01)
 
-    outcome = await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
+    outcome = await ask(pipeline, "analyze_video", VIDEO, ALICE, deadline=None)
 
     assert outcome.spend.upstream_calls == 3
     assert emulator.stats().count(model) == 3
@@ -69,13 +85,16 @@ async def test_every_attempt_is_charged_to_the_model_limit(
 
 
 async def test_a_retry_the_limit_refuses_is_not_made(
-    emulator: EmulatorServer, gemini_client: GeminiClient, usage_sink: InMemoryUsageSink
+    emulator: EmulatorServer,
+    gemini_client: GeminiClient,
+    usage_sink: InMemoryUsageSink,
+    tmp_path: Path,
 ) -> None:
-    pipeline, limiter, model = _limited(gemini_client, burst=2)
+    pipeline, limiter, model = _limited(gemini_client, burst=2, blob_dir=tmp_path)
     emulator.inject("rate_limited", count=5, retry_delay_s=0.01)
 
     with pytest.raises(UpstreamUnavailable) as failed:
-        await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
+        await ask(pipeline, "analyze_video", VIDEO, ALICE, deadline=None)
 
     # Two attempts were charged and made; the third was refused before Gemini was asked.
     assert emulator.stats().count(model) == 2
@@ -89,11 +108,14 @@ async def test_a_retry_the_limit_refuses_is_not_made(
 
 
 async def test_a_first_attempt_the_limit_refuses_costs_nothing(
-    emulator: EmulatorServer, gemini_client: GeminiClient, usage_sink: InMemoryUsageSink
+    emulator: EmulatorServer,
+    gemini_client: GeminiClient,
+    usage_sink: InMemoryUsageSink,
+    tmp_path: Path,
 ) -> None:
-    pipeline, _, _ = _limited(gemini_client, burst=1)
-    await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
+    pipeline, _, _ = _limited(gemini_client, burst=1, blob_dir=tmp_path)
+    await ask(pipeline, "analyze_video", VIDEO, ALICE, deadline=None)
     with pytest.raises(RateLimited):
-        await pipeline.run("analyze_video", VIDEO, ALICE, deadline=None)
+        await ask(pipeline, "analyze_video", VIDEO, ALICE, deadline=None)
     assert emulator.stats().requests == 1
     assert len(usage_sink.records) == 1

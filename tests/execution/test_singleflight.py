@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import Cancelled, UpstreamUnavailable
-from gateway.singleflight import SingleFlight
+from gateway.execution import SingleFlight
 
 KEY = b"k" * 32
 

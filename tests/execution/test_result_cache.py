@@ -14,6 +14,7 @@ import pytest
 from PIL import Image as PILImage
 
 from gateway.config import GeminiSettings, Scope
+from gateway.execution import EncodedResult, ResultCache, load_result, save_result
 from gateway.gemini import GeminiClient
 from gateway.model import CallLabels
 from gateway.operations import ANALYZE_VIDEO, COMPUTE_ATTENTION_HEATMAP
@@ -23,7 +24,6 @@ from gateway.operations.compute_attention_heatmap import ComputeAttentionHeatmap
 from gateway.operations.images import ImageInput
 from gateway.store import Store
 from gateway.store.blobs import LocalBlobStore
-from gateway.store.results import ResultCache, load_result, save_result
 
 MODEL = GeminiSettings().text_model
 ALICE, BOB = "user-alice", "user-bob"
@@ -63,7 +63,9 @@ async def test_a_heatmap_result_round_trips_through_cache_and_blobs(
     assert key is not None
     cache = ResultCache(store, blobs, inline_max_bytes=64 * 1024)
     assert await cache.get(spec, key) is None
-    ref = await cache.put(spec, key, result, scope="global", model=MODEL, ttl_s=3600)
+    ref = await cache.put(
+        spec, key, EncodedResult.of(spec, result), scope="global", model=MODEL, ttl_s=3600
+    )
     # The row holds JSON and a reference; the overlay PNG lives in the blob store.
     assert ref.json is not None and ref.blobs == (result.overlay.sha256,)
     assert result.overlay.data not in ref.json.encode()
@@ -78,7 +80,9 @@ async def test_large_result_json_goes_to_the_blob_store(
     blobs: LocalBlobStore, heatmap: tuple[Any, Any]
 ) -> None:
     _, result = heatmap
-    ref = await save_result(COMPUTE_ATTENTION_HEATMAP, result, blobs, inline_max_bytes=0)
+    ref = await save_result(
+        EncodedResult.of(COMPUTE_ATTENTION_HEATMAP, result), blobs, inline_max_bytes=0
+    )
     assert ref.json is None and ref.json_blob is not None
     assert await load_result(COMPUTE_ATTENTION_HEATMAP, ref, blobs) == result
 
@@ -91,11 +95,15 @@ async def test_a_lost_blob_makes_a_miss_not_an_error(
     key = spec.cache_key(request, ALICE, MODEL, Scope.GLOBAL)
     assert key is not None
     cache = ResultCache(store, blobs, inline_max_bytes=64 * 1024)
-    await cache.put(spec, key, result, scope="global", model=MODEL, ttl_s=3600)
+    await cache.put(
+        spec, key, EncodedResult.of(spec, result), scope="global", model=MODEL, ttl_s=3600
+    )
     blobs.path_of(result.overlay.sha256).unlink()
     assert await cache.get(spec, key) is None
     # Another operation's spec never decodes this entry either.
-    await cache.put(spec, key, result, scope="global", model=MODEL, ttl_s=3600)
+    await cache.put(
+        spec, key, EncodedResult.of(spec, result), scope="global", model=MODEL, ttl_s=3600
+    )
     assert await cache.get(ANALYZE_VIDEO, key) is None
     assert await cache.get(spec, key) is not None
 
@@ -108,7 +116,9 @@ async def test_expired_results_are_misses(
     key = spec.cache_key(request, ALICE, MODEL, Scope.GLOBAL)
     assert key is not None
     cache = ResultCache(store, blobs, inline_max_bytes=64 * 1024)
-    await cache.put(spec, key, result, scope="global", model=MODEL, ttl_s=0.01)
+    await cache.put(
+        spec, key, EncodedResult.of(spec, result), scope="global", model=MODEL, ttl_s=0.01
+    )
     await asyncio.sleep(0.05)
     assert await cache.get(spec, key) is None
 
@@ -122,7 +132,14 @@ async def test_user_scope_and_version_bumps_isolate_entries(
     alice_key = ANALYZE_VIDEO.cache_key(request, ALICE, MODEL, Scope.USER)
     bob_key = ANALYZE_VIDEO.cache_key(request, BOB, MODEL, Scope.USER)
     assert alice_key is not None and bob_key is not None
-    await cache.put(ANALYZE_VIDEO, alice_key, analysis, scope="user", model=MODEL, ttl_s=3600)
+    await cache.put(
+        ANALYZE_VIDEO,
+        alice_key,
+        EncodedResult.of(ANALYZE_VIDEO, analysis),
+        scope="user",
+        model=MODEL,
+        ttl_s=3600,
+    )
     hit = await cache.get(ANALYZE_VIDEO, alice_key)
     assert hit is not None and hit.result == analysis
     # Bob asking about the same video never gets Alice's analysis.

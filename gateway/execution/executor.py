@@ -1,5 +1,5 @@
 """How a replica answers an operation request at most once per key: cache-aside, single-flight
-and cross-replica coalescing (DESIGN.md sections 2 and 3; the storage side is docs/storage.md).
+and cross-replica coalescing (the storage side is docs/storage.md).
 
 For a request whose result is cacheable (it has a cache key) or replayable (an idempotency key):
 
@@ -42,23 +42,36 @@ import os
 import socket
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from gateway import errors, native
 from gateway.config import EMULATOR_MODEL_PREFIX, ExecutionSettings, Scope
-from gateway.model import ModelResponse, Usage
+from gateway.execution.hot_cache import HotResults
+from gateway.execution.result_cache import (
+    CacheHit,
+    EncodedResult,
+    ResultCache,
+    load_result,
+    save_result,
+)
+from gateway.execution.singleflight import SingleFlight
+from gateway.execution.types import (
+    BlobQuota,
+    Call,
+    InputWrite,
+    Outcome,
+    Pending,
+    RetryPolicy,
+    Spend,
+)
 from gateway.operations import codec
-from gateway.operations.base import OperationSpec
 from gateway.operations.keys import derive_key
-from gateway.singleflight import SingleFlight
 from gateway.store.base import (
     Job,
     JobError,
-    JobProgress,
     JobStatus,
     JoinOutcome,
     LeaseLost,
@@ -66,12 +79,8 @@ from gateway.store.base import (
     Store,
 )
 from gateway.store.blobs import BlobError, BlobStore
-from gateway.store.results import ResultCache, load_result, save_result
 
 log = logging.getLogger(__name__)
-
-ResultT = TypeVar("ResultT")
-ViewT = TypeVar("ViewT")
 
 #: Time kept back from the caller's deadline to answer a pending handle (one store call); at
 #: most a quarter of what the caller has left.
@@ -95,150 +104,6 @@ RELEASED = JobError(
 
 
 @dataclass(slots=True)
-class Spend:
-    """Usage and cost summed over the model calls behind one answer."""
-
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
-    upstream_calls: int = 0
-
-    def add(self, response: ModelResponse) -> None:
-        """Adds one successful call (its attempts count as upstream calls)."""
-        u, r = self.usage, response.usage
-        self.usage = Usage(
-            prompt_tokens=u.prompt_tokens + r.prompt_tokens,
-            cached_prompt_tokens=u.cached_prompt_tokens + r.cached_prompt_tokens,
-            output_tokens=u.output_tokens + r.output_tokens,
-            thinking_tokens=u.thinking_tokens + r.thinking_tokens,
-            image_output_tokens=u.image_output_tokens + r.image_output_tokens,
-            total_tokens=u.total_tokens + r.total_tokens,
-        )
-        self.cost_usd += response.cost_usd
-        self.upstream_calls += response.attempts
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome(Generic[ResultT]):
-    """A finished operation and how it was produced.
-
-    `spend` is what this answer cost: zero for a cache hit and for a caller that shared work
-    someone else paid for (`coalesced`).
-    """
-
-    result: ResultT
-    model: str
-    spend: Spend
-    cached: bool = False
-    coalesced: bool = False
-    #: Renderings of a result from the hot copy, shared by every hit on its entry (`view`).
-    views: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
-
-    def view(self, render: Callable[[ResultT], ViewT]) -> ViewT:
-        """`render(result)`, e.g. the result's protobuf message. For a result from the hot copy
-        it is computed once per cache entry and shared by every hit, so it must not be mutated.
-        """
-        if self.views is None:
-            return render(self.result)
-        rendered: ViewT | None = self.views.get(render)
-        if rendered is None:
-            rendered = self.views[render] = render(self.result)
-        return rendered
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A unary answer that did not finish within the long-poll window: the caller's own job
-    (or handle), still active; the work goes on."""
-
-    job_id: str
-    status: JobStatus
-    progress: JobProgress | None = None
-
-
-#: Runs the operation once: (job id for the usage labels or "", deadline) -> a fresh outcome.
-Runner = Callable[[str, float | None], Awaitable[Outcome[Any]]]
-
-#: Charges a user for input bytes about to be written to the blob store: (user id, bytes);
-#: raises `RateLimited` when the user's blob write limit refuses them.
-BlobQuota = Callable[[str, int], Awaitable[object]]
-
-
-class InputWrite:
-    """A request's input images, written to the blob store once, when first asked.
-
-    An inline run asks just after its first model call passed the upstream limits (and a
-    queued job at submission, after admission), so a request refused by a limit writes
-    nothing. Unarmed (nothing to write), asking is free.
-    """
-
-    def __init__(self) -> None:
-        self._write: Callable[[], Awaitable[None]] | None = None
-        self._lock = asyncio.Lock()
-
-    def arm(self, write: Callable[[], Awaitable[None]] | None) -> None:
-        """What to run on the first ask (None: nothing)."""
-        self._write = write
-
-    async def __call__(self) -> None:
-        """Runs the write unless it has run; concurrent askers wait for the one write."""
-        if self._write is None:
-            return
-        async with self._lock:
-            write, self._write = self._write, None
-            if write is None:
-                return
-            try:
-                await write()
-            except BaseException:
-                self._write = write
-                raise
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """A failed attempt is tried again after `delay_s` seconds."""
-
-    delay_s: float
-    #: False when nothing was spent (a rate limit denied the attempt before the model call):
-    #: the attempt is given back instead of counted, so a denial never fails the job.
-    counted: bool = True
-
-
-#: (the execution, the error its attempt raised) -> when to try again, or None for a final
-#: failure.
-RetryPolicy = Callable[[Job, BaseException], Retry | None]
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One validated request, as the executor needs it."""
-
-    spec: OperationSpec[Any, Any]
-    #: The validated request (only `validate`'s output may reach here).
-    request: Any
-    user_id: str
-    #: The identity of the model that runs it (`Settings.model_identity`: the configured
-    #: name, marked when the emulator answers).
-    model: str
-    run: Runner
-    #: The result-cache key; None when the result is not cached.
-    key: bytes | None = None
-    scope: Scope = Scope.USER
-    ttl_s: float = 0.0
-    #: The caller's idempotency key: a repeat returns (or joins) the first execution.
-    idempotency_key: str | None = None
-    #: Job priority (tier weight, higher first).
-    priority: int = 0
-    #: The caller's deadline (`time.monotonic()`); bounds its wait, not the shared work.
-    deadline: float | None = None
-    #: Answer a pending handle after the long-poll window (unary RPCs) instead of waiting for
-    #: the end (streams).
-    long_poll: bool = True
-    #: The input images' deferred write; `run` asks for it before its first model call.
-    inputs: InputWrite = field(default_factory=InputWrite, compare=False)
-
-
-@dataclass(slots=True)
 class ExecutionStats:
     """What the executor did since it started (for metrics and tests)."""
 
@@ -256,65 +121,6 @@ class ExecutionStats:
     uncached: int = 0
     #: Results (cache row, blobs or job completion) that could not be written.
     write_failures: int = 0
-
-
-@dataclass(slots=True)
-class _HotEntry:
-    result: Any
-    model: str
-    #: `time.monotonic()` instant it expires, the store row's expiry.
-    expires: float
-    size: int
-    views: dict[Any, Any] = field(default_factory=dict)
-
-
-class HotResults:
-    """An in-process LRU copy of cache entries, bounded by entries and bytes.
-
-    Same keys as the store, and each entry expires when its row does, so it never serves what
-    the store would not.
-    """
-
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.size = 0
-        self._entries: OrderedDict[bytes, _HotEntry] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: bytes) -> _HotEntry | None:
-        """The live entry under `key`, if any."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry.expires <= time.monotonic():
-            self._drop(key)
-            return None
-        self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key: bytes, result: Any, model: str, *, expires: float, size: int) -> None:
-        """Keeps `result` until `expires` (monotonic), evicting the least recently used."""
-        if self.max_entries == 0 or size > self.max_bytes or expires <= time.monotonic():
-            return
-        self._drop(key)
-        self._entries[key] = _HotEntry(result, model, expires, size)
-        self.size += size
-        while len(self._entries) > self.max_entries or self.size > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-
-    def _drop(self, key: bytes) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self.size -= entry.size
-
-
-def _result_size(spec: OperationSpec[Any, Any], result: Any) -> int:
-    """Bytes a result holds: its JSON and its images (what the hot copy is bounded by)."""
-    blobs = spec.result_blobs(result)
-    return len(spec.result_to_json(result)) + sum(len(data) for data in blobs.values())
 
 
 def idempotency_flight_key(user_id: str, idempotency_key: str) -> bytes:
@@ -423,7 +229,7 @@ class Executor:
             hit.result,
             hit.entry.model,
             expires=time.monotonic() + remaining,
-            size=_result_size(call.spec, hit.result),
+            size=hit.encoded.size,
         )
         return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
 
@@ -628,8 +434,9 @@ class Executor:
                 self.hand_back(job_id)
                 raise
             if hit is not None:
-                self._spawn(self._complete(call, job_id, hit.result, hit.model, cache=False))
-                return hit
+                # The result is cached already: only the execution is completed with it.
+                self._spawn(self._write(call, job_id, hit.encoded, hit.entry.model, cache=False))
+                return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
         self.stats.runs += 1
         work = asyncio.ensure_future(call.run(job_id, None))
         beat = asyncio.ensure_future(self._keep_lease(job_id, work))
@@ -656,19 +463,15 @@ class Executor:
                 self._spawn(self._settle(job_id, error, retry_after_s=delay))
             raise
         beat.cancel()
-        self._remember(call, outcome.result, outcome.model)
-        self._spawn(self._complete(call, job_id, outcome.result, outcome.model, cache=True))
+        self._keep(call, job_id, outcome)
         return outcome
 
-    async def _recheck(self, call: Call, key: bytes) -> Outcome[Any] | None:
+    async def _recheck(self, call: Call, key: bytes) -> CacheHit[Any] | None:
         """The cache, read again by the runner before it pays for the work."""
         try:
-            hit = await self._cache.get(call.spec, key)
+            return await self._cache.get(call.spec, key)
         except errors.Unavailable:
             return None
-        if hit is None:
-            return None
-        return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
 
     async def _keep_lease(self, job_id: str, work: asyncio.Future[Any]) -> LeaseLost | None:
         """Heartbeats every third of the lease; cancels `work` and returns the loss when the
@@ -694,43 +497,53 @@ class Executor:
             return None
         return await self._finished(call, job)
 
-    def _remember(self, call: Call, result: Any, model: str) -> None:
+    def _keep(self, call: Call, job_id: str | None, outcome: Outcome[Any]) -> None:
+        """Keeps a fresh result, the one way results are cached: encoded once, into the hot copy
+        at once (the next request on this replica hits it), then in the background its blobs,
+        its cache row and the completion of its execution (`job_id`; None for a run without
+        the store)."""
+        encoded = EncodedResult.of(call.spec, outcome.result)
         if call.key is not None and call.ttl_s > 0:
             self.hot.put(
                 call.key,
-                result,
-                model,
+                outcome.result,
+                outcome.model,
                 expires=time.monotonic() + call.ttl_s,
-                size=_result_size(call.spec, result),
+                size=encoded.size,
             )
+        self._spawn(self._write(call, job_id, encoded, outcome.model, cache=True))
 
-    async def _complete(
-        self, call: Call, job_id: str, result: Any, model: str, *, cache: bool
+    async def _write(
+        self, call: Call, job_id: str | None, encoded: EncodedResult, model: str, *, cache: bool
     ) -> None:
-        """Stores a result (blobs, the cache row when `cache`) and completes the execution,
-        which wakes every waiter. Runs after the callers have their answer."""
+        """Stores a result (blobs, the cache row when `cache`) and completes its execution, which
+        wakes every waiter. Runs after the callers have their answer; a failed write costs at
+        most a later recomputation."""
         try:
-            ref = await save_result(call.spec, result, self._blobs, self._inline_max)
             if cache and call.key is not None and call.ttl_s > 0:
-                await self._store.put_result(
+                ref = await self._cache.put(
+                    call.spec,
                     call.key,
-                    op=call.spec.name,
+                    encoded,
                     scope=call.scope.value,
                     model=model,
-                    ref=ref,
                     ttl_s=call.ttl_s,
                 )
-            await self._store.complete_job(job_id, self.worker_id, ref)
+            else:
+                ref = await save_result(encoded, self._blobs, self._inline_max)
+            if job_id is not None:
+                await self._store.complete_job(job_id, self.worker_id, ref)
         except LeaseLost as lost:
             log.warning("job %s was taken from this replica before it completed: %s", job_id, lost)
         except errors.Unavailable as exc:
             self.stats.write_failures += 1
-            log.warning(
-                "the result of job %s was not stored (%s); its lease will lapse and the next "
-                "request recomputes it",
-                job_id,
-                exc.message,
-            )
+            if job_id is not None:
+                log.warning(
+                    "the result of job %s was not stored (%s); its lease will lapse and the "
+                    "next request recomputes it",
+                    job_id,
+                    exc.message,
+                )
 
     def hand_back(self, job_id: str) -> None:
         """A claimed execution whose work never started: at shutdown it is re-queued without
@@ -789,24 +602,8 @@ class Executor:
         # No job row refers to the images: nothing to write.
         call.inputs.arm(None)
         outcome = await call.run("", None)
-        self._remember(call, outcome.result, outcome.model)
-        self._spawn(self._cache_only(call, outcome))
+        self._keep(call, None, outcome)
         return outcome
-
-    async def _cache_only(self, call: Call, outcome: Outcome[Any]) -> None:
-        """Tries to cache a result computed without the store (fails fast while it is down)."""
-        assert call.key is not None
-        try:
-            await self._cache.put(
-                call.spec,
-                call.key,
-                outcome.result,
-                scope=call.scope.value,
-                model=outcome.model,
-                ttl_s=call.ttl_s,
-            )
-        except errors.Unavailable:
-            self.stats.write_failures += 1
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -840,16 +637,9 @@ class Executor:
 
 
 __all__ = [
-    "BlobQuota",
-    "Call",
+    "ABANDONED",
     "ExecutionStats",
     "Executor",
-    "HotResults",
-    "InputWrite",
-    "Outcome",
-    "Pending",
-    "Retry",
-    "RetryPolicy",
-    "Runner",
-    "Spend",
+    "default_worker_id",
+    "idempotency_flight_key",
 ]

@@ -1,22 +1,25 @@
 """The shared life of one operation request, whatever the feature.
 
-tier check -> validate -> admission limit -> result cache, single-flight, cross-replica
-coalescing (`gateway.execution`) -> run the spec against the model (each model call passes the
-upstream limits first) -> result with its usage and cost, or a pending job handle.
+`prepare` (tier check, validate, once) -> `run` or `submit`: admission limit -> result cache,
+single-flight, cross-replica coalescing (`gateway.execution.executor`) -> run the spec against
+the model (each model call passes the upstream limits first) -> result with its usage and cost,
+or a pending job handle.
 
-Every RPC (and later the job runner) goes through here, so specs and servicers stay unaware of
-caching and coalescing.
+Every RPC and the job workers go through here, so specs and servicers stay unaware of caching
+and coalescing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from gateway import operations
 from gateway.auth import Principal, require_tier
 from gateway.config import Settings, Tier
-from gateway.errors import InvalidArgument, Unimplemented
-from gateway.execution import Call, Executor, InputWrite, Outcome, Pending, Runner, Spend
+from gateway.errors import InvalidArgument
+from gateway.execution.executor import Executor
+from gateway.execution.types import Call, InputWrite, Outcome, Pending, Runner, Spend
 from gateway.limiter import RateLimiter
 from gateway.model import (
     AttemptGate,
@@ -90,137 +93,134 @@ class _GuardedClient:
         return response
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request `Pipeline.prepare` checked: its operation, the validated request, the caller
+    and the caller's idempotency key ("" for none)."""
+
+    operation: str
+    #: `validate`'s output (images sniffed and hashed).
+    request: Any
+    principal: Principal
+    idempotency_key: str = ""
+
+
 class Pipeline:
     """Runs operations for authenticated callers.
 
-    `limiter` enforces the policy table's rate limits; by default the embedded one (exact for a
-    single replica), the server passes the shared one when Redis is configured. `executor`
-    answers through the result cache and coalescing; without one, every request runs.
+    `limiter` enforces the policy table's rate limits (the embedded one, exact for a single
+    replica, or the shared one when Redis is configured). `executor` answers through the result
+    cache and coalescing; a request that is neither cacheable nor keyed runs straight through it.
     """
 
     def __init__(
         self,
         settings: Settings,
         client: ModelClient,
-        limiter: RateLimiter | None = None,
-        executor: Executor | None = None,
+        limiter: RateLimiter,
+        executor: Executor,
     ) -> None:
         self._settings = settings
         self._client = client
-        self._limiter = limiter if limiter is not None else RateLimiter(settings)
+        self._limiter = limiter
         self._executor = executor
 
     @property
-    def executor(self) -> Executor | None:
-        """The cache and coalescing layer (None: every request runs)."""
+    def executor(self) -> Executor:
+        """The cache and coalescing layer (and the job store behind it)."""
         return self._executor
 
-    def prepare(self, operation: str, request: Any, principal: Principal) -> Any:
-        """Checks the caller's tier and validates the request; returns the validated request.
+    def prepare(
+        self, operation: str, request: Any, principal: Principal, *, idempotency_key: str = ""
+    ) -> Prepared:
+        """Checks the idempotency key, the caller's tier and the request; returns the checked
+        request for `run` or `submit`, which take it as it is (nothing is validated or hashed
+        twice).
 
-        Raises `PermissionDenied` or `InvalidArgument`; nothing has been spent or written then.
+        Raises `InvalidArgument` or `PermissionDenied`; nothing has been spent or written then.
         """
+        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise InvalidArgument.field(
+                "idempotency_key",
+                f"is {len(idempotency_key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_CHARS}",
+            )
         policy = self._settings.policy(operation)
         require_tier(principal, policy.tiers, operation)
-        return operations.get(operation).validate(request, self._settings.bounds)
-
-    async def admit(self, operation: str, request: Any, principal: Principal) -> Any:
-        """`prepare`, then the admission limit; returns the validated request.
-
-        Raises what `prepare` raises, or `RateLimited` (with the retry-after) when the caller is
-        over the route's admission limit; a refused request has cost nothing upstream.
-        """
-        validated = self.prepare(operation, request, principal)
-        await self._limiter.admit(operation, principal.user_id, principal.tier)
-        return validated
+        validated = operations.get(operation).validate(request, self._settings.bounds)
+        return Prepared(operation, validated, principal, idempotency_key)
 
     @overload
     async def run(
         self,
-        operation: str,
-        request: Any,
-        principal: Principal,
+        prepared: Prepared,
         *,
         deadline: float | None,
         request_id: str = "",
         progress: ProgressCallback | None = None,
-        idempotency_key: str = "",
         long_poll: Literal[True] = True,
     ) -> Outcome[Any] | Pending: ...
 
     @overload
     async def run(
         self,
-        operation: str,
-        request: Any,
-        principal: Principal,
+        prepared: Prepared,
         *,
         deadline: float | None,
         request_id: str = "",
         progress: ProgressCallback | None = None,
-        idempotency_key: str = "",
         long_poll: Literal[False],
     ) -> Outcome[Any]: ...
 
     async def run(
         self,
-        operation: str,
-        request: Any,
-        principal: Principal,
+        prepared: Prepared,
         *,
         deadline: float | None,
         request_id: str = "",
         progress: ProgressCallback | None = None,
-        idempotency_key: str = "",
         long_poll: bool = True,
     ) -> Outcome[Any] | Pending:
-        """Runs one request end to end for `principal`.
+        """Runs one prepared request end to end, after the admission limit.
 
         With `long_poll` (unary RPCs) a request still running after the configured long-poll
         window (bounded by `deadline`) answers `Pending`; otherwise it waits for the result.
-        A non-empty `idempotency_key` makes a repeat of the request return (or join) the first.
+        A non-empty idempotency key makes a repeat of the request return (or join) the first.
+        Raises `RateLimited` (with the retry-after) when the caller is over the route's
+        admission limit; a refused request has cost nothing upstream.
         """
-        validated = await self._admit_keyed(operation, request, principal, idempotency_key)
-        if self._executor is None:
-            runner = self._runner(operation, validated, principal, request_id, progress)
-            return await runner("", deadline)
+        await self._admit(prepared)
         call = self.call(
-            operation,
-            validated,
-            principal,
+            prepared.operation,
+            prepared.request,
+            prepared.principal,
             request_id=request_id,
             progress=progress,
-            idempotency_key=idempotency_key,
+            idempotency_key=prepared.idempotency_key,
             deadline=deadline,
             long_poll=long_poll,
         )
         return await self._executor.execute(call)
 
-    async def submit(
-        self, operation: str, request: Any, principal: Principal, *, idempotency_key: str = ""
-    ) -> JoinOutcome:
-        """Queues a request as a job for the workers, after exactly the checks `run` makes.
+    async def submit(self, prepared: Prepared) -> JoinOutcome:
+        """Queues a prepared request as a job for the workers, after the admission limit
+        (exactly the checks `run` makes).
 
         Returns the caller's job: an earlier one with the same idempotency key, the active job
         with the same cache key (joined), or a new queued one (`created`).
         """
-        if self._executor is None:
-            raise Unimplemented("jobs need the result store; this pipeline runs inline only")
-        validated = await self._admit_keyed(operation, request, principal, idempotency_key)
+        await self._admit(prepared)
         call = self.call(
-            operation, validated, principal, idempotency_key=idempotency_key, long_poll=False
+            prepared.operation,
+            prepared.request,
+            prepared.principal,
+            idempotency_key=prepared.idempotency_key,
+            long_poll=False,
         )
         return await self._executor.enqueue(call)
 
-    async def _admit_keyed(
-        self, operation: str, request: Any, principal: Principal, idempotency_key: str
-    ) -> Any:
-        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
-            raise InvalidArgument.field(
-                "idempotency_key",
-                f"is {len(idempotency_key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_CHARS}",
-            )
-        return await self.admit(operation, request, principal)
+    async def _admit(self, prepared: Prepared) -> None:
+        principal = prepared.principal
+        await self._limiter.admit(prepared.operation, principal.user_id, principal.tier)
 
     def call(
         self,
@@ -234,7 +234,7 @@ class Pipeline:
         deadline: float | None = None,
         long_poll: bool = True,
     ) -> Call:
-        """What the executor needs to answer a request `admit` accepted (or a queued job)."""
+        """What the executor needs to answer a request `run` admitted (or a queued job)."""
         spec = operations.get(operation)
         policy = self._settings.policy(operation)
         # The identity, not the bare name: emulated answers never share keys or rows with
@@ -267,7 +267,7 @@ class Pipeline:
         principal: Principal,
         request_id: str,
         progress: ProgressCallback | None,
-        inputs: InputWrite | None = None,
+        inputs: InputWrite,
     ) -> Runner:
         spec = operations.get(operation)
         policy = self._settings.policy(operation)
@@ -285,7 +285,7 @@ class Pipeline:
                 request_id=request_id,
                 deadline=run_deadline,
                 progress=progress,
-                inputs=InputWrite() if inputs is None else inputs,
+                inputs=inputs,
             )
 
         return run
@@ -324,4 +324,4 @@ class Pipeline:
         return Outcome(result=result, model=identity, spend=spend)
 
 
-__all__ = ["Outcome", "Pending", "Pipeline", "Spend"]
+__all__ = ["Pipeline", "Prepared", "tier_of_priority"]
