@@ -169,6 +169,8 @@ class Tally:
     keys: set[tuple[Any, ...]] = field(default_factory=set)
     variations_done: int = 0
     broken: list[str] = field(default_factory=list)
+    #: What the unfinished jobs' records said at the end.
+    lost_detail: list[str] = field(default_factory=list)
 
     def count(self, what: str) -> None:
         self.outcomes[what] += 1
@@ -444,10 +446,20 @@ async def soak(minutes: float, concurrency: int, latency_s: float) -> int:
                 await follow(replicas, tally, job_id, metadata(user, tier), follow_until)
             # A watch that broke is not a lost job: the job's own record says how it ended.
             for job_id in [j for j in tally.jobs if j not in tally.finished]:
-                with contextlib.suppress(aio.AioRpcError):
+                try:
                     job = await get_job(replicas, job_id, metadata(*tally.jobs[job_id]))
-                    if job.status in TERMINAL:
-                        tally.finished[job_id] = job.status
+                except aio.AioRpcError as error:
+                    tally.lost_detail.append(f"{job_id}: GetJob {error.code().name}")
+                    continue
+                if job.status in TERMINAL:
+                    tally.finished[job_id] = job.status
+                else:
+                    tally.lost_detail.append(
+                        f"{job_id}: {job_pb2.JobStatus.Name(job.status)}, attempts "
+                        f"{job.attempts}/{job.max_attempts}, created "
+                        f"{job.create_time.ToJsonString()}, run after "
+                        f"{job.run_after_time.ToJsonString()}, error {job.error.reason!r}"
+                    )
             for name in REPLICAS:
                 rss[name]["end"] = rss_mb(replicas.pid(name))
             stats = await asyncio.to_thread(emulator_stats, emulator_url)
@@ -479,6 +491,8 @@ async def soak(minutes: float, concurrency: int, latency_s: float) -> int:
             f"  {name}: {marks.get('start', 0):.0f} / {marks.get('middle', 0):.0f} / "
             f"{marks.get('end', 0):.0f}{restarted}"
         )
+    for line in tally.lost_detail[:20]:
+        print(f"LOST: {line}")
     for line in tally.broken[:20]:
         print(f"BROKEN: {line}")
     failed = bool(lost) or bool(tally.broken)
