@@ -47,10 +47,9 @@ from gateway.config import (
     is_loopback,
 )
 from gateway.emulator import EmulatorServer
-from gateway.errors import Unavailable
 from gateway.execution import Executor
 from gateway.gemini import GeminiClient
-from gateway.jobs import OperationRunner, WorkerPool
+from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.pipeline import Pipeline
 from gateway.rpc import reflection
@@ -283,7 +282,7 @@ class GatewayServer:
             GatewayServicer(pipeline), server
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(pipeline, blobs, on_submit=runtime.workers.wake), server
+            JobServicer(JobService(pipeline, blobs, on_submit=runtime.workers.wake)), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if settings.server.reflection:
@@ -319,7 +318,16 @@ class GatewayServer:
             asyncio.create_task(
                 run_cleanup(store, blobs, settings.store), name="viewbait-store-cleanup"
             ),
-            asyncio.create_task(self._rescue_leases(store, blobs), name="viewbait-lease-rescue"),
+            asyncio.create_task(
+                rescue_leases(
+                    store,
+                    blobs,
+                    batch=settings.store.cleanup_batch_size,
+                    interval_s=settings.execution.rescue_interval_s,
+                    report_health=lambda ok: self._component_changed(STORE_HEALTH_SERVICE, ok),
+                ),
+                name="viewbait-lease-rescue",
+            ),
             asyncio.create_task(
                 _every(settings.gemini.credentials_check_interval_s, client.check_credentials),
                 name="viewbait-upstream-probe",
@@ -390,27 +398,6 @@ class GatewayServer:
         update = asyncio.get_running_loop().create_task(self._publish_health())
         self._health_updates.add(update)
         update.add_done_callback(self._health_updates.discard)
-
-    async def _rescue_leases(self, store: Store, blobs: BlobStore) -> None:
-        """Every `rescue_interval_s`: re-queues (or fails) executions whose lease lapsed, and
-        reports whether the store and the blob store answer on the store's health service."""
-        settings = self.settings
-        batch = settings.store.cleanup_batch_size
-        while True:
-            serving = self._components[STORE_HEALTH_SERVICE]
-            try:
-                while await store.rescue_expired_leases(batch) == batch:
-                    pass
-                await blobs.ping()
-                healthy = True
-            except Unavailable as exc:
-                healthy = False
-                if serving:
-                    log.warning("store unavailable: %s", exc.message)
-            if healthy and not serving:
-                log.info("store available again")
-            self._component_changed(STORE_HEALTH_SERVICE, healthy)
-            await asyncio.sleep(settings.execution.rescue_interval_s)
 
     def _write_ready_file(self, path: Path) -> None:
         payload = {

@@ -18,6 +18,7 @@ from grpc import aio
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
 from gateway.auth import Principal
+from gateway.jobs import progress as job_progress
 from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
 from gateway.pipeline import Pending, Pipeline
@@ -214,11 +215,11 @@ def _stream_event(
     if event.kind is ProgressKind.IMAGE_READY and event.image is not None:
         return _image_message(ThumbnailVariation(event.index, event.image, event.text))
     if event.kind is ProgressKind.STARTED:
+        progress = job_progress.describe(event, done)
+        assert progress is not None, "a started step is always described"
         return gateway_service_pb2.GenerateThumbnailResponse(
             progress=common_pb2.Progress(
-                fraction=done / max(event.total, 1),
-                stage="generating",
-                message=f"generating image {event.index + 1} of {event.total}",
+                fraction=progress.fraction, stage=progress.stage, message=progress.message
             )
         )
     return None
