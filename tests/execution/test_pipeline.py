@@ -25,8 +25,9 @@ from gateway.operations.images import ImageInput
 from gateway.pipeline import Pipeline
 from gateway.store import JobStatus, NewJob, Store
 from gateway.store.maintenance import purge_expired
+from tests.fixtures.gateways import encode_png, eventually
 
-from .conftest import MakePipeline, encode_png, eventually, principal
+from .conftest import MakePipeline, principal
 
 VIDEO = AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
 #: Upstream latency that keeps concurrent callers overlapping.

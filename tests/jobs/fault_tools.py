@@ -35,8 +35,7 @@ from aiohttp import web
 
 from gateway.store.base import LEASE_EXPIRED_MESSAGE
 from gateway.store.migrate import quote_ident
-
-from .conftest import execution_fixtures
+from tests.fixtures.stores import free_port
 
 #: The AnalyzeVideo prompt carries the video's watch URL; these tests give each job its own video.
 _VIDEO = re.compile(rb"watch\?v=([A-Za-z0-9_-]{11})")
@@ -253,7 +252,7 @@ class PostgresCluster:
         self._data = root / "data"
         self._log = root / "server.log"
         self._account = account
-        self.port: int = execution_fixtures.store_fixtures.free_port()
+        self.port: int = free_port()
 
     @property
     def url(self) -> str:

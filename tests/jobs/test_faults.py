@@ -36,8 +36,9 @@ from viewbait.ai.v1 import job_pb2
 from gateway.config import ExecutionSettings, JobSettings, Settings, StoreSettings
 from gateway.emulator import EmulatorServer
 from gateway.store.postgres import run_migrations
+from tests.fixtures.gateways import eventually
+from tests.fixtures.stores import DATABASE_URL, store_settings
 
-from .conftest import DATABASE_URL, eventually, store_settings
 from .fault_tools import (
     JobAudit,
     PostgresCluster,
