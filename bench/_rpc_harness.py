@@ -5,8 +5,9 @@
   (`python -m gateway serve`, ready when its ready file appears; `pids[port]` is its process),
   `bare_server(response)`: the anchor, a bare grpc.aio GatewayService answering one fixed
   AnalyzeVideoResponse from memory (the physical limit of this stack), `python_server(script,
-  *args)`: any other server script of the benchmarks, and `postgres(**settings)`: a PostgreSQL
-  server of the run's own, for settings the shared server does not have.
+  *args)`: any other server script of the benchmarks. A PostgreSQL server of a run's own, for
+  settings the shared server does not have, is `gateway.testing.postgres.throwaway_postgres`
+  (shared with the tests).
 - `emulator_calls(url)`: how many generate requests the emulator served, and
   `set_emulator_latency(url, s)`: its added latency (its admin routes).
 - `unlimited_policies_env()` lifts the per-user rate limits (the benchmarks drive one user far
@@ -27,12 +28,9 @@ import gc
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -81,27 +79,17 @@ class Fleet:
         self.processes: list[Process] = []
         #: The process id of each gateway and server, by its port.
         self.pids: dict[int, int] = {}
-        #: Database servers of the run: stopped after everything else, with SIGINT (PostgreSQL's
-        #: fast shutdown, which does not wait for clients to leave).
-        self._databases: list[Process] = []
-        #: Directories removed once every process stopped.
-        self._removals: list[Path] = []
 
     async def __aenter__(self) -> Fleet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # The servers first, then the databases they use (so none of them sees its database go).
-        servers = [p for p in self.processes if p not in self._databases]
-        for group, stop in ((servers, signal.SIGTERM), (self._databases, signal.SIGINT)):
-            for process in group:
-                if process.returncode is None:
-                    process.send_signal(stop)
-            for process in group:
-                with contextlib.suppress(ProcessLookupError):
-                    await process.wait()
-        for path in self._removals:
-            shutil.rmtree(path, ignore_errors=True)
+        for process in self.processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                await process.wait()
 
     async def emulator(self, latency_s: float = 0.0) -> str:
         """The offline Gemini emulator in its own process; returns its base URL."""
@@ -174,70 +162,6 @@ class Fleet:
         port = int(await wait_for(port_file, process))
         self.pids[port] = process.pid
         return port
-
-    async def postgres(self, **settings: str) -> str:
-        """A PostgreSQL server of this run's own (a fresh cluster, trust authentication, TCP on
-        127.0.0.1 only) started with `settings` (`-c name=value`); returns its URL.
-
-        The binaries come from `GATEWAY_BENCH_PG_BIN`, the PATH or /usr/lib/postgresql. As
-        PostgreSQL refuses to run as root, root runs it as the `postgres` user.
-        """
-        bindir = _postgres_bindir()
-        # Outside the workdir, whose parents the server user may not be allowed to enter.
-        data = Path(tempfile.mkdtemp(prefix="viewbait-bench-pg-"))
-        self._removals.append(data)
-        user = None
-        if os.geteuid() == 0:
-            user = "postgres"
-            shutil.chown(data, user)
-        initdb = await asyncio.create_subprocess_exec(
-            str(bindir / "initdb"),
-            *("-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"),
-            stdout=asyncio.subprocess.DEVNULL,
-            user=user,
-        )
-        if await initdb.wait() != 0:
-            raise RuntimeError(f"initdb failed with {initdb.returncode}")
-        with socket.socket() as probe:  # a free port, handed to the server
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        options = {"listen_addresses": "127.0.0.1", "unix_socket_directories": "", **settings}
-        process = await asyncio.create_subprocess_exec(
-            str(bindir / "postgres"),
-            *("-D", str(data), "-p", str(port)),
-            *(arg for name, value in options.items() for arg in ("-c", f"{name}={value}")),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            user=user,
-        )
-        self.processes.append(process)
-        self._databases.append(process)
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        for _ in range(300):
-            if process.returncode is not None:
-                raise RuntimeError(f"postgres exited with {process.returncode}")
-            try:
-                conn = await asyncpg.connect(url, timeout=2)
-            except (OSError, asyncpg.PostgresError):
-                await asyncio.sleep(0.1)
-                continue
-            await conn.close()
-            self.pids[port] = process.pid
-            return url
-        raise RuntimeError("the benchmark's PostgreSQL server did not start")
-
-
-def _postgres_bindir() -> Path:
-    configured = os.environ.get("GATEWAY_BENCH_PG_BIN")
-    if configured:
-        return Path(configured)
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
-    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not installed:
-        raise RuntimeError("no PostgreSQL binaries: set GATEWAY_BENCH_PG_BIN")
-    return installed[-1].parent
 
 
 def emulator_calls(emulator_url: str) -> int:

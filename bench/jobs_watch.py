@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import sys
@@ -59,6 +60,8 @@ from viewbait.ai.v1 import (
     job_service_pb2_grpc,
     operations_pb2,
 )
+
+from gateway.testing.postgres import throwaway_postgres
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -310,9 +313,14 @@ async def watch_latency(
     # Room for every job in flight at once, twice over (the runner never queues them).
     workers = max(8, math.ceil(rate * emulator_latency_s * 2))
     with tempfile.TemporaryDirectory() as tmp_name:
-        async with Fleet(Path(tmp_name) / "db") as databases:
-            # Without a server given, one of the run's own that records commit times.
-            url = database_url or await databases.postgres(track_commit_timestamp="on")
+        async with contextlib.AsyncExitStack() as databases:
+            url = database_url
+            if url is None:
+                # Without a server given, one of the run's own that records commit times.
+                server = await databases.enter_async_context(
+                    throwaway_postgres(settings={"track_commit_timestamp": "on"})
+                )
+                url = server.url
             conn = await asyncpg.connect(url)
             try:
                 await _require_commit_timestamps(conn)

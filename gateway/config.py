@@ -528,8 +528,8 @@ class JobSettings(BaseModel):
     retry_max_s: float = Field(default=300.0, gt=0, le=86400)
     #: Most jobs of one user running at once, by the user's tier (counted across all replicas,
     #: enforced when jobs are claimed; a user's further jobs wait queued). A tier left out is
-    #: uncapped. Shared executions (global-scope requests) count against nobody: see
-    #: `gateway.jobs.worker`.
+    #: uncapped. A shared execution (a global-scope request) counts against the user who
+    #: started it only: see `gateway.jobs.pool`.
     running_caps: dict[Tier, int] = Field(
         default_factory=lambda: {Tier.FREE: 1, Tier.STARTER: 2, Tier.ADVANCED: 4, Tier.PRO: 8}
     )

@@ -9,6 +9,10 @@ and the usage ledger live in PostgreSQL, shared by every replica; each replica a
 periodic cleanup of expired rows and the rescue of executions whose lease lapsed.
 `viewbait-gateway worker` runs the same runtime without the gRPC listener: job workers and
 maintenance only.
+
+Start-up registers each cleanup on one `contextlib.AsyncExitStack` as it creates the resource,
+so a stop undoes start-up in reverse by construction, and a start that fails half-way stops what
+it had started before it raises.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +50,9 @@ from gateway.config import (
     is_loopback,
 )
 from gateway.emulator import EmulatorServer
-from gateway.errors import Unavailable
 from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
-from gateway.jobs import OperationRunner, WorkerPool
+from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
@@ -92,17 +94,6 @@ _SERVICE_NAMES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class _Runtime:
-    """What both modes run: what the servicers call, the job workers and their backends."""
-
-    store: Store
-    limiter: RateLimiter
-    pipeline: Pipeline
-    blobs: BlobStore
-    workers: WorkerPool
-
-
 class GatewayServer:
     """A configured gateway: its gRPC server, health, and the runtime behind the servicers.
 
@@ -130,9 +121,10 @@ class GatewayServer:
         self._blobs: BlobStore | None = None
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
-        self._maintenance: list[asyncio.Task[None]] = []
-        #: Whether `start` got past its checks (so `stop` has something to stop).
-        self._began = False
+        #: What a stop undoes, in reverse order of start-up (None: nothing started).
+        self._stack: contextlib.AsyncExitStack | None = None
+        #: The drain's grace for the stop under way (`stop(grace)`).
+        self._grace = settings.server.shutdown_grace_s
         #: The usage ledger: in memory with the embedded store, else the store's `ai_usage`.
         self.usage: InMemoryUsageSink | StoreUsageSink = InMemoryUsageSink()
 
@@ -186,7 +178,7 @@ class GatewayServer:
         )
         return settings.model_copy(update={"auth": auth})
 
-    async def _with_backend(self, settings: Settings) -> Settings:
+    async def _with_backend(self, settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
         """Settings with the model backend resolved: the in-process emulator started and its
         URL and key filled in when it answers, so its answers carry the emulator marker."""
         gemini = settings.gemini
@@ -194,6 +186,7 @@ class GatewayServer:
         if backend is Backend.EMULATOR:
             self._emulator = EmulatorServer.from_settings(settings.emulator)
             await self._emulator.start()
+            stack.push_async_callback(self._emulator.stop)
             log.warning(
                 "using the built-in OFFLINE GEMINI EMULATOR, not Gemini; answers are synthetic "
                 "and cached apart from Gemini's",
@@ -208,20 +201,32 @@ class GatewayServer:
         gemini = gemini.model_copy(update={"backend": backend})
         return settings.model_copy(update={"gemini": gemini})
 
-    async def _build_runtime(self, settings: Settings) -> _Runtime:
-        """The store, executor, Gemini client, limiter, pipeline and (unstarted) job workers
-        both modes run."""
+    async def _build_runtime(
+        self, settings: Settings, stack: contextlib.AsyncExitStack
+    ) -> tuple[Pipeline, JobService]:
+        """The store, blob store, limiter, Gemini client, executor and (unstarted) job workers
+        both modes run, each cleanup registered on `stack` as its resource is made; returns the
+        pipeline and the job service the servicers call."""
         store = self._store = create_store(settings.store)
         # Best effort: a database that is down now is retried on use (requests run uncached).
         await store.start()
+        stack.push_async_callback(store.close)
         if settings.store.database_url is not None:
             self.usage = StoreUsageSink(store)
         blobs = self._blobs = create_blob_store(settings.store, store)
+        stack.push_async_callback(blobs.aclose)
         limiter = self._limiter = RateLimiter.from_settings(settings)
         limiter.add_listener(
             lambda mode: self._component_changed(LIMITER_HEALTH_SERVICE, _limiter_serves(mode))
         )
         await limiter.start()
+        stack.push_async_callback(limiter.aclose)
+        client = self._client = GeminiClient(settings.gemini, usage_sink=self.usage)
+        stack.push_async_callback(client.aclose)
+        client.prepare()
+        client.add_credentials_listener(
+            lambda refused: self._component_changed(UPSTREAM_HEALTH_SERVICE, not refused)
+        )
         executor = self._executor = Executor(
             settings.execution,
             store,
@@ -229,16 +234,14 @@ class GatewayServer:
             inline_result_max_bytes=settings.store.inline_result_max_bytes,
             blob_quota=limiter.charge_blob_bytes,
         )
-        client = self._client = GeminiClient(settings.gemini, usage_sink=self.usage)
-        client.prepare()
-        client.add_credentials_listener(
-            lambda refused: self._component_changed(UPSTREAM_HEALTH_SERVICE, not refused)
-        )
+        # Closed before the client: work kept for pending handles is handed back (re-queued)
+        # for other replicas, not failed by a closed client.
+        stack.push_async_callback(executor.aclose)
         pipeline = Pipeline(settings, client, limiter, executor)
         workers = self._workers = WorkerPool(
             settings.jobs, OperationRunner(settings.jobs, pipeline, blobs)
         )
-        return _Runtime(store, limiter, pipeline, blobs, workers)
+        return pipeline, JobService(pipeline, blobs, on_submit=workers.wake)
 
     def _bind(self, settings: Settings) -> aio.Server:
         """The gRPC server with its interceptors and its listening port (bound now, so a port in
@@ -275,15 +278,14 @@ class GatewayServer:
             raise _cannot_listen(server_settings.host, server_settings.port)
         return server
 
-    async def _start_grpc(self, server: aio.Server, settings: Settings, runtime: _Runtime) -> None:
+    async def _start_grpc(
+        self, server: aio.Server, settings: Settings, pipeline: Pipeline, jobs: JobService
+    ) -> None:
         """Registers the services on the bound server and starts it."""
-        pipeline, blobs = runtime.pipeline, runtime.blobs
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
             GatewayServicer(pipeline), server
         )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(pipeline, blobs, on_submit=runtime.workers.wake), server
-        )
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if settings.server.reflection:
             reflection.enable((*_SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -294,43 +296,43 @@ class GatewayServer:
         returns the bound port (0 without the listener).
 
         Raises `ConfigError` (before anything has started) when the settings must not serve or
-        the port cannot be bound.
+        the port cannot be bound. Whatever else fails stops what had started, then raises.
         """
         check_deployment(self.settings, listen=self._listen)
         if self._listen:
             _check_port_free(self.settings.server.host, self.settings.server.port)
-        self._began = True
+        async with contextlib.AsyncExitStack() as stack:
+            await self._start(stack)
+            # Started: the cleanups now belong to `stop`.
+            self._stack = stack.pop_all()
+        return self.port
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        """Start-up, in the order the cleanups on `stack` undo it."""
         settings = self._with_local_auth(self.settings)
+        server = None
         if self._listen:
-            # Kept before anything else starts, so `stop` closes it whatever fails next.
-            self._server = self._bind(settings)
-        settings = await self._with_backend(settings)
-        runtime = await self._build_runtime(settings)
-        store, limiter, blobs, client = runtime.store, runtime.limiter, runtime.blobs, self._client
-        assert client is not None
-        if self._server is not None:
-            await self._start_grpc(self._server, settings, runtime)
-        runtime.workers.start()
+            # Bound before anything else starts: a port taken meanwhile ends start-up here.
+            server = self._server = self._bind(settings)
+            # Frees the port if start-up fails before serving (a no-op after the drain).
+            stack.push_async_callback(server.stop, None)
+        settings = await self._with_backend(settings, stack)
+        pipeline, jobs = await self._build_runtime(settings, stack)
+        limiter, client, workers = self._limiter, self._client, self._workers
+        assert limiter is not None and client is not None and workers is not None
         self._components[LIMITER_HEALTH_SERVICE] = _limiter_serves(limiter.mode)
         self._components[UPSTREAM_HEALTH_SERVICE] = not client.credentials_refused
         await self._publish_health()
-        self._maintenance = [
-            asyncio.create_task(
-                run_cleanup(store, blobs, settings.store), name="viewbait-store-cleanup"
-            ),
-            asyncio.create_task(self._rescue_leases(store, blobs), name="viewbait-lease-rescue"),
-            asyncio.create_task(
-                _every(settings.gemini.credentials_check_interval_s, client.check_credentials),
-                name="viewbait-upstream-probe",
-            ),
-        ]
-        if limiter.shared is not None:
-            self._maintenance.append(
-                asyncio.create_task(
-                    _every(settings.limiter.probe_interval_s, limiter.probe),
-                    name="viewbait-limiter-probe",
-                )
-            )
+        self._start_maintenance(settings, stack)
+        workers.start()
+        # After the drain: the attempts cut short are handed back queued (`shutting_down`).
+        stack.push_async_callback(workers.stop)
+        if server is not None:
+            await self._start_grpc(server, settings, pipeline, jobs)
+            stack.push_async_callback(self._drain, server)
+        # Undone first: callers see NOT_SERVING, and the executor hands work back rather than
+        # failing it, before anything is torn down.
+        stack.push_async_callback(self._begin_shutdown)
         server_settings = settings.server
         if self._listen:
             log.info(
@@ -349,7 +351,37 @@ class GatewayServer:
             )
         if server_settings.ready_file:
             self._write_ready_file(Path(server_settings.ready_file))
-        return self.port
+
+    def _start_maintenance(self, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
+        """The periodic tasks every replica runs: expired-row cleanup, lease rescue (with the
+        store's health), and the upstream and limiter probes; cancelled on stop."""
+        store, blobs, limiter, client = self._store, self._blobs, self._limiter, self._client
+        assert store is not None and blobs is not None
+        assert limiter is not None and client is not None
+        rescue = rescue_leases(
+            store,
+            blobs,
+            batch=settings.store.cleanup_batch_size,
+            interval_s=settings.execution.rescue_interval_s,
+            report_health=lambda ok: self._component_changed(STORE_HEALTH_SERVICE, ok),
+        )
+        probes = [
+            (run_cleanup(store, blobs, settings.store), "viewbait-store-cleanup"),
+            (rescue, "viewbait-lease-rescue"),
+            (
+                _every(settings.gemini.credentials_check_interval_s, client.check_credentials),
+                "viewbait-upstream-probe",
+            ),
+        ]
+        if limiter.shared is not None:
+            probes.append(
+                (
+                    _every(settings.limiter.probe_interval_s, limiter.probe),
+                    "viewbait-limiter-probe",
+                )
+            )
+        tasks = [asyncio.create_task(work, name=name) for work, name in probes]
+        stack.push_async_callback(_cancel_all, tasks)
 
     def serving(self) -> bool:
         """Whether this replica can serve (the overall health): the limiter does not refuse
@@ -390,27 +422,6 @@ class GatewayServer:
         self._health_updates.add(update)
         update.add_done_callback(self._health_updates.discard)
 
-    async def _rescue_leases(self, store: Store, blobs: BlobStore) -> None:
-        """Every `rescue_interval_s`: re-queues (or fails) executions whose lease lapsed, and
-        reports whether the store and the blob store answer on the store's health service."""
-        settings = self.settings
-        batch = settings.store.cleanup_batch_size
-        while True:
-            serving = self._components[STORE_HEALTH_SERVICE]
-            try:
-                while await store.rescue_expired_leases(batch) == batch:
-                    pass
-                await blobs.ping()
-                healthy = True
-            except Unavailable as exc:
-                healthy = False
-                if serving:
-                    log.warning("store unavailable: %s", exc.message)
-            if healthy and not serving:
-                log.info("store available again")
-            self._component_changed(STORE_HEALTH_SERVICE, healthy)
-            await asyncio.sleep(settings.execution.rescue_interval_s)
-
     def _write_ready_file(self, path: Path) -> None:
         payload = {
             "port": self.port,
@@ -422,45 +433,25 @@ class GatewayServer:
         tmp.replace(path)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: health NOT_SERVING first, refuse new RPCs, drain, close backends."""
-        if not self._began:
-            return  # refused before anything started: nothing to stop
+        """Graceful stop: health NOT_SERVING first, refuse new RPCs, drain, close backends (the
+        reverse of start-up). Nothing to do after a refused or failed start."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        self._grace = self.settings.server.shutdown_grace_s if grace is None else grace
+        await stack.aclose()
+        self._server = self._workers = self._executor = None
+        self._client = self._limiter = self._blobs = self._store = self._emulator = None
+        log.info("stopped")
+
+    async def _begin_shutdown(self) -> None:
         await self._health.enter_graceful_shutdown()
         if self._executor is not None:
             self._executor.shutting_down()
-        if self._server is not None:
-            grace = self.settings.server.shutdown_grace_s if grace is None else grace
-            log.info("draining", extra={"grace_s": grace})
-            await self._server.stop(grace)
-            self._server = None
-        if self._workers is not None:
-            # After `shutting_down`: the attempts cut short are re-queued for other replicas.
-            await self._workers.stop()
-            self._workers = None
-        for task in self._maintenance:
-            task.cancel()
-        await asyncio.gather(*self._maintenance, return_exceptions=True)
-        self._maintenance = []
-        if self._executor is not None:
-            # Work kept for pending handles is handed back (re-queued) for other replicas.
-            await self._executor.aclose()
-            self._executor = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-        if self._limiter is not None:
-            await self._limiter.aclose()
-            self._limiter = None
-        if self._blobs is not None:
-            await self._blobs.aclose()
-            self._blobs = None
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
-        if self._emulator is not None:
-            await self._emulator.stop()
-            self._emulator = None
-        log.info("stopped")
+
+    async def _drain(self, server: aio.Server) -> None:
+        log.info("draining", extra={"grace_s": self._grace})
+        await server.stop(self._grace)
 
     async def wait_for_termination(self) -> None:
         """Returns when the server has stopped."""
@@ -501,6 +492,12 @@ def _limiter_serves(mode: LimiterMode) -> bool:
     return mode is not LimiterMode.CLOSED_FALLBACK
 
 
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _every(interval_s: float, probe: Callable[[], Awaitable[object]]) -> None:
     """Runs `probe` now, then every `interval_s` seconds (a health probe: its outcome reaches
     the health service through the component's listener); an unexpected failure is logged."""
@@ -534,7 +531,7 @@ async def serve(settings: Settings, *, listen: bool = True) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        # Also runs when start() failed half-way: whatever it started (emulator, client) stops.
+        # After a start that failed half-way there is nothing left: start stopped it.
         await server.stop()
 
 

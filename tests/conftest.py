@@ -8,6 +8,9 @@
 - `gemini_client`: a `GeminiClient` (real google-genai over HTTP) built from those settings.
 - `s3_server`: a real S3-compatible server (s3s-fs, tests/s3s_fs.py) on loopback, per session;
   `s3_settings(**overrides)` the s3 blob backend's settings on a fresh bucket of it.
+
+The fixtures the suites share beyond these (PostgreSQL and the stores, sample requests,
+in-process and subprocess gateways) are the plugins of tests/fixtures, registered here.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from gateway.config import GeminiSettings, StoreSettings
 from gateway.emulator import EmulatorServer
 from gateway.gemini import GeminiClient
 from gateway.usage import InMemoryUsageSink
+
+pytest_plugins = ["tests.fixtures.stores", "tests.fixtures.gateways"]
 
 #: Looks like a real key so a leak would be obvious; the emulator accepts only this one.
 EMULATOR_API_KEY = "AIzaSy-test-0123456789-secret-key"

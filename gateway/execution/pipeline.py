@@ -16,10 +16,11 @@ from typing import Any, Literal, overload
 
 from gateway import operations
 from gateway.auth import Principal, require_tier
-from gateway.config import Settings, Tier
+from gateway.config import Settings
 from gateway.errors import InvalidArgument
 from gateway.execution.executor import Executor
 from gateway.execution.types import Call, InputWrite, Outcome, Pending, Runner, Spend
+from gateway.jobs.priority import priority_of_tier
 from gateway.limiter import RateLimiter
 from gateway.model import (
     AttemptGate,
@@ -31,16 +32,6 @@ from gateway.model import (
 )
 from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
 from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, JoinOutcome
-
-#: Job priority by tier: higher tiers are claimed first when jobs queue.
-_PRIORITY = {tier: rank for rank, tier in enumerate(Tier)}
-
-
-def tier_of_priority(priority: int) -> Tier:
-    """The tier whose jobs get `priority` (a job row keeps its priority, not its tier; the
-    lowest tier for a value no tier has)."""
-    tiers = list(Tier)
-    return tiers[priority] if 0 <= priority < len(tiers) else tiers[0]
 
 
 class _GuardedClient:
@@ -254,7 +245,7 @@ class Pipeline:
             scope=policy.scope,
             ttl_s=policy.ttl_s,
             idempotency_key=idempotency_key or None,
-            priority=_PRIORITY[principal.tier],
+            priority=priority_of_tier(principal.tier),
             deadline=deadline,
             long_poll=long_poll,
             inputs=inputs,
@@ -324,4 +315,4 @@ class Pipeline:
         return Outcome(result=result, model=identity, spend=spend)
 
 
-__all__ = ["Pipeline", "Prepared", "tier_of_priority"]
+__all__ = ["Pipeline", "Prepared"]

@@ -19,6 +19,7 @@ from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_
 
 from gateway.auth import Principal
 from gateway.execution import Pending, Pipeline
+from gateway.jobs import progress as job_progress
 from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
 from gateway.rpc import context as request_context
@@ -210,11 +211,11 @@ def _stream_event(
     if event.kind is ProgressKind.IMAGE_READY and event.image is not None:
         return _image_message(ThumbnailVariation(event.index, event.image, event.text))
     if event.kind is ProgressKind.STARTED:
+        progress = job_progress.describe(event, done)
+        assert progress is not None, "a started step is always described"
         return gateway_service_pb2.GenerateThumbnailResponse(
             progress=common_pb2.Progress(
-                fraction=done / max(event.total, 1),
-                stage="generating",
-                message=f"generating image {event.index + 1} of {event.total}",
+                fraction=progress.fraction, stage=progress.stage, message=progress.message
             )
         )
     return None

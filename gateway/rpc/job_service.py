@@ -1,4 +1,4 @@
-"""JobService: submit an operation as a background job, follow it, cancel it, list them.
+"""JobService over gRPC: converts messages and calls the job service (`gateway.jobs.service`).
 
 SubmitJob goes through the same pipeline checks as the unary RPCs (tier, validation, admission
 limit) and queues the job for the worker pool (`gateway.jobs`); the job joins the active one of
@@ -8,7 +8,6 @@ is scoped to the caller: another user's job id answers NOT_FOUND, exactly as a m
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -20,22 +19,18 @@ from google.protobuf.message import Message
 from grpc import aio
 from viewbait.ai.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
-from gateway import errors, operations
+from gateway import errors
 from gateway.auth import Principal
-from gateway.execution import Pipeline, load_result
-from gateway.operations import codec
+from gateway.jobs.service import JobService, JobView
 from gateway.rpc import context as request_context
 from gateway.rpc import convert
-from gateway.store.base import Job, JobCursor, JobFilter, JobStatus, JobStore
-from gateway.store.blobs import BlobError, BlobStore
+from gateway.store.base import JobCursor, JobFilter, JobStatus
 
 Context = aio.ServicerContext[Any, Any]
 
 #: ListJobs page sizes (the proto's contract).
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-#: How long one store wait of a WatchJob stream lasts before it looks again (a quiet job).
-WATCH_WAIT_S = 30.0
 
 #: SubmitJobRequest's oneof case -> its proto-to-domain conversion (cases are operation names).
 _REQUESTS: dict[str, Callable[[Any], Any]] = {
@@ -98,38 +93,15 @@ def _job_filter(request: job_service_pb2.ListJobsRequest) -> JobFilter:
     return JobFilter(frozenset(statuses), frozenset(ops))
 
 
+def _job(view: JobView) -> job_pb2.Job:
+    return convert.job(view.job, view.result)
+
+
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
-    """Serves JobService from the pipeline's job store.
+    """Serves JobService from the job service."""
 
-    `on_submit` is called when a submit queued a new job (the local workers' wake-up).
-    """
-
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        blobs: BlobStore,
-        on_submit: Callable[[], None] | None = None,
-    ) -> None:
-        executor = pipeline.executor
-        self._pipeline = pipeline
-        self._store: JobStore = executor.store
-        self._blobs = blobs
-        self._on_submit = on_submit
-        #: Set when the replica starts draining: WatchJob streams end at once with UNAVAILABLE
-        #: (to be resumed on another replica) instead of holding the drain for its whole grace.
-        self._draining = executor.draining
-
-    async def _message(self, job: Job, *, with_result: bool = True) -> job_pb2.Job:
-        """The job for its owner, with its decoded result when it succeeded and `with_result`."""
-        result = None
-        if with_result and job.status is JobStatus.SUCCEEDED and job.result is not None:
-            try:
-                result = await load_result(operations.get(job.op), job.result, self._blobs)
-            except (BlobError, codec.DecodeError) as exc:
-                raise errors.Internal(
-                    f"the stored result of job {job.id} cannot be read ({type(exc).__name__})"
-                ) from None
-        return convert.job(job, result)
+    def __init__(self, jobs: JobService) -> None:
+        self._jobs = jobs
 
     async def SubmitJob(
         self, request: job_service_pb2.SubmitJobRequest, context: Context
@@ -148,65 +120,33 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "idempotency_key",
                 f"differs from {case}.idempotency_key; set one of them, or both to the same key",
             )
-        prepared = self._pipeline.prepare(
+        submitted = await self._jobs.submit(
             case, _REQUESTS[case](operation), principal, idempotency_key=key or inner
         )
-        joined = await self._pipeline.submit(prepared)
-        if joined.created and self._on_submit is not None:
-            self._on_submit()
         return job_service_pb2.SubmitJobResponse(
-            job=await self._message(joined.job), existing=joined.existing
+            job=_job(submitted.view), existing=submitted.existing
         )
 
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Context
     ) -> job_service_pb2.GetJobResponse:
-        job = await self._store.get_job(convert.job_id(request.job_id), _principal().user_id)
-        return job_service_pb2.GetJobResponse(job=await self._message(job))
+        view = await self._jobs.get(convert.job_id(request.job_id), _principal().user_id)
+        return job_service_pb2.GetJobResponse(job=_job(view))
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
-        job_id = convert.job_id(request.job_id)
-        user_id = _principal().user_id
-        seen = request.after_sequence
-        job = await self._store.get_job(job_id, user_id)
-        while True:
-            if job.event_seq > seen:
-                seen = job.event_seq
-                yield job_service_pb2.WatchJobResponse(
-                    sequence=seen, job=await self._message(job, with_result=not job.active)
-                )
-            if not job.active:
-                return
-            job = await self._wait_unless_draining(job_id, user_id, seen)
-
-    async def _wait_unless_draining(self, job_id: str, user_id: str, seen: int) -> Job:
-        """The job's next change, or `Unavailable` once this replica drains."""
-        if not self._draining.is_set():
-            change = asyncio.ensure_future(
-                self._store.wait_for_job_change(job_id, user_id, seen, WATCH_WAIT_S)
-            )
-            draining = asyncio.ensure_future(self._draining.wait())
-            try:
-                await asyncio.wait((change, draining), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                draining.cancel()
-                if not change.done():
-                    change.cancel()
-            if change.done():
-                return change.result()
-        raise errors.Unavailable(
-            f"this gateway replica is shutting down; watch job {job_id} again after sequence "
-            f"{seen} (another replica serves it)",
-            retry_after_s=0.0,
+        changes = self._jobs.watch(
+            convert.job_id(request.job_id), _principal().user_id, request.after_sequence
         )
+        async for sequence, view in changes:
+            yield job_service_pb2.WatchJobResponse(sequence=sequence, job=_job(view))
 
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: Context
     ) -> job_service_pb2.CancelJobResponse:
-        job = await self._store.cancel_job(convert.job_id(request.job_id), _principal().user_id)
-        return job_service_pb2.CancelJobResponse(job=await self._message(job))
+        view = await self._jobs.cancel(convert.job_id(request.job_id), _principal().user_id)
+        return job_service_pb2.CancelJobResponse(job=_job(view))
 
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Context
@@ -217,14 +157,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "page_size", f"is {size}; the limit is {MAX_PAGE_SIZE}"
             )
         after = decode_page_token(request.page_token) if request.page_token else None
-        # One more than asked tells whether another page follows.
-        jobs = await self._store.list_jobs(
-            _principal().user_id, _job_filter(request), size + 1, after
-        )
-        page = jobs[:size]
-        token = ""
-        if len(jobs) > size:
-            token = encode_page_token(JobCursor(page[-1].created_at, page[-1].id))
+        page = await self._jobs.page(_principal().user_id, _job_filter(request), size, after)
+        token = "" if page.next_after is None else encode_page_token(page.next_after)
         return job_service_pb2.ListJobsResponse(
-            jobs=[convert.job(job) for job in page], next_page_token=token
+            jobs=[convert.job(job) for job in page.jobs], next_page_token=token
         )

@@ -16,8 +16,7 @@ from viewbait.ai.v1 import common_pb2, operations_pb2
 
 from gateway.config import InputBounds, RateLimit, RouteLimits, Settings, StoreSettings, Tier
 from gateway.emulator import EmulatorServer
-
-from .conftest import as_user, gateway_settings
+from tests.fixtures.gateways import as_user, gateway_settings
 
 TIMEOUT_S = 30
 

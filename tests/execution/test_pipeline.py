@@ -26,8 +26,9 @@ from gateway.operations.generate_thumbnail import GenerateThumbnailRequest
 from gateway.operations.images import ImageInput
 from gateway.store import JobStatus, NewJob, Store
 from gateway.store.maintenance import purge_expired
+from tests.fixtures.gateways import encode_png, eventually
 
-from .conftest import MakePipeline, ask, encode_png, eventually, principal
+from .conftest import MakePipeline, ask, principal
 
 VIDEO = AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
 #: Upstream latency that keeps concurrent callers overlapping.

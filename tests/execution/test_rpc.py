@@ -28,17 +28,10 @@ from gateway.operations.analyze_video import AnalyzeVideoRequest
 from gateway.server import STORE_HEALTH_SERVICE, UPSTREAM_HEALTH_SERVICE
 from gateway.store import MemoryStore
 from gateway.store.blobs import LocalBlobStore
+from tests.fixtures.gateways import SERVICE_TOKEN, as_user, encode_png, eventually, gateway_settings
+from tests.fixtures.stores import DATABASE_URL, store_settings
 
-from .conftest import (
-    DATABASE_URL,
-    SERVICE_TOKEN,
-    as_user,
-    encode_png,
-    eventually,
-    gateway_settings,
-    principal,
-    store_settings,
-)
+from .conftest import principal
 
 VIDEO = operations_pb2.AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")
 ANALYSIS = AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="I built a treehouse")

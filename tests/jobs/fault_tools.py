@@ -8,26 +8,17 @@
 - `JobAudit`: a trigger that records every version of every job row (status, lease
   holder and end) with the database's clock, and the leases ("tenures") read back from it: who
   held a job from when to when, and whether a lapsed lease was what ended it.
-- `PostgresCluster` / `throwaway_postgres`: a PostgreSQL server of a test's own (`initdb` into a
-  temporary directory, trust auth on a free loopback port) that a test may stop and start
-  without touching the shared test database. As root, PostgreSQL refuses to run, so its
-  commands run as the `postgres` account (`nobody` if there is none) through `setpriv`.
+
+A PostgreSQL server of a test's own, which a test may stop and start, is
+`gateway.testing.postgres.throwaway_postgres` (shared with the benchmarks).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
-import os
-import pwd
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -35,8 +26,6 @@ from aiohttp import web
 
 from gateway.store.base import LEASE_EXPIRED_MESSAGE
 from gateway.store.migrate import quote_ident
-
-from .conftest import execution_fixtures
 
 #: The AnalyzeVideo prompt carries the video's watch URL; these tests give each job its own video.
 _VIDEO = re.compile(rb"watch\?v=([A-Za-z0-9_-]{11})")
@@ -215,145 +204,3 @@ class JobAudit:
                     held.rescued = row["at"].timestamp()
                 current[job_id] = None
         return tenures
-
-
-# -- a PostgreSQL server of the test's own ---------------------------------------------------
-
-
-def postgres_bin_dir() -> Path | None:
-    """Where `initdb` and `pg_ctl` are: `GATEWAY_TEST_PG_BIN`, else next to a `pg_ctl` on PATH,
-    else the newest Debian/Ubuntu server package (/usr/lib/postgresql/<version>/bin)."""
-    candidates: list[Path] = []
-    if configured := os.environ.get("GATEWAY_TEST_PG_BIN"):
-        candidates.append(Path(configured))
-    if on_path := shutil.which("pg_ctl"):
-        candidates.append(Path(on_path).parent)
-    packaged = Path("/usr/lib/postgresql").glob("*/bin")
-    candidates += sorted(packaged, key=lambda p: _version(p.parent.name), reverse=True)
-    for directory in candidates:
-        if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
-            return directory
-    return None
-
-
-def _version(name: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", name))
-
-
-class PostgresCluster:
-    """A PostgreSQL server in a directory of its own, on a loopback port, trust auth.
-
-    Durability is switched off (`fsync=off`): the tests restart it cleanly, never crash the
-    machine under it.
-    """
-
-    def __init__(self, bin_dir: Path, root: Path, account: pwd.struct_passwd | None) -> None:
-        self._bin = bin_dir
-        self._root = root
-        self._data = root / "data"
-        self._log = root / "server.log"
-        self._account = account
-        self.port: int = execution_fixtures.store_fixtures.free_port()
-
-    @property
-    def url(self) -> str:
-        """The URL of its `postgres` database as the `postgres` superuser."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def log(self) -> str:
-        """The server's log so far (for assertion messages)."""
-        try:
-            return self._log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    async def init(self) -> None:
-        """Creates the cluster (`initdb`)."""
-        await self._run(
-            "initdb",
-            "-D",
-            str(self._data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        )
-
-    async def start(self) -> None:
-        """Starts the server and waits until it accepts connections."""
-        options = " ".join(
-            [
-                f"-p {self.port}",
-                f"-k {self._root}",
-                "-c listen_addresses=127.0.0.1",
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
-            ]
-        )
-        await self._run(
-            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self._data), "-l", str(self._log),
-            "-o", options,
-        )  # fmt: skip
-
-    async def stop(self, mode: str = "fast") -> None:
-        """Stops the server (`fast`: open transactions are rolled back and every connection is
-        closed, as an operator's restart does) and waits until it is down."""
-        await self._run("pg_ctl", "stop", "-w", "-t", "60", "-D", str(self._data), "-m", mode)
-
-    async def _run(self, program: str, *args: str) -> None:
-        command = [str(self._bin / program), *args]
-        if self._account is not None:
-            command = [
-                "setpriv",
-                f"--reuid={self._account.pw_uid}",
-                f"--regid={self._account.pw_gid}",
-                "--clear-groups",
-                *command,
-            ]
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(
-                f"{program} failed ({process.returncode}): {output.decode(errors='replace')}\n"
-                f"{self.log()}"
-            )
-
-
-def _unprivileged_account() -> pwd.struct_passwd:
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    raise LookupError("no 'postgres' or 'nobody' account to run PostgreSQL as")
-
-
-@contextlib.asynccontextmanager
-async def throwaway_postgres(bin_dir: Path) -> AsyncIterator[PostgresCluster]:
-    """A started `PostgresCluster`, stopped and deleted afterwards.
-
-    Its directory is made under the system temporary directory rather than pytest's (which only
-    root may enter), and given to the account the server runs as.
-    """
-    account = _unprivileged_account() if os.geteuid() == 0 else None
-    root = Path(tempfile.mkdtemp(prefix="viewbait-pg-"))
-    try:
-        if account is not None:
-            os.chown(root, account.pw_uid, account.pw_gid)
-        cluster = PostgresCluster(bin_dir, root, account)
-        await cluster.init()
-        await cluster.start()
-        try:
-            yield cluster
-        finally:
-            with contextlib.suppress(RuntimeError):
-                await cluster.stop("immediate")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)

@@ -36,17 +36,17 @@ from viewbait.ai.v1 import job_pb2
 from gateway.config import ExecutionSettings, JobSettings, Settings, StoreSettings
 from gateway.emulator import EmulatorServer
 from gateway.store.postgres import run_migrations
-
-from .conftest import DATABASE_URL, eventually, store_settings
-from .fault_tools import (
-    JobAudit,
+from gateway.testing.postgres import (
+    BIN_DIR_ENV,
+    NOT_DURABLE,
     PostgresCluster,
-    Tenure,
-    UpstreamCall,
-    UpstreamRecorder,
     postgres_bin_dir,
     throwaway_postgres,
 )
+from tests.fixtures.gateways import eventually
+from tests.fixtures.stores import DATABASE_URL, store_settings
+
+from .fault_tools import JobAudit, Tenure, UpstreamCall, UpstreamRecorder
 from .test_jobs import SUCCEEDED, TERMINAL, Jobs, settings, video
 
 #: How long a test waits for its jobs to finish before failing (they take seconds).
@@ -70,12 +70,12 @@ async def cluster() -> AsyncIterator[PostgresCluster]:
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found: set GATEWAY_TEST_PG_BIN "
+            f"PostgreSQL server binaries (initdb, pg_ctl) not found: set {BIN_DIR_ENV} "
             "or install the server package (Debian: postgresql)"
         )
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("running as root needs setpriv (util-linux) to start PostgreSQL unprivileged")
-    async with throwaway_postgres(bin_dir) as server:
+    async with throwaway_postgres(bin_dir, NOT_DURABLE) as server:
         yield server
 
 

@@ -26,8 +26,9 @@ from gateway.emulator import EmulatorServer
 from gateway.store.blobs import BlobCorrupt
 from gateway.store.blobs.postgres import PostgresBlobStore
 from gateway.store.postgres import PostgresStore, run_migrations
+from tests.fixtures.gateways import SERVICE_TOKEN, as_user
+from tests.fixtures.stores import DATABASE_URL, store_settings
 
-from .conftest import DATABASE_URL, as_user, execution_fixtures, store_settings
 from .test_jobs import SUCCEEDED, Jobs, heatmap, settings
 
 TIMEOUT_S = 30
@@ -135,7 +136,7 @@ async def test_a_writer_killed_mid_write_leaves_nothing_a_reader_sees_as_corrupt
     writer = spawn_gateway(
         VIEWBAIT_GEMINI__API_KEY=emulator.api_key,
         VIEWBAIT_GEMINI__BASE_URL=emulator.base_url,
-        VIEWBAIT_AUTH__SERVICE_TOKEN=execution_fixtures.SERVICE_TOKEN,
+        VIEWBAIT_AUTH__SERVICE_TOKEN=SERVICE_TOKEN,
         VIEWBAIT_EXECUTION__LEASE_S="1",
         VIEWBAIT_SERVER__LOG_LEVEL="WARNING",
         **replica_env(writer_store),
@@ -185,7 +186,7 @@ def test_a_replica_with_a_database_refuses_a_private_blob_directory(
     env = {
         "VIEWBAIT_GEMINI__API_KEY": emulator.api_key,
         "VIEWBAIT_GEMINI__BASE_URL": emulator.base_url,
-        "VIEWBAIT_AUTH__SERVICE_TOKEN": execution_fixtures.SERVICE_TOKEN,
+        "VIEWBAIT_AUTH__SERVICE_TOKEN": SERVICE_TOKEN,
         "VIEWBAIT_STORE__DATABASE_URL": DATABASE_URL,
         "VIEWBAIT_STORE__SCHEMA": pg_schema,
         "VIEWBAIT_STORE__MIGRATE_ON_START": "true",

@@ -35,8 +35,8 @@ from gateway.config import (
 )
 from gateway.emulator import EmulatorServer
 from gateway.errors import RateLimited
-
-from .conftest import as_user, encode_png, eventually, gateway_settings, store_settings
+from tests.fixtures.gateways import as_user, encode_png, eventually, gateway_settings
+from tests.fixtures.stores import store_settings
 
 TIMEOUT_S = 30
 QUEUED, RUNNING = job_pb2.JOB_STATUS_QUEUED, job_pb2.JOB_STATUS_RUNNING

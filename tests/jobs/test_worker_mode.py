@@ -12,8 +12,8 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.emulator import EmulatorServer
+from tests.fixtures.stores import DATABASE_URL
 
-from .conftest import DATABASE_URL
 from .test_jobs import QUEUED, RUNNING, SUCCEEDED, Jobs, settings, store_settings, video
 
 EXIT_TIMEOUT_S = 30.0

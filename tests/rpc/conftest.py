@@ -15,17 +15,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,14 +27,11 @@ from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2_grpc
 from grpc_status import rpc_status
-from PIL import Image as PILImage
 from pydantic import SecretStr
 from viewbait.ai.v1 import (
-    common_pb2,
     gateway_service_pb2,
     gateway_service_pb2_grpc,
     job_service_pb2_grpc,
-    operations_pb2,
 )
 
 from gateway.auth import mint_dev_jwt
@@ -234,86 +222,6 @@ class Gateway:
         return RichStatus.of(caught.value)
 
 
-def encode_png(
-    size: tuple[int, int] = (320, 180), color: tuple[int, int, int] = (200, 30, 30)
-) -> bytes:
-    """A real PNG of one colour."""
-    buffer = io.BytesIO()
-    PILImage.new("RGB", size, color).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-class Samples:
-    """A valid request for each operation, built from real encoded images, and the check of the
-    images that come back."""
-
-    def __init__(self) -> None:
-        self.thumbnail = encode_png((320, 180))
-        self.references = [encode_png((160, 90), (30 * i, 120, 200)) for i in range(1, 4)]
-        self._fresh_images = 0
-
-    def fresh_request(self, operation: str) -> Message:
-        """The sample request of `operation`, with a thumbnail no other request carries, so no
-        result cached for an earlier caller answers it (the heatmap is shared across users)."""
-        self._fresh_images += 1
-        n = self._fresh_images
-        thumbnail = encode_png((320, 180), (n % 256, n // 256 % 256, 77))
-        if operation == "compute_attention_heatmap":
-            return self.request(operation, image=common_pb2.Image(data=thumbnail))
-        if operation == "check_channel_consistency":
-            return self.request(operation, target=common_pb2.Image(data=thumbnail))
-        return self.request(operation)
-
-    def request(self, operation: str, **changes: Any) -> Message:
-        """The sample request of `operation`, with `changes` applied to its fields."""
-        request: Message
-        if operation == "generate_thumbnail":
-            request = operations_pb2.GenerateThumbnailRequest(
-                prompt="I built a treehouse in one weekend", variations=1
-            )
-        elif operation == "analyze_video":
-            request = operations_pb2.AnalyzeVideoRequest(
-                video_id=VIDEO_ID, title="I built a treehouse", description="A weekend build."
-            )
-        elif operation == "suggest_thumbnail_concepts":
-            request = operations_pb2.SuggestThumbnailConceptsRequest(
-                video_id=VIDEO_ID, analytics_json='{"views": 1200, "impressions": 40000}'
-            )
-        elif operation == "compute_attention_heatmap":
-            request = operations_pb2.ComputeAttentionHeatmapRequest(
-                image=common_pb2.Image(data=self.thumbnail, mime_type="image/png")
-            )
-        elif operation == "check_channel_consistency":
-            request = operations_pb2.CheckChannelConsistencyRequest(
-                video_id=VIDEO_ID,
-                target=common_pb2.Image(data=self.thumbnail, mime_type="image/png"),
-                references=[common_pb2.Image(data=ref) for ref in self.references],
-            )
-        else:
-            raise KeyError(operation)
-        for name, value in changes.items():
-            if isinstance(value, list | tuple):
-                del getattr(request, name)[:]
-                getattr(request, name).extend(value)
-            elif isinstance(value, Message):
-                getattr(request, name).CopyFrom(value)
-            else:
-                setattr(request, name, value)
-        return request
-
-    @staticmethod
-    def check_png(image: common_pb2.OutputImage) -> None:
-        """An output image is a PNG whose bytes, size and SHA-256 are what the message says."""
-        data = image.image.data
-        assert data.startswith(PNG_SIGNATURE)
-        assert image.image.mime_type == "image/png"
-        assert image.format == common_pb2.IMAGE_FORMAT_PNG
-        assert hashlib.sha256(data).hexdigest() == image.sha256
-        with PILImage.open(io.BytesIO(data)) as decoded:
-            decoded.verify()
-            assert decoded.size == (image.width, image.height)
-
-
 def gateway_settings() -> Settings:
     """Explicit settings of the in-process gateway (local mode: the emulator is started for it)."""
     return Settings(
@@ -360,12 +268,6 @@ def upstream(gateway: Gateway) -> Iterator[EmulatorServer]:
         emulator.reset()
 
 
-@pytest.fixture(scope="session")
-def samples() -> Samples:
-    """Valid requests for every operation."""
-    return Samples()
-
-
 @pytest.fixture(params=list(RPC_NAMES))
 def operation(request: pytest.FixtureRequest) -> Operation:
     """Each of the five operations."""
@@ -382,107 +284,3 @@ def unary_operation(request: pytest.FixtureRequest) -> Operation:
 def tier(request: pytest.FixtureRequest) -> Tier:
     """Each subscription tier."""
     return Tier(request.param)
-
-
-# --- the gateway as a subprocess (`python -m gateway serve`) ---------------------------------
-
-
-@dataclass
-class GatewayProcess:
-    """A `python -m gateway serve` subprocess that reported ready."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    emulator_url: str | None
-    log_path: Path
-
-    @property
-    def address(self) -> str:
-        """host:port to dial."""
-        return f"127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        """Everything the process wrote so far (for assertion messages)."""
-        return self.log_path.read_text(errors="replace")
-
-    def log_records(self) -> list[dict[str, Any]]:
-        """The structured (JSON) log lines written so far, in order."""
-        records = []
-        for line in self.log().splitlines():
-            if line.startswith("{"):
-                records.append(json.loads(line))
-        return records
-
-
-def _spawn(workdir: Path, env: Mapping[str, str], command: str = "serve") -> GatewayProcess:
-    """Starts `python -m gateway <command>` in local mode and waits for its ready file."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    ready = workdir / "ready.json"
-    log_path = workdir / "gateway.log"
-    # Local mode as on a developer's machine: nothing configured but what the test sets.
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("VIEWBAIT_")}
-    environment.update(
-        {
-            "VIEWBAIT_SERVER__PORT": "0",
-            "VIEWBAIT_SERVER__READY_FILE": str(ready),
-            **env,
-        }
-    )
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", command],
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    give_up = time.monotonic() + STARTUP_TIMEOUT_S
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > give_up:
-            _reap(process)
-            raise AssertionError(
-                f"the gateway did not become ready (exit code {process.returncode}):\n"
-                + log_path.read_text(errors="replace")
-            )
-        time.sleep(0.05)
-    info = json.loads(ready.read_text())
-    return GatewayProcess(process, int(info["port"]), info.get("emulator_url"), log_path)
-
-
-def _reap(process: subprocess.Popen[bytes]) -> None:
-    """Stops a gateway subprocess this test started, if it still runs."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-
-
-@pytest.fixture
-def spawn_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    """A factory: `spawn_gateway(VIEWBAIT_X="...")` starts a gateway subprocess with that env
-    (`command="worker"`: the worker mode instead of `serve`)."""
-    started: list[GatewayProcess] = []
-
-    def spawn(command: str = "serve", **env: str) -> GatewayProcess:
-        running = _spawn(tmp_path / f"gateway-{len(started)}", env, command)
-        started.append(running)
-        return running
-
-    try:
-        yield spawn
-    finally:
-        for running in started:
-            _reap(running.process)
-
-
-@pytest.fixture(scope="module")
-def local_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """`python -m gateway serve` with nothing configured (local mode), for one test module."""
-    running = _spawn(tmp_path_factory.mktemp("local-gateway"), {})
-    try:
-        yield running
-    finally:
-        _reap(running.process)

@@ -13,8 +13,8 @@ import pytest
 from gateway.store import JobError, JobStatus, LeaseLost, ResultRef, Store
 from gateway.store.batching import Batcher
 from gateway.store.postgres import PostgresStore
+from tests.fixtures.stores import MakeStore
 
-from .conftest import MakeStore
 from .test_contract import new_job
 
 

@@ -314,7 +314,7 @@ async def test_claim_batch_holds_each_users_executions_beyond_her_cap(store: Sto
     alice = [await queue(ALICE, f"a{i}", 0) for i in range(3)]  # capped at 1
     bob = [await queue(BOB, f"b{i}", 1) for i in range(3)]  # capped at 2
     carol = [await queue("user-carol", f"c{i}", 3) for i in range(2)]  # uncapped
-    # A shared execution counts against the user who started it (see gateway.jobs.worker)...
+    # A shared execution counts against the user who started it (see gateway.jobs.pool)...
     shared = [await queue(ALICE, f"s{i}", 0, shared=True) for i in range(2)]
     # ... and only her: Bob joining one costs him nothing.
     await queue(BOB, "s0", 1, shared=True)

@@ -1,0 +1,4 @@
+"""Helpers for the gateway's own tests and benchmarks (never used by the running gateway).
+
+- `postgres`: a throwaway PostgreSQL server of a test's or a benchmark's own.
+"""
