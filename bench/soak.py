@@ -18,8 +18,9 @@ same settings; at two thirds, Redis is stopped for 3 s and started again (empty,
 limits after a Redis restart are).
 
 Printed at the end: requests and jobs by outcome (the run fails on any INTERNAL/UNKNOWN answer
-or any lost job: submitted, acknowledged, and not finished when the run ends plus a drain
-window), upstream calls against distinct cacheable keys (text model) and against requested
+or any lost job: submitted, acknowledged, and not finished within `--drain` seconds after the
+traffic stops; a job deferred by its owner's upstream limit waits for that limit, so the drain
+is long), upstream calls against distinct cacheable keys (text model) and against requested
 variations (image model), and each replica's RSS at start, middle and end.
 """
 
@@ -381,7 +382,7 @@ class RedisServer:
             await self.process.wait()
 
 
-async def soak(minutes: float, concurrency: int, latency_s: float) -> int:
+async def soak(minutes: float, concurrency: int, latency_s: float, drain_s: float) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="viewbait-soak-"))
     redis = RedisServer(workdir)
     await redis.start()
@@ -405,7 +406,8 @@ async def soak(minutes: float, concurrency: int, latency_s: float) -> int:
             loop = asyncio.get_running_loop()
             started = loop.time()
             stop_at = started + seconds
-            follow_until = stop_at + 120
+            # Jobs deferred by their owner's upstream limit wait for it, so the drain is long.
+            follow_until = stop_at + drain_s
             for name in REPLICAS:
                 rss[name]["start"] = rss_mb(replicas.pid(name))
 
@@ -441,6 +443,7 @@ async def soak(minutes: float, concurrency: int, latency_s: float) -> int:
             await asyncio.gather(chaos(), progress(), *(client(i) for i in range(concurrency)))
             # Jobs still running when traffic stopped: give them the drain window.
             unfinished = [j for j in tally.jobs if j not in tally.finished]
+            drain_started = loop.time()
             for job_id in unfinished:
                 user, tier = tally.jobs[job_id]
                 await follow(replicas, tally, job_id, metadata(user, tier), follow_until)
@@ -460,6 +463,7 @@ async def soak(minutes: float, concurrency: int, latency_s: float) -> int:
                         f"{job.create_time.ToJsonString()}, run after "
                         f"{job.run_after_time.ToJsonString()}, error {job.error.reason!r}"
                     )
+            drained_s = loop.time() - drain_started
             for name in REPLICAS:
                 rss[name]["end"] = rss_mb(replicas.pid(name))
             stats = await asyncio.to_thread(emulator_stats, emulator_url)
@@ -477,6 +481,10 @@ async def soak(minutes: float, concurrency: int, latency_s: float) -> int:
         print(f"  {count:7d}  {what}")
     by_status = collections.Counter(job_pb2.JobStatus.Name(s) for s in tally.finished.values())
     print(f"\njobs: {len(tally.jobs)} acknowledged, {dict(by_status)}, lost {len(lost)}")
+    print(
+        f"drain: {len(unfinished)} jobs unfinished when traffic stopped; followed for "
+        f"{drained_s:.0f} s (at most {drain_s:g})"
+    )
     by_model = stats.get("by_model", {})
     print(f"upstream calls by model: {by_model}")
     print(
@@ -505,8 +513,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=12)
     parser.add_argument("--latency", type=float, default=0.3, help="emulator seconds per call")
+    parser.add_argument(
+        "--drain", type=float, default=600.0, help="seconds to follow jobs after traffic stops"
+    )
     args = parser.parse_args()
-    raise SystemExit(asyncio.run(soak(args.minutes, args.concurrency, args.latency)))
+    raise SystemExit(asyncio.run(soak(args.minutes, args.concurrency, args.latency, args.drain)))
 
 
 if __name__ == "__main__":
