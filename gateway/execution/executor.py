@@ -283,9 +283,10 @@ class Executor:
     async def _coalesce(self, call: Call, flight_key: bytes) -> Outcome[Any]:
         """This replica's shared work for a key: join or create the active execution and see it
         through (run it, or follow whoever runs it)."""
-        # This replica claims what it creates at once: waking every replica's job workers
-        # would only have them race it for the claim.
-        new = dataclasses.replace(self._new_job(call), announce=False)
+        # This replica claims what it creates at once: the row is held from every replica's
+        # job workers for one lease (they would race it for the claim, and find no input: the
+        # images are written when the run has passed its upstream limits).
+        new = dataclasses.replace(self._new_job(call), hold_s=self._settings.lease_s)
         # Its images are written once the run has passed the upstream limits (whichever
         # replica runs it: a waiter that takes over writes them itself).
         images = codec.collect_blobs(call.request)
@@ -341,6 +342,8 @@ class Executor:
 
         Returns None when the execution was abandoned and a new one should be started.
         """
+        # The caller created it (held for it): its first claim comes before it is due.
+        held = claim
         while True:
             self._jobs[flight_key] = job
             if not job.active:
@@ -348,10 +351,11 @@ class Executor:
             if claim or job.status is JobStatus.QUEUED:
                 try:
                     claimed = await self._store.claim_job(
-                        job.execution_id, self.worker_id, self._settings.lease_s
+                        job.execution_id, self.worker_id, self._settings.lease_s, held=held
                     )
                 except errors.Unavailable as exc:
                     return await self._without_store(call, exc)
+                held = False
                 if claimed is not None:
                     if not claim or claimed.attempts > 1:
                         self.stats.takeovers += 1

@@ -184,15 +184,20 @@ class NewJob:
     #: Higher runs first (tier weight).
     priority: int = 0
     max_attempts: int = 3
-    #: A new execution wakes the job workers of every replica (`JobStore.subscribe_due`); False
-    #: when its creator claims it itself at once (an inline run), so no worker races for it.
-    announce: bool = True
+    #: Seconds a new execution is left to its creator, who claims it at once (an inline run,
+    #: `claim_job(..., held=True)`): it is not due before then, so no job worker races the
+    #: creator for it (nor reads its input before the creator writes it), and nobody is woken.
+    #: Should the creator vanish first, it becomes due when the hold ends. 0: queued for the
+    #: job workers at once (and every replica's workers are woken).
+    hold_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.user_id:
             raise ValueError("a job needs a user id")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if not 0 <= self.hold_s < float("inf"):
+            raise ValueError("hold_s must be a finite number of seconds, at least 0")
         if self.idempotency_key is not None and not (
             0 < len(self.idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS
         ):
@@ -413,13 +418,16 @@ class JobStore(Protocol):
         """The user's job; `NotFound` for a missing job or another user's."""
         ...
 
-    async def claim_job(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+    async def claim_job(
+        self, job_id: str, worker_id: str, lease_s: float, *, held: bool = False
+    ) -> Job | None:
         """Takes the lease on an execution that is queued and due, or whose lease expired.
 
         Returns it running (attempts + 1) and locked by `worker_id` until now + `lease_s`; None
         when it cannot be claimed now (someone holds a valid lease, it is not due, it finished,
         or it is a handle). Claiming an execution whose lease expired first rescues it, so one
-        with no attempts left fails instead.
+        with no attempts left fails instead. `held`: the caller created it with a hold
+        (`NewJob.hold_s`) and claims it now, before it is due.
         """
         ...
 

@@ -158,7 +158,7 @@ class MemoryStore:
             priority=new.priority,
             attempts=0,
             max_attempts=new.max_attempts,
-            run_after=now,
+            run_after=now + timedelta(seconds=new.hold_s),
             locked_by=None,
             locked_until=None,
             heartbeat_at=None,
@@ -173,8 +173,7 @@ class MemoryStore:
             started_by=new.user_id if new.shared else None,
         )
         self._save(execution)
-        if new.announce:
-            self._publish_if_due(execution)
+        self._publish_if_due(execution)
         if new.shared:
             return JoinOutcome(self._new_handle(execution, new), created=True, existing=False)
         return JoinOutcome(execution, created=True, existing=False)
@@ -219,7 +218,9 @@ class MemoryStore:
             raise job_not_found(job_id)
         return job
 
-    async def claim_job(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+    async def claim_job(
+        self, job_id: str, worker_id: str, lease_s: float, *, held: bool = False
+    ) -> Job | None:
         """See `Store.claim_job`."""
         check_positive("lease_s", lease_s)
         job = self._lookup(job_id)
@@ -227,11 +228,12 @@ class MemoryStore:
             return None
         now = self._now()
         job = self._rescue(job, now) or job
-        if job.status is not JobStatus.QUEUED or job.run_after > now:
+        if job.status is not JobStatus.QUEUED or (job.run_after > now and not held):
             return None
         return self._change(
             job,
             status=JobStatus.RUNNING,
+            run_after=min(job.run_after, now),
             attempts=job.attempts + 1,
             locked_by=worker_id,
             locked_until=now + timedelta(seconds=lease_s),

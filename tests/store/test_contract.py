@@ -264,6 +264,37 @@ async def test_claim_takes_the_lease(store: Store) -> None:
     assert await store.claim_job("garbage", "w2", LEASE_S) is None
 
 
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_held_execution_is_its_creators_until_the_hold_ends(
+    store: Store, shared: bool
+) -> None:
+    # An inline run holds its new execution: no worker may claim it (and find no input) first.
+    new = new_job(BOB if shared else ALICE, "held", shared=shared, hold_s=SHORT_LEASE_S * 2)
+    job = (await store.join_or_create_active_job(new)).job
+    assert job.run_after > job.created_at
+    assert await store.claim_batch("worker", 10, LEASE_S) == []
+    assert await store.claim_job(job.execution_id, "waiter", LEASE_S) is None
+
+    claimed = await store.claim_job(job.execution_id, "creator", LEASE_S, held=True)
+    assert claimed is not None
+    assert (claimed.status, claimed.locked_by, claimed.attempts) == (
+        JobStatus.RUNNING,
+        "creator",
+        1,
+    )
+    # Running, it is not "due later" any more.
+    assert claimed.run_after <= claimed.started_at  # type: ignore[operator]
+
+    # A creator that vanished before its claim: the execution becomes due when the hold ends.
+    orphan = (await store.join_or_create_active_job(new_job(dedupe="orphan", hold_s=0.3))).job
+
+    async def claimed_by_a_worker() -> list[Job] | None:
+        return await store.claim_batch("worker", 10, LEASE_S) or None
+
+    taken = await eventually(claimed_by_a_worker)
+    assert [j.id for j in taken] == [orphan.id]
+
+
 async def test_claim_batch_takes_due_executions_by_priority_then_age(store: Store) -> None:
     low = (await store.join_or_create_active_job(new_job(dedupe="low", priority=0))).job
     high = (await store.join_or_create_active_job(new_job(dedupe="high", priority=2))).job

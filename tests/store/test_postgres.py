@@ -327,8 +327,8 @@ async def test_due_notifications_are_debounced_to_one_per_transaction(
     jobs = [(await store.join_or_create_active_job(NewJob("u", "op", "{}"))).job for _ in range(3)]
     for job in jobs:
         assert await store.claim_job(job.id, "w1", 0.2) is not None
-    # An execution its creator claims itself (an inline run) wakes no worker.
-    await store.join_or_create_active_job(NewJob("u", "op", "{}", announce=False))
+    # An execution held for its creator (an inline run) wakes no worker.
+    await store.join_or_create_active_job(NewJob("u", "op", "{}", hold_s=30))
     await asyncio.sleep(0.3)
 
     assert await store.rescue_expired_leases(10) == 3  # one transaction queues all three again

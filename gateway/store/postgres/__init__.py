@@ -153,9 +153,11 @@ class PostgresStore:
         """See `JobStore.get_job`."""
         return await self.jobs.get_job(job_id, user_id)
 
-    async def claim_job(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+    async def claim_job(
+        self, job_id: str, worker_id: str, lease_s: float, *, held: bool = False
+    ) -> Job | None:
         """See `JobStore.claim_job`."""
-        return await self.jobs.claim_job(job_id, worker_id, lease_s)
+        return await self.jobs.claim_job(job_id, worker_id, lease_s, held=held)
 
     async def claim_batch(
         self,

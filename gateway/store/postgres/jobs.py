@@ -213,7 +213,7 @@ class PostgresJobs:
             models=[n.model for n in news],
             priorities=[n.priority for n in news],
             max_attempts=[n.max_attempts for n in news],
-            announce=any(n.announce for n in news),
+            hold_s=[float(n.hold_s) for n in news],
         )
         rows = await self._pool.run(lambda c: c.fetch(*statement))
         created = {row["id"]: _job(row) for row in rows}
@@ -248,7 +248,7 @@ class PostgresJobs:
                 model=new.model,
                 priority=new.priority,
                 max_attempts=new.max_attempts,
-                announce=new.announce,
+                hold_s=float(new.hold_s),
                 started_by=new.user_id if new.shared else None,
             )
         )
@@ -305,13 +305,17 @@ class PostgresJobs:
             raise job_not_found(job_id)
         return _job(row)
 
-    async def claim_job(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+    async def claim_job(
+        self, job_id: str, worker_id: str, lease_s: float, *, held: bool = False
+    ) -> Job | None:
         """See `JobStore.claim_job`."""
         check_positive("lease_s", lease_s)
         parsed = parse_job_id(job_id)
         if parsed is None:
             return None
-        statement = self._q("claim", job_id=parsed, worker_id=worker_id, lease_s=float(lease_s))
+        statement = self._q(
+            "claim", job_id=parsed, worker_id=worker_id, lease_s=float(lease_s), held=held
+        )
 
         async def claim(conn: Connection) -> Record | None:
             await self._rescue(conn, parsed, 1)

@@ -35,7 +35,8 @@ CASE WHEN j.follows IS NULL AND j.status = 'queued' AND j.run_after <= now() AND
 UPDATE {schema}.ai_jobs t SET
     status = 'running', attempts = t.attempts + 1, locked_by = :worker_id,
     locked_until = now() + make_interval(secs => :lease_s), heartbeat_at = now(),
-    started_at = coalesce(t.started_at, now()), progress = NULL,
+    started_at = coalesce(t.started_at, now()), run_after = least(t.run_after, now()),
+    progress = NULL,
     error_reason = NULL, error_message = NULL, event_seq = t.event_seq + 1
 
 
@@ -94,12 +95,15 @@ WHERE follows = :execution_id AND user_id = :user_id AND status IN ('queued', 'r
 -- insert_execution --
 -- Creates a queued execution, or nothing when it conflicts (an active execution of its dedupe
 -- key, or its idempotency key taken). :user_id is NULL for a shared execution, whose
--- :started_by is the user whose request created it.
+-- :started_by is the user whose request created it. It is due :hold_s seconds from now (a
+-- hold: its creator claims it first).
 WITH j AS (
     INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
-        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, started_by)
+        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, started_by,
+        run_after)
     VALUES (:job_id, :user_id, :op, 'queued', :input_json, :input_blobs, :dedupe_key,
-        :idempotency_key, :request_hash, :model, :priority, :max_attempts, :started_by)
+        :idempotency_key, :request_hash, :model, :priority, :max_attempts, :started_by,
+        now() + make_interval(secs => :hold_s))
     ON CONFLICT DO NOTHING
     RETURNING *)
 SELECT j.*, {job_events}, {due_wake} FROM j;
@@ -108,21 +112,23 @@ SELECT j.*, {job_events}, {due_wake} FROM j;
 -- Creates many executions of their own at once (concurrent calls batched), skipping each that
 -- conflicts: those take the one-by-one path. Every parameter is an array with one element per
 -- execution; :input_blobs holds each execution's input blob digests concatenated (32 bytes
--- each: arrays of arrays cannot be unnested). Nobody can be watching a new job yet: no events.
+-- each: arrays of arrays cannot be unnested); :hold_s as in insert_execution. Nobody can be
+-- watching a new job yet: no events.
 WITH j AS (
     INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
-        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts)
+        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, run_after)
     SELECT n.id, n.user_id, n.op, 'queued', n.input_json::json,
         ARRAY(SELECT substring(n.input_blobs FROM 1 + 32 * k FOR 32)
             FROM generate_series(0, octet_length(n.input_blobs) / 32 - 1) AS k
             ORDER BY k),
         n.dedupe_key, n.idempotency_key, n.request_hash, n.model, n.priority,
-        n.max_attempts
+        n.max_attempts, now() + make_interval(secs => n.hold_s)
     FROM unnest(:job_ids::uuid[], :user_ids::text[], :ops::text[], :input_jsons::text[],
         :input_blobs::bytea[], :dedupe_keys::bytea[], :idempotency_keys::text[],
-        :request_hashes::bytea[], :models::text[], :priorities::int[], :max_attempts::int[])
+        :request_hashes::bytea[], :models::text[], :priorities::int[], :max_attempts::int[],
+        :hold_s::float8[])
         AS n(id, user_id, op, input_json, input_blobs, dedupe_key, idempotency_key,
-            request_hash, model, priority, max_attempts)
+            request_hash, model, priority, max_attempts, hold_s)
     ON CONFLICT DO NOTHING
     RETURNING *)
 SELECT j.*, {due_wake} FROM j;
@@ -183,10 +189,12 @@ WITH j AS (
 SELECT j.*, {job_events}, {due_wake} FROM j;
 
 -- claim --
--- Starts an attempt of the execution :job_id if it is queued and due.
+-- Starts an attempt of the execution :job_id if it is queued and due, or (:held) queued and
+-- held for the caller, its creator.
 WITH j AS (
     {start_attempt}
-    WHERE id = :job_id AND follows IS NULL AND status = 'queued' AND run_after <= now()
+    WHERE id = :job_id AND follows IS NULL AND status = 'queued'
+        AND (run_after <= now() OR :held::bool)
     RETURNING *)
 SELECT j.*, {job_events} FROM j;
 
