@@ -70,9 +70,9 @@ from _rpc_harness import (
 from gateway.emulator.png import synthetic_png
 
 REPLICAS = ("a", "b", "c")
-#: (user, tier): every tier, several users each.
+#: (user, tier): every tier, ten users each.
 USERS = [
-    (f"soak-{tier}-{i}", tier) for tier in ("free", "starter", "advanced", "pro") for i in (1, 2)
+    (f"soak-{tier}-{i}", tier) for tier in ("free", "starter", "advanced", "pro") for i in range(10)
 ]
 #: Operations each tier may call (the default policy table).
 ALLOWED = {
@@ -170,6 +170,8 @@ class Tally:
     keys: set[tuple[Any, ...]] = field(default_factory=set)
     variations_done: int = 0
     broken: list[str] = field(default_factory=list)
+    #: The tasks following submitted jobs to their end.
+    watchers: list[asyncio.Future[None]] = field(default_factory=list)
     #: What the unfinished jobs' records said at the end.
     lost_detail: list[str] = field(default_factory=list)
 
@@ -184,6 +186,7 @@ class Replicas:
         self.fleet, self.emulator_url, self.env = fleet, emulator_url, env
         self.ports: dict[str, int] = {}
         self.channels: dict[str, aio.Channel] = {}
+        self._retired: list[aio.Channel] = []
         self._next = 0
 
     async def start(self, name: str) -> None:
@@ -193,7 +196,9 @@ class Replicas:
         port = await self.fleet.gateway(name, self.emulator_url, self.env)
         old = self.channels.pop(name, None)
         if old is not None:
-            await old.close()
+            # Left open: its calls to the dead replica fail UNAVAILABLE and fail over, as a
+            # client's would (closing it would cancel them instead).
+            self._retired.append(old)
         self.ports[name] = port
         self.channels[name] = aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
 
@@ -206,7 +211,7 @@ class Replicas:
         return self.channels[REPLICAS[self._next % len(REPLICAS)]]
 
     async def aclose(self) -> None:
-        for channel in self.channels.values():
+        for channel in [*self.channels.values(), *self._retired]:
             await channel.close()
 
 
@@ -286,14 +291,21 @@ async def one_request(
                 return await stub.SubmitJob(submit, metadata=md, timeout=30)
 
             response = await with_failover(replicas, send)
-            tally.jobs[response.job.id] = (user, tier)
-            await follow(replicas, tally, response.job.id, md, follow_until)
-            status = tally.finished.get(response.job.id)
-            tally.count(f"{label} {job_pb2.JobStatus.Name(status) if status else 'UNFINISHED'}")
-            if status == job_pb2.JOB_STATUS_SUCCEEDED:
-                if work.key:
-                    tally.keys.add(work.key)
-                tally.variations_done += work.variations
+            job_id = response.job.id
+            tally.jobs[job_id] = (user, tier)
+
+            async def watch() -> None:
+                await follow(replicas, tally, job_id, md, follow_until)
+                status = tally.finished.get(job_id)
+                tally.count(f"{label} {job_pb2.JobStatus.Name(status) if status else 'UNFINISHED'}")
+                if status == job_pb2.JOB_STATUS_SUCCEEDED:
+                    if work.key:
+                        tally.keys.add(work.key)
+                    tally.variations_done += work.variations
+
+            # The client moves on, as a web tier does: the job is watched on the side (a job
+            # deferred by its owner's upstream limit may wait minutes).
+            tally.watchers.append(asyncio.ensure_future(watch()))
             return
         if work.op == "generate":
             # One key for every failover attempt: a retry replays the first run's images.
@@ -415,6 +427,8 @@ async def soak(minutes: float, concurrency: int, latency_s: float, drain_s: floa
                 rng = random.Random(index)
                 while loop.time() < stop_at:
                     await one_request(replicas, tally, rng, rng.random() < 0.5, follow_until)
+                    # Think time: many users asking now and then, not one flood.
+                    await asyncio.sleep(rng.uniform(0, 1))
 
             async def chaos() -> None:
                 await asyncio.sleep(seconds / 3)
@@ -444,9 +458,7 @@ async def soak(minutes: float, concurrency: int, latency_s: float, drain_s: floa
             # Jobs still running when traffic stopped: give them the drain window.
             unfinished = [j for j in tally.jobs if j not in tally.finished]
             drain_started = loop.time()
-            for job_id in unfinished:
-                user, tier = tally.jobs[job_id]
-                await follow(replicas, tally, job_id, metadata(user, tier), follow_until)
+            await asyncio.gather(*tally.watchers)
             # A watch that broke is not a lost job: the job's own record says how it ended.
             for job_id in [j for j in tally.jobs if j not in tally.finished]:
                 try:
