@@ -21,7 +21,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import SecretStr
@@ -29,7 +29,11 @@ from pydantic import SecretStr
 from gateway.config import GeminiSettings, StoreSettings
 from gateway.emulator import EmulatorServer
 from gateway.gemini import GeminiClient
-from tests.fixtures.usage import UsageCollector
+
+if TYPE_CHECKING:
+    # Only for annotations: importing a plugin module before pytest registers it would skip
+    # its assertion rewriting.
+    from tests.fixtures.usage import UsageCollector
 
 pytest_plugins = [
     "tests.fixtures.stores",
