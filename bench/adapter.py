@@ -32,7 +32,8 @@ from pydantic import SecretStr
 from gateway.config import GeminiSettings
 from gateway.gemini import GeminiClient
 from gateway.model import CallLabels, ModelRequest, Part
-from gateway.usage import InMemoryUsageSink
+from gateway.store.ledger import StoreUsageSink
+from gateway.store.memory import MemoryStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -76,7 +77,8 @@ async def compare(
         http_options=types.HttpOptions(base_url=base_url, api_version="v1beta"),
     )
     settings = GeminiSettings(api_key=SecretStr(EMULATOR_KEY), base_url=base_url)
-    adapter = GeminiClient(settings, usage_sink=InMemoryUsageSink())
+    # The embedded gateway's ledger: the adapter's cost includes recording each call.
+    adapter = GeminiClient(settings, usage_sink=StoreUsageSink(MemoryStore()))
     labels = CallLabels(operation="bench")
     if shape == "structured":
         request = ModelRequest(

@@ -202,22 +202,29 @@ class RoutePolicy(BaseModel):
 
 
 def _default_policies() -> dict[str, RoutePolicy]:
+    # Model kind and scope are what each spec already declares (`model_kind`, `default_scope`);
+    # only who may call an operation and how long its results live are decided here. Imported
+    # on use, not at import time: the specs import this module.
+    from gateway.operations import OPERATIONS
+
     every = [Tier.FREE, Tier.STARTER, Tier.ADVANCED, Tier.PRO]
+    # Operation name -> (route id, tiers, cache TTL in seconds; 0: never cached).
+    table: dict[str, tuple[str, list[Tier], int]] = {
+        "generate_thumbnail": ("generate", every, 0),
+        "analyze_video": ("youtube-analyze", [Tier.PRO], 7 * 86400),
+        "suggest_thumbnail_concepts": ("youtube-suggest-concepts", [Tier.PRO], 86400),
+        "compute_attention_heatmap": ("thumbnail-heatmap", [Tier.ADVANCED, Tier.PRO], 30 * 86400),
+        "check_channel_consistency": ("channel-consistency", every, 86400),
+    }
     return {
-        "generate_thumbnail": RoutePolicy(route_id="generate", tiers=every, ttl_s=0, model="image"),
-        "analyze_video": RoutePolicy(route_id="youtube-analyze", tiers=[Tier.PRO], ttl_s=7 * 86400),
-        "suggest_thumbnail_concepts": RoutePolicy(
-            route_id="youtube-suggest-concepts", tiers=[Tier.PRO], ttl_s=86400
-        ),
-        "compute_attention_heatmap": RoutePolicy(
-            route_id="thumbnail-heatmap",
-            tiers=[Tier.ADVANCED, Tier.PRO],
-            ttl_s=30 * 86400,
-            scope=Scope.GLOBAL,
-        ),
-        "check_channel_consistency": RoutePolicy(
-            route_id="channel-consistency", tiers=every, ttl_s=86400
-        ),
+        name: RoutePolicy(
+            route_id=route_id,
+            tiers=tiers,
+            ttl_s=ttl_s,
+            model=OPERATIONS[name].model_kind,
+            scope=OPERATIONS[name].default_scope,
+        )
+        for name, (route_id, tiers, ttl_s) in table.items()
     }
 
 

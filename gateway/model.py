@@ -117,7 +117,7 @@ class UsageRecord:
 
 
 class UsageSink(Protocol):
-    """Where usage records go (memory now; the PostgreSQL ledger later)."""
+    """Where usage records go: the store's ledger (`gateway.store.ledger.StoreUsageSink`)."""
 
     async def record(self, record: UsageRecord) -> None:
         """Stores one record. Must not raise for storage trouble; log and drop instead."""

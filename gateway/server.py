@@ -67,7 +67,6 @@ from gateway.store import Store, create_store
 from gateway.store.blobs import BlobStore, create_blob_store
 from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
-from gateway.usage import InMemoryUsageSink
 
 log = logging.getLogger("gateway.server")
 
@@ -125,8 +124,6 @@ class GatewayServer:
         self._stack: contextlib.AsyncExitStack | None = None
         #: The drain's grace for the stop under way (`stop(grace)`).
         self._grace = settings.server.shutdown_grace_s
-        #: The usage ledger: in memory with the embedded store, else the store's `ai_usage`.
-        self.usage: InMemoryUsageSink | StoreUsageSink = InMemoryUsageSink()
 
     @property
     def store(self) -> Store | None:
@@ -211,8 +208,6 @@ class GatewayServer:
         # Best effort: a database that is down now is retried on use (requests run uncached).
         await store.start()
         stack.push_async_callback(store.close)
-        if settings.store.database_url is not None:
-            self.usage = StoreUsageSink(store)
         blobs = self._blobs = create_blob_store(settings.store, store)
         stack.push_async_callback(blobs.aclose)
         limiter = self._limiter = RateLimiter.from_settings(settings)
@@ -221,7 +216,10 @@ class GatewayServer:
         )
         await limiter.start()
         stack.push_async_callback(limiter.aclose)
-        client = self._client = GeminiClient(settings.gemini, usage_sink=self.usage)
+        # The usage ledger is the store's: `ai_usage` in PostgreSQL, the bounded in-process
+        # ledger of the embedded store.
+        usage = StoreUsageSink(store)
+        client = self._client = GeminiClient(settings.gemini, usage_sink=usage)
         stack.push_async_callback(client.aclose)
         client.prepare()
         client.add_credentials_listener(

@@ -4,8 +4,8 @@
 ones at the cached rate, text output at the output rate, thinking at the thinking rate (the
 output rate when the table gives none) and image output at the image rate; prices are USD per
 million tokens (`gateway.config.ModelPrice`). `PriceBook` looks models up in the configured table.
-`InMemoryUsageSink` is the ledger for tests and the embedded mode; PostgreSQL comes later behind
-the same `gateway.model.UsageSink` protocol.
+The records priced here go to the store's usage ledger (`gateway.store.ledger.StoreUsageSink`:
+PostgreSQL's `ai_usage`, or the embedded store's bounded in-process ledger).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 
 from gateway.config import ModelPrice
-from gateway.model import Usage, UsageRecord
+from gateway.model import Usage
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +55,3 @@ class PriceBook:
                 )
             return 0.0
         return cost_usd(usage, price)
-
-
-class InMemoryUsageSink:
-    """Keeps every usage record in a list, in arrival order."""
-
-    def __init__(self) -> None:
-        self.records: list[UsageRecord] = []
-
-    async def record(self, record: UsageRecord) -> None:
-        """Appends one record."""
-        self.records.append(record)
-
-    def total_cost_usd(self) -> float:
-        """Sum of the cost of every record."""
-        return sum(r.cost_usd for r in self.records)
-
-    def outcomes(self) -> list[str]:
-        """The outcome of every record, in order (e.g. ["UPSTREAM_UNAVAILABLE", "ok"])."""
-        return [r.outcome for r in self.records]

@@ -2,7 +2,6 @@
 
 - `emulator`: a started `EmulatorServer` on 127.0.0.1 (fresh per test, so knobs and counters
   start clean). Its API key is distinctive so tests can assert it never leaks into messages.
-- `usage_sink`: an `InMemoryUsageSink` collecting every upstream attempt.
 - `gemini_settings`: `GeminiSettings` for the emulator, with millisecond backoff so retry tests
   are quick.
 - `gemini_client`: a `GeminiClient` (real google-genai over HTTP) built from those settings.
@@ -10,7 +9,8 @@
   `s3_settings(**overrides)` the s3 blob backend's settings on a fresh bucket of it.
 
 The fixtures the suites share beyond these (PostgreSQL and the stores, sample requests,
-in-process and subprocess gateways) are the plugins of tests/fixtures, registered here.
+in-process and subprocess gateways, `usage_sink` collecting every upstream attempt) are the
+plugins of tests/fixtures, registered here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import SecretStr
@@ -29,9 +29,17 @@ from pydantic import SecretStr
 from gateway.config import GeminiSettings, StoreSettings
 from gateway.emulator import EmulatorServer
 from gateway.gemini import GeminiClient
-from gateway.usage import InMemoryUsageSink
 
-pytest_plugins = ["tests.fixtures.stores", "tests.fixtures.gateways"]
+if TYPE_CHECKING:
+    # Only for annotations: importing a plugin module before pytest registers it would skip
+    # its assertion rewriting.
+    from tests.fixtures.usage import UsageCollector
+
+pytest_plugins = [
+    "tests.fixtures.stores",
+    "tests.fixtures.gateways",
+    "tests.fixtures.usage",
+]
 
 #: Looks like a real key so a leak would be obvious; the emulator accepts only this one.
 EMULATOR_API_KEY = "AIzaSy-test-0123456789-secret-key"
@@ -49,12 +57,6 @@ async def emulator() -> AsyncIterator[EmulatorServer]:
 
 
 @pytest.fixture
-def usage_sink() -> InMemoryUsageSink:
-    """Collects the usage record of every upstream attempt."""
-    return InMemoryUsageSink()
-
-
-@pytest.fixture
 def gemini_settings(emulator: EmulatorServer) -> GeminiSettings:
     """Adapter settings aimed at the emulator, with tiny backoff delays."""
     return GeminiSettings(
@@ -68,7 +70,7 @@ def gemini_settings(emulator: EmulatorServer) -> GeminiSettings:
 
 @pytest.fixture
 async def gemini_client(
-    gemini_settings: GeminiSettings, usage_sink: InMemoryUsageSink
+    gemini_settings: GeminiSettings, usage_sink: UsageCollector
 ) -> AsyncIterator[GeminiClient]:
     """The real adapter (google-genai over HTTP) talking to the emulator."""
     client = GeminiClient(gemini_settings, usage_sink=usage_sink, rng=random.Random(7))

@@ -551,8 +551,8 @@ def test_each_tier_against_each_operation(auth: Authenticator, tier: Tier, opera
     assert caught.value.message == f"{operation} needs the {needed} tier; your tier is {tier.value}"
 
 
-def test_design_tier_table_holds() -> None:
-    # DESIGN.md section 1: who may call what, in the default policy table.
+def test_default_tier_table_holds() -> None:
+    # Who may call what, in the default policy table (the README lists it too).
     every = list(Tier)
     expected = {
         "generate_thumbnail": every,

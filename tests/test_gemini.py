@@ -40,7 +40,8 @@ from gateway.model import (
     Part,
     generate_parsed,
 )
-from gateway.usage import InMemoryUsageSink, PriceBook, cost_usd
+from gateway.usage import PriceBook, cost_usd
+from tests.fixtures.usage import UsageCollector
 
 TEXT_MODEL = "gemini-3.6-flash"
 IMAGE_MODEL = "gemini-3.1-flash-image-preview"
@@ -83,7 +84,7 @@ def _price(model: str) -> ModelPrice:
 
 
 async def test_text_answer_with_usage_cost_and_record(
-    gemini_client: GeminiClient, emulator: EmulatorServer, usage_sink: InMemoryUsageSink
+    gemini_client: GeminiClient, emulator: EmulatorServer, usage_sink: UsageCollector
 ) -> None:
     response = await gemini_client.generate(text_request(), labels=LABELS)
     assert "offline Gemini emulator" in response.text
@@ -209,7 +210,7 @@ async def test_unknown_model_costs_nothing_and_warns_once(
 async def test_transient_faults_are_retried_then_succeed(
     gemini_client: GeminiClient,
     emulator: EmulatorServer,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
     kind: str,
 ) -> None:
     emulator.inject(kind, count=2, retry_delay_s=0.01)
@@ -250,7 +251,7 @@ async def test_midstream_failure_restarts_the_stream(
 async def test_retries_stop_at_max_attempts(
     gemini_client: GeminiClient,
     emulator: EmulatorServer,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
     gemini_settings: GeminiSettings,
 ) -> None:
     emulator.inject("unavailable", count=50)
@@ -303,7 +304,7 @@ def test_backoff_is_full_jitter_and_never_undercuts_retry_info() -> None:
 
 
 async def test_hang_with_a_one_second_deadline_fails_fast(
-    gemini_client: GeminiClient, emulator: EmulatorServer, usage_sink: InMemoryUsageSink
+    gemini_client: GeminiClient, emulator: EmulatorServer, usage_sink: UsageCollector
 ) -> None:
     emulator.inject("hang")
     with pytest.raises(DeadlineExceeded):
@@ -313,7 +314,7 @@ async def test_hang_with_a_one_second_deadline_fails_fast(
 
 
 async def test_hang_without_deadline_is_retried_after_the_attempt_timeout(
-    emulator: EmulatorServer, usage_sink: InMemoryUsageSink, gemini_settings: GeminiSettings
+    emulator: EmulatorServer, usage_sink: UsageCollector, gemini_settings: GeminiSettings
 ) -> None:
     settings = gemini_settings.model_copy(update={"attempt_timeout_s": 0.3})
     emulator.inject("hang")
@@ -345,7 +346,7 @@ async def test_a_passed_deadline_sends_nothing(
 async def test_client_errors_are_not_retried(
     gemini_client: GeminiClient,
     emulator: EmulatorServer,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
     code: int,
     error: type[GatewayError],
     needle: str,
@@ -380,7 +381,7 @@ async def test_a_real_bad_request_is_rejected_with_googles_reason(
 async def test_safety_blocks_are_final_and_actionable(
     gemini_client: GeminiClient,
     emulator: EmulatorServer,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
     kind: str,
     model: str,
     needle: str,
@@ -447,7 +448,7 @@ async def test_api_key_never_appears_in_errors_or_logs(
 
 async def test_wrong_api_key_is_an_operator_problem_without_the_key(
     emulator: EmulatorServer,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
     gemini_settings: GeminiSettings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -473,7 +474,7 @@ async def test_wrong_api_key_is_an_operator_problem_without_the_key(
 
 
 async def test_credentials_check_asks_gemini_and_recovers(
-    emulator: EmulatorServer, usage_sink: InMemoryUsageSink, gemini_settings: GeminiSettings
+    emulator: EmulatorServer, usage_sink: UsageCollector, gemini_settings: GeminiSettings
 ) -> None:
     heard: list[bool] = []
     async with GeminiClient(gemini_settings, usage_sink=usage_sink) as client:
@@ -491,7 +492,7 @@ async def test_credentials_check_asks_gemini_and_recovers(
 
 
 async def test_credentials_check_without_an_answer_says_nothing(
-    usage_sink: InMemoryUsageSink, gemini_settings: GeminiSettings
+    usage_sink: UsageCollector, gemini_settings: GeminiSettings
 ) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -519,7 +520,7 @@ def _parse_score(response: ModelResponse) -> int:
 
 
 async def test_an_answer_that_does_not_parse_is_asked_again_once(
-    gemini_client: GeminiClient, emulator: EmulatorServer, usage_sink: InMemoryUsageSink
+    gemini_client: GeminiClient, emulator: EmulatorServer, usage_sink: UsageCollector
 ) -> None:
     emulator.inject("invalid_answer")
     parsed = await generate_parsed(

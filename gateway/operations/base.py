@@ -12,8 +12,10 @@ An operation spec holds everything that differs between AI features and nothing 
 - `result_to_json` / `result_blobs` / `result_from_json`: how the result cache stores a result
   (images as blob references, see `gateway.operations.codec`).
 
-Tiers, route ids, TTLs, model kind and default scope live in `Settings.policies`, keyed by the
-spec's `name`; the pipeline, limits, caching and RPCs are shared code outside the specs.
+Tiers, route ids and TTLs live in `Settings.policies`, keyed by the spec's `name`; its default
+entries take the model kind and scope from the spec (`model_kind`, `default_scope`), and an
+operator may override both there. The pipeline, limits, caching and RPCs are shared code outside
+the specs; `gateway.rpc.bindings` ties each spec to its gRPC messages.
 """
 
 from __future__ import annotations

@@ -7,9 +7,7 @@ caller left UNSPECIFIED become None (or "") and are refused there with the field
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
@@ -294,26 +292,6 @@ def generate_thumbnail_result(
     )
 
 
-#: Operation name -> its proto enum value and how its result becomes the `Job.result` case
-#: (the case is named like the operation).
-JOB_OPERATIONS: dict[str, tuple[int, Callable[[Any], Message]]] = {
-    "generate_thumbnail": (common_pb2.OPERATION_GENERATE_THUMBNAIL, generate_thumbnail_result),
-    "analyze_video": (common_pb2.OPERATION_ANALYZE_VIDEO, video_analysis),
-    "suggest_thumbnail_concepts": (
-        common_pb2.OPERATION_SUGGEST_THUMBNAIL_CONCEPTS,
-        thumbnail_concepts,
-    ),
-    "compute_attention_heatmap": (
-        common_pb2.OPERATION_COMPUTE_ATTENTION_HEATMAP,
-        attention_heatmap,
-    ),
-    "check_channel_consistency": (
-        common_pb2.OPERATION_CHECK_CHANNEL_CONSISTENCY,
-        channel_consistency,
-    ),
-}
-
-
 def _timestamp(at: datetime | None) -> timestamp_pb2.Timestamp | None:
     if at is None:
         return None
@@ -328,15 +306,17 @@ def job_error(error: JobError) -> job_pb2.JobError:
     return job_pb2.JobError(code=code.value[0], reason=error.reason, message=error.message)
 
 
-def job(row: Job, result: Any = None) -> job_pb2.Job:
-    """A job as its owner sees it; `result` is its decoded result (None: left out).
+def job(
+    row: Job, operation: common_pb2.Operation.ValueType, result: Message | None = None
+) -> job_pb2.Job:
+    """A job as its owner sees it: `operation` is its `Operation` value, `result` its result
+    message (None: left out), set in the `Job.result` case named like the operation.
 
     `run_after_time` is set only for a queued job that waits out a delay.
     """
-    operation, to_result = JOB_OPERATIONS[row.op]
     message = job_pb2.Job(
         id=row.id,
-        operation=operation,  # type: ignore[arg-type]
+        operation=operation,
         status=_JOB_STATUSES[row.status],
         attempts=row.attempts,
         max_attempts=row.max_attempts,
@@ -355,7 +335,7 @@ def job(row: Job, result: Any = None) -> job_pb2.Job:
     if row.status is JobStatus.SUCCEEDED:
         message.metadata.CopyFrom(common_pb2.ResponseMetadata(model=row.model))
         if result is not None:
-            getattr(message, row.op).CopyFrom(to_result(result))
+            getattr(message, row.op).CopyFrom(result)
     return message
 
 

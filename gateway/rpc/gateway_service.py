@@ -1,16 +1,17 @@
-"""GatewayService: the five AI operations over gRPC.
+"""GatewayService: the AI operations over gRPC.
 
 Each handler converts the request, runs it through the shared pipeline as the authenticated
-caller, and converts the result. Errors are domain errors raised below; the error-mapping
-interceptor reports them. A unary result that takes longer than the long-poll window is answered
-as a pending job handle (the work goes on; asking again joins it).
+caller, and converts the result, all by its operation's binding (`gateway.rpc.bindings`).
+Errors are domain errors raised below; the error-mapping interceptor reports them. A unary
+result that takes longer than the long-poll window is answered as a pending job handle (the
+work goes on; asking again joins it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -22,8 +23,8 @@ from gateway.execution import Pending, Pipeline
 from gateway.jobs import progress as job_progress
 from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
+from gateway.rpc import bindings, convert
 from gateway.rpc import context as request_context
-from gateway.rpc import convert
 
 Context = aio.ServicerContext[Any, Any]
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -41,20 +42,13 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
-    async def _unary(
-        self,
-        operation: str,
-        request: Any,
-        to_domain: Callable[[Any], Any],
-        to_result: Callable[[Any], Message],
-        response_type: Callable[..., ResponseT],
-    ) -> ResponseT:
+    async def _unary(self, binding: bindings.UnaryBinding[ResponseT], request: Any) -> ResponseT:
         """Runs one unary operation for the caller and builds its response message."""
         rc, principal = _caller()
-        prepared = self._pipeline.prepare(operation, to_domain(request), principal)
+        prepared = self._pipeline.prepare(binding.name, binding.to_request(request), principal)
         outcome = await self._pipeline.run(prepared, deadline=rc.deadline, request_id=rc.request_id)
         if isinstance(outcome, Pending):
-            return response_type(
+            return binding.response_type(
                 pending=convert.pending_job(outcome),
                 metadata=common_pb2.ResponseMetadata(request_id=rc.request_id),
             )
@@ -65,51 +59,27 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             cached=outcome.cached,
             coalesced=outcome.coalesced,
         )
-        return response_type(result=outcome.view(to_result), metadata=metadata)
+        return binding.response_type(result=outcome.view(binding.to_result), metadata=metadata)
 
     async def AnalyzeVideo(
         self, request: operations_pb2.AnalyzeVideoRequest, context: Context
     ) -> gateway_service_pb2.AnalyzeVideoResponse:
-        return await self._unary(
-            "analyze_video",
-            request,
-            convert.analyze_video_request,
-            convert.video_analysis,
-            gateway_service_pb2.AnalyzeVideoResponse,
-        )
+        return await self._unary(bindings.ANALYZE_VIDEO, request)
 
     async def SuggestThumbnailConcepts(
         self, request: operations_pb2.SuggestThumbnailConceptsRequest, context: Context
     ) -> gateway_service_pb2.SuggestThumbnailConceptsResponse:
-        return await self._unary(
-            "suggest_thumbnail_concepts",
-            request,
-            convert.suggest_thumbnail_concepts_request,
-            convert.thumbnail_concepts,
-            gateway_service_pb2.SuggestThumbnailConceptsResponse,
-        )
+        return await self._unary(bindings.SUGGEST_THUMBNAIL_CONCEPTS, request)
 
     async def ComputeAttentionHeatmap(
         self, request: operations_pb2.ComputeAttentionHeatmapRequest, context: Context
     ) -> gateway_service_pb2.ComputeAttentionHeatmapResponse:
-        return await self._unary(
-            "compute_attention_heatmap",
-            request,
-            convert.compute_attention_heatmap_request,
-            convert.attention_heatmap,
-            gateway_service_pb2.ComputeAttentionHeatmapResponse,
-        )
+        return await self._unary(bindings.COMPUTE_ATTENTION_HEATMAP, request)
 
     async def CheckChannelConsistency(
         self, request: operations_pb2.CheckChannelConsistencyRequest, context: Context
     ) -> gateway_service_pb2.CheckChannelConsistencyResponse:
-        return await self._unary(
-            "check_channel_consistency",
-            request,
-            convert.check_channel_consistency_request,
-            convert.channel_consistency,
-            gateway_service_pb2.CheckChannelConsistencyResponse,
-        )
+        return await self._unary(bindings.CHECK_CHANNEL_CONSISTENCY, request)
 
     async def GenerateThumbnail(
         self, request: operations_pb2.GenerateThumbnailRequest, context: Context
@@ -124,9 +94,10 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         """
         rc, principal = _caller()
         # Refuse bad input and missing tiers before the stream starts.
+        binding = bindings.GENERATE_THUMBNAIL
         prepared = self._pipeline.prepare(
-            "generate_thumbnail",
-            convert.generate_thumbnail_request(request),
+            binding.name,
+            binding.to_request(request),
             principal,
             idempotency_key=request.idempotency_key,
         )

@@ -1,5 +1,8 @@
 """JobService over gRPC: converts messages and calls the job service (`gateway.jobs.service`).
 
+Each operation's messages are converted by its binding (`gateway.rpc.bindings`): SubmitJob's
+oneof case picks it, and a job's result and ListJobs' operation filter go through it.
+
 SubmitJob goes through the same pipeline checks as the unary RPCs (tier, validation, admission
 limit) and queues the job for the worker pool (`gateway.jobs`); the job joins the active one of
 an equal cacheable request, and an idempotency key returns the caller's earlier job. Every read
@@ -11,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -22,8 +25,8 @@ from viewbait.ai.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from gateway import errors
 from gateway.auth import Principal
 from gateway.jobs.service import JobService, JobView
+from gateway.rpc import bindings, convert
 from gateway.rpc import context as request_context
-from gateway.rpc import convert
 from gateway.store.base import JobCursor, JobFilter, JobStatus
 
 Context = aio.ServicerContext[Any, Any]
@@ -32,14 +35,6 @@ Context = aio.ServicerContext[Any, Any]
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
-#: SubmitJobRequest's oneof case -> its proto-to-domain conversion (cases are operation names).
-_REQUESTS: dict[str, Callable[[Any], Any]] = {
-    "generate_thumbnail": convert.generate_thumbnail_request,
-    "analyze_video": convert.analyze_video_request,
-    "suggest_thumbnail_concepts": convert.suggest_thumbnail_concepts_request,
-    "compute_attention_heatmap": convert.compute_attention_heatmap_request,
-    "check_channel_consistency": convert.check_channel_consistency_request,
-}
 _STATUSES = {
     job_pb2.JOB_STATUS_QUEUED: JobStatus.QUEUED,
     job_pb2.JOB_STATUS_RUNNING: JobStatus.RUNNING,
@@ -47,7 +42,6 @@ _STATUSES = {
     job_pb2.JOB_STATUS_FAILED: JobStatus.FAILED,
     job_pb2.JOB_STATUS_CANCELLED: JobStatus.CANCELLED,
 }
-_OPERATIONS = {number: name for name, (number, _) in convert.JOB_OPERATIONS.items()}
 
 
 def _principal() -> Principal:
@@ -85,16 +79,16 @@ def _job_filter(request: job_service_pb2.ListJobsRequest) -> JobFilter:
         statuses.add(_STATUSES[value])
     ops = set()
     for number in request.operations:
-        if number not in _OPERATIONS:
+        if number not in bindings.BY_OPERATION:
             raise errors.InvalidArgument.field(
                 "operations", f"holds an unknown operation ({number})"
             )
-        ops.add(_OPERATIONS[number])
+        ops.add(bindings.BY_OPERATION[number].name)
     return JobFilter(frozenset(statuses), frozenset(ops))
 
 
 def _job(view: JobView) -> job_pb2.Job:
-    return convert.job(view.job, view.result)
+    return bindings.job(view.job, view.result)
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
@@ -110,8 +104,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         case = request.WhichOneof("operation")
         if case is None:
             raise errors.InvalidArgument.field(
-                "operation", f"is required: set one of {', '.join(sorted(_REQUESTS))}"
+                "operation", f"is required: set one of {', '.join(sorted(bindings.BINDINGS))}"
             )
+        binding = bindings.BINDINGS[case]
         operation: Message = getattr(request, case)
         key = request.idempotency_key
         inner = getattr(operation, "idempotency_key", "")
@@ -121,7 +116,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 f"differs from {case}.idempotency_key; set one of them, or both to the same key",
             )
         submitted = await self._jobs.submit(
-            case, _REQUESTS[case](operation), principal, idempotency_key=key or inner
+            binding.name, binding.to_request(operation), principal, idempotency_key=key or inner
         )
         return job_service_pb2.SubmitJobResponse(
             job=_job(submitted.view), existing=submitted.existing
@@ -160,5 +155,5 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         page = await self._jobs.page(_principal().user_id, _job_filter(request), size, after)
         token = "" if page.next_after is None else encode_page_token(page.next_after)
         return job_service_pb2.ListJobsResponse(
-            jobs=[convert.job(job) for job in page.jobs], next_page_token=token
+            jobs=[bindings.job(job) for job in page.jobs], next_page_token=token
         )

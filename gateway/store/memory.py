@@ -3,6 +3,10 @@
 Same semantics as `PostgresStore` (one contract test suite runs against both), for a single
 replica without a database. Every method runs without awaiting between its reads and writes, so
 each is atomic on the event loop, as a transaction is in PostgreSQL. Nothing survives a restart.
+
+The usage ledger is the one place this store differs by design: it keeps only the most recent
+`USAGE_ROWS_KEPT` rows (oldest dropped first), so a long-running embedded gateway's memory stays
+bounded; `list_usage` of a job whose calls have aged out returns fewer rows, or none.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -56,6 +60,10 @@ MIRRORED_FIELDS = (
 # Every change is published at once, so polling only guards against bugs.
 _POLL_INTERVAL_S = 60.0
 
+#: Usage ledger rows the embedded store keeps (about 0.8 KB each: some 8 MB in all); older rows
+#: are dropped as new ones arrive.
+USAGE_ROWS_KEPT = 10_000
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -68,8 +76,10 @@ class MemoryStore:
         self,
         *,
         job_retention_s: float = 7 * 86400,
+        usage_rows_kept: int = USAGE_ROWS_KEPT,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        check_positive("usage_rows_kept", usage_rows_kept)
         self._retention = timedelta(seconds=job_retention_s)
         self._now = clock
         self._hub = ChangeHub()
@@ -81,7 +91,7 @@ class MemoryStore:
         self._idempotency: dict[tuple[str, str], str] = {}
         #: Execution id -> ids of the handles following it.
         self._handles: dict[str, set[str]] = {}
-        self._usage: list[UsageEntry] = []
+        self._usage: deque[UsageEntry] = deque(maxlen=usage_rows_kept)
 
     async def start(self) -> None:
         """Nothing to connect."""
@@ -537,3 +547,8 @@ class MemoryStore:
         if parsed is None:
             return []
         return [e for e in self._usage if e.record.labels.job_id == str(parsed)]
+
+    def usage_entries(self) -> list[UsageEntry]:
+        """Every ledger row kept, oldest first: the embedded ledger is readable in process
+        (tests and local tools look up a request's calls by `labels.request_id`)."""
+        return list(self._usage)

@@ -22,7 +22,7 @@ from gateway.limiter import RateLimiter
 from gateway.operations.analyze_video import AnalyzeVideoRequest
 from gateway.store.blobs import LocalBlobStore
 from gateway.store.memory import MemoryStore
-from gateway.usage import InMemoryUsageSink
+from tests.fixtures.usage import UsageCollector
 
 from .conftest import ask
 
@@ -69,7 +69,7 @@ async def _calls_left(limiter: RateLimiter, model: str) -> int:
 async def test_every_attempt_is_charged_to_the_model_limit(
     emulator: EmulatorServer,
     gemini_client: GeminiClient,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
     tmp_path: Path,
 ) -> None:
     pipeline, limiter, model = _limited(gemini_client, burst=10, blob_dir=tmp_path)
@@ -87,7 +87,7 @@ async def test_every_attempt_is_charged_to_the_model_limit(
 async def test_a_retry_the_limit_refuses_is_not_made(
     emulator: EmulatorServer,
     gemini_client: GeminiClient,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
     tmp_path: Path,
 ) -> None:
     pipeline, limiter, model = _limited(gemini_client, burst=2, blob_dir=tmp_path)
@@ -110,7 +110,7 @@ async def test_a_retry_the_limit_refuses_is_not_made(
 async def test_a_first_attempt_the_limit_refuses_costs_nothing(
     emulator: EmulatorServer,
     gemini_client: GeminiClient,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
     tmp_path: Path,
 ) -> None:
     pipeline, _, _ = _limited(gemini_client, burst=1, blob_dir=tmp_path)

@@ -54,7 +54,7 @@ from gateway.operations.suggest_thumbnail_concepts import (
     SuggestThumbnailConceptsRequest,
     ThumbnailConcepts,
 )
-from gateway.usage import InMemoryUsageSink
+from tests.fixtures.usage import UsageCollector
 
 MakeImage = Callable[..., bytes]
 VIDEO_ID = "dQw4w9WgXcQ"
@@ -129,7 +129,7 @@ async def test_operation_succeeds_with_one_priced_call(
     make_image: MakeImage,
     emulator: EmulatorServer,
     gemini_client: GeminiClient,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
 ) -> None:
     result = await run(spec, make_image, gemini_client)
     assert isinstance(result, RESULT_TYPES[spec.name])
@@ -211,7 +211,7 @@ async def test_thumbnail_variations_run_one_call_each_and_report_progress(
     make_image: MakeImage,
     emulator: EmulatorServer,
     gemini_client: GeminiClient,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
 ) -> None:
     events: list[ProgressEvent] = []
 
@@ -255,7 +255,7 @@ async def test_transient_faults_are_retried(
     make_image: MakeImage,
     emulator: EmulatorServer,
     gemini_client: GeminiClient,
-    usage_sink: InMemoryUsageSink,
+    usage_sink: UsageCollector,
 ) -> None:
     emulator.inject(kind, count=1, retry_delay_s=0.01)
     result = await run(spec, make_image, gemini_client)

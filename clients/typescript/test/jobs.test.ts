@@ -4,9 +4,6 @@
 // same port. Needs PostgreSQL (GATEWAY_TEST_DATABASE_URL, default
 // postgresql://postgres@127.0.0.1:5432/test): each run uses a fresh schema, dropped afterwards.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import {
   Code,
@@ -99,12 +96,11 @@ describe("jobs end to end", { skip: serverMissing }, () => {
   };
   let worker: GatewayProcess | undefined;
   let listener: GatewayProcess | undefined;
-  let blobDir = "";
 
   /** The backend's client, acting for `userId` (a pro user unless `tier` says otherwise). */
   const client = (userId: string, tier = "pro"): GatewayClients =>
     createGatewayClient({ baseUrl: listener?.baseUrl ?? "", token: SERVICE_TOKEN, userId, tier });
-  const listenerEnv = () => ({ ...env, VIEWBAIT_STORE__BLOB_DIR: blobDir, VIEWBAIT_JOBS__WORKERS: "0" });
+  const listenerEnv = () => ({ ...env, VIEWBAIT_JOBS__WORKERS: "0" });
   const getJob = async (clients: GatewayClients, jobId: string): Promise<Job> => {
     const { job } = await clients.jobs.getJob({ jobId }, { timeoutMs: TIMEOUT_MS });
     assert.ok(job);
@@ -112,9 +108,9 @@ describe("jobs end to end", { skip: serverMissing }, () => {
   };
 
   before(async () => {
-    // The worker stores result images as blobs that the listener reads: one directory.
-    blobDir = mkdtempSync(join(tmpdir(), "viewbait-blobs-"));
-    worker = await startGateway({ command: "worker", env: { ...env, VIEWBAIT_STORE__BLOB_DIR: blobDir } });
+    // The worker stores result images as blobs that the listener reads: with no blob directory
+    // set they go to the PostgreSQL both share, as on separate hosts.
+    worker = await startGateway({ command: "worker", env });
     listener = await startGateway({ env: listenerEnv() });
   });
 
@@ -122,7 +118,6 @@ describe("jobs end to end", { skip: serverMissing }, () => {
     await listener?.stop();
     await worker?.stop();
     schema.drop();
-    if (blobDir) rmSync(blobDir, { recursive: true, force: true });
   });
 
   test("runJob yields progress in order to the terminal state; awaitJob returns the result", async () => {
