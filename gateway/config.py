@@ -718,6 +718,34 @@ def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]
             f"no authentication configured: set {env_name('auth.service_token')} and/or "
             f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')}"
         )
+    problems.extend(_unsatisfiable_limits(settings))
+    return problems
+
+
+def _unsatisfiable_limits(settings: Settings) -> list[str]:
+    """Upstream limits whose burst is below the Gemini calls one request may need: a run's
+    calls are charged together, so such a request would be refused for ever."""
+    from gateway.operations import OPERATIONS  # the specs import this module
+
+    problems = []
+    for name, policy in settings.policies.items():
+        calls = OPERATIONS[name].max_upstream_calls(settings.bounds)
+        if calls <= 1:
+            continue
+        limits = [
+            (env_name(f"policies.{name}.limits.{tier.value}.upstream.burst"), rule.upstream)
+            for tier, rule in policy.limits.items()
+        ]
+        model = settings.model_name(policy)
+        model_limit = settings.limiter.model_limit(model)
+        limits.append((f"the burst of {model} in {env_name('limiter.models')}", model_limit))
+        for setting, limit in limits:
+            if limit is not None and limit.burst < calls:
+                problems.append(
+                    f"{setting} is {limit.burst}, below the {calls} Gemini calls one {name} "
+                    f"request may make within the input bounds ({env_name('bounds')}): such "
+                    f"requests would never pass; raise the burst or lower the bound"
+                )
     return problems
 
 

@@ -172,3 +172,15 @@ def test_the_emulator_runs_only_in_local_mode_or_when_asked_for(env: pytest.Monk
         update={"gemini": GeminiSettings(api_key=SecretStr("k")), "auth": token}
     )
     assert gemini_backend(keyed) is Backend.GEMINI and deployment_problems(keyed) == []
+
+
+def test_an_upstream_burst_below_a_requests_calls_is_refused(env: pytest.MonkeyPatch) -> None:
+    # A run's calls are charged together: four variations could never pass a burst of three.
+    env.setenv("VIEWBAIT_POLICIES__GENERATE_THUMBNAIL__LIMITS__FREE__UPSTREAM__BURST", "3")
+    (problem,) = deployment_problems(load_settings())
+    assert problem.startswith(
+        "VIEWBAIT_POLICIES__GENERATE_THUMBNAIL__LIMITS__FREE__UPSTREAM__BURST is 3, below the 4"
+    )
+    # Fewer variations allowed per request: the same burst is fine.
+    env.setenv("VIEWBAIT_BOUNDS__MAX_VARIATIONS", "3")
+    assert deployment_problems(load_settings()) == []

@@ -11,6 +11,7 @@ and coalescing.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -40,7 +41,15 @@ class _GuardedClient:
     limits count what Gemini is asked, 429 storms included. A denial of the first attempt raises
     `RateLimited` before any spend; a denied retry ends the call with the failure it retried
     (see `ModelClient.generate`). Every answer is added to the request's `Spend`. The request's
-    input images are written (`inputs`) only once an attempt has passed those limits."""
+    input images are written (`inputs`) only once an attempt has passed those limits.
+
+    A run that makes several calls (`OperationSpec.upstream_calls`, e.g. one per thumbnail
+    variation) has them all charged at once, before the first: admitted whole, or refused with
+    nothing spent and a retry-after long enough for all of them. Charged call by call, a run
+    could pay for some calls and be refused the rest, and a queued job retried at each
+    retry-after would do so for as long as the limit stayed tight. Retries are charged one by
+    one, when they happen.
+    """
 
     def __init__(
         self,
@@ -50,6 +59,7 @@ class _GuardedClient:
         principal: Principal,
         spend: Spend,
         inputs: InputWrite,
+        calls: int = 1,
     ) -> None:
         self._inner = inner
         self._limiter = limiter
@@ -57,6 +67,36 @@ class _GuardedClient:
         self._principal = principal
         self._spend = spend
         self._inputs = inputs
+        #: First attempts charged together, in advance, when there are several.
+        self._calls = calls
+        self._charged = False
+        #: First attempts charged in advance and not made yet.
+        self._prepaid = 0
+        #: Why the advance charge was refused (every first attempt then fails the same way).
+        self._refused: Exception | None = None
+        self._lock = asyncio.Lock()
+
+    async def _charge(self, model: str, attempt: int) -> None:
+        principal = self._principal
+        if attempt == 1 and self._calls > 1:
+            async with self._lock:
+                if self._refused is not None:
+                    raise self._refused
+                if not self._charged:
+                    try:
+                        await self._limiter.check_upstream(
+                            self._operation, principal.user_id, principal.tier, model, self._calls
+                        )
+                    except Exception as exc:
+                        self._refused = exc
+                        raise
+                    self._charged, self._prepaid = True, self._calls
+                if self._prepaid > 0:
+                    self._prepaid -= 1
+                    return
+        await self._limiter.check_upstream(
+            self._operation, principal.user_id, principal.tier, model
+        )
 
     async def generate(
         self,
@@ -67,12 +107,8 @@ class _GuardedClient:
         on_text: TextCallback | None = None,
         before_attempt: AttemptGate | None = None,
     ) -> ModelResponse:
-        principal = self._principal
-
         async def charge(attempt: int) -> None:
-            await self._limiter.check_upstream(
-                self._operation, principal.user_id, principal.tier, request.model
-            )
+            await self._charge(request.model, attempt)
             await self._inputs()
             if before_attempt is not None:
                 await before_attempt(attempt)
@@ -310,7 +346,15 @@ class Pipeline:
             deadline=deadline,
             progress=progress,
         )
-        client = _GuardedClient(self._client, self._limiter, spec.name, principal, spend, inputs)
+        client = _GuardedClient(
+            self._client,
+            self._limiter,
+            spec.name,
+            principal,
+            spend,
+            inputs,
+            calls=spec.upstream_calls(validated),
+        )
         result = await spec.run(validated, client, ctx)
         return Outcome(result=result, model=identity, spend=spend)
 

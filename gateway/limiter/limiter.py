@@ -278,10 +278,10 @@ class RateLimiter:
         return await self.decide([Check(key, rules.admission)])
 
     async def check_upstream(
-        self, operation: str, user_id: str, tier: Tier, model: str
+        self, operation: str, user_id: str, tier: Tier, model: str, calls: int = 1
     ) -> Verdict | None:
-        """Charges one Gemini call to the user's upstream limit on the route and to the model's
-        fleet-wide limit, together: a denial by either charges neither."""
+        """Charges `calls` Gemini calls to the user's upstream limit on the route and to the
+        model's fleet-wide limit, together: a denial by either charges neither."""
         checks: list[Check] = []
         rules = self._routes.get((operation, tier))
         if rules is not None and rules.upstream is not None:
@@ -292,7 +292,7 @@ class RateLimiter:
             checks.append(Check(keys.model_key(self._prefix, model), model_rule))
         if not checks:
             return None
-        return await self.decide(checks)
+        return await self.decide(checks, cost=calls)
 
     async def charge_blob_bytes(self, user_id: str, nbytes: int) -> Verdict | None:
         """Charges `nbytes` (rounded up to KiB) about to be written to the blob store to the

@@ -194,6 +194,18 @@ class OperationSpec(ABC, Generic[RequestT, ResultT]):
             ),
         )
 
+    def upstream_calls(self, request: RequestT) -> int:
+        """The Gemini calls one run of a validated request makes when none is retried. The
+        pipeline charges them to the upstream limits together before the first, so a run is
+        admitted whole or refused before it spends anything (a run admitted call by call could
+        pay for some calls and be refused the rest, over and over while a limit is tight)."""
+        return 1
+
+    def max_upstream_calls(self, bounds: InputBounds) -> int:
+        """The most `upstream_calls` can be for a request within `bounds` (an upstream limit's
+        burst below it would refuse such a request for ever)."""
+        return 1
+
     @abstractmethod
     async def run(self, request: RequestT, client: ModelClient, ctx: RunContext) -> ResultT:
         """Runs a validated request against the model and returns the typed result.

@@ -178,6 +178,14 @@ class GenerateThumbnail(OperationSpec[GenerateThumbnailRequest, GeneratedThumbna
         """Never cached: every run should give new images."""
         return None
 
+    def upstream_calls(self, request: GenerateThumbnailRequest) -> int:
+        """One image-model call per variation."""
+        return request.variations
+
+    def max_upstream_calls(self, bounds: InputBounds) -> int:
+        """`bounds.max_variations`."""
+        return bounds.max_variations
+
     def model_request(
         self, request: GenerateThumbnailRequest, model: str, index: int
     ) -> ModelRequest:

@@ -20,6 +20,7 @@ from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
 from gateway.limiter import RateLimiter
 from gateway.operations.analyze_video import AnalyzeVideoRequest
+from gateway.operations.generate_thumbnail import GenerateThumbnailRequest
 from gateway.store.blobs import LocalBlobStore
 from gateway.store.memory import MemoryStore
 from tests.fixtures.usage import UsageCollector
@@ -32,13 +33,16 @@ ALICE = Principal(user_id="alice", tier=Tier.PRO, via="service")
 CLOCK_NS = 1_700_000_000 * 1_000_000_000
 
 
-def _limited(client: GeminiClient, burst: int, blob_dir: Path) -> tuple[Pipeline, RateLimiter, str]:
-    """A pipeline whose text model may be called `burst` times an hour, its limiter and model.
+def _limited(
+    client: GeminiClient, burst: int, blob_dir: Path, *, image: bool = False
+) -> tuple[Pipeline, RateLimiter, str]:
+    """A pipeline whose text (or `image`) model may be called `burst` times an hour, its
+    limiter and model.
 
     Its executor runs over the embedded store with AnalyzeVideo uncached, so every request
     goes upstream."""
     settings = Settings()
-    model = settings.gemini.text_model
+    model = settings.gemini.image_model if image else settings.gemini.text_model
     policies = dict(settings.policies)
     policies["analyze_video"] = policies["analyze_video"].model_copy(update={"ttl_s": 0})
     settings = settings.model_copy(
@@ -55,12 +59,12 @@ def _limited(client: GeminiClient, burst: int, blob_dir: Path) -> tuple[Pipeline
     return Pipeline(settings, client, limiter, executor), limiter, model
 
 
-async def _calls_left(limiter: RateLimiter, model: str) -> int:
+async def _calls_left(limiter: RateLimiter, model: str, operation: str = "analyze_video") -> int:
     """Upstream calls the model's fleet-wide limit still allows (spending them)."""
     left = 0
     while True:
         try:
-            await limiter.check_upstream("analyze_video", f"probe-{left}", Tier.PRO, model)
+            await limiter.check_upstream(operation, f"probe-{left}", Tier.PRO, model)
         except RateLimited:
             return left
         left += 1
@@ -119,3 +123,26 @@ async def test_a_first_attempt_the_limit_refuses_costs_nothing(
         await ask(pipeline, "analyze_video", VIDEO, ALICE, deadline=None)
     assert emulator.stats().requests == 1
     assert len(usage_sink.records) == 1
+
+
+async def test_the_calls_of_one_run_are_admitted_together_or_not_at_all(
+    emulator: EmulatorServer,
+    gemini_client: GeminiClient,
+    usage_sink: UsageCollector,
+    tmp_path: Path,
+) -> None:
+    # Two variations are two image-model calls; three calls an hour are allowed.
+    pipeline, limiter, model = _limited(gemini_client, burst=3, blob_dir=tmp_path, image=True)
+    two = GenerateThumbnailRequest(prompt="A treehouse at dusk", variations=2)
+    outcome = await ask(pipeline, "generate_thumbnail", two, ALICE, deadline=None)
+    assert outcome.spend.upstream_calls == 2
+
+    # One call is left, two are needed: refused before either is made or charged (charged one
+    # by one, the first would be paid for and the second refused, on every retry).
+    with pytest.raises(RateLimited) as refused:
+        await ask(pipeline, "generate_thumbnail", two, ALICE, deadline=None)
+    assert emulator.stats().count(model) == 2
+    assert len(usage_sink.records) == 2
+    # Told to come back when both calls fit (one more refill at 1,200 s apiece), not sooner.
+    assert refused.value.retry_after_s is not None and refused.value.retry_after_s > 1000
+    assert await _calls_left(limiter, model, "generate_thumbnail") == 1

@@ -176,20 +176,28 @@ async def test_the_upstream_limit_guards_every_model_call(
     make_settings: Callable[..., Settings],
     key_prefix: str,
 ) -> None:
-    gateway: Running = await start_gateway(make_settings(key_prefix, upstream=TWO_PER_HOUR))
+    settings = make_settings(key_prefix, upstream=TWO_PER_HOUR)
+    # Requests of up to two variations: a burst of two can admit them.
+    settings = settings.model_copy(
+        update={"bounds": settings.bounds.model_copy(update={"max_variations": 2})}
+    )
+    gateway: Running = await start_gateway(settings)
     emulator = gateway.server.emulator
     assert emulator is not None
-    request = operations_pb2.GenerateThumbnailRequest(prompt="A treehouse", variations=3)
+    one = operations_pb2.GenerateThumbnailRequest(prompt="A treehouse", variations=1)
+    async for _ in gateway.stub.GenerateThumbnail(one, metadata=as_user("alice", "free")):
+        pass
+    two = operations_pb2.GenerateThumbnailRequest(prompt="A treehouse", variations=2)
     with pytest.raises(aio.AioRpcError) as denied:
         async for _ in gateway.stub.GenerateThumbnail(
-            request, metadata=as_user("alice", "free"), timeout=30
+            two, metadata=as_user("alice", "free"), timeout=30
         ):
             pass
     assert denied.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "Gemini-call limit of route 'generate'" in (denied.value.details() or "")
     assert RETRY_AFTER_KEY in dict(denied.value.trailing_metadata() or ())
-    # Three variations, two allowed calls: the third never reached the model.
-    assert emulator.stats().requests <= 2
+    # One call left, two needed: neither variation reached the model.
+    assert emulator.stats().requests == 1
 
 
 async def test_closed_failure_mode_reports_not_serving_and_unavailable(
