@@ -33,15 +33,14 @@ import statistics
 import sys
 import time
 import urllib.request
-import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import asyncpg
 from grpc import aio
 from viewbait.ai.v1 import gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
 from gateway.config import Settings
+from gateway.testing import postgres as testing_postgres
 
 SERVICE_TOKEN = "bench-service-token-0123456789"
 EMULATOR_KEY = "bench-key"
@@ -292,18 +291,9 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 1000) - 1]
 
 
-@contextlib.asynccontextmanager
-async def fresh_schema(database_url: str) -> AsyncIterator[str]:
+def fresh_schema(database_url: str) -> contextlib.AbstractAsyncContextManager[str]:
     """A new schema name for one run (the gateways create it by migrating); dropped after."""
-    name = f"viewbait_bench_{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        conn = await asyncpg.connect(database_url, timeout=10)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        finally:
-            await conn.close()
+    return testing_postgres.fresh_schema(database_url, "viewbait_bench_")
 
 
 def store_env(database_url: str, schema: str) -> dict[str, str]:

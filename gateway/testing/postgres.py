@@ -18,8 +18,13 @@ import re
 import shutil
 import socket
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+
+import asyncpg
+
+from gateway.store.migrate import quote_ident
 
 #: The environment variable naming the directory of `initdb` and `pg_ctl`.
 BIN_DIR_ENV = "GATEWAY_TEST_PG_BIN"
@@ -198,3 +203,18 @@ __all__ = [
     "postgres_bin_dir",
     "throwaway_postgres",
 ]
+
+
+@contextlib.asynccontextmanager
+async def fresh_schema(database_url: str, prefix: str) -> AsyncIterator[str]:
+    """A new, uniquely named schema name (`prefix` + random hex, not created: the code under
+    test creates it by migrating), so runs never see each other's rows; dropped afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        conn = await asyncpg.connect(database_url, timeout=10)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE")
+        finally:
+            await conn.close()
