@@ -120,6 +120,21 @@ async def test_a_migration_edited_after_it_was_applied_is_refused(
         await migrate(conn, pg_schema)
 
 
+async def test_a_schema_migrated_before_a_comment_only_edit_still_starts(
+    conn: asyncpg.Connection, pg_schema: str
+) -> None:
+    # 0001's text before its header comment was corrected, as such schemas recorded it.
+    await migrate(conn, pg_schema)
+    earlier = "19964d3a4d20901642b4805a9385813e535720cdda493e1af7f64b419abbcc13"
+    table = f"{quote_ident(pg_schema)}.schema_migrations"
+    await conn.execute(f"UPDATE {table} SET checksum = $1 WHERE version = 1", earlier)
+    assert await migrate(conn, pg_schema) == []
+    # The exception is for that version alone.
+    await conn.execute(f"UPDATE {table} SET checksum = $1 WHERE version = 2", earlier)
+    with pytest.raises(MigrationError, match="0002_blobs changed after it was applied"):
+        await migrate(conn, pg_schema)
+
+
 async def test_any_schema_name_works(conn: asyncpg.Connection, pg_settings: PgSettings) -> None:
     schema = f'Odd "Schema"; DROP {uuid.uuid4().hex[:8]}'
     try:

@@ -1,4 +1,4 @@
--- The result cache, the job entity and the usage ledger (DESIGN.md section 3).
+-- The result cache, the job entity and the usage ledger (docs/storage.md).
 -- `{schema}` is replaced by the configured schema name, quoted as an identifier.
 
 -- The result cache. Rows are small: result JSON inline up to a configured size, larger JSON and
