@@ -277,6 +277,8 @@ def _spawn_replica(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen
         VIEWBAIT_SERVER__PORT="0",
         VIEWBAIT_SERVER__READY_FILE=str(ready),
         VIEWBAIT_SERVER__LOG_LEVEL="INFO",
+        # The in-process emulator: beside Redis it runs only when asked for.
+        VIEWBAIT_GEMINI__BACKEND="emulator",
         **env,
     )
     with (workdir / "gateway.log").open("wb") as log:
