@@ -184,16 +184,17 @@ def set_emulator_latency(emulator_url: str, latency_s: float) -> None:
 def unlimited_policies_env(**ttl_by_operation: int) -> dict[str, str]:
     """Environment that removes every per-user and per-model rate limit (and optionally sets
     operations' cache TTLs, e.g. `analyze_video=0` turns its cache off)."""
-    policies = {}
-    for name, policy in Settings().policies.items():
-        data = policy.model_dump(mode="json")
-        data["limits"] = {}
+    # Tables merge over the defaults: every entry is lifted by name.
+    defaults = Settings()
+    lifted = {"admission": None, "upstream": None}
+    policies: dict[str, dict[str, object]] = {}
+    for name, policy in defaults.policies.items():
+        policies[name] = {"limits": {tier.value: lifted for tier in policy.limits}}
         if name in ttl_by_operation:
-            data["ttl_s"] = ttl_by_operation[name]
-        policies[name] = data
+            policies[name]["ttl_s"] = ttl_by_operation[name]
     return {
         "VIEWBAIT_POLICIES": json.dumps(policies),
-        "VIEWBAIT_LIMITER__MODELS": "{}",
+        "VIEWBAIT_LIMITER__MODELS": json.dumps(dict.fromkeys(defaults.limiter.models)),
         "VIEWBAIT_LIMITER__MODEL_DEFAULT": "null",
     }
 

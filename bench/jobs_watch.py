@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import sys
@@ -61,6 +62,7 @@ from viewbait.ai.v1 import (
     operations_pb2,
 )
 
+from gateway.config import Tier
 from gateway.testing.postgres import throwaway_postgres
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -335,7 +337,9 @@ async def watch_latency(
                             **shared,
                             "VIEWBAIT_JOBS__WORKERS": str(workers),
                             "VIEWBAIT_JOBS__CLAIM_BATCH": str(workers),
-                            "VIEWBAIT_JOBS__RUNNING_CAPS": "{}",
+                            "VIEWBAIT_JOBS__RUNNING_CAPS": json.dumps(
+                                dict.fromkeys(tier.value for tier in Tier)
+                            ),
                         },
                     )
                     watcher = await fleet.gateway(

@@ -11,7 +11,7 @@ The environment (`VIEWBAIT_*`, nested fields joined by `__`) and the optional TO
   field (`MERGED`): `VIEWBAIT_POLICIES='{"analyze_video": {"ttl_s": 60}}'` changes one TTL and
   keeps every other operation's policy. A key set to null removes a default entry where that
   means something (a price or a model limit); tables with a fixed key set (`CLOSED`) refuse
-  keys outside it.
+  keys outside it. An empty table there would change nothing, so it is refused too.
 - All problems are reported together, as one line each (`ConfigError`), before anything starts.
 
 Settings passed to `Settings(...)` as keyword arguments (tests, embedding code) are taken as
@@ -171,6 +171,13 @@ def check_keys(
         return problems
     table = _table(annotation)
     if table is None:
+        return problems
+    if not value and any(path == m or path.startswith(m + ".") for m in MERGED):
+        # Read as "none" by whoever wrote it, it would keep every default: refuse it.
+        problems.append(
+            f"{show(path)} is empty, which changes nothing: tables merge over the defaults; "
+            f"lift or remove an entry by setting it (or its fields) to null"
+        )
         return problems
     key_type, value_type = table
     allowed = _table_keys(path, key_type, defaults)

@@ -184,3 +184,15 @@ def test_an_upstream_burst_below_a_requests_calls_is_refused(env: pytest.MonkeyP
     # Fewer variations allowed per request: the same burst is fine.
     env.setenv("VIEWBAIT_BOUNDS__MAX_VARIATIONS", "3")
     assert deployment_problems(load_settings()) == []
+
+
+def test_an_empty_table_is_refused_as_it_would_change_nothing(env: pytest.MonkeyPatch) -> None:
+    # Meant as "no caps", `{}` would keep every default cap: refused, saying what to write.
+    (problem,) = refusal(VIEWBAIT_JOBS__RUNNING_CAPS="{}")
+    assert "VIEWBAIT_JOBS__RUNNING_CAPS is empty, which changes nothing" in problem
+    assert "to null" in problem
+    (problem,) = refusal(VIEWBAIT_POLICIES='{"analyze_video": {"limits": {}}}')
+    assert "policies.analyze_video.limits" in problem and "is empty" in problem
+    # Lifting by name works.
+    env.setenv("VIEWBAIT_JOBS__RUNNING_CAPS", '{"free": null, "pro": null}')
+    assert set(load_settings().jobs.running_caps) == {Tier.STARTER, Tier.ADVANCED}

@@ -20,6 +20,7 @@ stop before the proxies, the emulator and the database they use.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import time
@@ -33,7 +34,7 @@ import pytest
 from grpc import aio
 from viewbait.ai.v1 import job_pb2
 
-from gateway.config import ExecutionSettings, JobSettings, Settings, StoreSettings
+from gateway.config import ExecutionSettings, JobSettings, Settings, StoreSettings, Tier
 from gateway.emulator import EmulatorServer
 from gateway.store.postgres import run_migrations
 from gateway.testing.postgres import (
@@ -137,7 +138,8 @@ async def test_a_killed_worker_loses_its_jobs_to_the_others_only_once_its_leases
         "VIEWBAIT_EXECUTION__RESCUE_INTERVAL_S": "0.5",
         "VIEWBAIT_JOBS__WORKERS": "4",
         "VIEWBAIT_JOBS__POLL_INTERVAL_S": "0.5",
-        "VIEWBAIT_JOBS__RUNNING_CAPS": "{}",
+        # Uncapped (the table merges over the defaults: each tier is lifted by name).
+        "VIEWBAIT_JOBS__RUNNING_CAPS": json.dumps(dict.fromkeys(tier.value for tier in Tier)),
     }
     pids = {}
     for name in REPLICAS:
