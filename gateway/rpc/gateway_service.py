@@ -25,6 +25,7 @@ from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
 from gateway.rpc import bindings, convert
 from gateway.rpc import context as request_context
+from gateway.rpc.bindings.generate_thumbnail import generated_thumbnail
 
 Context = aio.ServicerContext[Any, Any]
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -169,9 +170,7 @@ async def _drain(
 
 
 def _image_message(variation: ThumbnailVariation) -> gateway_service_pb2.GenerateThumbnailResponse:
-    return gateway_service_pb2.GenerateThumbnailResponse(
-        image=convert.generated_thumbnail(variation)
-    )
+    return gateway_service_pb2.GenerateThumbnailResponse(image=generated_thumbnail(variation))
 
 
 def _stream_event(
