@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 from pydantic import SecretStr
@@ -40,6 +37,7 @@ from gateway.config import (
 )
 from gateway.emulator import EmulatorServer
 from gateway.server import GatewayServer
+from gateway.testing.postgres import free_port, fresh_schema
 
 from .conftest import eventually
 
@@ -116,30 +114,15 @@ async def start_gateway(emulator: EmulatorServer, tmp_path: Path) -> AsyncIterat
 async def pg_store() -> AsyncIterator[StoreSettings]:
     """Store settings on a fresh PostgreSQL schema (migrated by the first gateway to start),
     dropped after the test."""
-    schema = f"viewbait_client_test_{uuid.uuid4().hex[:12]}"
-    try:
+    async with fresh_schema(DATABASE_URL, "viewbait_client_test_") as schema:
         yield StoreSettings(
             database_url=SecretStr(DATABASE_URL), schema=schema, migrate_on_start=True
         )
-    finally:
-        conn = await asyncpg.connect(DATABASE_URL, timeout=5)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 def client_of(port: int) -> GatewayClient:
     """The backend's client, acting for one pro user."""
     return GatewayClient(f"127.0.0.1:{port}", token=SERVICE_TOKEN, user_id="user-jobs", tier="pro")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def record(errors: list[GatewayError]) -> Callable[[GatewayError, float], None]:
