@@ -9,8 +9,8 @@
   `s3_settings(**overrides)` the s3 blob backend's settings on a fresh bucket of it.
 
 The fixtures the suites share beyond these (PostgreSQL and the stores, sample requests,
-in-process and subprocess gateways, `usage_sink` collecting every upstream attempt) are the
-plugins of tests/fixtures, registered here.
+in-process and subprocess gateways, `usage_sink` collecting every upstream attempt, Redis
+servers) are the plugins of tests/fixtures, registered here.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.gateways",
     "tests.fixtures.usage",
+    "tests.fixtures.redis",
 ]
 
 #: Looks like a real key so a leak would be obvious; the emulator accepts only this one.

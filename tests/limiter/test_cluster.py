@@ -18,7 +18,7 @@ from gateway.limiter import Check, LimiterMode, RateLimiter, Rule, keys
 from gateway.limiter.shared import RedisBackend
 
 if TYPE_CHECKING:
-    from tests.limiter.conftest import RedisCluster as LocalCluster
+    from tests.fixtures.redis import RedisCluster as LocalCluster
 
 
 HOUR = 3600.0

@@ -20,7 +20,7 @@ from gateway.limiter import LimiterMode, RateLimiter
 from gateway.limiter.checks import Verdict
 
 if TYPE_CHECKING:
-    from tests.limiter.conftest import RedisProcess
+    from tests.fixtures.redis import RedisProcess
 
 #: Far longer than any configured timeout below; reaching it means a request hung.
 HANG = 5.0

@@ -19,7 +19,7 @@ from gateway.errors import RateLimited
 from gateway.limiter import LimiterMode, RateLimiter
 
 if TYPE_CHECKING:
-    from tests.limiter.conftest import RedisProcess
+    from tests.fixtures.redis import RedisProcess
 
 #: Far longer than any interval below; reaching it means something hung.
 HANG = 10.0

@@ -15,7 +15,8 @@ from gateway.limiter import Check, Rule
 from gateway.limiter.shared import RedisBackend
 
 if TYPE_CHECKING:
-    from tests.limiter.conftest import Clock, RedisProcess
+    from tests.fixtures.redis import RedisProcess
+    from tests.limiter.conftest import Clock
 
 
 def rule(emission_us: int, burst: int) -> Rule:
