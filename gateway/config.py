@@ -6,7 +6,7 @@ file named by `VIEWBAIT_CONFIG_FILE`, then the defaults below. Every knob is doc
 README with its default. The environment and the file are read strictly (unknown names refused,
 partial tables merged over the defaults: `gateway.settings_sources`), and `deployment_problems`
 refuses combinations that are unsafe to serve with (the emulator outside local mode, anonymous
-callers on a public listener, no authentication).
+callers on a public listener, no authentication, budgets that cannot work as meant).
 """
 
 from __future__ import annotations
@@ -550,6 +550,101 @@ class JobSettings(BaseModel):
         return caps
 
 
+#: Largest budget, in USD: amounts are kept in integer nano-USD, exact in the Redis script's Lua
+#: doubles up to 2**53 (about $9 million), with room for the reservations in flight on top.
+MAX_BUDGET_USD = 1_000_000.0
+
+
+class PeriodBudgets(BaseModel):
+    """Spend allowed per UTC calendar period, in USD; None: the period is not limited."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Per UTC day (00:00 to 24:00 UTC).
+    day_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD)
+    #: Per UTC calendar month.
+    month_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD)
+
+    def over(self, base: PeriodBudgets) -> PeriodBudgets:
+        """These budgets where they are set (null included: it lifts the period), `base`'s
+        elsewhere: how a user's override applies over the tier's budgets."""
+        values = {name: getattr(self, name) for name in self.model_fields_set}
+        return base.model_copy(update=values)
+
+
+class CostEstimate(BaseModel):
+    """How an upstream attempt's cost is estimated before it is made, at the price table's rates
+    (`gateway.budgets.estimate`): the estimate is what a budget reserves until the attempt's
+    `usageMetadata` says what it cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Characters of text (prompt and system instruction) per input token.
+    chars_per_token: int = Field(default=4, ge=1, le=16)
+    #: Input tokens per inline image (Gemini counts 258 for an image up to 384 px a side).
+    image_input_tokens: int = Field(default=258, ge=0)
+    #: Input tokens per file part (a video by URL): ten minutes of video and audio at 290
+    #: tokens a second. Longer videos cost more than their estimate.
+    file_input_tokens: int = Field(default=174_000, ge=0)
+    #: Text output and thinking tokens of a call that sets no `max_output_tokens` (one that sets
+    #: it is estimated at it).
+    output_tokens: int = Field(default=8192, ge=0)
+    #: Output tokens per generated image (Gemini counts 1290 for an image up to 1024 px).
+    image_output_tokens: int = Field(default=1290, ge=0)
+
+
+class JobRefusal(StrEnum):
+    """What happens to a job whose upstream attempt a spend budget refuses."""
+
+    #: It fails for good with BUDGET_EXCEEDED (the default): a clear error now, and no backlog
+    #: released all at once when the period resets.
+    FAIL = "fail"
+    #: It is queued again for the moment the refusing budget's period resets, the attempt not
+    #: counted.
+    WAIT = "wait"
+
+
+class BudgetSettings(BaseModel):
+    """Spend budgets in USD (see `gateway.budgets`): per user per UTC day and month, by tier with
+    per-user overrides, and a fleet-wide daily cap per model. Nothing is budgeted unless set."""
+
+    #: Each tier's budgets per user; a tier left out has none.
+    tiers: dict[Tier, PeriodBudgets] = Field(default_factory=dict)
+    #: Per-user overrides over the tier's budgets, by user id: the periods an entry names
+    #: (null lifts one) replace the tier's, the others stay the tier's.
+    users: dict[str, PeriodBudgets] = Field(default_factory=dict)
+    #: Fleet-wide spend per UTC day by model name, in USD: the kill switch against runaway cost.
+    models: dict[str, float] = Field(default_factory=dict)
+    #: A job refused by a budget fails (`fail`) or waits for the period to reset (`wait`).
+    job_refusal: JobRefusal = JobRefusal.FAIL
+    #: How an attempt's cost is estimated before it is made.
+    estimate: CostEstimate = Field(default_factory=CostEstimate)
+
+    @field_validator("models")
+    @classmethod
+    def _caps_in_range(cls, caps: dict[str, float]) -> dict[str, float]:
+        for model, cap in caps.items():
+            if not 0 <= cap <= MAX_BUDGET_USD:
+                raise ValueError(
+                    f"the daily cap of {model} must be between 0 and {MAX_BUDGET_USD:g}"
+                )
+        return caps
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any budget is configured."""
+        return bool(self.tiers or self.users or self.models)
+
+    def for_user(self, user_id: str, tier: Tier) -> PeriodBudgets:
+        """A user's budgets: the tier's, with the user's override over them."""
+        base = self.tiers.get(tier) or _NO_BUDGETS
+        override = self.users.get(user_id)
+        return base if override is None else override.over(base)
+
+
+_NO_BUDGETS = PeriodBudgets()
+
+
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
@@ -577,6 +672,8 @@ class Settings(BaseSettings):
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     #: Background job workers.
     jobs: JobSettings = Field(default_factory=JobSettings)
+    #: Spend budgets per user and period, and fleet-wide daily caps per model.
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -719,6 +816,9 @@ def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]
             f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')}"
         )
     problems.extend(_unsatisfiable_limits(settings))
+    from gateway.budgets.checks import budget_problems  # it imports this module
+
+    problems.extend(budget_problems(settings))
     return problems
 
 

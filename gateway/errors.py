@@ -108,6 +108,19 @@ class RateLimited(GatewayError):
     retryable = True
 
 
+class BudgetExceeded(GatewayError):
+    """A spend budget refused an upstream attempt. `retry_after_s` is when the refusing
+    budget's period resets (None when the request's estimate exceeds the whole budget: only a
+    larger budget helps); `user_id` is whose budget it was (None for a fleet-wide model cap).
+    Not retryable by simply trying again: the period has to reset first."""
+
+    reason = "BUDGET_EXCEEDED"
+
+    def __init__(self, message: str, *, user_id: str | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.user_id = user_id
+
+
 class Cancelled(GatewayError):
     """The work was cancelled (by the caller, or because nobody waits for it any more)."""
 

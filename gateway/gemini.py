@@ -20,7 +20,7 @@
   listeners (the health service) hear of every change; `check_credentials` asks Gemini
   (`models.get`) without waiting for traffic.
 - Usage: every attempt, failed or not, is handed to the `UsageSink` as a `UsageRecord` with its
-  tokens by kind and cost (`gateway.usage.PriceBook`).
+  tokens by kind and cost (`gateway.usage.PriceBook`), and to the caller's `on_attempt`.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.model import (
+    AttemptCallback,
     AttemptGate,
     Blob,
     CallLabels,
@@ -223,6 +224,7 @@ class GeminiClient:
         deadline: float | None = None,
         on_text: TextCallback | None = None,
         before_attempt: AttemptGate | None = None,
+        on_attempt: AttemptCallback | None = None,
     ) -> ModelResponse:
         """Runs `request` with retries until it succeeds, fails for good, or the deadline comes.
 
@@ -234,6 +236,7 @@ class GeminiClient:
         `before_attempt(n)` runs before attempt n (the rate limits charge every attempt). If it
         refuses a retry, the call ends with the failure it would have retried: the upstream
         error, its retry-after at least the gate's, so a caller backs off as long as both ask.
+        `on_attempt(record)` hears of every attempt made, with the record the usage sink gets.
         """
         contents = _contents(request)
         config = self._configs.get(request)
@@ -263,10 +266,12 @@ class GeminiClient:
                     answer = await self._attempt(request.model, contents, config, on_text)
                 response = answer.to_response(request.model, prices=self._prices, attempts=attempt)
             except _CallbackFailed as failed:
-                await self._record(labels, request.model, attempt, "CALLBACK_FAILED", started)
+                await self._record(
+                    labels, request.model, attempt, "CALLBACK_FAILED", started, on_attempt
+                )
                 raise failed.original from None
             except asyncio.CancelledError:
-                await self._record(labels, request.model, attempt, "CANCELLED", started)
+                await self._record(labels, request.model, attempt, "CANCELLED", started, on_attempt)
                 raise
             except Exception as exc:  # every failure is classified: retry, or a domain error
                 failure = self._classify(exc, request.model, capped_by_deadline)
@@ -277,6 +282,7 @@ class GeminiClient:
                     attempt,
                     failure.error.reason,
                     started,
+                    on_attempt,
                     usage=usage,
                     cost=self._prices.cost_usd(request.model, usage) if usage else 0.0,
                 )
@@ -302,6 +308,7 @@ class GeminiClient:
                 attempt,
                 "ok",
                 started,
+                on_attempt,
                 usage=response.usage,
                 cost=response.cost_usd,
             )
@@ -479,6 +486,7 @@ class GeminiClient:
         attempt: int,
         outcome: str,
         started: float,
+        on_attempt: AttemptCallback | None,
         *,
         usage: Usage | None = None,
         cost: float = 0.0,
@@ -496,6 +504,11 @@ class GeminiClient:
             await self._sink.record(record)
         except Exception:
             log.exception("usage sink failed; dropping one usage record")
+        if on_attempt is not None:
+            try:
+                await on_attempt(record)
+            except Exception:
+                log.exception("the per-attempt callback failed (attempt %d of %s)", attempt, model)
 
 
 def _refuses_credentials(exc: genai_errors.APIError) -> bool:

@@ -131,6 +131,9 @@ TextCallback = Callable[[str], Awaitable[None]]
 #: caller unchanged; before a retry it ends the call with the failure being retried (see
 #: `ModelClient.generate`).
 AttemptGate = Callable[[int], Awaitable[None]]
+#: Called after every upstream attempt, successful or not, with its `UsageRecord` (the one the
+#: usage sink gets), e.g. to settle a budget reservation at the attempt's actual cost.
+AttemptCallback = Callable[[UsageRecord], Awaitable[None]]
 
 
 class ModelClient(Protocol):
@@ -144,6 +147,7 @@ class ModelClient(Protocol):
         deadline: float | None = None,
         on_text: TextCallback | None = None,
         before_attempt: AttemptGate | None = None,
+        on_attempt: AttemptCallback | None = None,
     ) -> ModelResponse:
         """Runs the request to completion.
 
@@ -155,6 +159,9 @@ class ModelClient(Protocol):
         `before_attempt` runs before every attempt; when it raises a `GatewayError` before a
         retry, no further attempt is made and the call fails with the retried failure, its
         retry-after raised to at least the gate's.
+        `on_attempt` runs after every attempt `before_attempt` let through, whatever its end
+        (an answer, a failure, a cancellation), with the attempt's `UsageRecord`, before the
+        call retries, returns or raises; an exception it raises is logged and dropped.
         Raises a `gateway.errors.GatewayError` subclass on failure.
         """
         ...

@@ -40,6 +40,7 @@ from viewbait.ai.v1 import (
 )
 
 from gateway.auth import Authenticator
+from gateway.budgets.enforcement import Budgets
 from gateway.config import (
     Backend,
     ConfigError,
@@ -109,6 +110,7 @@ class GatewayServer:
         self._emulator: EmulatorServer | None = None
         self._client: GeminiClient | None = None
         self._limiter: RateLimiter | None = None
+        self._budgets: Budgets | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
         #: Component health service -> whether it serves; the overall health follows from it.
         self._components = {
@@ -149,6 +151,12 @@ class GatewayServer:
     def limiter(self) -> RateLimiter | None:
         """The rate limiter once started (its `mode` says which limiter decides right now)."""
         return self._limiter
+
+    @property
+    def budgets(self) -> Budgets | None:
+        """The spend budgets once started: what the pipeline enforces, and the
+        `gateway.budgets.BudgetReader` the usage API and metrics read."""
+        return self._budgets
 
     @property
     def emulator(self) -> EmulatorServer | None:
@@ -201,9 +209,9 @@ class GatewayServer:
     async def _build_runtime(
         self, settings: Settings, stack: contextlib.AsyncExitStack
     ) -> tuple[Pipeline, JobService]:
-        """The store, blob store, limiter, Gemini client, executor and (unstarted) job workers
-        both modes run, each cleanup registered on `stack` as its resource is made; returns the
-        pipeline and the job service the servicers call."""
+        """The store, blob store, limiter, budgets, Gemini client, executor and (unstarted) job
+        workers both modes run, each cleanup registered on `stack` as its resource is made;
+        returns the pipeline and the job service the servicers call."""
         store = self._store = create_store(settings.store)
         # Best effort: a database that is down now is retried on use (requests run uncached).
         await store.start()
@@ -216,6 +224,9 @@ class GatewayServer:
         )
         await limiter.start()
         stack.push_async_callback(limiter.aclose)
+        # Beside the limiter, on its Redis connection and breaker; closed before it.
+        budgets = self._budgets = Budgets.beside(settings, limiter)
+        stack.push_async_callback(budgets.aclose)
         # The usage ledger is the store's: `ai_usage` in PostgreSQL, the bounded in-process
         # ledger of the embedded store.
         usage = StoreUsageSink(store)
@@ -235,10 +246,11 @@ class GatewayServer:
         # Closed before the client: work kept for pending handles is handed back (re-queued)
         # for other replicas, not failed by a closed client.
         stack.push_async_callback(executor.aclose)
-        pipeline = Pipeline(settings, client, limiter, executor)
-        workers = self._workers = WorkerPool(
-            settings.jobs, OperationRunner(settings.jobs, pipeline, blobs)
+        pipeline = Pipeline(settings, client, limiter, executor, budgets)
+        runner = OperationRunner(
+            settings.jobs, pipeline, blobs, budget_refusal=settings.budgets.job_refusal
         )
+        workers = self._workers = WorkerPool(settings.jobs, runner)
         return pipeline, JobService(pipeline, blobs, on_submit=workers.wake)
 
     def _bind(self, settings: Settings) -> aio.Server:
@@ -440,6 +452,7 @@ class GatewayServer:
         await stack.aclose()
         self._server = self._workers = self._executor = None
         self._client = self._limiter = self._blobs = self._store = self._emulator = None
+        self._budgets = None
         log.info("stopped")
 
     async def _begin_shutdown(self) -> None:

@@ -42,6 +42,10 @@ class PriceBook:
         self._prices = dict(prices)
         self._warned: set[str] = set()
 
+    def price(self, model: str) -> ModelPrice | None:
+        """The configured price of `model` (None: it has none)."""
+        return self._prices.get(model)
+
     def cost_usd(self, model: str, usage: Usage) -> float:
         """What `usage` on `model` costs."""
         price = self._prices.get(model)

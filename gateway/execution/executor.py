@@ -256,6 +256,12 @@ class Executor:
             )
         except TimeoutError:
             return await self._pending(call, flight_key)
+        except errors.BudgetExceeded as exc:
+            if exc.user_id is None or exc.user_id == call.user_id:
+                raise
+            # Another user's budget refused the work this caller joined (shared, global-scope
+            # work runs on its starter's budgets): this caller's own budgets decide afresh.
+            return await self._share(call, flight_key, work)
         if joined:
             return dataclasses.replace(outcome, spend=Spend(), coalesced=True)
         return outcome

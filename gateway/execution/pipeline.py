@@ -17,6 +17,7 @@ from typing import Any, Literal, overload
 
 from gateway import operations
 from gateway.auth import Principal, require_tier
+from gateway.budgets.enforcement import Budgets, Reservation, RunBudget
 from gateway.config import Settings
 from gateway.errors import InvalidArgument
 from gateway.execution.executor import Executor
@@ -24,12 +25,14 @@ from gateway.execution.types import Call, InputWrite, Outcome, Pending, Runner, 
 from gateway.jobs.priority import priority_of_tier
 from gateway.limiter import RateLimiter
 from gateway.model import (
+    AttemptCallback,
     AttemptGate,
     CallLabels,
     ModelClient,
     ModelRequest,
     ModelResponse,
     TextCallback,
+    UsageRecord,
 )
 from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
 from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, JoinOutcome
@@ -38,17 +41,20 @@ from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, JoinOutcome
 class _GuardedClient:
     """The `ModelClient` a spec runs against: every upstream attempt, retries included, first
     passes the upstream limits (the user's on the route and the model's fleet-wide one), so the
-    limits count what Gemini is asked, 429 storms included. A denial of the first attempt raises
-    `RateLimited` before any spend; a denied retry ends the call with the failure it retried
-    (see `ModelClient.generate`). Every answer is added to the request's `Spend`. The request's
-    input images are written (`inputs`) only once an attempt has passed those limits.
+    limits count what Gemini is asked, 429 storms included, then reserves its estimated cost
+    against the spend budgets (`budget`; settled at its actual cost once made). A denial of the
+    first attempt raises `RateLimited` (or `BudgetExceeded`) before any spend; a denied retry
+    ends the call with the failure it retried (see `ModelClient.generate`). Every attempt is
+    added to the request's `Spend`. The request's input images are written (`inputs`) only once
+    an attempt has passed those limits and budgets.
 
     A run that makes several calls (`OperationSpec.upstream_calls`, e.g. one per thumbnail
     variation) has them all charged at once, before the first: admitted whole, or refused with
     nothing spent and a retry-after long enough for all of them. Charged call by call, a run
     could pay for some calls and be refused the rest, and a queued job retried at each
     retry-after would do so for as long as the limit stayed tight. Retries are charged one by
-    one, when they happen.
+    one, when they happen. The budgets reserve those first attempts together the same way
+    (`RunBudget`).
     """
 
     def __init__(
@@ -60,8 +66,10 @@ class _GuardedClient:
         spend: Spend,
         inputs: InputWrite,
         calls: int = 1,
+        budget: RunBudget | None = None,
     ) -> None:
         self._inner = inner
+        self._budget = budget
         self._limiter = limiter
         self._operation = operation
         self._principal = principal
@@ -106,18 +114,41 @@ class _GuardedClient:
         deadline: float | None = None,
         on_text: TextCallback | None = None,
         before_attempt: AttemptGate | None = None,
+        on_attempt: AttemptCallback | None = None,
     ) -> ModelResponse:
+        budget = self._budget
+        #: The reservation of the attempt under way (attempts of one call are sequential).
+        held: list[Reservation | None] = []
+
         async def charge(attempt: int) -> None:
             await self._charge(request.model, attempt)
-            await self._inputs()
-            if before_attempt is not None:
-                await before_attempt(attempt)
+            reservation = None if budget is None else await budget.reserve(request, attempt)
+            try:
+                await self._inputs()
+                if before_attempt is not None:
+                    await before_attempt(attempt)
+            except BaseException:
+                if budget is not None:
+                    await asyncio.shield(budget.release(reservation))
+                raise
+            held.append(reservation)
 
-        response = await self._inner.generate(
-            request, labels=labels, deadline=deadline, on_text=on_text, before_attempt=charge
+        async def attempted(record: UsageRecord) -> None:
+            self._spend.add(record)
+            if budget is not None and held:
+                # Shielded: a cancelled call still settles what its attempt cost.
+                await asyncio.shield(budget.settle(held.pop(), record.cost_usd))
+            if on_attempt is not None:
+                await on_attempt(record)
+
+        return await self._inner.generate(
+            request,
+            labels=labels,
+            deadline=deadline,
+            on_text=on_text,
+            before_attempt=charge,
+            on_attempt=attempted,
         )
-        self._spend.add(response)
-        return response
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +167,9 @@ class Pipeline:
     """Runs operations for authenticated callers.
 
     `limiter` enforces the policy table's rate limits (the embedded one, exact for a single
-    replica, or the shared one when Redis is configured). `executor` answers through the result
-    cache and coalescing; a request that is neither cacheable nor keyed runs straight through it.
+    replica, or the shared one when Redis is configured); `budgets` the spend budgets (None, or
+    none configured: no budget). `executor` answers through the result cache and coalescing; a
+    request that is neither cacheable nor keyed runs straight through it.
     """
 
     def __init__(
@@ -146,11 +178,13 @@ class Pipeline:
         client: ModelClient,
         limiter: RateLimiter,
         executor: Executor,
+        budgets: Budgets | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
         self._limiter = limiter
         self._executor = executor
+        self._budgets = budgets if budgets is not None and budgets.enabled else None
 
     @property
     def executor(self) -> Executor:
@@ -346,6 +380,10 @@ class Pipeline:
             deadline=deadline,
             progress=progress,
         )
+        calls = spec.upstream_calls(validated)
+        budget = None
+        if self._budgets is not None:
+            budget = RunBudget(self._budgets, principal.user_id, principal.tier, calls)
         client = _GuardedClient(
             self._client,
             self._limiter,
@@ -353,9 +391,14 @@ class Pipeline:
             principal,
             spend,
             inputs,
-            calls=spec.upstream_calls(validated),
+            calls=calls,
+            budget=budget,
         )
-        result = await spec.run(validated, client, ctx)
+        try:
+            result = await spec.run(validated, client, ctx)
+        finally:
+            if budget is not None:
+                await asyncio.shield(budget.close())
         return Outcome(result=result, model=identity, spend=spend)
 
 

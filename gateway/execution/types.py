@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from gateway.config import Scope
-from gateway.model import ModelResponse, Usage
+from gateway.model import Usage, UsageRecord
 from gateway.operations.base import OperationSpec
 from gateway.store.base import Job, JobProgress, JobStatus
 
@@ -20,15 +20,16 @@ ViewT = TypeVar("ViewT")
 
 @dataclass(slots=True)
 class Spend:
-    """Usage and cost summed over the model calls behind one answer."""
+    """Usage and cost summed over every upstream attempt behind one answer: failed, retried
+    and unparseable attempts included, since each is paid for (`upstream_calls` counts them)."""
 
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     upstream_calls: int = 0
 
-    def add(self, response: ModelResponse) -> None:
-        """Adds one successful call (its attempts count as upstream calls)."""
-        u, r = self.usage, response.usage
+    def add(self, attempt: UsageRecord) -> None:
+        """Adds one upstream attempt, whatever its outcome."""
+        u, r = self.usage, attempt.usage
         self.usage = Usage(
             prompt_tokens=u.prompt_tokens + r.prompt_tokens,
             cached_prompt_tokens=u.cached_prompt_tokens + r.cached_prompt_tokens,
@@ -37,8 +38,8 @@ class Spend:
             image_output_tokens=u.image_output_tokens + r.image_output_tokens,
             total_tokens=u.total_tokens + r.total_tokens,
         )
-        self.cost_usd += response.cost_usd
-        self.upstream_calls += response.attempts
+        self.cost_usd += attempt.cost_usd
+        self.upstream_calls += 1
 
 
 @dataclass(frozen=True, slots=True)

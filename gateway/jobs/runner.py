@@ -12,8 +12,10 @@ Retries: a retryable error (upstream 503 or 429, a deadline, a bad answer) queue
 after full-jitter backoff, never earlier than the upstream's own retry delay; anything else, or
 the last attempt, fails it for good with the sanitized error. A denial by the gateway's own
 upstream rate limits (before anything is spent) delays the job by its retry-after without
-counting the attempt. A cancelled job is never retried: its worker learns of the cancel at its
-next heartbeat and stops.
+counting the attempt. A refusal by a spend budget fails the job for good, or with
+`budgets.job_refusal` = `wait` delays it, uncounted, until the budget's period resets.
+A cancelled job is never retried: its worker learns of the cancel at its next heartbeat and
+stops.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import errors, operations
 from gateway.auth import Principal
 from gateway.backoff import next_delay
-from gateway.config import JobSettings
+from gateway.config import JobRefusal, JobSettings
 from gateway.execution.executor import ABANDONED
 from gateway.execution.types import Call, Retry
 from gateway.jobs import progress as job_progress
@@ -50,13 +52,24 @@ SHARED_USER = "shared"
 
 
 def retry_delay(
-    settings: JobSettings, job: Job, error: BaseException, rng: random.Random | None = None
+    settings: JobSettings,
+    job: Job,
+    error: BaseException,
+    rng: random.Random | None = None,
+    *,
+    budget_refusal: JobRefusal = JobRefusal.FAIL,
 ) -> Retry | None:
     """When `job` is tried again after its attempt raised `error`; None: it fails for good.
 
     A rate-limit denial (raised before the model call, so nothing was spent) only delays the
-    job, by the limiter's retry-after, without counting the attempt.
+    job, by the limiter's retry-after, without counting the attempt. A budget's refusal (also
+    before any spend) fails it, or with `budget_refusal` `wait` delays it the same way until
+    the budget's period resets.
     """
+    if isinstance(error, errors.BudgetExceeded):
+        if budget_refusal is JobRefusal.WAIT and error.retry_after_s is not None:
+            return Retry(error.retry_after_s, counted=False)
+        return None
     if not isinstance(error, errors.GatewayError) or not error.retryable:
         return None
     if isinstance(error, errors.RateLimited):
@@ -82,8 +95,10 @@ class OperationRunner:
         blobs: BlobStore,
         *,
         rng: random.Random | None = None,
+        budget_refusal: JobRefusal = JobRefusal.FAIL,
     ) -> None:
         self._settings = settings
+        self._budget_refusal = budget_refusal
         self._pipeline = pipeline
         self._executor = pipeline.executor
         self._blobs = blobs
@@ -169,7 +184,9 @@ class OperationRunner:
         return record
 
     def _retry_delay(self, job: Job, error: BaseException) -> Retry | None:
-        return retry_delay(self._settings, job, error, self._rng)
+        return retry_delay(
+            self._settings, job, error, self._rng, budget_refusal=self._budget_refusal
+        )
 
     async def _call(self, job: Job) -> Call:
         """The executor's call for a stored job: its validated request read back, run as its

@@ -24,8 +24,9 @@ from __future__ import annotations
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D", ":": "%3A"})
 
 
-def _part(text: str) -> str:
-    # The common case (plain ids) allocates nothing.
+def key_part(text: str) -> str:
+    """`text` escaped for use inside a key: it can neither close a hash tag nor merge two
+    parts. The common case (plain ids) allocates nothing."""
     if "%" in text or "{" in text or "}" in text or ":" in text:
         return text.translate(_ESCAPES)
     return text
@@ -33,19 +34,19 @@ def _part(text: str) -> str:
 
 def admission_key(prefix: str, user_id: str, route_id: str) -> str:
     """The key of one user's admission limit on one route."""
-    return f"{{{prefix}:u:{_part(user_id)}}}:a:{_part(route_id)}"
+    return f"{{{prefix}:u:{key_part(user_id)}}}:a:{key_part(route_id)}"
 
 
 def upstream_key(prefix: str, model: str, user_id: str, route_id: str) -> str:
     """The key of one user's upstream limit on one route (tagged by the route's model)."""
-    return f"{{{prefix}:m:{_part(model)}}}:u:{_part(user_id)}:{_part(route_id)}"
+    return f"{{{prefix}:m:{key_part(model)}}}:u:{key_part(user_id)}:{key_part(route_id)}"
 
 
 def model_key(prefix: str, model: str) -> str:
     """The key of the fleet-wide limit on calls to one model."""
-    return f"{{{prefix}:m:{_part(model)}}}:all"
+    return f"{{{prefix}:m:{key_part(model)}}}:all"
 
 
 def blob_bytes_key(prefix: str, user_id: str) -> str:
     """The key of one user's limit on bytes written to the blob store (tagged by the user)."""
-    return f"{{{prefix}:u:{_part(user_id)}}}:b"
+    return f"{{{prefix}:u:{key_part(user_id)}}}:b"

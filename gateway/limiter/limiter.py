@@ -214,6 +214,12 @@ class RateLimiter:
         return LimiterMode.SHARED
 
     @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker over Redis calls; the spend budgets share it, so one view of
+        Redis's health decides both."""
+        return self._breaker
+
+    @property
     def shared(self) -> RedisBackend | None:
         """The Redis backend, when configured (its counters feed benchmarks and metrics)."""
         return self._shared
