@@ -98,12 +98,20 @@ class GatewayServer:
     """A configured gateway: its gRPC server, health, and the runtime behind the servicers.
 
     `listen=False` is the worker mode (`viewbait-gateway worker`): the same runtime, job
-    workers and maintenance tasks, without the gRPC listener.
+    workers and maintenance tasks, without the gRPC listener. `clock` is the spend budgets'
+    wall clock in nanoseconds since the epoch (None: the system's; tests inject it).
     """
 
-    def __init__(self, settings: Settings, *, listen: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        listen: bool = True,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         self.settings = settings
         self._listen = listen
+        self._clock = clock
         self.port = 0
         self._server: aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -225,7 +233,7 @@ class GatewayServer:
         await limiter.start()
         stack.push_async_callback(limiter.aclose)
         # Beside the limiter, on its Redis connection and breaker; closed before it.
-        budgets = self._budgets = Budgets.beside(settings, limiter)
+        budgets = self._budgets = Budgets.beside(settings, limiter, clock=self._clock)
         stack.push_async_callback(budgets.aclose)
         # The usage ledger is the store's: `ai_usage` in PostgreSQL, the bounded in-process
         # ledger of the embedded store.

@@ -193,7 +193,9 @@ class Budgets:
         self.unaccounted_usd = 0.0
 
     @classmethod
-    def beside(cls, settings: Settings, limiter: RateLimiter) -> Budgets:
+    def beside(
+        cls, settings: Settings, limiter: RateLimiter, *, clock: Callable[[], int] | None = None
+    ) -> Budgets:
         """The budgets of a gateway whose rate limiter is `limiter`: on its Redis client (when
         it has one), its circuit breaker and its live fleet size."""
         shared = limiter.shared
@@ -202,6 +204,7 @@ class Budgets:
             redis=None if shared is None else shared.client,
             breaker=limiter.breaker,
             replicas=lambda: limiter.replicas,
+            clock=clock,
         )
 
     @property
