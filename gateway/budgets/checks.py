@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from gateway.budgets.estimate import Estimator, to_nano, to_usd
 from gateway.config import Settings
-from gateway.model import ModelRequest
+from gateway.model import Modality, ModelRequest
 from gateway.settings_sources import env_name
 from gateway.usage import PriceBook
 
 
 def _one_call(estimator: Estimator, model: str, kind: str) -> int:
     """The smallest estimate of one call to `model` (no input at all), in nano-USD."""
-    modalities = ("IMAGE", "TEXT") if kind == "image" else ("TEXT",)
+    modalities: tuple[Modality, ...] = ("IMAGE", "TEXT") if kind == "image" else ("TEXT",)
     return estimator.nano_usd(ModelRequest(model=model, parts=(), response_modalities=modalities))
 
 

@@ -47,7 +47,9 @@ class WallClock:
         self.now_ns = now_ns
 
 
-def budget_settings(prefix: str, *, limiter: dict[str, Any] | None = None, **budgets: Any) -> Settings:
+def budget_settings(
+    prefix: str, *, limiter: dict[str, Any] | None = None, **budgets: Any
+) -> Settings:
     """Settings with these budgets, the limiter's keys under `prefix`."""
     return Settings(
         budgets=BudgetSettings(**budgets),

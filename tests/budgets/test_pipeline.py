@@ -58,9 +58,7 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(
-    gemini_client: GeminiClient, tmp_path: Path
-) -> Any:
+async def harness(gemini_client: GeminiClient, tmp_path: Path) -> Any:
     made: list[Harness] = []
 
     def make(**budgets: Any) -> Harness:
@@ -89,7 +87,9 @@ async def test_every_attempt_counts_and_the_budget_settles_at_what_they_cost(
     assert usage_sink.outcomes() == ["UPSTREAM_UNAVAILABLE", "ok", "ok"]
     assert outcome.spend.upstream_calls == 3
     assert outcome.spend.cost_usd == pytest.approx(usage_sink.total_cost_usd(), abs=1e-12)
-    assert outcome.spend.usage.prompt_tokens == sum(r.usage.prompt_tokens for r in usage_sink.records)
+    assert outcome.spend.usage.prompt_tokens == sum(
+        r.usage.prompt_tokens for r in usage_sink.records
+    )
     # Both paid answers are in the budget, nothing else is held.
     assert await h.spent_usd() == pytest.approx(usage_sink.total_cost_usd(), abs=1e-9)
 
