@@ -21,9 +21,13 @@ Configurations:
 - reserve, default estimate: the estimate covers each attempt (no overrun possible);
 - reserve, no text output estimated (`estimate.output_tokens` 0): each attempt costs a little
   more than its estimate, which the bound covers;
-- anchor, charge after the fact: every estimate 0 (`estimate.*` zeroed), so a request is
-  admitted while anything is left and paid for afterwards, as gateways that check spend after
-  the call do; it overruns by up to the attempts in flight.
+- reserve, image output estimated at half (`estimate.image_output_tokens` 645 as well): each
+  attempt costs about twice its estimate, so up to twice as many fit at once, and the bound is
+  what they overrun by;
+- anchor, charge after the fact: estimates cut to almost nothing (no output, no images, text at
+  16 characters a token), so a request is admitted while anything is left and paid for
+  afterwards, as gateways that check spend after the call do; it overruns by up to the attempts
+  in flight.
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ USER = "hammer"
 CONFIGS: dict[str, CostEstimate] = {
     "reserve, default estimate": CostEstimate(),
     "reserve, no text output estimated": CostEstimate(output_tokens=0),
+    "reserve, image output estimated at half": CostEstimate(
+        output_tokens=0, image_output_tokens=645
+    ),
     "anchor: charge after the fact": CostEstimate(
         chars_per_token=16,
         image_input_tokens=0,
@@ -236,7 +243,7 @@ async def main(budget_requests: int, concurrency: int, latency_s: float) -> None
             f"{len(REPLICAS)} replicas, emulator latency {latency_s:g} s"
         )
         print(
-            f"{'configuration':<36} {'allowed':>7} {'refused':>7} {'spend $':>10} "
+            f"{'configuration':<40} {'allowed':>7} {'refused':>7} {'spend $':>10} "
             f"{'overrun $':>10} {'overrun/req':>11} {'bound $':>9} {'C x max $':>9}  within"
         )
         for index, (name, estimate) in enumerate(CONFIGS.items()):
@@ -246,7 +253,7 @@ async def main(budget_requests: int, concurrency: int, latency_s: float) -> None
             )
             within = r.spend_usd <= r.periods * (r.budget_usd + r.bound_usd) + 1e-9
             print(
-                f"{name:<36} {r.allowed:>7} {r.refused:>7} {r.spend_usd:>10.6f} "
+                f"{name:<40} {r.allowed:>7} {r.refused:>7} {r.spend_usd:>10.6f} "
                 f"{r.overrun_usd:>10.6f} {r.overrun_usd / cost:>11.3f} {r.bound_usd:>9.6f} "
                 f"{r.concurrency * r.max_attempt_usd:>9.6f}  {'yes' if within else 'NO'}"
                 f"   ({r.attempts} attempts, {time.perf_counter() - started:.1f} s"

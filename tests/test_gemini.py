@@ -38,6 +38,7 @@ from gateway.model import (
     ModelRequest,
     ModelResponse,
     Part,
+    UsageRecord,
     generate_parsed,
 )
 from gateway.usage import PriceBook, cost_usd
@@ -221,6 +222,28 @@ async def test_transient_faults_are_retried_then_succeed(
     assert [r.attempt for r in usage_sink.records] == [1, 2, 3]
     assert usage_sink.outcomes()[-1] == "ok"
     assert all(o != "ok" for o in usage_sink.outcomes()[:2])
+
+
+async def test_on_attempt_hears_of_every_attempt_as_the_ledger_does(
+    gemini_client: GeminiClient, emulator: EmulatorServer, usage_sink: UsageCollector
+) -> None:
+    emulator.inject("unavailable", count=1)
+    emulator.inject("safety", count=1)
+    heard: list[UsageRecord] = []
+
+    async def on_attempt(record: UsageRecord) -> None:
+        heard.append(record)
+        if len(heard) == 1:
+            raise RuntimeError("a failing callback is logged, not the caller's problem")
+
+    with pytest.raises(SafetyBlocked):
+        await gemini_client.generate(text_request(), labels=LABELS, on_attempt=on_attempt)
+    response = await gemini_client.generate(text_request(), labels=LABELS, on_attempt=on_attempt)
+
+    assert heard == usage_sink.records
+    assert [r.outcome for r in heard] == ["UPSTREAM_UNAVAILABLE", "SAFETY_BLOCKED", "ok"]
+    # The refused candidate's prompt was billed; the answer's record is what the call cost.
+    assert heard[1].cost_usd > 0 and heard[2].cost_usd == response.cost_usd
 
 
 @pytest.mark.parametrize("code", [502, 504, 408])

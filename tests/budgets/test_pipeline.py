@@ -19,10 +19,12 @@ from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
 from gateway.limiter import RateLimiter
 from gateway.operations.analyze_video import AnalyzeVideoRequest
+from gateway.operations.compute_attention_heatmap import ComputeAttentionHeatmapRequest
 from gateway.operations.generate_thumbnail import GenerateThumbnailRequest
+from gateway.operations.images import ImageInput
 from gateway.store.blobs import LocalBlobStore
 from gateway.store.memory import MemoryStore
-from tests.fixtures.gateways import eventually
+from tests.fixtures.gateways import encode_png, eventually
 from tests.fixtures.usage import UsageCollector
 
 from .conftest import WallClock, at, estimate
@@ -48,8 +50,8 @@ class Harness:
             self.settings, client, RateLimiter(self.settings), self.executor, self.budgets
         )
 
-    async def ask(self, operation: str, request: Any) -> Any:
-        prepared = self.pipeline.prepare(operation, request, ALICE)
+    async def ask(self, operation: str, request: Any, who: Principal = ALICE) -> Any:
+        prepared = self.pipeline.prepare(operation, request, who)
         return await self.pipeline.run(prepared, deadline=None, long_poll=False)
 
     async def spent_usd(self) -> float:
@@ -162,3 +164,24 @@ async def test_a_cancelled_attempt_gives_its_reservation_back(
             break
         await asyncio.sleep(0.01)
     assert await h.spent_usd() == 0
+
+
+async def test_a_caller_joining_work_another_users_budget_refused_runs_on_its_own(
+    harness: Any, emulator: EmulatorServer
+) -> None:
+    h = harness(users={"broke": PeriodBudgets(day_usd=0.0)})
+    broke = Principal(user_id="broke", tier=Tier.PRO, via="service")
+    heatmap = ComputeAttentionHeatmapRequest(image=ImageInput(encode_png(), "image/png"))
+
+    # One global-scope request from both: the first caller starts the shared work, the second
+    # joins it; the starter's budget refuses it.
+    refused, answered = await asyncio.gather(
+        h.ask("compute_attention_heatmap", heatmap, broke),
+        h.ask("compute_attention_heatmap", heatmap),
+        return_exceptions=True,
+    )
+
+    assert isinstance(refused, BudgetExceeded) and refused.user_id == "broke"
+    # Not the starter's refusal: a run of its own, on its own budgets.
+    assert not isinstance(answered, BaseException) and not answered.coalesced
+    assert answered.spend.upstream_calls == 1 and emulator.stats().requests == 1
