@@ -6,7 +6,16 @@ fails without charge is refunded. Cache hits and coalesced joins make no upstrea
 spent budget never refuses them.
 
 This module holds what the rest of the gateway reads about budgets (`BudgetState`,
-`BudgetReader`); the enforcement lives beside it.
+`BudgetReader`); the enforcement lives beside it (docs/budgets.md):
+
+- `periods`: UTC days and months of an injected wall clock.
+- `estimate`: an attempt's expected cost from its request, at the price table.
+- `keys`: the key layout (a user's budgets in one Cluster slot, each model cap in its own).
+- `backend`: the contract of a budget backend; `embedded` (in process) and `shared` (Redis, one
+  script) implement it.
+- `enforcement`: `Budgets` (reserve, settle, failure modes; it is the `BudgetReader` a running
+  gateway exposes as `GatewayServer.budgets`) and `RunBudget` (one run's reservations).
+- `checks`: budget settings that cannot work, for `gateway.config.deployment_problems`.
 """
 
 from __future__ import annotations

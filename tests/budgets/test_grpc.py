@@ -111,7 +111,7 @@ async def test_cache_hits_and_coalesced_joins_are_never_refused(
     gateway = await start_gateway(settings, clock=WallClock(EVENING))
     # Two callers of one request while it runs: one pays, the other joins. Without the join the
     # second would be refused: the first holds the whole budget until it settles.
-    emulator.set_knobs(latency_s=0.5)
+    emulator.set_knobs(latency_s=0.6)
     both = await asyncio.gather(analyze(gateway, 1), analyze(gateway, 1))
     emulator.set_knobs(latency_s=0.0)
     assert sorted(a.metadata.coalesced for a in both) == [False, True]
