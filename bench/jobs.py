@@ -42,7 +42,7 @@ from _rpc_harness import DEFAULT_DATABASE_URL, fresh_schema
 
 from gateway.config import JobSettings, StoreSettings, Tier
 from gateway.jobs import WorkerPool
-from gateway.store import Job, NewJob, ResultRef, Store
+from gateway.store import Claim, Job, NewJob, ResultRef, Store
 from gateway.store.postgres import PostgresStore, run_migrations
 
 TARGET_JOBS_PER_S = 5_000.0
@@ -69,9 +69,9 @@ class NoopRunner:
         return 60.0
 
     async def run(self, job: Job) -> None:
-        await self._store.complete_job(job.id, self.worker_id, EMPTY)
+        await self._store.complete_job(job.claim, EMPTY)
 
-    def hand_back(self, job_id: str) -> None:
+    def hand_back(self, claim: Claim) -> None:
         pass  # stopped only once every job has completed
 
 

@@ -454,8 +454,13 @@ class StoreSettings(BaseModel):
     cleanup_interval_s: float = Field(default=300.0, gt=0)
     #: Rows deleted per statement by the cleanup (small batches: short locks, no bloat bursts).
     cleanup_batch_size: int = Field(default=500, ge=1, le=10_000)
-    #: How long a finished job (and its result) is kept after it finished.
+    #: How long a succeeded job (and its result) is kept after it finished.
     job_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    #: How long a failed job, a dead letter, is kept after it failed (with its error history,
+    #: for operators to inspect and re-drive): longer than a succeeded one by default.
+    failed_job_retention_s: float = Field(default=30 * 86400.0, gt=0)
+    #: How long a cancelled job is kept after it was cancelled.
+    cancelled_job_retention_s: float = Field(default=7 * 86400.0, gt=0)
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> StoreSettings:

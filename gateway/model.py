@@ -100,6 +100,9 @@ class CallLabels:
     user_id: str = ""
     job_id: str = ""
     request_id: str = ""
+    #: The fencing token of the claim the job's attempt runs under (None outside a job): the
+    #: ledger records an attempt of a claim that was lost meanwhile as abandoned.
+    fence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

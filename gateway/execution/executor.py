@@ -50,6 +50,7 @@ from typing import Any
 from gateway import errors, native
 from gateway.config import EMULATOR_MODEL_PREFIX, ExecutionSettings, Scope
 from gateway.execution.hot_cache import HotResults
+from gateway.execution.lease import HeldLease, report_loss
 from gateway.execution.result_cache import (
     CacheHit,
     EncodedResult,
@@ -70,8 +71,10 @@ from gateway.execution.types import (
 from gateway.operations import codec
 from gateway.operations.keys import derive_key
 from gateway.store.base import (
+    Claim,
     Job,
     JobError,
+    JobProgress,
     JobStatus,
     JoinOutcome,
     LeaseLost,
@@ -175,6 +178,8 @@ class Executor:
         #: Flight key -> the job its leader joined (for pending answers of its callers).
         self._jobs: dict[bytes, Job] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: Job id -> the lease of the attempt this replica runs for it.
+        self._leases: dict[str, HeldLease] = {}
         #: Set once the replica stops (`shutting_down`): work cut short is handed back, and
         #: open WatchJob streams end for their clients to resume elsewhere.
         self.draining = asyncio.Event()
@@ -212,7 +217,7 @@ class Executor:
             request_hash = _request_hash(call, codec.to_json(call.request))
             flight_key = idempotency_flight_key(call.user_id, call.idempotency_key, request_hash)
             return await self._share(call, flight_key, lambda: self._coalesce(call, flight_key))
-        return await call.run("", call.deadline)
+        return await call.run(None, call.deadline)
 
     async def _look_up_or_coalesce(self, call: Call, key: bytes) -> Outcome[Any]:
         """This replica's shared work for a cacheable request: the store's cache entry, or the
@@ -419,14 +424,22 @@ class Executor:
     async def run_claimed(
         self, call: Call, execution: Job, retry_delay: RetryPolicy
     ) -> Outcome[Any] | None:
-        """Runs an execution a job worker claimed (its lease held by `worker_id`) exactly as an
-        inline runner would: cache re-check, heartbeats, result stored and the job completed.
+        """Runs an execution a job worker claimed (`execution.claim`, held by `worker_id`)
+        exactly as an inline runner would: cache re-check, heartbeats, result stored and the job
+        completed.
 
         A failed attempt is queued again as `retry_delay(execution, error)` says, or fails for
-        good when that is None (or no attempts are left). Raises what the work
-        raised; None when the lease was lost while the execution stays active.
+        good when that is None (or no attempts are left). Raises what the work raised; None when
+        the lease was lost (cancelled, taken over), which `HeldLease` has reported already.
         """
-        return await self._run(call, execution, retry_delay)
+        return await self._run(call, execution, retry_delay, follow=False)
+
+    async def record_progress(self, claim: Claim, progress: JobProgress) -> None:
+        """Records the progress of the attempt running under `claim` on this replica (nothing
+        once it has ended); a refusal stops the attempt at once (`HeldLease.record_progress`)."""
+        lease = self._leases.get(claim.job_id)
+        if lease is not None and lease.claim == claim:
+            await lease.record_progress(progress)
 
     async def enqueue(self, call: Call) -> JoinOutcome:
         """The caller's job for `call` without running it: an earlier one with its idempotency
@@ -439,50 +452,65 @@ class Executor:
         return await self._store.join_or_create_active_job(self._new_job(call))
 
     async def _run(
-        self, call: Call, execution: Job, retry_delay: RetryPolicy | None = None
+        self,
+        call: Call,
+        execution: Job,
+        retry_delay: RetryPolicy | None = None,
+        *,
+        follow: bool = True,
     ) -> Outcome[Any] | None:
         """Runs an execution this replica holds the lease on; None to start a new one.
 
-        A failed attempt is final unless `retry_delay` gives a delay for it."""
-        job_id = execution.id
+        A failed attempt is final unless `retry_delay` gives a delay for it. When the lease is
+        lost (`HeldLease`) the work stops at once and whatever it produces is discarded;
+        `follow`: the caller then gets the execution's own end, if it ended (else None)."""
+        claim = execution.claim
         if call.key is not None:
             try:
                 hit = await self._recheck(call, call.key)
             except asyncio.CancelledError:
                 # Claimed but not started: a stop now must not leave the job running.
-                self.hand_back(job_id)
+                self.hand_back(claim)
                 raise
             if hit is not None:
                 # The result is cached already: only the execution is completed with it.
-                self._spawn(self._write(call, job_id, hit.encoded, hit.entry.model, cache=False))
+                self._spawn(self._write(call, claim, hit.encoded, hit.entry.model, cache=False))
                 return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
         self.stats.runs += 1
-        work = asyncio.ensure_future(call.run(job_id, None))
-        beat = asyncio.ensure_future(self._keep_lease(job_id, work))
+        lease = HeldLease(self._store, claim, self._settings.lease_s)
+        work = asyncio.ensure_future(call.run(claim, None))
+        lease.attach(work)
+        self._leases[claim.job_id] = lease
+        keeper = asyncio.ensure_future(lease.keep())
         try:
             outcome = await work
         except asyncio.CancelledError:
-            finished = beat.done() and not beat.cancelled() and beat.exception() is None
-            lost = beat.result() if finished else None
-            beat.cancel()
             current = asyncio.current_task()
-            if lost is not None and (current is None or current.cancelling() == 0):
-                # The heartbeat stopped the work, not a caller: see where the execution went.
-                return await self._lost(call, lost)
-            self._spawn(self._release(job_id, call.inputs))
+            if lease.lost is not None and (current is None or current.cancelling() == 0):
+                # The lease went, not the caller: see where the execution went.
+                return await self._after_loss(call, lease.lost, follow)
+            self._spawn(self._release(claim, call.inputs))
             raise
         except Exception as exc:
-            beat.cancel()
+            if lease.lost is not None:
+                return await self._after_loss(call, lease.lost, follow)
             retry = None if retry_delay is None else retry_delay(execution, exc)
             error = JobError.from_exception(exc)
             if retry is not None and not retry.counted:
-                self._spawn(self._settle(job_id, error, retry_after_s=retry.delay_s, defer=True))
+                self._spawn(self._settle(claim, error, retry_after_s=retry.delay_s, defer=True))
             else:
                 delay = None if retry is None else retry.delay_s
-                self._spawn(self._settle(job_id, error, retry_after_s=delay))
+                self._spawn(self._settle(claim, error, retry_after_s=delay))
             raise
-        beat.cancel()
-        self._keep(call, job_id, outcome)
+        finally:
+            keeper.cancel()
+            if self._leases.get(claim.job_id) is lease:
+                del self._leases[claim.job_id]
+            lease.ended.set_result(None)
+        if lease.lost is not None:
+            # The answer came after the lease was lost: it is thrown away, never written.
+            return await self._after_loss(call, lease.lost, follow)
+        self._keep(call, claim, outcome)
         return outcome
 
     async def _recheck(self, call: Call, key: bytes) -> CacheHit[Any] | None:
@@ -492,35 +520,19 @@ class Executor:
         except errors.Unavailable:
             return None
 
-    async def _keep_lease(self, job_id: str, work: asyncio.Future[Any]) -> LeaseLost | None:
-        """Heartbeats every third of the lease; cancels `work` and returns the loss when the
-        lease is gone (cancelled, or taken over after it lapsed)."""
-        lease = self._settings.lease_s
-        while True:
-            await asyncio.sleep(lease / 3)
-            try:
-                await self._store.heartbeat_job(job_id, self.worker_id, lease)
-            except LeaseLost as lost:
-                log.warning("lost the lease on job %s; stopping its work: %s", job_id, lost)
-                work.cancel()
-                return lost
-            except errors.Unavailable as exc:
-                # The work goes on; if the lease lapses meanwhile, another replica may take
-                # the execution over and this one learns it at its next heartbeat.
-                log.warning("heartbeat of job %s failed: %s", job_id, exc.message)
-
-    async def _lost(self, call: Call, lost: LeaseLost) -> Outcome[Any] | None:
-        """After the lease went: the execution's end if it ended, else None to join anew."""
+    async def _after_loss(self, call: Call, lost: LeaseLost, follow: bool) -> Outcome[Any] | None:
+        """After the lease went: with `follow`, the execution's end if it ended; else None
+        (to join anew, or for a job worker: nothing more to do)."""
         job = lost.job
-        if job is None or job.active:
+        if not follow or job is None or job.active:
             return None
         return await self._finished(call, job)
 
-    def _keep(self, call: Call, job_id: str | None, outcome: Outcome[Any]) -> None:
+    def _keep(self, call: Call, claim: Claim | None, outcome: Outcome[Any]) -> None:
         """Keeps a fresh result, the one way results are cached: encoded once, into the hot copy
         at once (the next request on this replica hits it), then in the background its blobs,
-        its cache row and the completion of its execution (`job_id`; None for a run without
-        the store)."""
+        its cache row and the completion of its execution (under `claim`; None for a run
+        without the store)."""
         encoded = EncodedResult.of(call.spec, outcome.result)
         if call.key is not None and call.ttl_s > 0:
             self.hot.put(
@@ -530,14 +542,16 @@ class Executor:
                 expires=time.monotonic() + call.ttl_s,
                 size=encoded.size,
             )
-        self._spawn(self._write(call, job_id, encoded, outcome.model, cache=True))
+        self._spawn(self._write(call, claim, encoded, outcome.model, cache=True))
 
     async def _write(
-        self, call: Call, job_id: str | None, encoded: EncodedResult, model: str, *, cache: bool
+        self, call: Call, claim: Claim | None, encoded: EncodedResult, model: str, *, cache: bool
     ) -> None:
-        """Stores a result (blobs, the cache row when `cache`) and completes its execution, which
-        wakes every waiter. Runs after the callers have their answer; a failed write costs at
-        most a later recomputation."""
+        """Stores a result (blobs, the cache row when `cache`) and completes its execution under
+        `claim`, which wakes every waiter. Runs after the callers have their answer; a failed
+        write costs at most a later recomputation. Every row is written under the claim: one
+        lost meanwhile writes nothing, and the hot copy forgets the result (its blobs, stored
+        already, are referenced by no row and collected)."""
         try:
             if cache and call.key is not None and call.ttl_s > 0:
                 ref = await self._cache.put(
@@ -547,33 +561,36 @@ class Executor:
                     scope=call.scope.value,
                     model=model,
                     ttl_s=call.ttl_s,
+                    claim=claim,
                 )
             else:
                 ref = await save_result(encoded, self._blobs, self._inline_max)
-            if job_id is not None:
-                await self._store.complete_job(job_id, self.worker_id, ref)
+            if claim is not None:
+                await self._store.complete_job(claim, ref)
         except LeaseLost as lost:
-            log.warning("job %s was taken from this replica before it completed: %s", job_id, lost)
+            if cache and call.key is not None:
+                self.hot.discard(call.key)
+            report_loss(lost, answered=True)
         except errors.Unavailable as exc:
             self.stats.write_failures += 1
-            if job_id is not None:
+            if claim is not None:
                 log.warning(
                     "the result of job %s was not stored (%s); its lease will lapse and the "
                     "next request recomputes it",
-                    job_id,
+                    claim.job_id,
                     exc.message,
                 )
 
-    def hand_back(self, job_id: str) -> None:
+    def hand_back(self, claim: Claim) -> None:
         """A claimed execution whose work never started: at shutdown it is re-queued without
         counting the attempt its claim charged (nothing ran); otherwise it ends as abandoned.
         In the background, like every job write."""
         if self.draining.is_set():
-            self._spawn(self._settle(job_id, RELEASED, retry_after_s=0.0, defer=True))
+            self._spawn(self._settle(claim, RELEASED, retry_after_s=0.0, defer=True))
         else:
-            self._spawn(self._release(job_id))
+            self._spawn(self._release(claim))
 
-    async def _release(self, job_id: str, inputs: InputWrite | None = None) -> None:
+    async def _release(self, claim: Claim, inputs: InputWrite | None = None) -> None:
         """The work was cancelled: at shutdown the execution is re-queued for another replica
         (its input images written first, for that replica's worker to read); otherwise nobody
         waited for it, and it ends as abandoned."""
@@ -582,29 +599,31 @@ class Executor:
                 if inputs is not None:
                     await inputs()
             except errors.GatewayError as exc:
-                log.warning("job %s ends as abandoned: its input was not stored (%s)", job_id, exc)
+                log.warning(
+                    "job %s ends as abandoned: its input was not stored (%s)", claim.job_id, exc
+                )
             else:
-                await self._settle(job_id, RELEASED, retry_after_s=0.0)
+                await self._settle(claim, RELEASED, retry_after_s=0.0)
                 return
-        await self._settle(job_id, ABANDONED, retry_after_s=None)
+        await self._settle(claim, ABANDONED, retry_after_s=None)
 
     async def _settle(
-        self, job_id: str, error: JobError, *, retry_after_s: float | None, defer: bool = False
+        self, claim: Claim, error: JobError, *, retry_after_s: float | None, defer: bool = False
     ) -> None:
         """Records a failed attempt (queued again after `retry_after_s` when not None; with
         `defer`, without counting it), so waiters get the same error."""
         try:
             if defer and retry_after_s is not None:
-                await self._store.defer_job(job_id, self.worker_id, error, retry_after_s)
+                await self._store.defer_job(claim, error, retry_after_s)
             else:
-                await self._store.fail_job(
-                    job_id, self.worker_id, error, retry_after_s=retry_after_s
-                )
+                await self._store.fail_job(claim, error, retry_after_s=retry_after_s)
         except LeaseLost:
             pass  # already finished, cancelled or taken over: nothing of ours to record
         except errors.Unavailable as exc:
             log.warning(
-                "could not record the end of job %s (%s); its lease will lapse", job_id, exc.message
+                "could not record the end of job %s (%s); its lease will lapse",
+                claim.job_id,
+                exc.message,
             )
 
     # -- without the store -------------------------------------------------------------------
@@ -620,7 +639,7 @@ class Executor:
         self.stats.uncached += 1
         # No job row refers to the images: nothing to write.
         call.inputs.arm(None)
-        outcome = await call.run("", None)
+        outcome = await call.run(None, None)
         self._keep(call, None, outcome)
         return outcome
 
@@ -637,9 +656,13 @@ class Executor:
             log.error("background store write failed", exc_info=task.exception())
 
     async def flush(self) -> None:
-        """Waits until the result writes and job updates under way have finished."""
-        while self._background:
-            await asyncio.wait(set(self._background))
+        """Waits until the result writes and job updates under way have finished, those of
+        attempts whose work ended or was cancelled and is still winding down included."""
+        while True:
+            ending = {lease.ended for lease in self._leases.values() if lease.ending}
+            if not self._background and not ending:
+                return
+            await asyncio.wait(set(self._background) | ending)
 
     def shutting_down(self) -> None:
         """From now on, an execution whose work is cancelled (its RPC cut short by the shutdown)

@@ -55,6 +55,11 @@ class HotResults:
         while len(self._entries) > self.max_entries or self.size > self.max_bytes:
             self._drop(next(iter(self._entries)))
 
+    def discard(self, key: bytes) -> None:
+        """Forgets the entry under `key`, if any (a result that must not be served from here:
+        its run lost its claim before the result was stored)."""
+        self._drop(key)
+
     def _drop(self, key: bytes) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:

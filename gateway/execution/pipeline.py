@@ -35,7 +35,7 @@ from gateway.model import (
     UsageRecord,
 )
 from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
-from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, JoinOutcome
+from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, Claim, JoinOutcome
 
 
 class _GuardedClient:
@@ -335,14 +335,14 @@ class Pipeline:
         model = self._settings.model_name(policy)
         identity = self._settings.model_identity(policy)
 
-        async def run(job_id: str, run_deadline: float | None) -> Outcome[Any]:
+        async def run(claim: Claim | None, run_deadline: float | None) -> Outcome[Any]:
             return await self._run_spec(
                 spec,
                 validated,
                 principal,
                 model,
                 identity,
-                job_id=job_id,
+                claim=claim,
                 request_id=request_id,
                 deadline=run_deadline,
                 progress=progress,
@@ -359,14 +359,15 @@ class Pipeline:
         model: str,
         identity: str,
         *,
-        job_id: str,
+        claim: Claim | None,
         request_id: str,
         deadline: float | None,
         progress: ProgressCallback | None,
         inputs: InputWrite,
     ) -> Outcome[Any]:
         """One run of the spec against `model` (the name Gemini is asked for), metered and
-        limited; the outcome names `identity` (`Settings.model_identity`)."""
+        limited; the outcome names `identity` (`Settings.model_identity`). Its usage records
+        name the execution it runs for and the fencing token of `claim`."""
         spend = Spend()
         ctx = RunContext(
             user_id=principal.user_id,
@@ -374,8 +375,9 @@ class Pipeline:
             labels=CallLabels(
                 operation=spec.name,
                 user_id=principal.user_id,
-                job_id=job_id,
+                job_id="" if claim is None else claim.job_id,
                 request_id=request_id,
+                fence=None if claim is None else claim.fence,
             ),
             deadline=deadline,
             progress=progress,

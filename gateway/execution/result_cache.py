@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from gateway.operations.base import OperationSpec
 from gateway.operations.codec import DecodeError
-from gateway.store.base import CachedResult, ResultRef, ResultStore
+from gateway.store.base import CachedResult, Claim, ResultRef, ResultStore
 from gateway.store.blobs import BlobError, BlobStore
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,15 @@ class ResultCache:
         scope: str,
         model: str,
         ttl_s: float,
+        claim: Claim | None = None,
     ) -> ResultRef:
         """Stores an encoded successful result under `key` for `ttl_s` seconds; returns its
         reference (which a completed job keeps too). Raises `Unavailable` when storage cannot
-        take it."""
+        take it; with `claim` (the run of an execution), `LeaseLost` when that claim is no
+        longer current (the row is not written; its blobs, referenced by nothing, are
+        collected)."""
         ref = await save_result(encoded, self.blobs, self.inline_max_bytes)
         await self.store.put_result(
-            key, op=spec.name, scope=scope, model=model, ref=ref, ttl_s=ttl_s
+            key, op=spec.name, scope=scope, model=model, ref=ref, ttl_s=ttl_s, claim=claim
         )
         return ref

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 from gateway.config import Scope
 from gateway.model import Usage, UsageRecord
 from gateway.operations.base import OperationSpec
-from gateway.store.base import Job, JobProgress, JobStatus
+from gateway.store.base import Claim, Job, JobProgress, JobStatus
 
 ResultT = TypeVar("ResultT")
 ViewT = TypeVar("ViewT")
@@ -80,8 +80,9 @@ class Pending:
     progress: JobProgress | None = None
 
 
-#: Runs the operation once: (job id for the usage labels or "", deadline) -> a fresh outcome.
-Runner = Callable[[str, float | None], Awaitable[Outcome[Any]]]
+#: Runs the operation once: (the claim of the execution it runs for, None outside a job: the
+#: usage labels name its job and fencing token; deadline) -> a fresh outcome.
+Runner = Callable[[Claim | None, float | None], Awaitable[Outcome[Any]]]
 
 #: Charges a user for input bytes about to be written to the blob store: (user id, bytes);
 #: raises `RateLimited` when the user's blob write limit refuses them.

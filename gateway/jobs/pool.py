@@ -21,7 +21,7 @@ from typing import Protocol
 from gateway import errors
 from gateway.config import JobSettings, Tier
 from gateway.jobs.priority import tier_of_priority
-from gateway.store.base import Job, JobStore
+from gateway.store.base import Claim, Job, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class JobRunner(Protocol):
         """One attempt of `job`, claimed by `worker_id`."""
         ...
 
-    def hand_back(self, job_id: str) -> None:
+    def hand_back(self, claim: Claim) -> None:
         """A claimed job whose attempt never started: give it back (in the background)."""
         ...
 
@@ -135,7 +135,7 @@ class WorkerPool:
                     # than leave them running until their lease lapses.
                     with contextlib.suppress(Exception):
                         for job in await claim:
-                            runner.hand_back(job.id)
+                            runner.hand_back(job.claim)
                     raise
                 except errors.Unavailable as exc:
                     log.warning("could not claim jobs: %s", exc.message)

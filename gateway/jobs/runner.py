@@ -14,8 +14,10 @@ the last attempt, fails it for good with the sanitized error. A denial by the ga
 upstream rate limits (before anything is spent) delays the job by its retry-after without
 counting the attempt. A refusal by a spend budget fails the job for good, or with
 `budgets.job_refusal` = `wait` delays it, uncounted, until the budget's period resets.
-A cancelled job is never retried: its worker learns of the cancel at its next heartbeat and
-stops.
+A cancelled job is never retried: its worker learns of the cancel at once (the job's change
+notification wakes its lease keeper) and stops its upstream call. Every write of an attempt
+carries its claim (fencing token), so an attempt whose lease was lost writes nothing
+(`gateway.execution.lease`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from gateway.jobs import progress as job_progress
 from gateway.jobs.priority import tier_of_priority
 from gateway.operations import codec
 from gateway.operations.base import ProgressCallback, ProgressEvent, ProgressKind
-from gateway.store.base import Job, JobError, JobStore, LeaseLost
+from gateway.store.base import Claim, Job, JobError, JobStore, LeaseLost
 from gateway.store.blobs import BlobError, BlobNotFound, BlobStore
 
 if TYPE_CHECKING:
@@ -119,9 +121,9 @@ class OperationRunner:
         """See `JobRunner.lease_s`."""
         return self._executor.lease_s
 
-    def hand_back(self, job_id: str) -> None:
+    def hand_back(self, claim: Claim) -> None:
         """See `JobRunner.hand_back` (`Executor.hand_back`)."""
-        self._executor.hand_back(job_id)
+        self._executor.hand_back(claim)
 
     async def run(self, job: Job) -> None:
         """One attempt of a claimed job; its end is recorded in the store by the executor."""
@@ -129,7 +131,7 @@ class OperationRunner:
             call = await self._call(job)
         except asyncio.CancelledError:
             # Stopped while reading the job's input: hand the claimed job back, not left running.
-            self._executor.hand_back(job.id)
+            self._executor.hand_back(job.claim)
             raise
         except BlobNotFound as exc:
             # Only an inline execution whose replica stopped before its first model call has
@@ -137,15 +139,14 @@ class OperationRunner:
             # for it holds the request, and starts the work anew on ABANDONED.
             log.warning("job %s has no stored input (%s); it ends as abandoned", job.id, exc)
             with contextlib.suppress(LeaseLost, errors.Unavailable):
-                await self._executor.store.fail_job(job.id, self._executor.worker_id, ABANDONED)
+                await self._executor.store.fail_job(job.claim, ABANDONED)
             return
         except (BlobError, codec.DecodeError, KeyError) as exc:
             # The stored input cannot be read back: no retry can fix that.
             log.error("job %s has an unusable input: %s", job.id, exc)
             with contextlib.suppress(LeaseLost, errors.Unavailable):
                 await self._executor.store.fail_job(
-                    job.id,
-                    self._executor.worker_id,
+                    job.claim,
                     JobError(errors.Internal.reason, "the job's stored input cannot be read"),
                 )
             return
@@ -154,9 +155,10 @@ class OperationRunner:
         except errors.GatewayError as exc:
             log.info("attempt %d of job %s failed: %s", job.attempts, job.id, exc.reason)
 
-    def _progress_recorder(self, job_id: str) -> ProgressCallback:
-        """Records an attempt's steps on its job (an event for watchers). Streamed text is
-        left out: one store write per chunk would cost more than it tells."""
+    def _progress_recorder(self, claim: Claim) -> ProgressCallback:
+        """Records an attempt's steps on its job (an event for watchers) under its claim; a
+        refusal stops the attempt at once (`Executor.record_progress`). Streamed text is left
+        out: one store write per chunk would cost more than it tells."""
         ready = 0
         # Variations run concurrently; one write at a time keeps the stored progress from
         # going backwards when two writes race on different connections.
@@ -172,14 +174,7 @@ class OperationRunner:
             # Described before waiting: the lock is first come, first served, so the writes
             # keep the order of the counts.
             async with writing:
-                try:
-                    await self._executor.store.heartbeat_job(
-                        job_id, self._executor.worker_id, self._executor.lease_s, progress
-                    )
-                except (LeaseLost, errors.Unavailable) as exc:
-                    # The lease keeper stops the work when the lease is gone; progress is
-                    # optional.
-                    log.info("progress of job %s not recorded: %s", job_id, exc)
+                await self._executor.record_progress(claim, progress)
 
         return record
 
@@ -206,7 +201,7 @@ class OperationRunner:
             request,
             principal,
             request_id=f"job-{job.id}",
-            progress=self._progress_recorder(job.id),
+            progress=self._progress_recorder(job.claim),
         )
         # The result is cached under the key the job was coalesced on.
         return dataclasses.replace(call, key=job.dedupe_key, long_poll=False)

@@ -14,7 +14,9 @@ from __future__ import annotations
 from gateway.config import StoreSettings
 from gateway.store.base import (
     ACTIVE_STATUSES,
+    AttemptError,
     CachedResult,
+    Claim,
     Job,
     JobError,
     JobProgress,
@@ -23,6 +25,7 @@ from gateway.store.base import (
     JoinOutcome,
     LeaseLost,
     NewJob,
+    Redrive,
     ResultRef,
     ResultStore,
     Store,
@@ -35,7 +38,11 @@ from gateway.store.memory import MemoryStore
 def create_store(settings: StoreSettings) -> Store:
     """The store the settings ask for (not started yet: call `start()`)."""
     if settings.database_url is None:
-        return MemoryStore(job_retention_s=settings.job_retention_s)
+        return MemoryStore(
+            job_retention_s=settings.job_retention_s,
+            failed_job_retention_s=settings.failed_job_retention_s,
+            cancelled_job_retention_s=settings.cancelled_job_retention_s,
+        )
     from gateway.store.postgres import PostgresStore
 
     return PostgresStore(settings)
@@ -43,7 +50,9 @@ def create_store(settings: StoreSettings) -> Store:
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "AttemptError",
     "CachedResult",
+    "Claim",
     "Job",
     "JobError",
     "JobProgress",
@@ -53,6 +62,7 @@ __all__ = [
     "LeaseLost",
     "MemoryStore",
     "NewJob",
+    "Redrive",
     "ResultRef",
     "ResultStore",
     "Store",

@@ -19,6 +19,21 @@ The job is one entity for single-flight and for background work (docs/storage.md
 
 Every user-facing read is scoped to the caller: another user's job id is `NotFound`. Methods that
 act on executions by id (claim, heartbeat, complete, fail) are for the gateway's own runners.
+Reads and changes that take a `user_id` take None for an operator (`viewbait-gateway jobs`, or
+the service token re-driving any user's job): every row, shared executions included.
+
+**Fencing.** Every claim of an execution increases its fencing token (`Job.fence`) by one, and
+the runner holds a `Claim` (execution, worker, token). Every write it makes for the execution
+(heartbeat, progress, completion, failure, deferral, the result's cache row) carries its claim,
+and the store refuses it (`LeaseLost`) unless that claim is still the current one: a worker
+that lost its lease (paused, cut off) and comes back writes nothing. A usage ledger row written
+under a claim that is no longer current is recorded with the outcome `ABANDONED_OUTCOME`, with
+its cost: the attempt was paid for, and its answer thrown away.
+
+**Dead letters.** An execution that failed for good (non-retryable error, attempts exhausted)
+is a dead letter: it keeps the error of every failed attempt (`Job.error_history`, the most
+recent `MAX_ERROR_HISTORY`), and `retry_job` re-drives it: queued again as new attempts of the
+same job id, with a fresh attempt budget.
 """
 
 from __future__ import annotations
@@ -40,6 +55,12 @@ from gateway.model import UsageRecord
 MAX_ERROR_MESSAGE_CHARS = 1024
 #: Longest idempotency key accepted (the proto allows 128 characters).
 MAX_IDEMPOTENCY_KEY_CHARS = 128
+#: Failed attempts a job's error history keeps (the most recent; attempt numbers show a gap).
+MAX_ERROR_HISTORY = 20
+#: The ledger outcome of an upstream attempt made under a claim that was no longer current
+#: when it was recorded (the lease was lost, the job cancelled or taken over): paid for, and
+#: its answer discarded.
+ABANDONED_OUTCOME = "abandoned"
 
 
 class JobStatus(StrEnum):
@@ -163,6 +184,49 @@ class JobError:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptError:
+    """One failed attempt in a job's error history."""
+
+    #: The attempt's number (1 for the first; a re-driven job keeps counting).
+    attempt: int
+    error: JobError
+    #: When it failed (the database's clock).
+    at: datetime
+    #: The worker (lease holder) that ran it.
+    worker: str
+
+    def to_json(self) -> dict[str, object]:
+        """The entry as the job row's history stores it."""
+        return {
+            "attempt": self.attempt,
+            "reason": self.error.reason,
+            "message": self.error.message,
+            "at": self.at.isoformat(),
+            "worker": self.worker,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> AttemptError:
+        """Inverse of `to_json`."""
+        return cls(
+            attempt=int(str(data["attempt"])),
+            error=JobError(str(data["reason"]), str(data["message"])),
+            at=datetime.fromisoformat(str(data["at"])),
+            worker=str(data.get("worker") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A runner's hold on an execution: the execution, the lease holder and the fencing token
+    its claim got. Every write for the execution carries it (module docstring, Fencing)."""
+
+    job_id: str
+    worker_id: str
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
 class NewJob:
     """What a caller asks for when it creates or joins a job."""
 
@@ -243,6 +307,15 @@ class Job:
     #: For a shared execution: the user whose request created it (None for every other row, and
     #: on shared executions from before this was recorded).
     started_by: str | None = None
+    #: The fencing token of the execution's latest claim (0: never claimed; handles: 0).
+    fence: int = 0
+    #: The errors of its failed attempts, oldest first (a handle mirrors its execution's).
+    error_history: tuple[AttemptError, ...] = ()
+
+    @property
+    def claim(self) -> Claim:
+        """The claim of the execution's current runner (meaningful on a job just claimed)."""
+        return Claim(self.id, self.locked_by or "", self.fence)
 
     @property
     def charged_user(self) -> str | None:
@@ -280,12 +353,24 @@ class JobCursor(NamedTuple):
     job_id: str
 
 
+class Redrive(NamedTuple):
+    """What `JobStore.retry_job` did."""
+
+    #: The job as it is now.
+    job: Job
+    #: It was a dead letter and came back (queued again, or for a handle following its
+    #: execution again); False: it was left as it was (queued, running or succeeded).
+    redriven: bool
+
+
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    """Which of a user's jobs `JobStore.list_jobs` returns; empty sets mean any."""
+    """Which jobs `JobStore.list_jobs` returns; empty sets mean any."""
 
     statuses: frozenset[JobStatus] = frozenset()
     ops: frozenset[str] = frozenset()
+    #: Only jobs whose (last) error has one of these reasons.
+    error_reasons: frozenset[str] = frozenset()
 
 
 class LeaseLost(Exception):
@@ -295,7 +380,12 @@ class LeaseLost(Exception):
     """
 
     def __init__(self, job_id: str, job: Job | None) -> None:
-        state = "gone" if job is None else f"{job.status.value}, held by {job.locked_by!r}"
+        if job is None:
+            state = "gone"
+        elif job.status is JobStatus.RUNNING:
+            state = f"running under claim {job.fence} of {job.locked_by!r}"
+        else:
+            state = job.status.value
         super().__init__(f"the lease on job {job_id} is lost (now {state})")
         self.job_id = job_id
         self.job = job
@@ -349,6 +439,25 @@ def lease_expired_error() -> JobError:
     return JobError(errors.Unavailable.reason, LEASE_EXPIRED_MESSAGE)
 
 
+def redrive_refused(job: Job) -> errors.FailedPrecondition | None:
+    """Why `retry_job` will not re-drive `job` (None: it may). A cancelled job stays cancelled:
+    its owner decided, and the proto promises a cancelled job is never retried."""
+    if job.status is JobStatus.CANCELLED:
+        return errors.FailedPrecondition(
+            f"job {job.id} was cancelled, and a cancel is final; submit the request again to "
+            "run it anew"
+        )
+    return None
+
+
+def redrive_conflict(job: Job, active_id: str) -> errors.FailedPrecondition:
+    """The error of a re-drive whose request is running again as another job already."""
+    return errors.FailedPrecondition(
+        f"the request of job {job.id} is being run by job {active_id} already; follow that "
+        "one (submitting the request again joins it)"
+    )
+
+
 def check_same_request(earlier: Job, new: NewJob) -> None:
     """Refuses an idempotency key reused for a different request."""
     if earlier.op != new.op or (
@@ -380,9 +489,21 @@ class ResultStore(Protocol):
         ...
 
     async def put_result(
-        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+        self,
+        key: bytes,
+        *,
+        op: str,
+        scope: str,
+        model: str,
+        ref: ResultRef,
+        ttl_s: float,
+        claim: Claim | None = None,
     ) -> CachedResult:
-        """Stores (or replaces) the result under `key` for `ttl_s` seconds."""
+        """Stores (or replaces) the result under `key` for `ttl_s` seconds.
+
+        With `claim` (a runner storing the result of the execution it holds), only while that
+        claim is the execution's current one: `LeaseLost` otherwise, and nothing is written.
+        """
         ...
 
     async def purge_expired_results(self, limit: int) -> int:
@@ -414,8 +535,9 @@ class JobStore(Protocol):
         """The user's job created with this idempotency key, if any."""
         ...
 
-    async def get_job(self, job_id: str, user_id: str) -> Job:
-        """The user's job; `NotFound` for a missing job or another user's."""
+    async def get_job(self, job_id: str, user_id: str | None) -> Job:
+        """The user's job; `NotFound` for a missing job or another user's. `user_id` None (an
+        operator): any job, shared executions included."""
         ...
 
     async def claim_job(
@@ -423,7 +545,8 @@ class JobStore(Protocol):
     ) -> Job | None:
         """Takes the lease on an execution that is queued and due, or whose lease expired.
 
-        Returns it running (attempts + 1) and locked by `worker_id` until now + `lease_s`; None
+        Returns it running (attempts + 1, a new fencing token: `Job.claim` is what the runner
+        writes with) and locked by `worker_id` until now + `lease_s`; None
         when it cannot be claimed now (someone holds a valid lease, it is not due, it finished,
         or it is a handle). Claiming an execution whose lease expired first rescues it, so one
         with no attempts left fails instead. `held`: the caller created it with a hold
@@ -454,37 +577,55 @@ class JobStore(Protocol):
         ...
 
     async def heartbeat_job(
-        self, job_id: str, worker_id: str, lease_s: float, progress: JobProgress | None = None
+        self, claim: Claim, lease_s: float, progress: JobProgress | None = None
     ) -> Job:
         """Extends the lease to now + `lease_s`, optionally recording progress (an event).
 
-        Raises `LeaseLost` when `worker_id` no longer holds the running execution.
+        Raises `LeaseLost` (writing nothing) unless `claim` is the running execution's current
+        claim; so does every other write of a runner below.
         """
         ...
 
-    async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
+    async def complete_job(self, claim: Claim, result: ResultRef) -> Job:
         """Marks the execution succeeded with `result`; `LeaseLost` if not held."""
         ...
 
     async def fail_job(
-        self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
+        self, claim: Claim, error: JobError, retry_after_s: float | None = None
     ) -> Job:
-        """Records a failed attempt.
+        """Records a failed attempt (in the error history too).
 
         With `retry_after_s` and attempts left, the execution is queued again, due after that
-        delay; otherwise it fails for good. `LeaseLost` if not held.
+        delay; otherwise it fails for good (a dead letter). `LeaseLost` if not held.
         """
         ...
 
-    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+    async def defer_job(self, claim: Claim, error: JobError, delay_s: float) -> Job:
         """Gives a held execution back without counting its attempt: queued again, due after
         `delay_s`, with `error` saying why it waits (a rate limit denied it before anything was
-        spent). `LeaseLost` if not held."""
+        spent; not a failed attempt, so not in the error history). `LeaseLost` if not held."""
         ...
 
-    async def cancel_job(self, job_id: str, user_id: str) -> Job:
+    async def cancel_job(self, job_id: str, user_id: str | None) -> Job:
         """Cancels the user's job if it is active (a handle detaches only its owner); a finished
-        job is returned unchanged. `NotFound` for a missing job or another user's."""
+        job is returned unchanged. `NotFound` for a missing job or another user's. `user_id`
+        None (an operator): any job; a shared execution is cancelled with its active handles.
+        """
+        ...
+
+    async def retry_job(self, job_id: str, user_id: str | None, attempts: int) -> Redrive:
+        """Re-drives a dead letter: a failed job is queued again, due at once, as new attempts
+        of the same job id with `attempts` more allowed (`max_attempts` = attempts so far +
+        `attempts`), keeping its error history; watchers see it QUEUED. Idempotent: a job
+        queued, running or succeeded is answered as it is (`redriven` False).
+
+        A handle is re-driven through its execution: a failed execution is queued again (run
+        as the user who re-drove it, on her limits and budgets), an active or succeeded one is
+        followed again, and the handle mirrors it; other users' handles stay as they are. An
+        operator (`user_id` None) re-driving a shared execution brings back every handle that
+        failed with it. `NotFound` as for `get_job`; `FailedPrecondition` for a cancelled job,
+        or when another active job runs the same request already (its id is named).
+        """
         ...
 
     async def rescue_expired_leases(self, limit: int) -> int:
@@ -493,10 +634,15 @@ class JobStore(Protocol):
         ...
 
     async def list_jobs(
-        self, user_id: str, job_filter: JobFilter, limit: int, after: JobCursor | None = None
+        self,
+        user_id: str | None,
+        job_filter: JobFilter,
+        limit: int,
+        after: JobCursor | None = None,
     ) -> list[Job]:
         """Up to `limit` of the user's own jobs (handles included, shared executions never),
-        newest first, those matching `job_filter`, after `after` when given."""
+        newest first, those matching `job_filter`, after `after` when given. `user_id` None
+        (an operator): every job, shared executions included."""
         ...
 
     def subscribe_due(self, event: asyncio.Event) -> AbstractContextManager[asyncio.Event]:
@@ -506,6 +652,15 @@ class JobStore(Protocol):
         it between polls; a job due later (a delayed retry) is found by their poll."""
         ...
 
+    def subscribe_job(
+        self, job_id: str, event: asyncio.Event
+    ) -> AbstractContextManager[asyncio.Event]:
+        """While the block runs, `event` is set whenever the execution `job_id` changes in a
+        way watchers see (cancelled, rescued, claimed by another runner, progress), through
+        any replica, and after notifications may have been missed. Its runner waits on it
+        besides its heartbeat timer, so it learns of a cancel or a takeover at once."""
+        ...
+
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float
     ) -> Job:
@@ -513,8 +668,20 @@ class JobStore(Protocol):
         `timeout_s` passes or it is terminal. `NotFound` as for `get_job`."""
         ...
 
-    async def purge_finished_jobs(self, limit: int) -> int:
-        """Deletes up to `limit` finished jobs past their retention; returns how many."""
+    async def purge_finished_jobs(
+        self,
+        limit: int,
+        *,
+        finished_before_s: float | None = None,
+        statuses: frozenset[JobStatus] = frozenset(),
+    ) -> dict[JobStatus, int]:
+        """Deletes up to `limit` finished jobs past their retention (its length is the
+        setting of their status when they finished); returns how many of each status.
+
+        `finished_before_s` (an operator's purge): every finished job that finished more than
+        that many seconds ago instead, retention or not. `statuses`: only these (empty: any
+        finished one). A shared execution takes its handles with it.
+        """
         ...
 
 
@@ -523,7 +690,9 @@ class UsageStore(Protocol):
     `gateway.errors.Unavailable` when the backing database cannot answer in time."""
 
     async def insert_usage(self, record: UsageRecord) -> None:
-        """Appends one upstream attempt to the ledger."""
+        """Appends one upstream attempt to the ledger. An attempt of a job made under a claim
+        (`CallLabels.fence`) that is no longer the execution's current one is recorded with
+        the outcome `ABANDONED_OUTCOME` (its tokens and cost as they were)."""
         ...
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:

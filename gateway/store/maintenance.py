@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from gateway.config import StoreSettings
 from gateway.errors import Unavailable
-from gateway.store.base import Store
+from gateway.store.base import JobStatus, Store
 from gateway.store.blobs import BlobStore
 from gateway.store.blobs.gc import collect_garbage
 
 log = logging.getLogger(__name__)
 
 
-async def purge_expired(store: Store, batch_size: int) -> tuple[int, int]:
-    """Deletes every expired cache entry and finished job past retention, batch by batch.
+async def purge_expired(store: Store, batch_size: int) -> tuple[int, dict[JobStatus, int]]:
+    """Deletes every expired cache entry and finished job past retention (the retention of
+    its status: dead letters are kept longest by default), batch by batch.
 
-    Returns (cache entries, jobs) deleted.
+    Returns the cache entries deleted, and the jobs deleted by status.
     """
-    results = jobs = 0
+    results = 0
     while (deleted := await store.purge_expired_results(batch_size)) > 0:
         results += deleted
-    while (deleted := await store.purge_finished_jobs(batch_size)) > 0:
-        jobs += deleted
-    return results, jobs
+    jobs: Counter[JobStatus] = Counter()
+    while purged := await store.purge_finished_jobs(batch_size):
+        jobs.update(purged)
+    return results, dict(jobs)
 
 
 async def run_cleanup(store: Store, blobs: BlobStore, settings: StoreSettings) -> None:
@@ -54,8 +57,9 @@ async def run_cleanup(store: Store, blobs: BlobStore, settings: StoreSettings) -
             continue
         if results or jobs or collected.deleted:
             log.info(
-                "store cleanup deleted %d cache entries, %d jobs and %d blobs",
+                "store cleanup deleted %d cache entries, %d jobs (%s) and %d blobs",
                 results,
-                jobs,
+                sum(jobs.values()),
+                ", ".join(f"{n} {status.value}" for status, n in sorted(jobs.items())) or "none",
                 collected.deleted,
             )

@@ -21,7 +21,11 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.model import UsageRecord
 from gateway.store.base import (
+    ABANDONED_OUTCOME,
+    MAX_ERROR_HISTORY,
+    AttemptError,
     CachedResult,
+    Claim,
     Job,
     JobCursor,
     JobError,
@@ -31,6 +35,7 @@ from gateway.store.base import (
     JoinOutcome,
     LeaseLost,
     NewJob,
+    Redrive,
     ResultRef,
     UsageEntry,
     check_positive,
@@ -39,6 +44,8 @@ from gateway.store.base import (
     job_not_found,
     lease_expired_error,
     parse_job_id,
+    redrive_conflict,
+    redrive_refused,
     usage_job_id,
 )
 from gateway.store.changes import DUE, ChangeHub, wait_for_change
@@ -52,6 +59,7 @@ MIRRORED_FIELDS = (
     "progress",
     "result",
     "error",
+    "error_history",
     "started_at",
     "completed_at",
     "expires_at",
@@ -76,11 +84,18 @@ class MemoryStore:
         self,
         *,
         job_retention_s: float = 7 * 86400,
+        failed_job_retention_s: float = 30 * 86400,
+        cancelled_job_retention_s: float = 7 * 86400,
         usage_rows_kept: int = USAGE_ROWS_KEPT,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         check_positive("usage_rows_kept", usage_rows_kept)
-        self._retention = timedelta(seconds=job_retention_s)
+        #: How long a finished job is kept, by the status it finished with.
+        self._retention = {
+            JobStatus.SUCCEEDED: timedelta(seconds=job_retention_s),
+            JobStatus.FAILED: timedelta(seconds=failed_job_retention_s),
+            JobStatus.CANCELLED: timedelta(seconds=cancelled_job_retention_s),
+        }
         self._now = clock
         self._hub = ChangeHub()
         self._results: dict[bytes, CachedResult] = {}
@@ -110,10 +125,20 @@ class MemoryStore:
         return entry
 
     async def put_result(
-        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+        self,
+        key: bytes,
+        *,
+        op: str,
+        scope: str,
+        model: str,
+        ref: ResultRef,
+        ttl_s: float,
+        claim: Claim | None = None,
     ) -> CachedResult:
         """See `Store.put_result`."""
         check_positive("ttl_s", ttl_s)
+        if claim is not None:
+            self._held(claim)
         now = self._now()
         entry = CachedResult(key, op, scope, model, ref, now, now + timedelta(seconds=ttl_s))
         self._results[key] = entry
@@ -221,10 +246,10 @@ class MemoryStore:
         job_id = self._idempotency.get((user_id, key))
         return None if job_id is None else self._jobs.get(job_id)
 
-    async def get_job(self, job_id: str, user_id: str) -> Job:
+    async def get_job(self, job_id: str, user_id: str | None) -> Job:
         """See `Store.get_job`."""
         job = self._lookup(job_id)
-        if job is None or job.user_id is None or job.user_id != user_id:
+        if job is None or (user_id is not None and job.user_id != user_id):
             raise job_not_found(job_id)
         return job
 
@@ -245,6 +270,7 @@ class MemoryStore:
             status=JobStatus.RUNNING,
             run_after=min(job.run_after, now),
             attempts=job.attempts + 1,
+            fence=job.fence + 1,
             locked_by=worker_id,
             locked_until=now + timedelta(seconds=lease_s),
             heartbeat_at=now,
@@ -303,18 +329,24 @@ class MemoryStore:
                 allowed.append(job)
         return allowed
 
-    def _held(self, job_id: str, worker_id: str) -> Job:
-        job = self._lookup(job_id)
-        if job is None or job.status is not JobStatus.RUNNING or job.locked_by != worker_id:
-            raise LeaseLost(job_id, job)
+    def _held(self, claim: Claim) -> Job:
+        """The execution `claim` holds; `LeaseLost` unless it is its current claim."""
+        job = self._lookup(claim.job_id)
+        if (
+            job is None
+            or job.status is not JobStatus.RUNNING
+            or job.locked_by != claim.worker_id
+            or job.fence != claim.fence
+        ):
+            raise LeaseLost(claim.job_id, job)
         return job
 
     async def heartbeat_job(
-        self, job_id: str, worker_id: str, lease_s: float, progress: JobProgress | None = None
+        self, claim: Claim, lease_s: float, progress: JobProgress | None = None
     ) -> Job:
         """See `Store.heartbeat_job`."""
         check_positive("lease_s", lease_s)
-        job = self._held(job_id, worker_id)
+        job = self._held(claim)
         now = self._now()
         extended = dataclasses.replace(
             job, locked_until=now + timedelta(seconds=lease_s), heartbeat_at=now
@@ -324,30 +356,37 @@ class MemoryStore:
             return extended
         return self._change(extended, progress=progress)
 
-    async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
+    async def complete_job(self, claim: Claim, result: ResultRef) -> Job:
         """See `Store.complete_job`."""
-        job = self._held(job_id, worker_id)
+        job = self._held(claim)
         return self._finish(job, JobStatus.SUCCEEDED, result=result)
 
     async def fail_job(
-        self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
+        self, claim: Claim, error: JobError, retry_after_s: float | None = None
     ) -> Job:
         """See `Store.fail_job`."""
-        job = self._held(job_id, worker_id)
+        job = self._held(claim)
+        history = self._history_with(job, error)
         if retry_after_s is not None and job.attempts < job.max_attempts:
             return self._change(
                 job,
                 status=JobStatus.QUEUED,
                 run_after=self._now() + timedelta(seconds=max(retry_after_s, 0.0)),
                 error=error,
+                error_history=history,
                 locked_by=None,
                 locked_until=None,
             )
-        return self._finish(job, JobStatus.FAILED, error=error)
+        return self._finish(job, JobStatus.FAILED, error=error, error_history=history)
 
-    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+    def _history_with(self, job: Job, error: JobError) -> tuple[AttemptError, ...]:
+        """`job`'s error history with its current attempt's failure (the most recent kept)."""
+        entry = AttemptError(job.attempts, error, self._now(), job.locked_by or "")
+        return (*job.error_history, entry)[-MAX_ERROR_HISTORY:]
+
+    async def defer_job(self, claim: Claim, error: JobError, delay_s: float) -> Job:
         """See `Store.defer_job`."""
-        job = self._held(job_id, worker_id)
+        job = self._held(claim)
         return self._change(
             job,
             status=JobStatus.QUEUED,
@@ -358,11 +397,12 @@ class MemoryStore:
             locked_until=None,
         )
 
-    async def cancel_job(self, job_id: str, user_id: str) -> Job:
+    async def cancel_job(self, job_id: str, user_id: str | None) -> Job:
         """See `Store.cancel_job`."""
         job = await self.get_job(job_id, user_id)
         if not job.active:
             return job
+        # A shared execution (an operator's cancel) takes its active handles with it.
         cancelled = self._finish(job, JobStatus.CANCELLED)
         if job.follows is not None:
             execution = self._jobs[job.follows]
@@ -396,28 +436,87 @@ class MemoryStore:
             or job.locked_until >= now
         ):
             return None
+        error = lease_expired_error()
+        history = self._history_with(job, error)
         if job.attempts < job.max_attempts:
             return self._change(
                 job,
                 status=JobStatus.QUEUED,
                 run_after=now,
-                error=lease_expired_error(),
+                error=error,
+                error_history=history,
                 locked_by=None,
                 locked_until=None,
             )
-        return self._finish(job, JobStatus.FAILED, error=lease_expired_error())
+        return self._finish(job, JobStatus.FAILED, error=error, error_history=history)
+
+    async def retry_job(self, job_id: str, user_id: str | None, attempts: int) -> Redrive:
+        """See `Store.retry_job`."""
+        check_positive("attempts", attempts)
+        job = await self.get_job(job_id, user_id)
+        refused = redrive_refused(job)
+        if refused is not None:
+            raise refused
+        if job.status is not JobStatus.FAILED:
+            return Redrive(job, redriven=False)
+        execution = self._jobs[job.execution_id]
+        failed_at = execution.completed_at
+        requeue = not execution.active and execution.status is not JobStatus.SUCCEEDED
+        if requeue:
+            # Failed, or (followed by this failed handle) cancelled by its other users.
+            active_id = self._active.get(execution.dedupe_key) if execution.dedupe_key else None
+            if active_id is not None:
+                raise redrive_conflict(job, active_id)
+            started_by = execution.started_by
+            if execution.user_id is None and job.follows is not None:
+                started_by = job.user_id  # who re-drives her handle pays for the run
+            execution = self._change(
+                execution,
+                status=JobStatus.QUEUED,
+                max_attempts=execution.attempts + attempts,
+                run_after=self._now(),
+                progress=None,
+                completed_at=None,
+                expires_at=None,
+                started_by=started_by,
+            )
+        if job.follows is None:
+            if execution.user_id is None:
+                # An operator re-driving a shared execution: the handles that failed with it.
+                for handle_id in list(self._handles.get(execution.id, ())):
+                    handle = self._jobs[handle_id]
+                    if handle.status is JobStatus.FAILED and handle.completed_at == failed_at:
+                        self._follow_again(handle, execution)
+            return Redrive(self._jobs[execution.id], redriven=requeue)
+        for handle_id in self._handles.get(execution.id, ()):
+            other = self._jobs[handle_id]
+            if other.user_id == job.user_id and other.active:
+                raise redrive_conflict(job, other.id)
+        return Redrive(self._follow_again(job, execution), redriven=True)
+
+    def _follow_again(self, handle: Job, execution: Job) -> Job:
+        """A failed handle mirrors its execution again."""
+        return self._change(handle, **{name: getattr(execution, name) for name in MIRRORED_FIELDS})
 
     async def list_jobs(
-        self, user_id: str, job_filter: JobFilter, limit: int, after: JobCursor | None = None
+        self,
+        user_id: str | None,
+        job_filter: JobFilter,
+        limit: int,
+        after: JobCursor | None = None,
     ) -> list[Job]:
         """See `Store.list_jobs`."""
         check_positive("limit", limit)
         found = [
             job
             for job in self._jobs.values()
-            if job.user_id == user_id
+            if (user_id is None or job.user_id == user_id)
             and (not job_filter.statuses or job.status in job_filter.statuses)
             and (not job_filter.ops or job.op in job_filter.ops)
+            and (
+                not job_filter.error_reasons
+                or (job.error is not None and job.error.reason in job_filter.error_reasons)
+            )
             and (after is None or (job.created_at, job.id) < after)
         ]
         found.sort(key=lambda job: (job.created_at, job.id), reverse=True)
@@ -426,6 +525,13 @@ class MemoryStore:
     def subscribe_due(self, event: asyncio.Event) -> AbstractContextManager[asyncio.Event]:
         """See `Store.subscribe_due`."""
         return self._hub.subscribe(DUE, event)
+
+    def subscribe_job(
+        self, job_id: str, event: asyncio.Event
+    ) -> AbstractContextManager[asyncio.Event]:
+        """See `Store.subscribe_job`."""
+        parsed = parse_job_id(job_id)
+        return self._hub.subscribe(job_id if parsed is None else str(parsed), event)
 
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float
@@ -441,18 +547,36 @@ class MemoryStore:
             _POLL_INTERVAL_S,
         )
 
-    async def purge_finished_jobs(self, limit: int) -> int:
+    async def purge_finished_jobs(
+        self,
+        limit: int,
+        *,
+        finished_before_s: float | None = None,
+        statuses: frozenset[JobStatus] = frozenset(),
+    ) -> dict[JobStatus, int]:
         """See `Store.purge_finished_jobs`."""
         check_positive("limit", limit)
         now = self._now()
-        expired = [
-            job.id
-            for job in self._jobs.values()
-            if job.expires_at is not None and job.expires_at <= now
-        ][:limit]
-        for job_id in expired:
-            self._delete(job_id)
-        return len(expired)
+        if finished_before_s is None:
+            due = [
+                j for j in self._jobs.values() if j.expires_at is not None and j.expires_at <= now
+            ]
+        else:
+            before = now - timedelta(seconds=finished_before_s)
+            due = [
+                j
+                for j in self._jobs.values()
+                if not j.active and j.completed_at is not None and j.completed_at < before
+            ]
+        purged: Counter[JobStatus] = Counter()
+        for job in due:
+            if sum(purged.values()) == limit:
+                break
+            # A handle may have gone already, with its execution.
+            if (not statuses or job.status in statuses) and job.id in self._jobs:
+                self._delete(job.id)
+                purged[job.status] += 1
+        return dict(purged)
 
     async def referenced_blobs(self, digests: Sequence[bytes]) -> set[bytes]:
         """See `Store.referenced_blobs`."""
@@ -489,6 +613,7 @@ class MemoryStore:
         *,
         result: ResultRef | None = None,
         error: JobError | None = None,
+        **changes: object,
     ) -> Job:
         now = self._now()
         return self._change(
@@ -497,9 +622,10 @@ class MemoryStore:
             result=result,
             error=error,
             completed_at=now,
-            expires_at=now + self._retention,
+            expires_at=now + self._retention[status],
             locked_by=None,
             locked_until=None,
+            **changes,
         )
 
     def _change(self, job: Job, **changes: object) -> Job:
@@ -539,7 +665,13 @@ class MemoryStore:
         """See `Store.insert_usage`."""
         job_id = usage_job_id(record)
         labels = dataclasses.replace(record.labels, job_id="" if job_id is None else str(job_id))
-        self._usage.append(UsageEntry(dataclasses.replace(record, labels=labels), self._now()))
+        outcome = record.outcome
+        if labels.fence is not None:
+            job = self._jobs.get(labels.job_id)
+            if job is None or job.status is not JobStatus.RUNNING or job.fence != labels.fence:
+                outcome = ABANDONED_OUTCOME
+        stored = dataclasses.replace(record, labels=labels, outcome=outcome)
+        self._usage.append(UsageEntry(stored, self._now()))
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:
         """See `Store.list_usage`."""

@@ -134,7 +134,7 @@ async def test_an_expired_entry_is_a_miss_and_cleanup_deletes_it(
     assert (await analyze(pipeline)).cached
 
     await asyncio.sleep(1.1)
-    assert await purge_expired(store, 100) == (1, 0)
+    assert await purge_expired(store, 100) == (1, {})
     after = await analyze(pipeline)
 
     assert not after.cached and calls(emulator) == 2

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.config import JobSettings
 from gateway.jobs import WorkerPool
-from gateway.store import Job, JobStatus, MemoryStore, NewJob, ResultRef, Store
+from gateway.store import Claim, Job, JobStatus, MemoryStore, NewJob, ResultRef, Store
 
 STOP_BOUND_S = 10.0
 
@@ -35,10 +35,10 @@ class CompletingRunner:
 
     async def run(self, job: Job) -> None:
         self.ran.append(job.id)
-        await self._store.complete_job(job.id, self.worker_id, ResultRef(json="{}"))
+        await self._store.complete_job(job.claim, ResultRef(json="{}"))
 
-    def hand_back(self, job_id: str) -> None:
-        raise AssertionError(f"nothing is stopped mid-claim here ({job_id})")
+    def hand_back(self, claim: Claim) -> None:
+        raise AssertionError(f"nothing is stopped mid-claim here ({claim.job_id})")
 
 
 async def test_the_pool_runs_every_queued_job_once() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.store import JobError, JobStatus, LeaseLost, ResultRef, Store
+from gateway.store import Claim, Job, JobError, JobStatus, LeaseLost, ResultRef, Store
 from gateway.store.batching import Batcher
 from gateway.store.postgres import PostgresStore
 from tests.fixtures.stores import MakeStore
@@ -145,22 +145,25 @@ async def test_concurrent_completions_share_a_statement_each_with_its_answer(
         )
         for n, job in enumerate(jobs)
     }
-    stolen = jobs[7].id  # completed by a worker that does not hold it
+    # Completed by its worker under an earlier claim's fencing token, and by another worker.
+    stale, stolen = jobs[7].id, jobs[8].id
     unknown = "00000000-0000-4000-8000-000000000000"
 
+    def claim_of(job: Job) -> Claim:
+        if job.id == stale:
+            return Claim(job.id, "w1", job.fence - 1)
+        return Claim(job.id, "w2", job.fence) if job.id == stolen else job.claim
+
     answers = await asyncio.gather(
-        *(
-            store.complete_job(job.id, "w2" if job.id == stolen else "w1", results[job.id])
-            for job in jobs
-        ),
-        store.complete_job(unknown, "w1", ResultRef(json="{}")),
+        *(store.complete_job(claim_of(job), results[job.id]) for job in jobs),
+        store.complete_job(Claim(unknown, "w1", 1), ResultRef(json="{}")),
         return_exceptions=True,
     )
 
     *completed, missing = answers
     assert isinstance(missing, LeaseLost) and missing.job is None
     for job, answer in zip(jobs, completed, strict=True):
-        if job.id == stolen:
+        if job.id in (stale, stolen):
             assert isinstance(answer, LeaseLost)
             assert answer.job is not None and answer.job.status is JobStatus.RUNNING
             continue
@@ -181,7 +184,7 @@ async def test_a_result_blob_digest_of_the_wrong_size_is_refused(make_store: Mak
     (job,) = await claimed(store, 1, "w1")
 
     with pytest.raises(ValueError, match="32 bytes"):
-        await store.complete_job(job.id, "w1", ResultRef(json="{}", blobs=(b"short",)))
+        await store.complete_job(job.claim, ResultRef(json="{}", blobs=(b"short",)))
 
 
 async def test_concurrent_submissions_insert_together_and_conflicts_still_join(
@@ -227,9 +230,9 @@ async def test_a_job_queued_again_for_later_wakes_the_workers_when_it_is_due(
     with store.subscribe_due(woken):
         error = JobError("UPSTREAM_UNAVAILABLE", "try later")
         if defer:
-            await store.defer_job(job.id, "w1", error, 0.5)
+            await store.defer_job(job.claim, error, 0.5)
         else:
-            await store.fail_job(job.id, "w1", error, retry_after_s=0.5)
+            await store.fail_job(job.claim, error, retry_after_s=0.5)
         # Nothing in the database happens when it becomes due: the store's timer wakes us.
         async with asyncio.timeout(10):
             await woken.wait()

@@ -17,6 +17,7 @@ import pytest
 from gateway.errors import AlreadyExists, Internal, NotFound, SafetyBlocked, Unavailable
 from gateway.model import CallLabels, Usage, UsageRecord
 from gateway.store import (
+    Claim,
     Job,
     JobError,
     JobProgress,
@@ -67,6 +68,11 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], within_s: float =
             if value is not None:
                 return value
             await asyncio.sleep(0.05)
+
+
+def held(job: Job, worker: str = "w1") -> Claim:
+    """The claim `worker` would hold on `job` had it made `job`'s latest claim."""
+    return Claim(job.id, worker, job.fence)
 
 
 async def running(store: Store, new: NewJob, worker: str = "w1") -> Job:
@@ -146,7 +152,7 @@ async def test_jobs_without_a_dedupe_key_never_coalesce(store: Store) -> None:
 
 async def test_a_finished_job_frees_its_dedupe_key(store: Store) -> None:
     job = await running(store, new_job())
-    await store.complete_job(job.id, "w1", REF)
+    await store.complete_job(held(job, "w1"), REF)
     again = await store.join_or_create_active_job(new_job())
     assert again.created and again.job.id != job.id
 
@@ -160,7 +166,7 @@ async def test_a_user_scoped_key_shared_with_another_user_is_refused(store: Stor
 
 async def test_idempotency_key_returns_the_first_job_even_when_finished(store: Store) -> None:
     first = await running(store, new_job(dedupe=None, idempotency_key="idem-1", request_hash=b"r1"))
-    await store.complete_job(first.id, "w1", REF)
+    await store.complete_job(held(first, "w1"), REF)
     again = await store.join_or_create_active_job(
         new_job(dedupe=None, idempotency_key="idem-1", request_hash=b"r1")
     )
@@ -212,9 +218,9 @@ async def test_handles_follow_the_execution_to_its_result(store: Store) -> None:
     execution = await store.claim_job(alice.execution_id, "w1", LEASE_S)
     assert execution is not None
     assert (await store.get_job(bob.id, BOB)).status is JobStatus.RUNNING
-    await store.heartbeat_job(execution.id, "w1", LEASE_S, JobProgress(0.5, "thinking", "half"))
+    await store.heartbeat_job(held(execution, "w1"), LEASE_S, JobProgress(0.5, "thinking", "half"))
     assert (await store.get_job(alice.id, ALICE)).progress == JobProgress(0.5, "thinking", "half")
-    await store.complete_job(execution.id, "w1", REF)
+    await store.complete_job(held(execution, "w1"), REF)
     for job_id, user in ((alice.id, ALICE), (bob.id, BOB)):
         done = await store.get_job(job_id, user)
         assert done.status is JobStatus.SUCCEEDED and done.result == REF
@@ -229,8 +235,8 @@ async def test_cancelling_a_handle_detaches_only_its_owner(store: Store) -> None
     assert execution is not None
     assert (await store.cancel_job(bob.id, BOB)).status is JobStatus.CANCELLED
     # Alice still waits: the execution runs on, and completes for her only.
-    await store.heartbeat_job(execution.id, "w1", LEASE_S)
-    await store.complete_job(execution.id, "w1", REF)
+    await store.heartbeat_job(held(execution, "w1"), LEASE_S)
+    await store.complete_job(held(execution, "w1"), REF)
     assert (await store.get_job(alice.id, ALICE)).status is JobStatus.SUCCEEDED
     assert (await store.get_job(bob.id, BOB)).status is JobStatus.CANCELLED
 
@@ -243,7 +249,7 @@ async def test_the_last_handle_leaving_cancels_the_execution(store: Store) -> No
     await store.cancel_job(alice.id, ALICE)
     await store.cancel_job(bob.id, BOB)
     with pytest.raises(LeaseLost) as lost:
-        await store.heartbeat_job(execution.id, "w1", LEASE_S)
+        await store.heartbeat_job(held(execution, "w1"), LEASE_S)
     assert lost.value.job is not None and lost.value.job.status is JobStatus.CANCELLED
     fresh = await store.join_or_create_active_job(new_job(BOB, shared=True))
     assert fresh.created and fresh.job.execution_id != execution.id
@@ -303,7 +309,7 @@ async def test_claim_batch_takes_due_executions_by_priority_then_age(store: Stor
     handle = (await store.join_or_create_active_job(new_job(BOB, "shared", shared=True))).job
     # A retry waiting out its backoff is not due yet.
     waiting = await running(store, new_job(dedupe="waiting"))
-    await store.fail_job(waiting.id, "w1", JobError("UNAVAILABLE", "503"), retry_after_s=3600)
+    await store.fail_job(held(waiting, "w1"), JobError("UNAVAILABLE", "503"), retry_after_s=3600)
 
     first = await store.claim_batch("w1", 3, LEASE_S)
     rest = await store.claim_batch("w2", 10, LEASE_S)
@@ -355,21 +361,22 @@ async def test_claim_batch_holds_each_users_executions_beyond_her_cap(store: Sto
     assert {j.id for j in first} == {alice[0].id, bob[0].id, bob[1].id, *(j.id for j in carol)}
     assert await store.claim_batch("w2", 100, LEASE_S, CAPS) == []
     # A finished job frees its owner's slot for her next one, oldest first.
-    await store.complete_job(alice[0].id, "w1", REF)
-    assert [j.id for j in await store.claim_batch("w2", 100, LEASE_S, CAPS)] == [alice[1].id]
+    await store.complete_job(next(j.claim for j in first if j.id == alice[0].id), REF)
+    second = await store.claim_batch("w2", 100, LEASE_S, CAPS)
+    assert [j.id for j in second] == [alice[1].id]
     # Without caps everything due is claimed; a shared execution names its starter.
     rest = await store.claim_batch("w3", 100, LEASE_S)
     assert {j.id for j in rest} == {alice[2].id, bob[2].id, *(j.execution_id for j in shared)}
     executions = [j for j in rest if j.user_id is None]
     assert [(j.started_by, j.charged_user) for j in executions] == [(ALICE, ALICE)] * 2
     # Her own jobs done, the running shared executions alone hold her slot.
-    await store.complete_job(alice[1].id, "w2", REF)
-    await store.complete_job(alice[2].id, "w3", REF)
+    await store.complete_job(second[0].claim, REF)
+    await store.complete_job(next(j.claim for j in rest if j.id == alice[2].id), REF)
     later = await queue(ALICE, "s-later", 0, shared=True)
     await queue("user-dave", "d0", 0)
     assert [j.user_id for j in await store.claim_batch("w4", 100, LEASE_S, CAPS)] == ["user-dave"]
     for job in executions:
-        await store.complete_job(job.id, "w3", REF)
+        await store.complete_job(job.claim, REF)
     assert [j.id for j in await store.claim_batch("w4", 100, LEASE_S, CAPS)] == [later.execution_id]
 
 
@@ -461,32 +468,32 @@ async def test_handles_cannot_be_claimed(store: Store) -> None:
 
 async def test_heartbeat_extends_and_reports_progress(store: Store) -> None:
     job = await running(store, new_job())
-    quiet = await store.heartbeat_job(job.id, "w1", LEASE_S)
+    quiet = await store.heartbeat_job(held(job, "w1"), LEASE_S)
     assert quiet.event_seq == job.event_seq  # a heartbeat alone is no event
     assert quiet.locked_until is not None and job.locked_until is not None
     assert quiet.locked_until >= job.locked_until
-    loud = await store.heartbeat_job(job.id, "w1", LEASE_S, JobProgress(0.25, "generating"))
+    loud = await store.heartbeat_job(held(job, "w1"), LEASE_S, JobProgress(0.25, "generating"))
     assert loud.event_seq == job.event_seq + 1 and loud.progress == JobProgress(0.25, "generating")
     with pytest.raises(LeaseLost):
-        await store.heartbeat_job(job.id, "w2", LEASE_S)
+        await store.heartbeat_job(held(job, "w2"), LEASE_S)
 
 
 async def test_only_the_holder_completes(store: Store) -> None:
     job = await running(store, new_job())
     with pytest.raises(LeaseLost):
-        await store.complete_job(job.id, "w2", REF)
-    done = await store.complete_job(job.id, "w1", REF)
+        await store.complete_job(held(job, "w2"), REF)
+    done = await store.complete_job(held(job, "w1"), REF)
     assert (done.status, done.result, done.locked_by) == (JobStatus.SUCCEEDED, REF, None)
     assert done.expires_at is not None and done.completed_at is not None
     with pytest.raises(LeaseLost) as lost:
-        await store.complete_job(job.id, "w1", REF)
+        await store.complete_job(held(job, "w1"), REF)
     assert lost.value.job == done
 
 
 async def test_failure_with_retry_requeues_until_attempts_run_out(store: Store) -> None:
     job = await running(store, new_job(max_attempts=2))
     error = JobError("UPSTREAM_UNAVAILABLE", "Gemini is overloaded")
-    later = await store.fail_job(job.id, "w1", error, retry_after_s=3600)
+    later = await store.fail_job(held(job, "w1"), error, retry_after_s=3600)
     assert (later.status, later.error, later.locked_by) == (JobStatus.QUEUED, error, None)
     assert later.run_after > job.run_after
     assert await store.claim_job(job.id, "w1", LEASE_S) is None  # not due yet
@@ -494,10 +501,10 @@ async def test_failure_with_retry_requeues_until_attempts_run_out(store: Store) 
     assert (await store.join_or_create_active_job(new_job())).job.id == job.id
 
     other = await running(store, new_job(dedupe="now", max_attempts=2))
-    await store.fail_job(other.id, "w1", error, retry_after_s=0)
+    await store.fail_job(held(other, "w1"), error, retry_after_s=0)
     second = await store.claim_job(other.id, "w2", LEASE_S)
     assert second is not None and second.attempts == 2 and second.error is None
-    final = await store.fail_job(other.id, "w2", error, retry_after_s=0)
+    final = await store.fail_job(second.claim, error, retry_after_s=0)
     assert final.status is JobStatus.FAILED and final.error == error
 
 
@@ -505,24 +512,24 @@ async def test_deferral_requeues_without_counting_the_attempt(store: Store) -> N
     job = await running(store, new_job(max_attempts=1))
     denied = JobError("RATE_LIMITED", "over the limit")
 
-    deferred = await store.defer_job(job.id, "w1", denied, 3600)
+    deferred = await store.defer_job(held(job, "w1"), denied, 3600)
 
     assert (deferred.status, deferred.attempts, deferred.error) == (JobStatus.QUEUED, 0, denied)
     assert deferred.locked_by is None and deferred.run_after > job.run_after
     assert deferred.event_seq == job.event_seq + 1
     assert await store.claim_job(job.id, "w1", LEASE_S) is None  # not due yet
     with pytest.raises(LeaseLost):
-        await store.defer_job(job.id, "w1", denied, 0)
+        await store.defer_job(held(job, "w1"), denied, 0)
     # Due at once: its one attempt is still there.
     again = await running(store, new_job(dedupe="now", max_attempts=1))
-    await store.defer_job(again.id, "w1", denied, 0)
+    await store.defer_job(held(again, "w1"), denied, 0)
     assert (await store.claim_job(again.id, "w2", LEASE_S)) is not None
 
 
 async def test_failure_without_retry_is_final(store: Store) -> None:
     job = await running(store, new_job())
     error = JobError.from_exception(SafetyBlocked("the thumbnail shows a weapon"))
-    failed = await store.fail_job(job.id, "w1", error)
+    failed = await store.fail_job(held(job, "w1"), error)
     assert failed.status is JobStatus.FAILED
     assert failed.error == JobError("SAFETY_BLOCKED", "the thumbnail shows a weapon")
     assert isinstance(failed.error.to_exception(), SafetyBlocked)
@@ -533,18 +540,19 @@ async def test_expired_lease_is_taken_over_by_another_replica(
 ) -> None:
     a, b = replicas
     job = (await a.join_or_create_active_job(new_job())).job
-    held = await a.claim_job(job.id, "replica-a", SHORT_LEASE_S)
-    assert held is not None
+    mine = await a.claim_job(job.id, "replica-a", SHORT_LEASE_S)
+    assert mine is not None
     # While the lease is valid nobody else runs it...
     assert await b.claim_job(job.id, "replica-b", LEASE_S) is None
     # ...and once it lapses (replica a stopped heartbeating) b takes over, as attempt 2.
     taken = await eventually(lambda: b.claim_job(job.id, "replica-b", LEASE_S))
     assert (taken.locked_by, taken.attempts, taken.status) == ("replica-b", 2, JobStatus.RUNNING)
+    assert taken.fence == mine.fence + 1
     with pytest.raises(LeaseLost):
-        await a.heartbeat_job(job.id, "replica-a", LEASE_S)
+        await a.heartbeat_job(mine.claim, LEASE_S)
     with pytest.raises(LeaseLost):
-        await a.complete_job(job.id, "replica-a", REF)
-    assert (await b.complete_job(job.id, "replica-b", REF)).status is JobStatus.SUCCEEDED
+        await a.complete_job(mine.claim, REF)
+    assert (await b.complete_job(taken.claim, REF)).status is JobStatus.SUCCEEDED
 
 
 async def test_expired_lease_without_attempts_left_fails(store: Store) -> None:
@@ -563,7 +571,7 @@ async def test_expired_lease_without_attempts_left_fails(store: Store) -> None:
 async def test_rescue_requeues_expired_leases(store: Store) -> None:
     jobs = [await running(store, new_job(dedupe=f"r{i}")) for i in range(3)]
     for job in jobs[:2]:
-        await store.heartbeat_job(job.id, "w1", SHORT_LEASE_S)
+        await store.heartbeat_job(held(job, "w1"), SHORT_LEASE_S)
     await asyncio.sleep(SHORT_LEASE_S + 0.1)
     assert await store.rescue_expired_leases(10) == 2
     statuses = [(await store.get_job(j.id, ALICE)).status for j in jobs]
@@ -583,10 +591,10 @@ async def test_cancel_in_each_state(store: Store) -> None:
     active = await running(store, new_job(dedupe="r"))
     assert (await store.cancel_job(active.id, ALICE)).status is JobStatus.CANCELLED
     with pytest.raises(LeaseLost):  # the runner learns at its next heartbeat
-        await store.heartbeat_job(active.id, "w1", LEASE_S)
+        await store.heartbeat_job(held(active, "w1"), LEASE_S)
 
     done = await running(store, new_job(dedupe="d"))
-    finished = await store.complete_job(done.id, "w1", REF)
+    finished = await store.complete_job(held(done, "w1"), REF)
     assert await store.cancel_job(done.id, ALICE) == finished
 
     with pytest.raises(NotFound):
@@ -632,9 +640,10 @@ async def test_jobs_becoming_due_wake_the_workers_of_every_replica(
         await eventually(lambda: _true_or_none(getattr(b, "listening", True)))
         await signalled(a.join_or_create_active_job(new_job(dedupe="created")))
         job = await running(a, new_job(dedupe="retried", max_attempts=3))
-        await signalled(a.fail_job(job.id, "w1", JobError("UNAVAILABLE", "x"), retry_after_s=0))
-        assert await a.claim_job(job.id, "w1", LEASE_S) is not None
-        await signalled(a.defer_job(job.id, "w1", JobError("RATE_LIMITED", "x"), 0))
+        await signalled(a.fail_job(held(job, "w1"), JobError("UNAVAILABLE", "x"), retry_after_s=0))
+        again = await a.claim_job(job.id, "w1", LEASE_S)
+        assert again is not None
+        await signalled(a.defer_job(again.claim, JobError("RATE_LIMITED", "x"), 0))
         assert await a.claim_job(job.id, "w1", SHORT_LEASE_S) is not None
         await asyncio.sleep(SHORT_LEASE_S + 0.1)
         await signalled(a.rescue_expired_leases(10))
@@ -655,7 +664,7 @@ async def test_handle_waiters_wake_when_the_shared_execution_finishes(
     seen = (await b.get_job(bob.id, BOB)).event_seq
     waiter = asyncio.create_task(b.wait_for_job_change(bob.id, BOB, seen, 60))
     await asyncio.sleep(0.1)
-    await a.complete_job(execution.id, "w1", REF)
+    await a.complete_job(held(execution, "w1"), REF)
     async with asyncio.timeout(10):
         done = await waiter
     assert done.status is JobStatus.SUCCEEDED and done.result == REF
@@ -667,7 +676,7 @@ async def test_wait_returns_at_once_for_news_and_terminal_jobs(store: Store) -> 
     assert news.event_seq == job.event_seq
     quiet = await store.wait_for_job_change(job.id, ALICE, job.event_seq, 0.05)
     assert quiet.event_seq == job.event_seq and quiet.status is JobStatus.RUNNING
-    done = await store.complete_job(job.id, "w1", REF)
+    done = await store.complete_job(held(job, "w1"), REF)
     assert await store.wait_for_job_change(job.id, ALICE, done.event_seq, 60) == done
     with pytest.raises(NotFound):
         await store.wait_for_job_change(job.id, BOB, 0, 1)
@@ -706,16 +715,19 @@ async def test_a_burst_of_one_user_creates_one_job(replicas: tuple[Store, Store]
 
 
 async def test_finished_jobs_are_purged_after_retention(make_store: MakeStore, kind: str) -> None:
-    store = await make_store(kind, job_retention_s=0.01)
+    store = await make_store(kind, job_retention_s=0.01, cancelled_job_retention_s=0.01)
     finished = await running(store, new_job(dedupe="done"))
-    await store.complete_job(finished.id, "w1", REF)
+    await store.complete_job(held(finished, "w1"), REF)
     handle = (await store.join_or_create_active_job(new_job(shared=True, dedupe="s"))).job
     await store.cancel_job(handle.id, ALICE)  # the handle and its execution both finish
     active = (await store.join_or_create_active_job(new_job(dedupe="active"))).job
     await store.put_result(key("r"), op="x", scope="user", model="m", ref=REF, ttl_s=0.01)
     await asyncio.sleep(0.05)
     results, jobs = await purge_expired(store, batch_size=1)
-    assert results == 1 and jobs >= 2  # the cascade may take the handle with its execution
+    assert results == 1 and jobs[JobStatus.SUCCEEDED] == 1
+    # The cascade may take the handle with its execution.
+    assert jobs[JobStatus.CANCELLED] >= 1
+    assert set(jobs) == {JobStatus.SUCCEEDED, JobStatus.CANCELLED}
     for gone in (finished.id, handle.id):
         with pytest.raises(NotFound):
             await store.get_job(gone, ALICE)

@@ -110,7 +110,7 @@ def test_a_result_ref_holds_exactly_one_json_form() -> None:
 
 
 async def test_the_cleanup_task_purges_periodically(tmp_path: Path) -> None:
-    store = MemoryStore(job_retention_s=0.01)
+    store = MemoryStore(cancelled_job_retention_s=0.01)
     blobs = LocalBlobStore(tmp_path / "blobs")
     digest = await blobs.put(b"the job's input image")
     new = NewJob("u", "op", "{}", input_blobs=(digest,))

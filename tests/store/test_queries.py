@@ -54,18 +54,28 @@ def test_named_parameters_become_positional_in_order_of_first_use() -> None:
 
 
 def test_a_call_needs_every_parameter_and_no_other() -> None:
-    calls = Queries("s", {"channel": "c", "due": "due", "announce": True, "retention_s": 1.0})
+    calls = Queries(
+        "s",
+        {
+            "channel": "c",
+            "due": "due",
+            "announce": True,
+            "succeeded_retention_s": 1.0,
+            "failed_retention_s": 1.0,
+            "cancelled_retention_s": 1.0,
+        },
+    )
 
-    sql, *args = calls("purge_jobs", limit=5)
-    assert "$1" in sql and args == [5]
+    sql, *args = calls("purge_jobs", limit=5, statuses=None)
+    assert "$2" in sql and args == [None, 5]
     with pytest.raises(TypeError, match="needs parameter 'limit'"):
-        calls("purge_jobs")
+        calls("purge_jobs", statuses=None)
     with pytest.raises(TypeError, match="no parameter \\['limt'\\]"):
-        calls("purge_jobs", limit=5, limt=5)
+        calls("purge_jobs", limit=5, statuses=None, limt=5)
     # Defaults fill in what a call leaves out, and a call may override one.
     _, *args = calls("cancel_orphan", execution_id="e")
     assert args == [1.0, "e", "c"]
-    _, *args = calls("cancel_orphan", execution_id="e", retention_s=2.0)
+    _, *args = calls("cancel_orphan", execution_id="e", cancelled_retention_s=2.0)
     assert args == [2.0, "e", "c"]
 
 

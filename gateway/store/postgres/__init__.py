@@ -25,16 +25,23 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 
 from gateway.config import StoreSettings
+from gateway.errors import NotFound
 from gateway.model import UsageRecord
 from gateway.store.base import (
+    ABANDONED_OUTCOME,
+    MAX_ERROR_HISTORY,
     CachedResult,
+    Claim,
     Job,
     JobCursor,
     JobError,
     JobFilter,
     JobProgress,
+    JobStatus,
     JoinOutcome,
+    LeaseLost,
     NewJob,
+    Redrive,
     ResultRef,
     UsageEntry,
 )
@@ -65,7 +72,11 @@ class PostgresStore:
                 "channel": channel,
                 "due": DUE,
                 "announce": True,
-                "retention_s": settings.job_retention_s,
+                "succeeded_retention_s": settings.job_retention_s,
+                "failed_retention_s": settings.failed_job_retention_s,
+                "cancelled_retention_s": settings.cancelled_job_retention_s,
+                "errors_kept": MAX_ERROR_HISTORY,
+                "abandoned": ABANDONED_OUTCOME,
             },
         )
         self._hub = ChangeHub()
@@ -124,12 +135,28 @@ class PostgresStore:
         return await self.results.get_result(key)
 
     async def put_result(
-        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+        self,
+        key: bytes,
+        *,
+        op: str,
+        scope: str,
+        model: str,
+        ref: ResultRef,
+        ttl_s: float,
+        claim: Claim | None = None,
     ) -> CachedResult:
         """See `ResultStore.put_result`."""
-        return await self.results.put_result(
-            key, op=op, scope=scope, model=model, ref=ref, ttl_s=ttl_s
-        )
+        try:
+            return await self.results.put_result(
+                key, op=op, scope=scope, model=model, ref=ref, ttl_s=ttl_s, claim=claim
+            )
+        except LeaseLost as lost:
+            # Refused: tell the runner where its execution went, as the job writes do.
+            try:
+                current: Job | None = await self.jobs.get_job(lost.job_id, None)
+            except NotFound:
+                current = None
+            raise LeaseLost(lost.job_id, current) from None
 
     async def purge_expired_results(self, limit: int) -> int:
         """See `ResultStore.purge_expired_results`."""
@@ -149,7 +176,7 @@ class PostgresStore:
         """See `JobStore.find_job_by_idempotency_key`."""
         return await self.jobs.find_job_by_idempotency_key(user_id, key)
 
-    async def get_job(self, job_id: str, user_id: str) -> Job:
+    async def get_job(self, job_id: str, user_id: str | None) -> Job:
         """See `JobStore.get_job`."""
         return await self.jobs.get_job(job_id, user_id)
 
@@ -170,35 +197,43 @@ class PostgresStore:
         return await self.jobs.claim_batch(worker_id, limit, lease_s, caps)
 
     async def heartbeat_job(
-        self, job_id: str, worker_id: str, lease_s: float, progress: JobProgress | None = None
+        self, claim: Claim, lease_s: float, progress: JobProgress | None = None
     ) -> Job:
         """See `JobStore.heartbeat_job`."""
-        return await self.jobs.heartbeat_job(job_id, worker_id, lease_s, progress)
+        return await self.jobs.heartbeat_job(claim, lease_s, progress)
 
-    async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
+    async def complete_job(self, claim: Claim, result: ResultRef) -> Job:
         """See `JobStore.complete_job`."""
-        return await self.jobs.complete_job(job_id, worker_id, result)
+        return await self.jobs.complete_job(claim, result)
 
     async def fail_job(
-        self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
+        self, claim: Claim, error: JobError, retry_after_s: float | None = None
     ) -> Job:
         """See `JobStore.fail_job`."""
-        return await self.jobs.fail_job(job_id, worker_id, error, retry_after_s)
+        return await self.jobs.fail_job(claim, error, retry_after_s)
 
-    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+    async def defer_job(self, claim: Claim, error: JobError, delay_s: float) -> Job:
         """See `JobStore.defer_job`."""
-        return await self.jobs.defer_job(job_id, worker_id, error, delay_s)
+        return await self.jobs.defer_job(claim, error, delay_s)
 
-    async def cancel_job(self, job_id: str, user_id: str) -> Job:
+    async def cancel_job(self, job_id: str, user_id: str | None) -> Job:
         """See `JobStore.cancel_job`."""
         return await self.jobs.cancel_job(job_id, user_id)
+
+    async def retry_job(self, job_id: str, user_id: str | None, attempts: int) -> Redrive:
+        """See `JobStore.retry_job`."""
+        return await self.jobs.retry_job(job_id, user_id, attempts)
 
     async def rescue_expired_leases(self, limit: int) -> int:
         """See `JobStore.rescue_expired_leases`."""
         return await self.jobs.rescue_expired_leases(limit)
 
     async def list_jobs(
-        self, user_id: str, job_filter: JobFilter, limit: int, after: JobCursor | None = None
+        self,
+        user_id: str | None,
+        job_filter: JobFilter,
+        limit: int,
+        after: JobCursor | None = None,
     ) -> list[Job]:
         """See `JobStore.list_jobs`."""
         return await self.jobs.list_jobs(user_id, job_filter, limit, after)
@@ -207,15 +242,29 @@ class PostgresStore:
         """See `JobStore.subscribe_due`."""
         return self.jobs.subscribe_due(event)
 
+    def subscribe_job(
+        self, job_id: str, event: asyncio.Event
+    ) -> AbstractContextManager[asyncio.Event]:
+        """See `JobStore.subscribe_job`."""
+        return self.jobs.subscribe_job(job_id, event)
+
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float
     ) -> Job:
         """See `JobStore.wait_for_job_change`."""
         return await self.jobs.wait_for_job_change(job_id, user_id, after_seq, timeout_s)
 
-    async def purge_finished_jobs(self, limit: int) -> int:
+    async def purge_finished_jobs(
+        self,
+        limit: int,
+        *,
+        finished_before_s: float | None = None,
+        statuses: frozenset[JobStatus] = frozenset(),
+    ) -> dict[JobStatus, int]:
         """See `JobStore.purge_finished_jobs`."""
-        return await self.jobs.purge_finished_jobs(limit)
+        return await self.jobs.purge_finished_jobs(
+            limit, finished_before_s=finished_before_s, statuses=statuses
+        )
 
     # -- usage ledger ------------------------------------------------------------------------
 

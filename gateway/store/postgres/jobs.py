@@ -1,12 +1,13 @@
 """The job state machine in PostgreSQL: join or create, claim, heartbeat, complete, fail, defer,
-rescue, cancel and list, over rows of `ai_jobs`.
+rescue, cancel, re-drive, list and purge, over rows of `ai_jobs`.
 
 PostgreSQL is the coordination engine of every replica sharing the schema:
 
 - Coalescing is the partial unique index over active dedupe keys: `INSERT ... ON CONFLICT DO
   NOTHING` either creates the execution or tells the caller to join the one that exists.
 - Leases are `locked_by` / `locked_until` columns compared with the database's clock (`now()`),
-  so replica clocks do not matter.
+  so replica clocks do not matter; every claim increases the execution's `fence`, and every
+  write of a runner names its claim's token (`Claim`), refused unless it is the current one.
 - Every change a watcher should see notifies in the statement that makes it
   (`sql/queries.sql`); shared executions' changes are mirrored to their handles in the same
   transaction.
@@ -17,13 +18,19 @@ PostgreSQL is the coordination engine of every replica sharing the schema:
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
+import asyncpg
+
 from gateway.config import StoreSettings
 from gateway.store.base import (
+    AttemptError,
+    Claim,
     Job,
     JobCursor,
     JobError,
@@ -33,6 +40,7 @@ from gateway.store.base import (
     JoinOutcome,
     LeaseLost,
     NewJob,
+    Redrive,
     ResultRef,
     check_positive,
     check_same_request,
@@ -40,10 +48,12 @@ from gateway.store.base import (
     job_not_found,
     lease_expired_error,
     parse_job_id,
+    redrive_conflict,
+    redrive_refused,
 )
 from gateway.store.batching import Batcher
 from gateway.store.changes import DUE, ChangeHub, wait_for_change
-from gateway.store.postgres.pool import Connection, Pool, Record, deleted
+from gateway.store.postgres.pool import Connection, Pool, Record
 from gateway.store.postgres.queries import Queries
 from gateway.store.postgres.results import result_ref
 
@@ -78,7 +88,7 @@ class _Completion(NamedTuple):
     """A `complete_job` call waiting for its batch."""
 
     job_id: uuid.UUID
-    worker_id: str
+    claim: Claim
     result: ResultRef
 
 
@@ -91,6 +101,7 @@ def _job(row: Record) -> Job:
     if row["error_reason"] is not None:
         error = JobError(row["error_reason"], row["error_message"] or "")
     progress = row["progress"]
+    history = row.get("errors")
     return Job(
         id=str(row["id"]),
         user_id=row["user_id"],
@@ -119,6 +130,8 @@ def _job(row: Record) -> Job:
         completed_at=row["completed_at"],
         expires_at=row["expires_at"],
         started_by=row.get("started_by"),
+        fence=row.get("fence") or 0,
+        error_history=tuple(AttemptError.from_json(e) for e in json.loads(history or "[]")),
     )
 
 
@@ -294,12 +307,16 @@ class PostgresJobs:
         row = await self._pool.run(lambda c: c.fetchrow(*statement))
         return None if row is None else _job(row)
 
-    async def get_job(self, job_id: str, user_id: str) -> Job:
+    async def get_job(self, job_id: str, user_id: str | None) -> Job:
         """See `JobStore.get_job`."""
         parsed = parse_job_id(job_id)
         if parsed is None:
             raise job_not_found(job_id)
-        statement = self._q("user_job", job_id=parsed, user_id=user_id)
+        statement = (
+            self._q("job_by_id", job_id=parsed)
+            if user_id is None
+            else self._q("user_job", job_id=parsed, user_id=user_id)
+        )
         row = await self._pool.run(lambda c: c.fetchrow(*statement))
         if row is None:
             raise job_not_found(job_id)
@@ -402,17 +419,20 @@ class PostgresJobs:
         return len(rows)
 
     async def _held_change(
-        self, job_id: str, worker_id: str, name: str, *, visible: bool = True, **values: Any
+        self, claim: Claim, name: str, *, visible: bool = True, **values: Any
     ) -> Job:
-        """Applies a runner's change (statement `name`) to an execution it holds; `LeaseLost`
-        if it does not.
+        """Applies a runner's change (statement `name`) to an execution it holds under `claim`;
+        `LeaseLost` if that claim is not the current one.
 
         `visible`: the change is an event for watchers, so handles mirror it.
         """
+        job_id = claim.job_id
         parsed = parse_job_id(job_id)
         if parsed is None:
             raise LeaseLost(job_id, None)
-        statement = self._q(name, job_id=parsed, worker_id=worker_id, **values)
+        statement = self._q(
+            name, job_id=parsed, worker_id=claim.worker_id, fence=claim.fence, **values
+        )
 
         async def change(conn: Connection) -> tuple[Record | None, Record | None]:
             row = await conn.fetchrow(*statement)
@@ -428,35 +448,35 @@ class PostgresJobs:
         return _job(row)
 
     async def heartbeat_job(
-        self, job_id: str, worker_id: str, lease_s: float, progress: JobProgress | None = None
+        self, claim: Claim, lease_s: float, progress: JobProgress | None = None
     ) -> Job:
         """See `JobStore.heartbeat_job`."""
         check_positive("lease_s", lease_s)
         return await self._held_change(
-            job_id,
-            worker_id,
+            claim,
             "heartbeat",
             visible=progress is not None,
             lease_s=float(lease_s),
             progress=None if progress is None else progress.to_json(),
         )
 
-    async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
+    async def complete_job(self, claim: Claim, result: ResultRef) -> Job:
         """See `JobStore.complete_job`. Concurrent completions share one statement and commit
         (`gateway.store.batching`)."""
-        parsed = parse_job_id(job_id)
+        parsed = parse_job_id(claim.job_id)
         if parsed is None:
-            raise LeaseLost(job_id, None)
+            raise LeaseLost(claim.job_id, None)
         if any(len(digest) != _DIGEST_BYTES for digest in result.blobs):
             raise ValueError("result blob digests are SHA-256 digests (32 bytes)")
-        return await self.completions.submit(_Completion(parsed, worker_id, result))
+        return await self.completions.submit(_Completion(parsed, claim, result))
 
     async def _complete_many(self, batch: Sequence[_Completion]) -> list[Job | LeaseLost]:
         """One statement and transaction completing every execution of `batch`."""
         statement = self._q(
             "complete_many",
             job_ids=[c.job_id for c in batch],
-            worker_ids=[c.worker_id for c in batch],
+            worker_ids=[c.claim.worker_id for c in batch],
+            fences=[c.claim.fence for c in batch],
             result_jsons=[c.result.json for c in batch],
             result_json_blobs=[c.result.json_blob for c in batch],
             result_blobs=[b"".join(c.result.blobs) for c in batch],
@@ -476,12 +496,11 @@ class PostgresJobs:
         return [by_id.get(c.job_id) or LeaseLost(str(c.job_id), now.get(c.job_id)) for c in batch]
 
     async def fail_job(
-        self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
+        self, claim: Claim, error: JobError, retry_after_s: float | None = None
     ) -> Job:
         """See `JobStore.fail_job`."""
         job = await self._held_change(
-            job_id,
-            worker_id,
+            claim,
             "fail",
             reason=error.reason,
             message=error.message,
@@ -491,11 +510,10 @@ class PostgresJobs:
             self._due_later(retry_after_s)
         return job
 
-    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+    async def defer_job(self, claim: Claim, error: JobError, delay_s: float) -> Job:
         """See `JobStore.defer_job`."""
         job = await self._held_change(
-            job_id,
-            worker_id,
+            claim,
             "defer",
             reason=error.reason,
             message=error.message,
@@ -510,7 +528,13 @@ class PostgresJobs:
         if delay_s > 0:
             asyncio.get_running_loop().call_later(delay_s, self._hub.publish, DUE)
 
-    async def cancel_job(self, job_id: str, user_id: str) -> Job:
+    def _read(self, job_id: uuid.UUID, user_id: str | None) -> tuple[Any, ...]:
+        """The statement reading a job as `user_id` sees it (None: any job)."""
+        if user_id is None:
+            return self._q("job_by_id", job_id=job_id)
+        return self._q("user_job", job_id=job_id, user_id=user_id)
+
+    async def cancel_job(self, job_id: str, user_id: str | None) -> Job:
         """See `JobStore.cancel_job`."""
         parsed = parse_job_id(job_id)
         if parsed is None:
@@ -518,7 +542,7 @@ class PostgresJobs:
         q = self._q
 
         async def cancel(conn: Connection) -> Record | None:
-            row = await conn.fetchrow(*q("user_job", job_id=parsed, user_id=user_id))
+            row = await conn.fetchrow(*self._read(parsed, user_id))
             if row is None or not JobStatus(row["status"]).active:
                 return row
             follows = row["follows"]
@@ -527,9 +551,11 @@ class PostgresJobs:
                 await conn.fetchrow(*q("lock_job", job_id=follows))
             cancelled = await conn.fetchrow(*q("cancel", job_id=parsed, user_id=user_id))
             if cancelled is None:
-                return await conn.fetchrow(*q("user_job", job_id=parsed, user_id=user_id))
+                return await conn.fetchrow(*self._read(parsed, user_id))
             if follows is not None:
                 await conn.fetchrow(*q("cancel_orphan", execution_id=follows))
+            # An operator's cancel of a shared execution reaches its handles.
+            await self._mirror(conn, [cancelled])
             return cancelled
 
         row = await self._pool.run(cancel, transaction=True)
@@ -542,8 +568,99 @@ class PostgresJobs:
         check_positive("limit", limit)
         return await self._pool.run(lambda c: self._rescue(c, None, limit), transaction=True)
 
+    async def retry_job(self, job_id: str, user_id: str | None, attempts: int) -> Redrive:
+        """See `JobStore.retry_job`."""
+        check_positive("attempts", attempts)
+        parsed = parse_job_id(job_id)
+        if parsed is None:
+            raise job_not_found(job_id)
+        for _ in range(_JOIN_ATTEMPTS):
+            try:
+                outcome = await self._pool.run(
+                    lambda c: self._redrive(c, parsed, user_id, attempts), transaction=True
+                )
+            except asyncpg.UniqueViolationError:
+                # A job of the same request was created meanwhile: the next round names it.
+                continue
+            if outcome is None:
+                raise job_not_found(job_id)
+            return outcome
+        raise self._pool.unavailable("the job kept changing while re-driving it")
+
+    async def _redrive(
+        self, conn: Connection, job_id: uuid.UUID, user_id: str | None, attempts: int
+    ) -> Redrive | None:
+        """One attempt of `retry_job` in a transaction; None when the job is not found."""
+        q = self._q
+        row = await conn.fetchrow(*self._read(job_id, user_id))
+        if row is None:
+            return None
+        job = _job(row)
+        refused = redrive_refused(job)
+        if refused is not None:
+            raise refused
+        if job.status is not JobStatus.FAILED:
+            return Redrive(job, redriven=False)
+        # Lock order everywhere: execution before its handles.
+        locked = await conn.fetchrow(*q("lock_job", job_id=uuid.UUID(job.execution_id)))
+        if locked is None:
+            return None  # purged in between
+        execution = _job(locked)
+        requeue = not execution.active and execution.status is not JobStatus.SUCCEEDED
+        if requeue:
+            # Failed, or (followed by this failed handle) cancelled by its other users.
+            if execution.dedupe_key is not None:
+                active = await conn.fetchrow(
+                    *q("active_execution", dedupe_key=execution.dedupe_key)
+                )
+                if active is not None:
+                    raise redrive_conflict(job, str(active["id"]))
+            requeued = await conn.fetchrow(
+                *q(
+                    "redrive",
+                    job_id=uuid.UUID(execution.id),
+                    attempts=attempts,
+                    # A user re-driving her handle pays for the run from now on.
+                    started_by=job.user_id if job.follows is not None else None,
+                )
+            )
+            assert requeued is not None  # locked, and finished: nothing else changed it
+            await self._mirror(conn, [requeued])
+        if job.follows is None:
+            if execution.user_id is None:
+                # An operator re-driving a shared execution: the handles that failed with it.
+                await conn.fetch(
+                    *q(
+                        "redrive_handles",
+                        execution_id=job_id,
+                        handle_id=None,
+                        failed_at=execution.completed_at,
+                    )
+                )
+            now = await conn.fetchrow(*q("job_by_id", job_id=job_id))
+            assert now is not None  # locked
+            return Redrive(_job(now), requeue)
+        other = await conn.fetchrow(
+            *q("active_handle", execution_id=uuid.UUID(execution.id), user_id=job.user_id)
+        )
+        if other is not None:
+            raise redrive_conflict(job, str(other["id"]))
+        handles = await conn.fetch(
+            *q(
+                "redrive_handles",
+                execution_id=uuid.UUID(execution.id),
+                handle_id=job_id,
+                failed_at=None,
+            )
+        )
+        return Redrive(_job(handles[0]), redriven=True)
+
     async def list_jobs(
-        self, user_id: str, job_filter: JobFilter, limit: int, after: JobCursor | None = None
+        self,
+        user_id: str | None,
+        job_filter: JobFilter,
+        limit: int,
+        after: JobCursor | None = None,
     ) -> list[Job]:
         """See `JobStore.list_jobs`."""
         check_positive("limit", limit)
@@ -551,20 +668,31 @@ class PostgresJobs:
         parsed = None if after_id is None else parse_job_id(after_id)
         if after_id is not None and parsed is None:
             raise ValueError(f"a job cursor names a job id that is not one: {after_id!r}")
-        statement = self._q(
-            "list_jobs",
-            user_id=user_id,
-            statuses=sorted(s.value for s in job_filter.statuses) or None,
-            ops=sorted(job_filter.ops) or None,
-            after_created_at=after_at,
-            after_id=parsed,
-            limit=limit,
+        which: dict[str, Any] = {
+            "statuses": sorted(s.value for s in job_filter.statuses) or None,
+            "ops": sorted(job_filter.ops) or None,
+            "error_reasons": sorted(job_filter.error_reasons) or None,
+            "after_created_at": after_at,
+            "after_id": parsed,
+            "limit": limit,
+        }
+        statement = (
+            self._q("list_all_jobs", **which)
+            if user_id is None
+            else self._q("list_jobs", user_id=user_id, **which)
         )
         return [_job(row) for row in await self._pool.run(lambda c: c.fetch(*statement))]
 
     def subscribe_due(self, event: asyncio.Event) -> AbstractContextManager[asyncio.Event]:
         """See `JobStore.subscribe_due` (the `DUE` notifications of the listener connection)."""
         return self._hub.subscribe(DUE, event)
+
+    def subscribe_job(
+        self, job_id: str, event: asyncio.Event
+    ) -> AbstractContextManager[asyncio.Event]:
+        """See `JobStore.subscribe_job` (the job's notifications on the listener connection)."""
+        parsed = parse_job_id(job_id)
+        return self._hub.subscribe(job_id if parsed is None else str(parsed), event)
 
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float
@@ -582,8 +710,24 @@ class PostgresJobs:
             self._poll_interval_s,
         )
 
-    async def purge_finished_jobs(self, limit: int) -> int:
+    async def purge_finished_jobs(
+        self,
+        limit: int,
+        *,
+        finished_before_s: float | None = None,
+        statuses: frozenset[JobStatus] = frozenset(),
+    ) -> dict[JobStatus, int]:
         """See `JobStore.purge_finished_jobs`."""
         check_positive("limit", limit)
-        statement = self._q("purge_jobs", limit=limit)
-        return deleted(await self._pool.run(lambda c: c.execute(*statement)))
+        which = sorted(s.value for s in statuses) or None
+        if finished_before_s is None:
+            statement = self._q("purge_jobs", limit=limit, statuses=which)
+        else:
+            statement = self._q(
+                "purge_jobs_finished_before",
+                limit=limit,
+                statuses=which,
+                finished_before_s=float(finished_before_s),
+            )
+        rows = await self._pool.run(lambda c: c.fetch(*statement))
+        return dict(Counter(JobStatus(row["status"]) for row in rows))

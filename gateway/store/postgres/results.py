@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from gateway.store.base import CachedResult, ResultRef, check_positive
+from gateway.store.base import (
+    CachedResult,
+    Claim,
+    LeaseLost,
+    ResultRef,
+    check_positive,
+    parse_job_id,
+)
 from gateway.store.postgres.pool import Pool, Record, deleted
 from gateway.store.postgres.queries import Queries
 
@@ -41,12 +48,27 @@ class PostgresResults:
         return None if row is None else _cached(row)
 
     async def put_result(
-        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+        self,
+        key: bytes,
+        *,
+        op: str,
+        scope: str,
+        model: str,
+        ref: ResultRef,
+        ttl_s: float,
+        claim: Claim | None = None,
     ) -> CachedResult:
         """See `ResultStore.put_result`."""
         check_positive("ttl_s", ttl_s)
+        held: dict[str, object] = {}
+        if claim is not None:
+            job_id = parse_job_id(claim.job_id)
+            if job_id is None:
+                raise LeaseLost(claim.job_id, None)
+            held = {"job_id": job_id, "worker_id": claim.worker_id, "fence": claim.fence}
         statement = self._q(
-            "put_result",
+            "put_result" if claim is None else "put_result_held",
+            **held,
             key=key,
             op=op,
             scope=scope,
@@ -57,7 +79,10 @@ class PostgresResults:
             ttl_s=float(ttl_s),
         )
         row = await self._pool.run(lambda c: c.fetchrow(*statement))
-        assert row is not None
+        if row is None:
+            assert claim is not None
+            # The row says nothing of the job's state: the runner learns it from the job.
+            raise LeaseLost(claim.job_id, None)
         return _cached(row)
 
     async def purge_expired_results(self, limit: int) -> int:

@@ -4,8 +4,13 @@
 -- `:name` is a named parameter; `{schema}` is the configured schema, quoted; `{entry}` is the
 -- text of another entry, written once and used by several (its parameters become theirs).
 -- `:channel` (this schema's NOTIFY channel), `:due` (the "a job may be due" payload),
--- `:retention_s` (how long finished jobs are kept) and `:announce` (true) have defaults the
--- store fills in.
+-- `:succeeded_retention_s`, `:failed_retention_s`, `:cancelled_retention_s` (how long finished
+-- jobs of each status are kept), `:errors_kept` (failed attempts a job's error history keeps),
+-- `:abandoned` (the ledger outcome of an attempt whose claim was lost) and `:announce` (true)
+-- have defaults the store fills in.
+--
+-- Fencing: every claim of an execution increases its `fence`; every write of its runner names
+-- the claim it holds (`{held}`), so one whose claim is no longer current changes nothing.
 --
 -- Every change a watcher should see bumps `event_seq` and notifies in the same statement
 -- (delivered at commit): `WITH j AS (<change> RETURNING ...) SELECT j.*, {job_events} FROM j`.
@@ -33,11 +38,51 @@ CASE WHEN j.follows IS NULL AND j.status = 'queued' AND j.run_after <= now() AND
 -- The SET clause that starts an attempt of a claimed execution (row alias `t`), shared by
 -- every way of claiming.
 UPDATE {schema}.ai_jobs t SET
-    status = 'running', attempts = t.attempts + 1, locked_by = :worker_id,
+    status = 'running', attempts = t.attempts + 1, fence = t.fence + 1, locked_by = :worker_id,
     locked_until = now() + make_interval(secs => :lease_s), heartbeat_at = now(),
     started_at = coalesce(t.started_at, now()), run_after = least(t.run_after, now()),
     progress = NULL,
     error_reason = NULL, error_message = NULL, event_seq = t.event_seq + 1
+
+-- held --
+-- The row is the running execution held under the claim (:worker_id, :fence): the condition of
+-- every write its runner makes.
+status = 'running' AND locked_by = :worker_id AND fence = :fence
+
+-- error_appended --
+-- The error history of row `t` with the failure of its current attempt (:reason, :message, by
+-- its lease holder, now) appended; beyond :errors_kept entries the oldest is dropped.
+(CASE WHEN jsonb_array_length(t.errors) >= :errors_kept THEN t.errors - 0 ELSE t.errors END)
+    || jsonb_build_array(jsonb_build_object('attempt', t.attempts, 'reason', :reason::text,
+        'message', :message::text, 'at', now(), 'worker', coalesce(t.locked_by, '')))
+
+-- mirrored --
+-- The SET clause copying an execution `e`'s visible state to its handle `h` (an event).
+status = e.status, attempts = e.attempts, max_attempts = e.max_attempts,
+    run_after = e.run_after, progress = e.progress,
+    result_json = e.result_json, result_blob = e.result_blob,
+    result_blobs = e.result_blobs, error_reason = e.error_reason,
+    error_message = e.error_message, errors = e.errors, started_at = e.started_at,
+    completed_at = e.completed_at, expires_at = e.expires_at,
+    event_seq = h.event_seq + 1
+
+-- result_upsert --
+-- How a cache row write ends: a newer result under the same key replaces the entry.
+ON CONFLICT (key) DO UPDATE SET
+    op = excluded.op, scope = excluded.scope, model = excluded.model,
+    result_json = excluded.result_json, result_blob = excluded.result_blob,
+    result_blobs = excluded.result_blobs, created_at = excluded.created_at,
+    expires_at = excluded.expires_at
+RETURNING *
+
+-- job_filter --
+-- The ListJobs filter of rows: NULL :statuses, :ops, :error_reasons and cursor
+-- (:after_created_at, :after_id) mean any / the first page.
+(:statuses::text[] IS NULL OR status = ANY(:statuses::text[]))
+    AND (:ops::text[] IS NULL OR op = ANY(:ops::text[]))
+    AND (:error_reasons::text[] IS NULL OR error_reason = ANY(:error_reasons::text[]))
+    AND (:after_created_at::timestamptz IS NULL
+        OR (created_at, id) < (:after_created_at::timestamptz, :after_id::uuid))
 
 
 -- get_result --
@@ -50,12 +95,20 @@ INSERT INTO {schema}.ai_results
     (key, op, scope, model, result_json, result_blob, result_blobs, expires_at)
 VALUES (:key, :op, :scope, :model, :result_json, :result_blob, :result_blobs,
     now() + make_interval(secs => :ttl_s))
-ON CONFLICT (key) DO UPDATE SET
-    op = excluded.op, scope = excluded.scope, model = excluded.model,
-    result_json = excluded.result_json, result_blob = excluded.result_blob,
-    result_blobs = excluded.result_blobs, created_at = excluded.created_at,
-    expires_at = excluded.expires_at
-RETURNING *;
+{result_upsert};
+
+-- put_result_held --
+-- put_result by the runner of the execution :job_id, only while its claim (:worker_id,
+-- :fence) is current: the execution's row stays locked (shared) until the write commits, so
+-- no takeover slips in between. No row: the claim is not current, nothing was written.
+WITH held AS (
+    SELECT id FROM {schema}.ai_jobs WHERE id = :job_id AND {held} FOR SHARE)
+INSERT INTO {schema}.ai_results
+    (key, op, scope, model, result_json, result_blob, result_blobs, expires_at)
+SELECT :key, :op, :scope, :model, :result_json, :result_blob, :result_blobs,
+    now() + make_interval(secs => :ttl_s)
+FROM held
+{result_upsert};
 
 -- purge_results --
 -- Deletes up to :limit expired cache entries, skipping rows another cleanup holds.
@@ -139,10 +192,10 @@ SELECT j.*, {due_wake} FROM j;
 INSERT INTO {schema}.ai_jobs (id, user_id, follows, op, status, input_json,
     input_blobs, idempotency_key, request_hash, model, priority, attempts,
     max_attempts, run_after, progress, result_json, result_blob, result_blobs,
-    error_reason, error_message, started_at, completed_at, expires_at)
+    error_reason, error_message, errors, started_at, completed_at, expires_at)
 SELECT :job_id, :user_id, e.id, e.op, e.status, :input_json, :input_blobs, :idempotency_key,
     :request_hash, e.model, :priority, e.attempts, e.max_attempts, e.run_after, e.progress,
-    e.result_json, e.result_blob, e.result_blobs, e.error_reason, e.error_message,
+    e.result_json, e.result_blob, e.result_blobs, e.error_reason, e.error_message, e.errors,
     e.started_at, e.completed_at, e.expires_at
 FROM {schema}.ai_jobs e WHERE e.id = :execution_id
 ON CONFLICT DO NOTHING
@@ -152,14 +205,7 @@ RETURNING *;
 -- Copies the visible state of the executions :execution_ids to their active handles,
 -- notifying each.
 WITH j AS (
-    UPDATE {schema}.ai_jobs h SET
-        status = e.status, attempts = e.attempts, max_attempts = e.max_attempts,
-        run_after = e.run_after, progress = e.progress,
-        result_json = e.result_json, result_blob = e.result_blob,
-        result_blobs = e.result_blobs, error_reason = e.error_reason,
-        error_message = e.error_message, started_at = e.started_at,
-        completed_at = e.completed_at, expires_at = e.expires_at,
-        event_seq = h.event_seq + 1
+    UPDATE {schema}.ai_jobs h SET {mirrored}
     FROM {schema}.ai_jobs e
     WHERE e.id = ANY(:execution_ids::uuid[]) AND h.follows = e.id
         AND h.status IN ('queued', 'running')
@@ -168,15 +214,16 @@ SELECT pg_notify(:channel, j.id::text || ':' || j.event_seq) FROM j;
 
 -- rescue --
 -- Up to :limit running executions whose lease expired (:job_id NULL: any, else that one):
--- queued again while attempts remain, failed with :reason and :message otherwise.
+-- queued again while attempts remain, failed with :reason and :message otherwise; either way
+-- the lapsed attempt joins the error history, with the worker that stopped answering.
 WITH j AS (
     UPDATE {schema}.ai_jobs t SET
         status = CASE WHEN t.attempts < t.max_attempts THEN 'queued' ELSE 'failed' END,
         run_after = CASE WHEN t.attempts < t.max_attempts THEN now() ELSE t.run_after END,
         completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
         expires_at = CASE WHEN t.attempts < t.max_attempts THEN NULL
-            ELSE now() + make_interval(secs => :retention_s) END,
-        locked_by = NULL, locked_until = NULL,
+            ELSE now() + make_interval(secs => :failed_retention_s) END,
+        locked_by = NULL, locked_until = NULL, errors = {error_appended},
         error_reason = :reason, error_message = :message, event_seq = t.event_seq + 1
     FROM (
         SELECT id FROM {schema}.ai_jobs
@@ -248,14 +295,16 @@ WITH j AS (
 SELECT j.*, {job_events} FROM j;
 
 -- list_jobs --
--- A user's jobs, newest first, :limit of them; NULL :statuses, :ops and cursor
--- (:after_created_at, :after_id) mean any / the first page.
+-- A user's jobs that {job_filter} selects, newest first, :limit of them.
 SELECT * FROM {schema}.ai_jobs
-WHERE user_id = :user_id
-    AND (:statuses::text[] IS NULL OR status = ANY(:statuses::text[]))
-    AND (:ops::text[] IS NULL OR op = ANY(:ops::text[]))
-    AND (:after_created_at::timestamptz IS NULL
-        OR (created_at, id) < (:after_created_at::timestamptz, :after_id::uuid))
+WHERE user_id = :user_id AND {job_filter}
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- list_all_jobs --
+-- Every job (shared executions and handles included) that {job_filter} selects, newest
+-- first, :limit of them: the operators' listing.
+SELECT * FROM {schema}.ai_jobs
+WHERE {job_filter}
 ORDER BY created_at DESC, id DESC LIMIT :limit;
 
 -- heartbeat --
@@ -266,7 +315,7 @@ WITH j AS (
         locked_until = now() + make_interval(secs => :lease_s), heartbeat_at = now(),
         progress = coalesce(:progress::jsonb, progress),
         event_seq = event_seq + CASE WHEN :progress::jsonb IS NULL THEN 0 ELSE 1 END
-    WHERE id = :job_id AND status = 'running' AND locked_by = :worker_id
+    WHERE id = :job_id AND {held}
     RETURNING *)
 SELECT j.*, CASE WHEN :progress::jsonb IS NOT NULL
     THEN pg_notify(:channel, j.id::text || ':' || j.event_seq) END AS notified
@@ -274,7 +323,7 @@ FROM j;
 
 -- complete_many --
 -- Completes many held executions at once (concurrent completions batched). Every parameter
--- is an array with one element per execution: :job_ids, their lease holders :worker_ids,
+-- is an array with one element per execution: :job_ids, their claims (:worker_ids, :fences),
 -- inline :result_jsons, :result_json_blobs digests, and :result_blobs, each execution's result
 -- blob digests concatenated (32 bytes each: arrays of arrays cannot be unnested).
 WITH j AS (
@@ -286,21 +335,22 @@ WITH j AS (
             FROM generate_series(0, octet_length(c.result_blobs) / 32 - 1) AS n
             ORDER BY n),
         error_reason = NULL, error_message = NULL, completed_at = now(),
-        expires_at = now() + make_interval(secs => :retention_s),
+        expires_at = now() + make_interval(secs => :succeeded_retention_s),
         locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1
-    FROM unnest(:job_ids::uuid[], :worker_ids::text[], :result_jsons::text[],
+    FROM unnest(:job_ids::uuid[], :worker_ids::text[], :fences::bigint[], :result_jsons::text[],
         :result_json_blobs::bytea[], :result_blobs::bytea[])
-        AS c(id, worker_id, result_json, result_blob, result_blobs)
+        AS c(id, worker_id, fence, result_json, result_blob, result_blobs)
     WHERE t.id = c.id AND t.status = 'running' AND t.locked_by = c.worker_id
+        AND t.fence = c.fence
     RETURNING t.*)
 SELECT j.*, {job_events} FROM j;
 
 -- fail --
--- Records a failed attempt of a held execution with :reason and :message. :retry_after_s
--- NULL: it fails for good. Otherwise it is queued again, due after that many seconds, while
--- attempts remain.
+-- Records a failed attempt of a held execution with :reason and :message (in its error
+-- history too). :retry_after_s NULL: it fails for good, a dead letter. Otherwise it is queued
+-- again, due after that many seconds, while attempts remain.
 WITH j AS (
-    UPDATE {schema}.ai_jobs SET
+    UPDATE {schema}.ai_jobs t SET
         status = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
             THEN 'queued' ELSE 'failed' END,
         run_after = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
@@ -309,10 +359,10 @@ WITH j AS (
         completed_at = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
             THEN NULL ELSE now() END,
         expires_at = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
-            THEN NULL ELSE now() + make_interval(secs => :retention_s) END,
-        error_reason = :reason, error_message = :message,
+            THEN NULL ELSE now() + make_interval(secs => :failed_retention_s) END,
+        error_reason = :reason, error_message = :message, errors = {error_appended},
         locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
-    WHERE id = :job_id AND status = 'running' AND locked_by = :worker_id
+    WHERE id = :job_id AND {held}
     RETURNING *)
 SELECT j.*, {job_events}, {due_wake} FROM j;
 
@@ -325,23 +375,25 @@ WITH j AS (
         run_after = now() + make_interval(secs => greatest(:delay_s::float8, 0)),
         error_reason = :reason, error_message = :message,
         locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
-    WHERE id = :job_id AND status = 'running' AND locked_by = :worker_id
+    WHERE id = :job_id AND {held}
     RETURNING *)
 SELECT j.*, {job_events}, {due_wake} FROM j;
 
 -- lock_job --
--- Locks a job row (lock order everywhere: an execution before its handles).
-SELECT id FROM {schema}.ai_jobs WHERE id = :job_id FOR UPDATE;
+-- Locks a job row and reads it (lock order everywhere: an execution before its handles).
+SELECT * FROM {schema}.ai_jobs WHERE id = :job_id FOR UPDATE;
 
 -- cancel --
--- Cancels the user's job if it is active.
+-- Cancels the user's job if it is active (:user_id NULL, an operator: anyone's).
 WITH j AS (
     UPDATE {schema}.ai_jobs SET
         status = 'cancelled', result_json = NULL, result_blob = NULL,
         result_blobs = NULL, error_reason = NULL, error_message = NULL,
-        completed_at = now(), expires_at = now() + make_interval(secs => :retention_s),
+        completed_at = now(),
+        expires_at = now() + make_interval(secs => :cancelled_retention_s),
         locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
-    WHERE id = :job_id AND user_id = :user_id AND status IN ('queued', 'running')
+    WHERE id = :job_id AND (:user_id::text IS NULL OR user_id = :user_id)
+        AND status IN ('queued', 'running')
     RETURNING *)
 SELECT j.*, {job_events} FROM j;
 
@@ -350,7 +402,8 @@ SELECT j.*, {job_events} FROM j;
 WITH j AS (
     UPDATE {schema}.ai_jobs e SET
         status = 'cancelled', error_reason = NULL, error_message = NULL,
-        completed_at = now(), expires_at = now() + make_interval(secs => :retention_s),
+        completed_at = now(),
+        expires_at = now() + make_interval(secs => :cancelled_retention_s),
         locked_by = NULL, locked_until = NULL, event_seq = e.event_seq + 1
     WHERE e.id = :execution_id AND e.status IN ('queued', 'running') AND NOT EXISTS (
         SELECT 1 FROM {schema}.ai_jobs h
@@ -358,22 +411,72 @@ WITH j AS (
     RETURNING *)
 SELECT j.*, {job_events} FROM j;
 
+-- redrive --
+-- Queues the finished execution :job_id again (failed; cancelled only for a shared one that
+-- a failed handle re-drives), due now, as new attempts: :attempts more allowed than it has
+-- made. Its error history and last error stay; a shared one runs as :started_by from now on
+-- (NULL: as before). No row: it is not such an execution.
+WITH j AS (
+    UPDATE {schema}.ai_jobs t SET
+        status = 'queued', max_attempts = t.attempts + :attempts, run_after = now(),
+        progress = NULL, completed_at = NULL, expires_at = NULL,
+        started_by = CASE WHEN t.user_id IS NULL THEN coalesce(:started_by, t.started_by)
+            ELSE t.started_by END,
+        event_seq = t.event_seq + 1
+    WHERE t.id = :job_id AND t.follows IS NULL AND t.status IN ('failed', 'cancelled')
+    RETURNING t.*)
+SELECT j.*, {job_events}, {due_wake} FROM j;
+
+-- redrive_handles --
+-- Brings failed handles of the execution :execution_id back, mirroring it: the handle
+-- :handle_id, or (:handle_id NULL) every handle that failed with it (that ended when it did,
+-- at :failed_at).
+WITH j AS (
+    UPDATE {schema}.ai_jobs h SET {mirrored}
+    FROM {schema}.ai_jobs e
+    WHERE e.id = :execution_id AND h.follows = e.id AND h.status = 'failed'
+        AND (h.id = :handle_id
+            OR (:handle_id::uuid IS NULL AND h.completed_at = :failed_at::timestamptz))
+    RETURNING h.*)
+SELECT j.*, {job_events} FROM j;
+
 -- purge_jobs --
--- Deletes up to :limit finished jobs past their retention, skipping rows another cleanup
--- holds.
+-- Deletes up to :limit finished jobs past their retention, of :statuses (NULL: any), skipping
+-- rows another cleanup holds; returns each one's status.
 DELETE FROM {schema}.ai_jobs WHERE id IN (
-    SELECT id FROM {schema}.ai_jobs WHERE expires_at <= now()
-    ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED);
+    SELECT id FROM {schema}.ai_jobs
+    WHERE expires_at <= now() AND (:statuses::text[] IS NULL OR status = ANY(:statuses::text[]))
+    ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+RETURNING status;
+
+-- purge_jobs_finished_before --
+-- An operator's purge: deletes up to :limit jobs of :statuses (NULL: any finished one) that
+-- finished more than :finished_before_s seconds ago, retention or not; returns each one's
+-- status.
+DELETE FROM {schema}.ai_jobs WHERE id IN (
+    SELECT id FROM {schema}.ai_jobs
+    WHERE completed_at < now() - make_interval(secs => :finished_before_s::float8)
+        AND status IN ('succeeded', 'failed', 'cancelled')
+        AND (:statuses::text[] IS NULL OR status = ANY(:statuses::text[]))
+    ORDER BY completed_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+RETURNING status;
 
 
 -- insert_usage --
 -- Appends one upstream attempt to the usage ledger (:job_id NULL for a call outside a job).
+-- An attempt of a job made under the claim :fence is recorded as :abandoned when that claim
+-- is no longer the execution's current one (lost, cancelled, taken over): paid for, and its
+-- answer thrown away.
 INSERT INTO {schema}.ai_usage (job_id, user_id, op, request_id, model, attempt,
-    outcome, prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
+    outcome, fence, prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
     image_output_tokens, total_tokens, cost_usd, duration_s)
-VALUES (:job_id, :user_id, :op, :request_id, :model, :attempt, :outcome, :prompt_tokens,
-    :cached_prompt_tokens, :output_tokens, :thinking_tokens, :image_output_tokens,
-    :total_tokens, :cost_usd, :duration_s);
+VALUES (:job_id, :user_id, :op, :request_id, :model, :attempt,
+    CASE WHEN :fence::bigint IS NULL OR EXISTS (
+            SELECT 1 FROM {schema}.ai_jobs j
+            WHERE j.id = :job_id AND j.status = 'running' AND j.fence = :fence)
+        THEN :outcome ELSE :abandoned END,
+    :fence, :prompt_tokens, :cached_prompt_tokens, :output_tokens, :thinking_tokens,
+    :image_output_tokens, :total_tokens, :cost_usd, :duration_s);
 
 -- list_usage --
 -- The ledger rows of one job, oldest first.
