@@ -197,6 +197,11 @@ class Executor:
         """The lease its runners take on an execution (extended every third of it)."""
         return self._settings.lease_s
 
+    @property
+    def max_attempts(self) -> int:
+        """Attempts a new execution gets; a re-driven dead letter gets as many more."""
+        return self._settings.max_attempts
+
     # -- the request path --------------------------------------------------------------------
 
     async def execute(self, call: Call) -> Outcome[Any] | Pending:

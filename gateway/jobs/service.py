@@ -3,7 +3,9 @@
 Submitting goes through the pipeline (the same checks as an inline request) and wakes this
 replica's workers; every read is scoped to the caller (another user's job is as missing as a
 job that never was), and a succeeded job is answered with its result read back from the store.
-The gRPC servicer (`gateway.rpc.job_service`) only converts messages and calls this.
+Retrying re-drives a dead letter (`JobStore.retry_job`): the owner's own job, or any user's for
+the trusted backend (the service token). The gRPC servicer (`gateway.rpc.job_service`) only
+converts messages and calls this.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ class Submitted:
 
 
 @dataclass(frozen=True, slots=True)
+class Retried:
+    """The caller's job after a retry; `retried`: the retry brought it back (False: there was
+    nothing to retry, it is queued, running or succeeded)."""
+
+    view: JobView
+    retried: bool
+
+
+@dataclass(frozen=True, slots=True)
 class JobPage:
     """One page of a caller's jobs, newest first; `next_after` starts the next page (None: this
     is the last)."""
@@ -72,6 +83,7 @@ class JobService:
         self._store: JobStore = executor.store
         self._blobs = blobs
         self._on_submit = on_submit
+        self._attempt_budget = executor.max_attempts
         #: Set when the replica starts draining: watches end at once with `Unavailable` (to be
         #: resumed on another replica) instead of holding the drain for its whole grace.
         self._draining = executor.draining
@@ -96,6 +108,15 @@ class JobService:
     async def cancel(self, job_id: str, user_id: str) -> JobView:
         """Cancels the caller's job (a finished one is answered as it is)."""
         return await self._view(await self._store.cancel_job(job_id, user_id))
+
+    async def retry(self, job_id: str, principal: Principal) -> Retried:
+        """Re-drives the job if it is a dead letter, with a fresh attempt budget, and wakes this
+        replica's workers. The service token may retry any user's job; a user her own only."""
+        owner = None if principal.via == "service" else principal.user_id
+        redrive = await self._store.retry_job(job_id, owner, self._attempt_budget)
+        if redrive.redriven and redrive.job.active and self._on_submit is not None:
+            self._on_submit()
+        return Retried(await self._view(redrive.job), redrive.redriven)
 
     async def watch(
         self, job_id: str, user_id: str, after_sequence: int

@@ -19,7 +19,7 @@ from gateway.errors import InvalidArgument
 from gateway.execution import Pending, Spend
 from gateway.operations.images import Image, ImageInput
 from gateway.rpc.status import status_code
-from gateway.store.base import Job, JobError, JobProgress, JobStatus
+from gateway.store.base import AttemptError, Job, JobError, JobProgress, JobStatus
 
 _IMAGE_FORMATS = {
     "png": common_pb2.IMAGE_FORMAT_PNG,
@@ -117,6 +117,16 @@ def job_error(error: JobError) -> job_pb2.JobError:
     return job_pb2.JobError(code=code.value[0], reason=error.reason, message=error.message)
 
 
+def attempt_error(failed: AttemptError) -> job_pb2.JobAttemptError:
+    """One failed attempt of a job's error history."""
+    return job_pb2.JobAttemptError(
+        attempt=failed.attempt,
+        error=job_error(failed.error),
+        time=_timestamp(failed.at),
+        worker=failed.worker,
+    )
+
+
 def job(
     row: Job, operation: common_pb2.Operation.ValueType, result: Message | None = None
 ) -> job_pb2.Job:
@@ -142,6 +152,7 @@ def job(
             if row.status is JobStatus.QUEUED and row.run_after > row.created_at
             else None
         ),
+        error_history=[attempt_error(failed) for failed in row.error_history],
     )
     if row.status is JobStatus.SUCCEEDED:
         message.metadata.CopyFrom(common_pb2.ResponseMetadata(model=row.model))

@@ -7,6 +7,7 @@ SubmitJob goes through the same pipeline checks as the unary RPCs (tier, validat
 limit) and queues the job for the worker pool (`gateway.jobs`); the job joins the active one of
 an equal cacheable request, and an idempotency key returns the caller's earlier job. Every read
 is scoped to the caller: another user's job id answers NOT_FOUND, exactly as a missing one.
+RetryJob re-drives a dead letter: the owner's own, or any user's with the service token.
 """
 
 from __future__ import annotations
@@ -84,7 +85,12 @@ def _job_filter(request: job_service_pb2.ListJobsRequest) -> JobFilter:
                 "operations", f"holds an unknown operation ({number})"
             )
         ops.add(bindings.BY_OPERATION[number].name)
-    return JobFilter(frozenset(statuses), frozenset(ops))
+    reasons = frozenset(request.error_reasons)
+    if "" in reasons:
+        raise errors.InvalidArgument.field(
+            "error_reasons", "holds an empty reason; name reasons such as SAFETY_BLOCKED"
+        )
+    return JobFilter(frozenset(statuses), frozenset(ops), reasons)
 
 
 def _job(view: JobView) -> job_pb2.Job:
@@ -142,6 +148,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> job_service_pb2.CancelJobResponse:
         view = await self._jobs.cancel(convert.job_id(request.job_id), _principal().user_id)
         return job_service_pb2.CancelJobResponse(job=_job(view))
+
+    async def RetryJob(
+        self, request: job_service_pb2.RetryJobRequest, context: Context
+    ) -> job_service_pb2.RetryJobResponse:
+        retried = await self._jobs.retry(convert.job_id(request.job_id), _principal())
+        return job_service_pb2.RetryJobResponse(job=_job(retried.view), retried=retried.retried)
 
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Context

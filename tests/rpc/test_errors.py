@@ -112,6 +112,7 @@ JOB_CALLS: dict[str, Any] = {
     "GetJob": job_service_pb2.GetJobRequest(job_id=str(uuid.uuid4())),
     "WatchJob": job_service_pb2.WatchJobRequest(job_id=str(uuid.uuid4())),
     "CancelJob": job_service_pb2.CancelJobRequest(job_id="not-a-job-id"),
+    "RetryJob": job_service_pb2.RetryJobRequest(job_id=str(uuid.uuid4())),
 }
 
 

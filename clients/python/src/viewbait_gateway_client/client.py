@@ -213,6 +213,17 @@ class GatewayClient:
         """One page of the caller's jobs, newest first, without results."""
         return await self._unary(self._jobs.ListJobs, request, timeout_s, request_id)
 
+    async def retry_job(
+        self,
+        request: job_service_pb2.RetryJobRequest,
+        *,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> job_service_pb2.RetryJobResponse:
+        """Re-drives a failed job (a dead letter) with a fresh attempt budget; a job queued,
+        running or succeeded is returned as it is (`retried` false), so repeating it is safe."""
+        return await self._unary(self._jobs.RetryJob, request, timeout_s, request_id)
+
     # Jobs, followed to their end
 
     def run_job(

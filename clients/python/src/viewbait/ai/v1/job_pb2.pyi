@@ -5,9 +5,11 @@ The job: one execution of an operation, whether run inline by a unary RPC or que
 JobService.SubmitJob. Jobs are private to the user who created them.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import code_pb2 as _code_pb2
 from viewbait.ai.v1 import common_pb2 as _common_pb2
@@ -90,6 +92,44 @@ class JobError(_message.Message):
 Global___JobError: _TypeAlias = JobError  # noqa: Y015
 
 @_typing.final
+class JobAttemptError(_message.Message):
+    """One failed attempt of a job, in its error history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """The attempt's number (1 for the first; a retried job keeps counting)."""
+    worker: _builtins.str
+    """The gateway worker that ran it (host:process:instance)."""
+    @_builtins.property
+    def error(self) -> Global___JobError:
+        """Why it failed."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it failed."""
+
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        error: Global___JobError | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        worker: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "time", b"time", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobAttemptError: _TypeAlias = JobAttemptError  # noqa: Y015
+
+@_typing.final
 class Job(_message.Message):
     """A job: one execution of an operation, with its state and, once it succeeded, its result."""
 
@@ -108,6 +148,7 @@ class Job(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     RUN_AFTER_TIME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    ERROR_HISTORY_FIELD_NUMBER: _builtins.int
     GENERATE_THUMBNAIL_FIELD_NUMBER: _builtins.int
     ANALYZE_VIDEO_FIELD_NUMBER: _builtins.int
     SUGGEST_THUMBNAIL_CONCEPTS_FIELD_NUMBER: _builtins.int
@@ -158,6 +199,13 @@ class Job(_message.Message):
         """How the result was produced (cache, coalescing, model, usage); set once it succeeded."""
 
     @_builtins.property
+    def error_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobAttemptError]:
+        """The error of every failed attempt, oldest first (the most recent 20 are kept): a dead
+        letter (FAILED) tells its whole story, not only the last error. Kept when the job is
+        retried (JobService.RetryJob).
+        """
+
+    @_builtins.property
     def generate_thumbnail(self) -> _operations_pb2.GenerateThumbnailResult:
         """Result of a GenerateThumbnail job."""
 
@@ -193,6 +241,7 @@ class Job(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         run_after_time: _timestamp_pb2.Timestamp | None = ...,
         metadata: _common_pb2.ResponseMetadata | None = ...,
+        error_history: _abc.Iterable[Global___JobAttemptError] | None = ...,
         generate_thumbnail: _operations_pb2.GenerateThumbnailResult | None = ...,
         analyze_video: _operations_pb2.VideoAnalysis | None = ...,
         suggest_thumbnail_concepts: _operations_pb2.ThumbnailConcepts | None = ...,
@@ -201,7 +250,7 @@ class Job(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analyze_video", b"analyze_video", "check_channel_consistency", b"check_channel_consistency", "compute_attention_heatmap", b"compute_attention_heatmap", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "generate_thumbnail", b"generate_thumbnail", "metadata", b"metadata", "progress", b"progress", "result", b"result", "run_after_time", b"run_after_time", "start_time", b"start_time", "suggest_thumbnail_concepts", b"suggest_thumbnail_concepts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyze_video", b"analyze_video", "attempts", b"attempts", "check_channel_consistency", b"check_channel_consistency", "compute_attention_heatmap", b"compute_attention_heatmap", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "generate_thumbnail", b"generate_thumbnail", "id", b"id", "idempotency_key", b"idempotency_key", "max_attempts", b"max_attempts", "metadata", b"metadata", "operation", b"operation", "progress", b"progress", "result", b"result", "run_after_time", b"run_after_time", "start_time", b"start_time", "status", b"status", "suggest_thumbnail_concepts", b"suggest_thumbnail_concepts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyze_video", b"analyze_video", "attempts", b"attempts", "check_channel_consistency", b"check_channel_consistency", "compute_attention_heatmap", b"compute_attention_heatmap", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "error_history", b"error_history", "generate_thumbnail", b"generate_thumbnail", "id", b"id", "idempotency_key", b"idempotency_key", "max_attempts", b"max_attempts", "metadata", b"metadata", "operation", b"operation", "progress", b"progress", "result", b"result", "run_after_time", b"run_after_time", "start_time", b"start_time", "status", b"status", "suggest_thumbnail_concepts", b"suggest_thumbnail_concepts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["generate_thumbnail", "analyze_video", "suggest_thumbnail_concepts", "compute_attention_heatmap", "check_channel_consistency"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015

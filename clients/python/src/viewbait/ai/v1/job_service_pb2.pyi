@@ -270,6 +270,7 @@ class ListJobsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     OPERATIONS_FIELD_NUMBER: _builtins.int
+    ERROR_REASONS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Most jobs per page, 1 to 100; 0 means 20."""
     page_token: _builtins.str
@@ -282,6 +283,13 @@ class ListJobsRequest(_message.Message):
     def operations(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Operation.ValueType]:
         """Only jobs of one of these operations; empty means any."""
 
+    @_builtins.property
+    def error_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only jobs whose last error has one of these reasons (JobError.reason, e.g.
+        "SAFETY_BLOCKED"); empty means any. With `statuses` = [JOB_STATUS_FAILED]: the dead letters
+        that failed that way.
+        """
+
     def __init__(
         self,
         *,
@@ -289,10 +297,11 @@ class ListJobsRequest(_message.Message):
         page_token: _builtins.str = ...,
         statuses: _abc.Iterable[_job_pb2.JobStatus.ValueType] | None = ...,
         operations: _abc.Iterable[_common_pb2.Operation.ValueType] | None = ...,
+        error_reasons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_reasons", b"error_reasons", "operations", b"operations", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -325,3 +334,57 @@ class ListJobsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
+
+@_typing.final
+class RetryJobRequest(_message.Message):
+    """Input of RetryJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job id. Required."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryJobRequest: _TypeAlias = RetryJobRequest  # noqa: Y015
+
+@_typing.final
+class RetryJobResponse(_message.Message):
+    """Answer of RetryJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    RETRIED_FIELD_NUMBER: _builtins.int
+    retried: _builtins.bool
+    """True when this request brought the job back; false when it was left as it was (QUEUED,
+    RUNNING or SUCCEEDED), as for a repeated RetryJob.
+    """
+    @_builtins.property
+    def job(self) -> _job_pb2.Job:
+        """The job after the request: QUEUED again (or for shared work, following it again), or as
+        it was when there was nothing to retry.
+        """
+
+    def __init__(
+        self,
+        *,
+        job: _job_pb2.Job | None = ...,
+        retried: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "retried", b"retried"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryJobResponse: _TypeAlias = RetryJobResponse  # noqa: Y015

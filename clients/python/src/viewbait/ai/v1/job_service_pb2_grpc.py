@@ -63,6 +63,11 @@ class JobServiceStub:
                 request_serializer=viewbait_dot_ai_dot_v1_dot_job__service__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=viewbait_dot_ai_dot_v1_dot_job__service__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/viewbait.ai.v1.JobService/RetryJob',
+                request_serializer=viewbait_dot_ai_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=viewbait_dot_ai_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -96,8 +101,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancels a job: a queued job at once, a running one within a heartbeat interval. Cancelling a
-        finished job changes nothing and returns it as it is.
+        """Cancels a job: a queued job at once, a running one as soon as its worker hears of it (its
+        upstream call is cut). Cancelling a finished job changes nothing and returns it as it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +110,21 @@ class JobServiceServicer:
 
     def ListJobs(self, request, context):
         """Lists the caller's own jobs, newest first, without results.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryJob(self, request, context):
+        """Re-drives a dead letter: a FAILED job (its attempts exhausted, or a non-retryable error) is
+        queued again as new attempts of the same job id, with a fresh attempt budget; its error
+        history stays, and watchers see it back in QUEUED (resume WatchJob after the last
+        sequence seen). Idempotent: a job that is QUEUED, RUNNING or SUCCEEDED is answered as it is
+        (`retried` false). A CANCELLED job is never retried (FAILED_PRECONDITION: a cancel is
+        final; submit the request again). FAILED_PRECONDITION too when another active job runs the
+        same request already (its id is in the message). A job whose work is shared with other
+        users (a global-scope operation) is re-driven for its owner alone. The owner may retry her
+        job; the service token may retry any user's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +157,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=viewbait_dot_ai_dot_v1_dot_job__service__pb2.ListJobsRequest.FromString,
                     response_serializer=viewbait_dot_ai_dot_v1_dot_job__service__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=viewbait_dot_ai_dot_v1_dot_job__service__pb2.RetryJobRequest.FromString,
+                    response_serializer=viewbait_dot_ai_dot_v1_dot_job__service__pb2.RetryJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -278,6 +303,33 @@ class JobService:
             '/viewbait.ai.v1.JobService/ListJobs',
             viewbait_dot_ai_dot_v1_dot_job__service__pb2.ListJobsRequest.SerializeToString,
             viewbait_dot_ai_dot_v1_dot_job__service__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viewbait.ai.v1.JobService/RetryJob',
+            viewbait_dot_ai_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
+            viewbait_dot_ai_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

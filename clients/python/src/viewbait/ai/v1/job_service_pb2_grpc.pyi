@@ -48,11 +48,22 @@ class JobServiceStub:
     the stream ends after the terminal state. Resumable: pass the last sequence number seen.
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]
-    """Cancels a job: a queued job at once, a running one within a heartbeat interval. Cancelling a
-    finished job changes nothing and returns it as it is.
+    """Cancels a job: a queued job at once, a running one as soon as its worker hears of it (its
+    upstream call is cut). Cancelling a finished job changes nothing and returns it as it is.
     """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]
     """Lists the caller's own jobs, newest first, without results."""
+    RetryJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]
+    """Re-drives a dead letter: a FAILED job (its attempts exhausted, or a non-retryable error) is
+    queued again as new attempts of the same job id, with a fresh attempt budget; its error
+    history stays, and watchers see it back in QUEUED (resume WatchJob after the last
+    sequence seen). Idempotent: a job that is QUEUED, RUNNING or SUCCEEDED is answered as it is
+    (`retried` false). A CANCELLED job is never retried (FAILED_PRECONDITION: a cancel is
+    final; submit the request again). FAILED_PRECONDITION too when another active job runs the
+    same request already (its id is in the message). A job whose work is shared with other
+    users (a global-scope operation) is re-driven for its owner alone. The owner may retry her
+    job; the service token may retry any user's.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -74,11 +85,22 @@ class JobServiceAsyncStub(JobServiceStub):
     the stream ends after the terminal state. Resumable: pass the last sequence number seen.
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.CancelJobRequest, _job_service_pb2.CancelJobResponse]  # type: ignore[assignment]
-    """Cancels a job: a queued job at once, a running one within a heartbeat interval. Cancelling a
-    finished job changes nothing and returns it as it is.
+    """Cancels a job: a queued job at once, a running one as soon as its worker hears of it (its
+    upstream call is cut). Cancelling a finished job changes nothing and returns it as it is.
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.ListJobsRequest, _job_service_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Lists the caller's own jobs, newest first, without results."""
+    RetryJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.RetryJobRequest, _job_service_pb2.RetryJobResponse]  # type: ignore[assignment]
+    """Re-drives a dead letter: a FAILED job (its attempts exhausted, or a non-retryable error) is
+    queued again as new attempts of the same job id, with a fresh attempt budget; its error
+    history stays, and watchers see it back in QUEUED (resume WatchJob after the last
+    sequence seen). Idempotent: a job that is QUEUED, RUNNING or SUCCEEDED is answered as it is
+    (`retried` false). A CANCELLED job is never retried (FAILED_PRECONDITION: a cancel is
+    final; submit the request again). FAILED_PRECONDITION too when another active job runs the
+    same request already (its id is in the message). A job whose work is shared with other
+    users (a global-scope operation) is re-driven for its owner alone. The owner may retry her
+    job; the service token may retry any user's.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """Submits, follows, cancels and lists background jobs.
@@ -121,8 +143,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _job_service_pb2.CancelJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.CancelJobResponse, _abc.Awaitable[_job_service_pb2.CancelJobResponse]]:
-        """Cancels a job: a queued job at once, a running one within a heartbeat interval. Cancelling a
-        finished job changes nothing and returns it as it is.
+        """Cancels a job: a queued job at once, a running one as soon as its worker hears of it (its
+        upstream call is cut). Cancelling a finished job changes nothing and returns it as it is.
         """
 
     @_abc_1.abstractmethod
@@ -132,5 +154,22 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_service_pb2.ListJobsResponse, _abc.Awaitable[_job_service_pb2.ListJobsResponse]]:
         """Lists the caller's own jobs, newest first, without results."""
+
+    @_abc_1.abstractmethod
+    def RetryJob(
+        self,
+        request: _job_service_pb2.RetryJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.RetryJobResponse, _abc.Awaitable[_job_service_pb2.RetryJobResponse]]:
+        """Re-drives a dead letter: a FAILED job (its attempts exhausted, or a non-retryable error) is
+        queued again as new attempts of the same job id, with a fresh attempt budget; its error
+        history stays, and watchers see it back in QUEUED (resume WatchJob after the last
+        sequence seen). Idempotent: a job that is QUEUED, RUNNING or SUCCEEDED is answered as it is
+        (`retried` false). A CANCELLED job is never retried (FAILED_PRECONDITION: a cancel is
+        final; submit the request again). FAILED_PRECONDITION too when another active job runs the
+        same request already (its id is in the message). A job whose work is shared with other
+        users (a global-scope operation) is re-driven for its owner alone. The owner may retry her
+        job; the service token may retry any user's.
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

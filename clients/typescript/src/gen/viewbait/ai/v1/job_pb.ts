@@ -21,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file viewbait/ai/v1/job.proto.
  */
 export const file_viewbait_ai_v1_job: GenFile = /*@__PURE__*/
-  fileDesc("Chh2aWV3YmFpdC9haS92MS9qb2IucHJvdG8SDnZpZXdiYWl0LmFpLnYxIksKCEpvYkVycm9yEh4KBGNvZGUYASABKA4yEC5nb29nbGUucnBjLkNvZGUSDgoGcmVhc29uGAIgASgJEg8KB21lc3NhZ2UYAyABKAki2QYKA0pvYhIKCgJpZBgBIAEoCRIsCglvcGVyYXRpb24YAiABKA4yGS52aWV3YmFpdC5haS52MS5PcGVyYXRpb24SKQoGc3RhdHVzGAMgASgOMhkudmlld2JhaXQuYWkudjEuSm9iU3RhdHVzEhAKCGF0dGVtcHRzGAQgASgNEhQKDG1heF9hdHRlbXB0cxgFIAEoDRIqCghwcm9ncmVzcxgGIAEoCzIYLnZpZXdiYWl0LmFpLnYxLlByb2dyZXNzEicKBWVycm9yGAcgASgLMhgudmlld2JhaXQuYWkudjEuSm9iRXJyb3ISFwoPaWRlbXBvdGVuY3lfa2V5GAggASgJEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydF90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOcnVuX2FmdGVyX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKCG1ldGFkYXRhGA0gASgLMiAudmlld2JhaXQuYWkudjEuUmVzcG9uc2VNZXRhZGF0YRJFChJnZW5lcmF0ZV90aHVtYm5haWwYFCABKAsyJy52aWV3YmFpdC5haS52MS5HZW5lcmF0ZVRodW1ibmFpbFJlc3VsdEgAEjYKDWFuYWx5emVfdmlkZW8YFSABKAsyHS52aWV3YmFpdC5haS52MS5WaWRlb0FuYWx5c2lzSAASRwoac3VnZ2VzdF90aHVtYm5haWxfY29uY2VwdHMYFiABKAsyIS52aWV3YmFpdC5haS52MS5UaHVtYm5haWxDb25jZXB0c0gAEkUKGWNvbXB1dGVfYXR0ZW50aW9uX2hlYXRtYXAYFyABKAsyIC52aWV3YmFpdC5haS52MS5BdHRlbnRpb25IZWF0bWFwSAASRwoZY2hlY2tfY2hhbm5lbF9jb25zaXN0ZW5jeRgYIAEoCzIiLnZpZXdiYWl0LmFpLnYxLkNoYW5uZWxDb25zaXN0ZW5jeUgAQggKBnJlc3VsdCJzCgpQZW5kaW5nSm9iEg4KBmpvYl9pZBgBIAEoCRIpCgZzdGF0dXMYAiABKA4yGS52aWV3YmFpdC5haS52MS5Kb2JTdGF0dXMSKgoIcHJvZ3Jlc3MYAyABKAsyGC52aWV3YmFpdC5haS52MS5Qcm9ncmVzcyqhAQoJSm9iU3RhdHVzEhoKFkpPQl9TVEFUVVNfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVFVTX1FVRVVFRBABEhYKEkpPQl9TVEFUVVNfUlVOTklORxACEhgKFEpPQl9TVEFUVVNfU1VDQ0VFREVEEAMSFQoRSk9CX1NUQVRVU19GQUlMRUQQBBIYChRKT0JfU1RBVFVTX0NBTkNFTExFRBAFYgZwcm90bzM", [file_google_protobuf_timestamp, file_google_rpc_code, file_viewbait_ai_v1_common, file_viewbait_ai_v1_operations]);
+  fileDesc("Chh2aWV3YmFpdC9haS92MS9qb2IucHJvdG8SDnZpZXdiYWl0LmFpLnYxIksKCEpvYkVycm9yEh4KBGNvZGUYASABKA4yEC5nb29nbGUucnBjLkNvZGUSDgoGcmVhc29uGAIgASgJEg8KB21lc3NhZ2UYAyABKAkihQEKD0pvYkF0dGVtcHRFcnJvchIPCgdhdHRlbXB0GAEgASgNEicKBWVycm9yGAIgASgLMhgudmlld2JhaXQuYWkudjEuSm9iRXJyb3ISKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGd29ya2VyGAQgASgJIpEHCgNKb2ISCgoCaWQYASABKAkSLAoJb3BlcmF0aW9uGAIgASgOMhkudmlld2JhaXQuYWkudjEuT3BlcmF0aW9uEikKBnN0YXR1cxgDIAEoDjIZLnZpZXdiYWl0LmFpLnYxLkpvYlN0YXR1cxIQCghhdHRlbXB0cxgEIAEoDRIUCgxtYXhfYXR0ZW1wdHMYBSABKA0SKgoIcHJvZ3Jlc3MYBiABKAsyGC52aWV3YmFpdC5haS52MS5Qcm9ncmVzcxInCgVlcnJvchgHIAEoCzIYLnZpZXdiYWl0LmFpLnYxLkpvYkVycm9yEhcKD2lkZW1wb3RlbmN5X2tleRgIIAEoCRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDnJ1bl9hZnRlcl90aW1lGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCghtZXRhZGF0YRgNIAEoCzIgLnZpZXdiYWl0LmFpLnYxLlJlc3BvbnNlTWV0YWRhdGESNgoNZXJyb3JfaGlzdG9yeRgOIAMoCzIfLnZpZXdiYWl0LmFpLnYxLkpvYkF0dGVtcHRFcnJvchJFChJnZW5lcmF0ZV90aHVtYm5haWwYFCABKAsyJy52aWV3YmFpdC5haS52MS5HZW5lcmF0ZVRodW1ibmFpbFJlc3VsdEgAEjYKDWFuYWx5emVfdmlkZW8YFSABKAsyHS52aWV3YmFpdC5haS52MS5WaWRlb0FuYWx5c2lzSAASRwoac3VnZ2VzdF90aHVtYm5haWxfY29uY2VwdHMYFiABKAsyIS52aWV3YmFpdC5haS52MS5UaHVtYm5haWxDb25jZXB0c0gAEkUKGWNvbXB1dGVfYXR0ZW50aW9uX2hlYXRtYXAYFyABKAsyIC52aWV3YmFpdC5haS52MS5BdHRlbnRpb25IZWF0bWFwSAASRwoZY2hlY2tfY2hhbm5lbF9jb25zaXN0ZW5jeRgYIAEoCzIiLnZpZXdiYWl0LmFpLnYxLkNoYW5uZWxDb25zaXN0ZW5jeUgAQggKBnJlc3VsdCJzCgpQZW5kaW5nSm9iEg4KBmpvYl9pZBgBIAEoCRIpCgZzdGF0dXMYAiABKA4yGS52aWV3YmFpdC5haS52MS5Kb2JTdGF0dXMSKgoIcHJvZ3Jlc3MYAyABKAsyGC52aWV3YmFpdC5haS52MS5Qcm9ncmVzcyqhAQoJSm9iU3RhdHVzEhoKFkpPQl9TVEFUVVNfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVFVTX1FVRVVFRBABEhYKEkpPQl9TVEFUVVNfUlVOTklORxACEhgKFEpPQl9TVEFUVVNfU1VDQ0VFREVEEAMSFQoRSk9CX1NUQVRVU19GQUlMRUQQBBIYChRKT0JfU1RBVFVTX0NBTkNFTExFRBAFYgZwcm90bzM", [file_google_protobuf_timestamp, file_google_rpc_code, file_viewbait_ai_v1_common, file_viewbait_ai_v1_operations]);
 
 /**
  * Why a job failed, in the same terms an RPC error would use.
@@ -57,6 +57,48 @@ export type JobError = Message<"viewbait.ai.v1.JobError"> & {
  */
 export const JobErrorSchema: GenMessage<JobError> = /*@__PURE__*/
   messageDesc(file_viewbait_ai_v1_job, 0);
+
+/**
+ * One failed attempt of a job, in its error history.
+ *
+ * @generated from message viewbait.ai.v1.JobAttemptError
+ */
+export type JobAttemptError = Message<"viewbait.ai.v1.JobAttemptError"> & {
+  /**
+   * The attempt's number (1 for the first; a retried job keeps counting).
+   *
+   * @generated from field: uint32 attempt = 1;
+   */
+  attempt: number;
+
+  /**
+   * Why it failed.
+   *
+   * @generated from field: viewbait.ai.v1.JobError error = 2;
+   */
+  error?: JobError | undefined;
+
+  /**
+   * When it failed.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 3;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * The gateway worker that ran it (host:process:instance).
+   *
+   * @generated from field: string worker = 4;
+   */
+  worker: string;
+};
+
+/**
+ * Describes the message viewbait.ai.v1.JobAttemptError.
+ * Use `create(JobAttemptErrorSchema)` to create a new message.
+ */
+export const JobAttemptErrorSchema: GenMessage<JobAttemptError> = /*@__PURE__*/
+  messageDesc(file_viewbait_ai_v1_job, 1);
 
 /**
  * A job: one execution of an operation, with its state and, once it succeeded, its result.
@@ -158,6 +200,15 @@ export type Job = Message<"viewbait.ai.v1.Job"> & {
   metadata?: ResponseMetadata | undefined;
 
   /**
+   * The error of every failed attempt, oldest first (the most recent 20 are kept): a dead
+   * letter (FAILED) tells its whole story, not only the last error. Kept when the job is
+   * retried (JobService.RetryJob).
+   *
+   * @generated from field: repeated viewbait.ai.v1.JobAttemptError error_history = 14;
+   */
+  errorHistory: JobAttemptError[];
+
+  /**
    * The result, set when `status` is JOB_STATUS_SUCCEEDED and the call that returned this Job
    * includes results (ListJobs does not). The case matches `operation`.
    *
@@ -211,7 +262,7 @@ export type Job = Message<"viewbait.ai.v1.Job"> & {
  * Use `create(JobSchema)` to create a new message.
  */
 export const JobSchema: GenMessage<Job> = /*@__PURE__*/
-  messageDesc(file_viewbait_ai_v1_job, 1);
+  messageDesc(file_viewbait_ai_v1_job, 2);
 
 /**
  * A handle to work that did not finish within a unary RPC's long-poll window.
@@ -248,7 +299,7 @@ export type PendingJob = Message<"viewbait.ai.v1.PendingJob"> & {
  * Use `create(PendingJobSchema)` to create a new message.
  */
 export const PendingJobSchema: GenMessage<PendingJob> = /*@__PURE__*/
-  messageDesc(file_viewbait_ai_v1_job, 2);
+  messageDesc(file_viewbait_ai_v1_job, 3);
 
 /**
  * Where a job is in its life. QUEUED and RUNNING are active; the other three are terminal.

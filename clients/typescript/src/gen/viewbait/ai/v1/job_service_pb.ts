@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file viewbait/ai/v1/job_service.proto.
  */
 export const file_viewbait_ai_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("CiB2aWV3YmFpdC9haS92MS9qb2Jfc2VydmljZS5wcm90bxIOdmlld2JhaXQuYWkudjEivwMKEFN1Ym1pdEpvYlJlcXVlc3QSRgoSZ2VuZXJhdGVfdGh1bWJuYWlsGAEgASgLMigudmlld2JhaXQuYWkudjEuR2VuZXJhdGVUaHVtYm5haWxSZXF1ZXN0SAASPAoNYW5hbHl6ZV92aWRlbxgCIAEoCzIjLnZpZXdiYWl0LmFpLnYxLkFuYWx5emVWaWRlb1JlcXVlc3RIABJVChpzdWdnZXN0X3RodW1ibmFpbF9jb25jZXB0cxgDIAEoCzIvLnZpZXdiYWl0LmFpLnYxLlN1Z2dlc3RUaHVtYm5haWxDb25jZXB0c1JlcXVlc3RIABJTChljb21wdXRlX2F0dGVudGlvbl9oZWF0bWFwGAQgASgLMi4udmlld2JhaXQuYWkudjEuQ29tcHV0ZUF0dGVudGlvbkhlYXRtYXBSZXF1ZXN0SAASUwoZY2hlY2tfY2hhbm5lbF9jb25zaXN0ZW5jeRgFIAEoCzIuLnZpZXdiYWl0LmFpLnYxLkNoZWNrQ2hhbm5lbENvbnNpc3RlbmN5UmVxdWVzdEgAEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCUILCglvcGVyYXRpb24iRwoRU3VibWl0Sm9iUmVzcG9uc2USIAoDam9iGAEgASgLMhMudmlld2JhaXQuYWkudjEuSm9iEhAKCGV4aXN0aW5nGAIgASgIIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjIKDkdldEpvYlJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLnZpZXdiYWl0LmFpLnYxLkpvYiI5Cg9XYXRjaEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIkYKEFdhdGNoSm9iUmVzcG9uc2USEAoIc2VxdWVuY2UYASABKAQSIAoDam9iGAIgASgLMhMudmlld2JhaXQuYWkudjEuSm9iIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjUKEUNhbmNlbEpvYlJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLnZpZXdiYWl0LmFpLnYxLkpvYiKUAQoPTGlzdEpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEisKCHN0YXR1c2VzGAMgAygOMhkudmlld2JhaXQuYWkudjEuSm9iU3RhdHVzEi0KCm9wZXJhdGlvbnMYBCADKA4yGS52aWV3YmFpdC5haS52MS5PcGVyYXRpb24iTgoQTGlzdEpvYnNSZXNwb25zZRIhCgRqb2JzGAEgAygLMhMudmlld2JhaXQuYWkudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKZAwoKSm9iU2VydmljZRJQCglTdWJtaXRKb2ISIC52aWV3YmFpdC5haS52MS5TdWJtaXRKb2JSZXF1ZXN0GiEudmlld2JhaXQuYWkudjEuU3VibWl0Sm9iUmVzcG9uc2USRwoGR2V0Sm9iEh0udmlld2JhaXQuYWkudjEuR2V0Sm9iUmVxdWVzdBoeLnZpZXdiYWl0LmFpLnYxLkdldEpvYlJlc3BvbnNlEk8KCFdhdGNoSm9iEh8udmlld2JhaXQuYWkudjEuV2F0Y2hKb2JSZXF1ZXN0GiAudmlld2JhaXQuYWkudjEuV2F0Y2hKb2JSZXNwb25zZTABElAKCUNhbmNlbEpvYhIgLnZpZXdiYWl0LmFpLnYxLkNhbmNlbEpvYlJlcXVlc3QaIS52aWV3YmFpdC5haS52MS5DYW5jZWxKb2JSZXNwb25zZRJNCghMaXN0Sm9icxIfLnZpZXdiYWl0LmFpLnYxLkxpc3RKb2JzUmVxdWVzdBogLnZpZXdiYWl0LmFpLnYxLkxpc3RKb2JzUmVzcG9uc2ViBnByb3RvMw", [file_viewbait_ai_v1_common, file_viewbait_ai_v1_job, file_viewbait_ai_v1_operations]);
+  fileDesc("CiB2aWV3YmFpdC9haS92MS9qb2Jfc2VydmljZS5wcm90bxIOdmlld2JhaXQuYWkudjEivwMKEFN1Ym1pdEpvYlJlcXVlc3QSRgoSZ2VuZXJhdGVfdGh1bWJuYWlsGAEgASgLMigudmlld2JhaXQuYWkudjEuR2VuZXJhdGVUaHVtYm5haWxSZXF1ZXN0SAASPAoNYW5hbHl6ZV92aWRlbxgCIAEoCzIjLnZpZXdiYWl0LmFpLnYxLkFuYWx5emVWaWRlb1JlcXVlc3RIABJVChpzdWdnZXN0X3RodW1ibmFpbF9jb25jZXB0cxgDIAEoCzIvLnZpZXdiYWl0LmFpLnYxLlN1Z2dlc3RUaHVtYm5haWxDb25jZXB0c1JlcXVlc3RIABJTChljb21wdXRlX2F0dGVudGlvbl9oZWF0bWFwGAQgASgLMi4udmlld2JhaXQuYWkudjEuQ29tcHV0ZUF0dGVudGlvbkhlYXRtYXBSZXF1ZXN0SAASUwoZY2hlY2tfY2hhbm5lbF9jb25zaXN0ZW5jeRgFIAEoCzIuLnZpZXdiYWl0LmFpLnYxLkNoZWNrQ2hhbm5lbENvbnNpc3RlbmN5UmVxdWVzdEgAEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCUILCglvcGVyYXRpb24iRwoRU3VibWl0Sm9iUmVzcG9uc2USIAoDam9iGAEgASgLMhMudmlld2JhaXQuYWkudjEuSm9iEhAKCGV4aXN0aW5nGAIgASgIIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjIKDkdldEpvYlJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLnZpZXdiYWl0LmFpLnYxLkpvYiI5Cg9XYXRjaEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIkYKEFdhdGNoSm9iUmVzcG9uc2USEAoIc2VxdWVuY2UYASABKAQSIAoDam9iGAIgASgLMhMudmlld2JhaXQuYWkudjEuSm9iIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjUKEUNhbmNlbEpvYlJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLnZpZXdiYWl0LmFpLnYxLkpvYiKrAQoPTGlzdEpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEisKCHN0YXR1c2VzGAMgAygOMhkudmlld2JhaXQuYWkudjEuSm9iU3RhdHVzEi0KCm9wZXJhdGlvbnMYBCADKA4yGS52aWV3YmFpdC5haS52MS5PcGVyYXRpb24SFQoNZXJyb3JfcmVhc29ucxgFIAMoCSJOChBMaXN0Sm9ic1Jlc3BvbnNlEiEKBGpvYnMYASADKAsyEy52aWV3YmFpdC5haS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiEKD1JldHJ5Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiRQoQUmV0cnlKb2JSZXNwb25zZRIgCgNqb2IYASABKAsyEy52aWV3YmFpdC5haS52MS5Kb2ISDwoHcmV0cmllZBgCIAEoCDLoAwoKSm9iU2VydmljZRJQCglTdWJtaXRKb2ISIC52aWV3YmFpdC5haS52MS5TdWJtaXRKb2JSZXF1ZXN0GiEudmlld2JhaXQuYWkudjEuU3VibWl0Sm9iUmVzcG9uc2USRwoGR2V0Sm9iEh0udmlld2JhaXQuYWkudjEuR2V0Sm9iUmVxdWVzdBoeLnZpZXdiYWl0LmFpLnYxLkdldEpvYlJlc3BvbnNlEk8KCFdhdGNoSm9iEh8udmlld2JhaXQuYWkudjEuV2F0Y2hKb2JSZXF1ZXN0GiAudmlld2JhaXQuYWkudjEuV2F0Y2hKb2JSZXNwb25zZTABElAKCUNhbmNlbEpvYhIgLnZpZXdiYWl0LmFpLnYxLkNhbmNlbEpvYlJlcXVlc3QaIS52aWV3YmFpdC5haS52MS5DYW5jZWxKb2JSZXNwb25zZRJNCghMaXN0Sm9icxIfLnZpZXdiYWl0LmFpLnYxLkxpc3RKb2JzUmVxdWVzdBogLnZpZXdiYWl0LmFpLnYxLkxpc3RKb2JzUmVzcG9uc2USTQoIUmV0cnlKb2ISHy52aWV3YmFpdC5haS52MS5SZXRyeUpvYlJlcXVlc3QaIC52aWV3YmFpdC5haS52MS5SZXRyeUpvYlJlc3BvbnNlYgZwcm90bzM", [file_viewbait_ai_v1_common, file_viewbait_ai_v1_job, file_viewbait_ai_v1_operations]);
 
 /**
  * Input of SubmitJob.
@@ -296,6 +296,15 @@ export type ListJobsRequest = Message<"viewbait.ai.v1.ListJobsRequest"> & {
    * @generated from field: repeated viewbait.ai.v1.Operation operations = 4;
    */
   operations: Operation[];
+
+  /**
+   * Only jobs whose last error has one of these reasons (JobError.reason, e.g.
+   * "SAFETY_BLOCKED"); empty means any. With `statuses` = [JOB_STATUS_FAILED]: the dead letters
+   * that failed that way.
+   *
+   * @generated from field: repeated string error_reasons = 5;
+   */
+  errorReasons: string[];
 };
 
 /**
@@ -332,6 +341,57 @@ export type ListJobsResponse = Message<"viewbait.ai.v1.ListJobsResponse"> & {
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
   messageDesc(file_viewbait_ai_v1_job_service, 9);
+
+/**
+ * Input of RetryJob.
+ *
+ * @generated from message viewbait.ai.v1.RetryJobRequest
+ */
+export type RetryJobRequest = Message<"viewbait.ai.v1.RetryJobRequest"> & {
+  /**
+   * The job id. Required.
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message viewbait.ai.v1.RetryJobRequest.
+ * Use `create(RetryJobRequestSchema)` to create a new message.
+ */
+export const RetryJobRequestSchema: GenMessage<RetryJobRequest> = /*@__PURE__*/
+  messageDesc(file_viewbait_ai_v1_job_service, 10);
+
+/**
+ * Answer of RetryJob.
+ *
+ * @generated from message viewbait.ai.v1.RetryJobResponse
+ */
+export type RetryJobResponse = Message<"viewbait.ai.v1.RetryJobResponse"> & {
+  /**
+   * The job after the request: QUEUED again (or for shared work, following it again), or as
+   * it was when there was nothing to retry.
+   *
+   * @generated from field: viewbait.ai.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+
+  /**
+   * True when this request brought the job back; false when it was left as it was (QUEUED,
+   * RUNNING or SUCCEEDED), as for a repeated RetryJob.
+   *
+   * @generated from field: bool retried = 2;
+   */
+  retried: boolean;
+};
+
+/**
+ * Describes the message viewbait.ai.v1.RetryJobResponse.
+ * Use `create(RetryJobResponseSchema)` to create a new message.
+ */
+export const RetryJobResponseSchema: GenMessage<RetryJobResponse> = /*@__PURE__*/
+  messageDesc(file_viewbait_ai_v1_job_service, 11);
 
 /**
  * Submits, follows, cancels and lists background jobs.
@@ -375,8 +435,8 @@ export const JobService: GenService<{
     output: typeof WatchJobResponseSchema;
   },
   /**
-   * Cancels a job: a queued job at once, a running one within a heartbeat interval. Cancelling a
-   * finished job changes nothing and returns it as it is.
+   * Cancels a job: a queued job at once, a running one as soon as its worker hears of it (its
+   * upstream call is cut). Cancelling a finished job changes nothing and returns it as it is.
    *
    * @generated from rpc viewbait.ai.v1.JobService.CancelJob
    */
@@ -394,6 +454,24 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof ListJobsRequestSchema;
     output: typeof ListJobsResponseSchema;
+  },
+  /**
+   * Re-drives a dead letter: a FAILED job (its attempts exhausted, or a non-retryable error) is
+   * queued again as new attempts of the same job id, with a fresh attempt budget; its error
+   * history stays, and watchers see it back in QUEUED (resume WatchJob after the last
+   * sequence seen). Idempotent: a job that is QUEUED, RUNNING or SUCCEEDED is answered as it is
+   * (`retried` false). A CANCELLED job is never retried (FAILED_PRECONDITION: a cancel is
+   * final; submit the request again). FAILED_PRECONDITION too when another active job runs the
+   * same request already (its id is in the message). A job whose work is shared with other
+   * users (a global-scope operation) is re-driven for its owner alone. The owner may retry her
+   * job; the service token may retry any user's.
+   *
+   * @generated from rpc viewbait.ai.v1.JobService.RetryJob
+   */
+  retryJob: {
+    methodKind: "unary";
+    input: typeof RetryJobRequestSchema;
+    output: typeof RetryJobResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_viewbait_ai_v1_job_service, 0);
