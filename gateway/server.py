@@ -117,6 +117,7 @@ class GatewayServer:
             UPSTREAM_HEALTH_SERVICE: True,
         }
         self._store: Store | None = None
+        self._usage: StoreUsageSink | None = None
         self._blobs: BlobStore | None = None
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
@@ -129,6 +130,12 @@ class GatewayServer:
     def store(self) -> Store | None:
         """The result and job store once started."""
         return self._store
+
+    @property
+    def usage(self) -> StoreUsageSink | None:
+        """The usage ledger's writer once started: `add_observer` sees every record (upstream
+        attempts and savings) as it is recorded; `flush` writes what is queued."""
+        return self._usage
 
     @property
     def blobs(self) -> BlobStore | None:
@@ -208,6 +215,13 @@ class GatewayServer:
         # Best effort: a database that is down now is retried on use (requests run uncached).
         await store.start()
         stack.push_async_callback(store.close)
+        # The usage ledger is the store's (`ai_usage` in PostgreSQL, the bounded in-process
+        # ledger of the embedded store), written in the background. Its final flush runs after
+        # everything that records usage has stopped (workers, listener, executor, client), and
+        # before the store closes.
+        usage = self._usage = StoreUsageSink(store, settings.usage)
+        usage.start()
+        stack.push_async_callback(usage.aclose)
         blobs = self._blobs = create_blob_store(settings.store, store)
         stack.push_async_callback(blobs.aclose)
         limiter = self._limiter = RateLimiter.from_settings(settings)
@@ -216,9 +230,6 @@ class GatewayServer:
         )
         await limiter.start()
         stack.push_async_callback(limiter.aclose)
-        # The usage ledger is the store's: `ai_usage` in PostgreSQL, the bounded in-process
-        # ledger of the embedded store.
-        usage = StoreUsageSink(store)
         client = self._client = GeminiClient(settings.gemini, usage_sink=usage)
         stack.push_async_callback(client.aclose)
         client.prepare()
@@ -231,6 +242,7 @@ class GatewayServer:
             blobs,
             inline_result_max_bytes=settings.store.inline_result_max_bytes,
             blob_quota=limiter.charge_blob_bytes,
+            usage=usage,
         )
         # Closed before the client: work kept for pending handles is handed back (re-queued)
         # for other replicas, not failed by a closed client.
@@ -364,7 +376,7 @@ class GatewayServer:
             report_health=lambda ok: self._component_changed(STORE_HEALTH_SERVICE, ok),
         )
         probes = [
-            (run_cleanup(store, blobs, settings.store), "viewbait-store-cleanup"),
+            (run_cleanup(store, blobs, settings.store, settings.usage), "viewbait-store-cleanup"),
             (rescue, "viewbait-lease-rescue"),
             (
                 _every(settings.gemini.credentials_check_interval_s, client.check_credentials),
@@ -438,7 +450,7 @@ class GatewayServer:
             return
         self._grace = self.settings.server.shutdown_grace_s if grace is None else grace
         await stack.aclose()
-        self._server = self._workers = self._executor = None
+        self._server = self._workers = self._executor = self._usage = None
         self._client = self._limiter = self._blobs = self._store = self._emulator = None
         log.info("stopped")
 
