@@ -37,6 +37,8 @@ from viewbait.ai.v1 import (
     gateway_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
 )
 
 from gateway.auth import Authenticator
@@ -63,10 +65,12 @@ from gateway.rpc.interceptors import (
     RequestContextInterceptor,
 )
 from gateway.rpc.job_service import JobServicer
+from gateway.rpc.usage_service import UsageServicer
 from gateway.store import Store, create_store
 from gateway.store.blobs import BlobStore, create_blob_store
 from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
+from gateway.usage_report import UsageReporter
 
 log = logging.getLogger("gateway.server")
 
@@ -90,6 +94,7 @@ UPSTREAM_HEALTH_SERVICE = "viewbait.ai.v1.Upstream"
 _SERVICE_NAMES = (
     gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
 )
 
 
@@ -296,6 +301,12 @@ class GatewayServer:
             GatewayServicer(pipeline), server
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
+        store = self._store
+        assert store is not None
+        # Budgets are listed once a `BudgetReader` is passed here (`UsageReporter(budgets=)`).
+        usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
+            UsageServicer(UsageReporter(store)), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if settings.server.reflection:
             reflection.enable((*_SERVICE_NAMES, health.SERVICE_NAME), server)
