@@ -628,12 +628,15 @@ class MemoryStore:
         for entry in entries:
             # Every label is checked before any row is kept: the write is all or nothing.
             job_id = usage_job_id(entry.record)
-            labels = dataclasses.replace(
-                entry.record.labels, job_id="" if job_id is None else str(job_id)
-            )
-            rows.append(
-                dataclasses.replace(entry, record=dataclasses.replace(entry.record, labels=labels))
-            )
+            canonical = "" if job_id is None else str(job_id)
+            record = entry.record
+            if record.labels.job_id != canonical:
+                # Any spelling of a job id names the same job, as in PostgreSQL's uuid column.
+                labels = dataclasses.replace(record.labels, job_id=canonical)
+                entry = dataclasses.replace(
+                    entry, record=dataclasses.replace(record, labels=labels)
+                )
+            rows.append(entry)
         self._usage.extend(rows)
         while len(self._usage) > self._usage_rows_kept:
             self._fold(self._usage.popleft())
