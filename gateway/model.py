@@ -147,10 +147,12 @@ class UsageRecord:
 
 
 class UsageSink(Protocol):
-    """Where usage records go: the store's ledger (`gateway.store.ledger.StoreUsageSink`)."""
+    """Where usage records go: the store's ledger (`gateway.store.ledger.StoreUsageSink`, which
+    queues them and writes them in the background)."""
 
     async def record(self, record: UsageRecord) -> None:
-        """Stores one record. Must not raise for storage trouble; log and drop instead."""
+        """Records one record. Must be quick and must not raise for storage trouble: it runs on
+        the request path."""
         ...
 
 
