@@ -47,6 +47,7 @@ from gateway.testing.postgres import (
 )
 from tests.fixtures.gateways import eventually
 from tests.fixtures.stores import DATABASE_URL, store_settings
+from tests.fixtures.usage import written
 
 from .fault_tools import JobAudit, Tenure, UpstreamCall, UpstreamRecorder
 from .test_jobs import SUCCEEDED, TERMINAL, Jobs, settings, video
@@ -417,7 +418,7 @@ async def test_jobs_back_off_through_a_429_storm_and_finish_after_it(
         # ...so a job was refused at most once per delay while the storm lasted: no hot loop.
         assert refusals(v) <= storm_s / STORM_RETRY_S + 1, (storm_s, calls)
         # The ledger holds each call, and no attempt made more calls than the adapter allows.
-        assert await gateway.server.usage.flush()
+        await written(gateway.server.usage)
         ledger = await gateway.server.store.list_usage(job_of[v])
         assert len(ledger) == len(calls), (ledger, calls)
         assert all(e.record.attempt <= STORM_CALLS_PER_ATTEMPT for e in ledger), ledger

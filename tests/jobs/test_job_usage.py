@@ -14,6 +14,7 @@ from viewbait.ai.v1 import common_pb2
 from gateway.emulator import EmulatorServer
 from gateway.model import CACHE_HIT
 from tests.fixtures.gateways import as_user
+from tests.fixtures.usage import written
 
 from .test_jobs import SUCCEEDED, TIMEOUT_S, Jobs, heatmap, settings, video
 
@@ -21,7 +22,7 @@ from .test_jobs import SUCCEEDED, TIMEOUT_S, Jobs, heatmap, settings, video
 async def ledger(jobs: Jobs, job_id: str) -> list[Any]:
     """The usage ledger's records of a job, once the gateway has written what it queued."""
     server = jobs.running.server
-    assert await server.usage.flush()
+    await written(server.usage)
     return [entry.record for entry in await server.store.list_usage(job_id)]
 
 

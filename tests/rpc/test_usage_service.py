@@ -33,6 +33,7 @@ from gateway.rpc.usage_service import budget_status
 from gateway.usage_report import DEFAULT_RANGE
 from tests.fixtures.gateways import SERVICE_TOKEN, as_user, gateway_settings
 from tests.fixtures.stores import store_settings
+from tests.fixtures.usage import written
 
 from .conftest import RichStatus
 
@@ -80,7 +81,7 @@ class Client:
 
     async def get_usage(self, metadata: Any, **fields: Any) -> usage_service_pb2.GetUsageResponse:
         """GetUsage, once the gateway has written the usage it has queued."""
-        assert await self.running.server.usage.flush()
+        await written(self.running.server.usage)
         answer: usage_service_pb2.GetUsageResponse = await self.usage.GetUsage(
             usage_service_pb2.GetUsageRequest(**fields), metadata=metadata, timeout=TIMEOUT_S
         )

@@ -4,7 +4,6 @@ unavailable; and the embedded store's bounded ledger."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -18,6 +17,7 @@ from gateway.store.ledger import StoreUsageSink
 from gateway.store.postgres import PostgresStore
 from tests.fixtures.gateways import eventually
 from tests.fixtures.stores import MakeStore, TcpProxy
+from tests.fixtures.usage import written
 
 #: Far beyond any test: a writer with this interval writes only full batches and on demand.
 NEVER_S = 60.0
@@ -47,16 +47,6 @@ def record(job_id: str = "", n: int = 1, outcome: str = "ok") -> UsageRecord:
 
 async def ledger(store: Store, job_id: str) -> list[UsageRecord]:
     return [entry.record for entry in await store.list_usage(job_id)]
-
-
-async def flushed(sink: StoreUsageSink, within_s: float = 10.0) -> None:
-    """Flushes until the store took everything (a loaded machine may time a write out: the
-    records then wait for the next try, which is what this retries)."""
-    async with asyncio.timeout(within_s):
-        while True:
-            if await sink.flush():
-                return
-            await asyncio.sleep(0.05)
 
 
 async def test_records_wait_in_memory_and_a_full_batch_is_one_insert(store: Store) -> None:
@@ -110,7 +100,7 @@ async def test_entries_keep_the_time_they_were_recorded(store: Store) -> None:
     at = datetime(2031, 5, 17, 23, 59, 58, tzinfo=UTC)
     sink = StoreUsageSink(store, settings(), clock=lambda: at)
     await sink.record(record(job_id))
-    await flushed(sink)
+    await written(sink)
     (entry,) = await store.list_usage(job_id)
     assert entry.created_at == at
 
@@ -120,7 +110,7 @@ async def test_a_record_the_store_would_refuse_is_dropped_alone(store: Store) ->
     sink = StoreUsageSink(store, settings())
     await sink.record(record("job-7"))  # not a job id: a bug, logged and dropped
     await sink.record(record(job_id))
-    await flushed(sink)
+    await written(sink)
     assert sink.dropped == 1
     assert await ledger(store, job_id) == [record(job_id)]
 
@@ -139,7 +129,7 @@ async def test_observers_see_each_record_when_it_is_recorded(store: Store) -> No
     await sink.record(saving)
 
     assert seen == [saving] and sink.pending == 1  # seen before it is written
-    await flushed(sink)
+    await written(sink)
     assert await ledger(store, job_id) == [saving]
 
 
@@ -165,7 +155,7 @@ async def test_records_wait_for_an_unavailable_store_and_the_oldest_go_beyond_th
     assert "usage ledger dropped 1 record(s)" in caplog.text
     assert "attempt=1 " in caplog.text
     await tcp_proxy.restore()
-    await flushed(sink)
+    await written(sink)
     assert await ledger(store, job_id) == records[2:]
 
 
