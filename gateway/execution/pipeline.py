@@ -319,6 +319,7 @@ class Pipeline:
             deadline=deadline,
             long_poll=long_poll,
             inputs=inputs,
+            request_id=request_id,
         )
 
     def _runner(
@@ -335,7 +336,7 @@ class Pipeline:
         model = self._settings.model_name(policy)
         identity = self._settings.model_identity(policy)
 
-        async def run(job_id: str, run_deadline: float | None) -> Outcome[Any]:
+        async def run(job_id: str, run_deadline: float | None, spend: Spend) -> Outcome[Any]:
             return await self._run_spec(
                 spec,
                 validated,
@@ -347,6 +348,7 @@ class Pipeline:
                 deadline=run_deadline,
                 progress=progress,
                 inputs=inputs,
+                spend=spend,
             )
 
         return run
@@ -364,10 +366,10 @@ class Pipeline:
         deadline: float | None,
         progress: ProgressCallback | None,
         inputs: InputWrite,
+        spend: Spend,
     ) -> Outcome[Any]:
-        """One run of the spec against `model` (the name Gemini is asked for), metered and
-        limited; the outcome names `identity` (`Settings.model_identity`)."""
-        spend = Spend()
+        """One run of the spec against `model` (the name Gemini is asked for), metered into
+        `spend` and limited; the outcome names `identity` (`Settings.model_identity`)."""
         ctx = RunContext(
             user_id=principal.user_id,
             model=model,

@@ -18,6 +18,7 @@ from gateway.store.base import (
     Job,
     JobError,
     JobProgress,
+    JobSpend,
     JobStatus,
     JobStore,
     JoinOutcome,
@@ -26,8 +27,10 @@ from gateway.store.base import (
     ResultRef,
     ResultStore,
     Store,
+    UsageDay,
     UsageEntry,
     UsageStore,
+    UsageTotals,
 )
 from gateway.store.memory import MemoryStore
 
@@ -47,6 +50,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobProgress",
+    "JobSpend",
     "JobStatus",
     "JobStore",
     "JoinOutcome",
@@ -56,7 +60,9 @@ __all__ = [
     "ResultRef",
     "ResultStore",
     "Store",
+    "UsageDay",
     "UsageEntry",
     "UsageStore",
+    "UsageTotals",
     "create_store",
 ]

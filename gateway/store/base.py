@@ -29,12 +29,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 from gateway import errors
-from gateway.model import UsageRecord
+from gateway.model import CACHE_HIT, COALESCED, Usage, UsageRecord
 
 #: Longest error message kept on a job; longer ones are cut (they are for people, not parsing).
 MAX_ERROR_MESSAGE_CHARS = 1024
@@ -92,6 +92,29 @@ class CachedResult:
     ref: ResultRef
     created_at: datetime
     expires_at: datetime
+    #: What the upstream work that produced it cost: what each hit saves.
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpend:
+    """Upstream usage and cost charged to an execution, summed over its attempts (those that
+    failed and were retried included)."""
+
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    upstream_calls: int = 0
+
+    def __add__(self, other: JobSpend) -> JobSpend:
+        return JobSpend(
+            self.usage + other.usage,
+            self.cost_usd + other.cost_usd,
+            self.upstream_calls + other.upstream_calls,
+        )
+
+
+#: An execution that has spent nothing.
+NO_SPEND = JobSpend()
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +266,15 @@ class Job:
     #: For a shared execution: the user whose request created it (None for every other row, and
     #: on shared executions from before this was recorded).
     started_by: str | None = None
+    #: What the execution spent upstream, every attempt summed (a handle mirrors it).
+    spend: JobSpend = NO_SPEND
+    #: The execution was answered from the result cache (its run found the result stored).
+    cached: bool = False
+    #: What the upstream work behind its result cost: its own run's, or for a result from the
+    #: cache the run that produced it (what a caller taking the result without paying saves).
+    result_cost_usd: float = 0.0
+    #: A handle that joined a shared execution another user started: its owner paid nothing.
+    coalesced: bool = False
 
     @property
     def charged_user(self) -> str | None:
@@ -303,10 +335,55 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UsageEntry:
-    """One row of the usage ledger: a `UsageRecord` and when it was written."""
+    """One row of the usage ledger: a `UsageRecord` and when it was recorded."""
 
     record: UsageRecord
     created_at: datetime = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """Ledger rows summed: upstream calls with their tokens and cost, and the savings records
+    (cache hits and joins) with what they saved."""
+
+    upstream_calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    cache_hits: int = 0
+    joins: int = 0
+    saved_usd: float = 0.0
+
+    @classmethod
+    def of(cls, record: UsageRecord) -> UsageTotals:
+        """What one ledger row adds."""
+        return cls(
+            upstream_calls=int(record.upstream),
+            usage=record.usage,
+            cost_usd=record.cost_usd,
+            cache_hits=int(record.outcome == CACHE_HIT),
+            joins=int(record.outcome == COALESCED),
+            saved_usd=record.saved_usd,
+        )
+
+    def __add__(self, other: UsageTotals) -> UsageTotals:
+        return UsageTotals(
+            self.upstream_calls + other.upstream_calls,
+            self.usage + other.usage,
+            self.cost_usd + other.cost_usd,
+            self.cache_hits + other.cache_hits,
+            self.joins + other.joins,
+            self.saved_usd + other.saved_usd,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDay:
+    """The ledger of one UTC day, operation and model, summed."""
+
+    day: date
+    op: str
+    model: str
+    totals: UsageTotals
 
 
 def parse_job_id(job_id: str) -> uuid.UUID | None:
@@ -380,9 +457,18 @@ class ResultStore(Protocol):
         ...
 
     async def put_result(
-        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+        self,
+        key: bytes,
+        *,
+        op: str,
+        scope: str,
+        model: str,
+        ref: ResultRef,
+        ttl_s: float,
+        cost_usd: float = 0.0,
     ) -> CachedResult:
-        """Stores (or replaces) the result under `key` for `ttl_s` seconds."""
+        """Stores (or replaces) the result under `key` for `ttl_s` seconds, with what the
+        upstream work that produced it cost."""
         ...
 
     async def purge_expired_results(self, limit: int) -> int:
@@ -462,24 +548,49 @@ class JobStore(Protocol):
         """
         ...
 
-    async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
-        """Marks the execution succeeded with `result`; `LeaseLost` if not held."""
+    async def complete_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        result: ResultRef,
+        *,
+        spend: JobSpend = NO_SPEND,
+        cached: bool = False,
+        result_cost_usd: float = 0.0,
+    ) -> Job:
+        """Marks the execution succeeded with `result`, adding the attempt's `spend` to what it
+        spent, and recording whether the result came from the cache and what the upstream work
+        behind it cost (see `Job`); `LeaseLost` if not held."""
         ...
 
     async def fail_job(
-        self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
+        self,
+        job_id: str,
+        worker_id: str,
+        error: JobError,
+        retry_after_s: float | None = None,
+        *,
+        spend: JobSpend = NO_SPEND,
     ) -> Job:
-        """Records a failed attempt.
+        """Records a failed attempt and adds what it spent (`spend`).
 
         With `retry_after_s` and attempts left, the execution is queued again, due after that
         delay; otherwise it fails for good. `LeaseLost` if not held.
         """
         ...
 
-    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+    async def defer_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        error: JobError,
+        delay_s: float,
+        *,
+        spend: JobSpend = NO_SPEND,
+    ) -> Job:
         """Gives a held execution back without counting its attempt: queued again, due after
         `delay_s`, with `error` saying why it waits (a rate limit denied it before anything was
-        spent). `LeaseLost` if not held."""
+        spent), adding whatever it spent (`spend`). `LeaseLost` if not held."""
         ...
 
     async def cancel_job(self, job_id: str, user_id: str) -> Job:
@@ -519,15 +630,39 @@ class JobStore(Protocol):
 
 
 class UsageStore(Protocol):
-    """The usage ledger: every upstream attempt, by job. Every call may raise
-    `gateway.errors.Unavailable` when the backing database cannot answer in time."""
+    """The usage ledger: every upstream attempt and every savings record (a cache hit or a
+    join), kept row by row for `raw_retention_days`, then as daily totals per (UTC day, user,
+    operation, model). A row is in exactly one of the two, so a read adds both. Every call may
+    raise `gateway.errors.Unavailable` when the backing database cannot answer in time, and
+    ValueError for a record labelled with a job id that is not one (`usage_job_id`)."""
 
     async def insert_usage(self, record: UsageRecord) -> None:
-        """Appends one upstream attempt to the ledger."""
+        """Appends one record to the ledger, stamped now."""
+        ...
+
+    async def insert_usage_entries(self, entries: Sequence[UsageEntry]) -> None:
+        """Appends records in one write, each stamped with its own `created_at`, in order."""
         ...
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:
-        """The ledger rows of one job, oldest first."""
+        """The raw ledger rows of one job, oldest first."""
+        ...
+
+    async def usage_by_day(
+        self, user_id: str | None, start: datetime, end: datetime
+    ) -> list[UsageDay]:
+        """The ledger of `user_id` (None: every user) from `start` (inclusive) to `end`
+        (exclusive), summed by UTC day, operation and model, ordered by those. Raw rows count
+        by their time; a day already rolled up counts whole when any of it is in the range."""
+        ...
+
+    async def roll_up_usage(self, before: date, limit: int) -> int:
+        """Moves up to `limit` raw rows recorded before the UTC day `before` into the daily
+        totals (added to any already there), atomically; returns how many it moved."""
+        ...
+
+    async def purge_usage_days(self, before: date, limit: int) -> int:
+        """Deletes up to `limit` daily totals of days before `before`; returns how many."""
         ...
 
 

@@ -130,14 +130,6 @@ def settings(
     return base.model_copy(update={"gemini": gemini})
 
 
-@pytest.fixture
-def store_for(store_kind: str, pg_schema: str) -> StoreSettings | None:
-    """The store settings of the parametrized kind (None: the embedded store)."""
-    if store_kind == "memory":
-        return None
-    return store_settings(pg_schema, migrate_on_start=True)
-
-
 async def status_code(call: Any) -> grpc.StatusCode:
     with pytest.raises(aio.AioRpcError) as failure:
         await call

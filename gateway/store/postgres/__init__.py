@@ -23,19 +23,23 @@ import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
+from datetime import UTC, date, datetime
 
 from gateway.config import StoreSettings
 from gateway.model import UsageRecord
 from gateway.store.base import (
+    NO_SPEND,
     CachedResult,
     Job,
     JobCursor,
     JobError,
     JobFilter,
     JobProgress,
+    JobSpend,
     JoinOutcome,
     NewJob,
     ResultRef,
+    UsageDay,
     UsageEntry,
 )
 from gateway.store.changes import DUE, ChangeHub
@@ -124,11 +128,19 @@ class PostgresStore:
         return await self.results.get_result(key)
 
     async def put_result(
-        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+        self,
+        key: bytes,
+        *,
+        op: str,
+        scope: str,
+        model: str,
+        ref: ResultRef,
+        ttl_s: float,
+        cost_usd: float = 0.0,
     ) -> CachedResult:
         """See `ResultStore.put_result`."""
         return await self.results.put_result(
-            key, op=op, scope=scope, model=model, ref=ref, ttl_s=ttl_s
+            key, op=op, scope=scope, model=model, ref=ref, ttl_s=ttl_s, cost_usd=cost_usd
         )
 
     async def purge_expired_results(self, limit: int) -> int:
@@ -175,19 +187,49 @@ class PostgresStore:
         """See `JobStore.heartbeat_job`."""
         return await self.jobs.heartbeat_job(job_id, worker_id, lease_s, progress)
 
-    async def complete_job(self, job_id: str, worker_id: str, result: ResultRef) -> Job:
+    async def complete_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        result: ResultRef,
+        *,
+        spend: JobSpend = NO_SPEND,
+        cached: bool = False,
+        result_cost_usd: float = 0.0,
+    ) -> Job:
         """See `JobStore.complete_job`."""
-        return await self.jobs.complete_job(job_id, worker_id, result)
+        return await self.jobs.complete_job(
+            job_id,
+            worker_id,
+            result,
+            spend=spend,
+            cached=cached,
+            result_cost_usd=result_cost_usd,
+        )
 
     async def fail_job(
-        self, job_id: str, worker_id: str, error: JobError, retry_after_s: float | None = None
+        self,
+        job_id: str,
+        worker_id: str,
+        error: JobError,
+        retry_after_s: float | None = None,
+        *,
+        spend: JobSpend = NO_SPEND,
     ) -> Job:
         """See `JobStore.fail_job`."""
-        return await self.jobs.fail_job(job_id, worker_id, error, retry_after_s)
+        return await self.jobs.fail_job(job_id, worker_id, error, retry_after_s, spend=spend)
 
-    async def defer_job(self, job_id: str, worker_id: str, error: JobError, delay_s: float) -> Job:
+    async def defer_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        error: JobError,
+        delay_s: float,
+        *,
+        spend: JobSpend = NO_SPEND,
+    ) -> Job:
         """See `JobStore.defer_job`."""
-        return await self.jobs.defer_job(job_id, worker_id, error, delay_s)
+        return await self.jobs.defer_job(job_id, worker_id, error, delay_s, spend=spend)
 
     async def cancel_job(self, job_id: str, user_id: str) -> Job:
         """See `JobStore.cancel_job`."""
@@ -228,12 +270,30 @@ class PostgresStore:
         return {bytes(row[0]) for row in rows}
 
     async def insert_usage(self, record: UsageRecord) -> None:
-        """See `UsageStore.insert_usage`."""
-        await self.usage.insert_usage(record)
+        """See `UsageStore.insert_usage` (stamped with this replica's clock)."""
+        await self.usage.insert_usage_entries([UsageEntry(record, datetime.now(UTC))])
+
+    async def insert_usage_entries(self, entries: Sequence[UsageEntry]) -> None:
+        """See `UsageStore.insert_usage_entries`."""
+        await self.usage.insert_usage_entries(entries)
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:
         """See `UsageStore.list_usage`."""
         return await self.usage.list_usage(job_id)
+
+    async def usage_by_day(
+        self, user_id: str | None, start: datetime, end: datetime
+    ) -> list[UsageDay]:
+        """See `UsageStore.usage_by_day`."""
+        return await self.usage.usage_by_day(user_id, start, end)
+
+    async def roll_up_usage(self, before: date, limit: int) -> int:
+        """See `UsageStore.roll_up_usage`."""
+        return await self.usage.roll_up_usage(before, limit)
+
+    async def purge_usage_days(self, before: date, limit: int) -> int:
+        """See `UsageStore.purge_usage_days`."""
+        return await self.usage.purge_usage_days(before, limit)
 
 
 __all__ = ["PostgresStore", "channel_name", "run_migrations"]

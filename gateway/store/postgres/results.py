@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.store.base import CachedResult, ResultRef, check_positive
-from gateway.store.postgres.pool import Pool, Record, deleted
+from gateway.store.postgres.pool import Pool, Record, deleted, usd
 from gateway.store.postgres.queries import Queries
 
 
@@ -25,6 +25,7 @@ def _cached(row: Record) -> CachedResult:
         ref,
         row["created_at"],
         row["expires_at"],
+        float(row["cost_usd"]),
     )
 
 
@@ -41,7 +42,15 @@ class PostgresResults:
         return None if row is None else _cached(row)
 
     async def put_result(
-        self, key: bytes, *, op: str, scope: str, model: str, ref: ResultRef, ttl_s: float
+        self,
+        key: bytes,
+        *,
+        op: str,
+        scope: str,
+        model: str,
+        ref: ResultRef,
+        ttl_s: float,
+        cost_usd: float = 0.0,
     ) -> CachedResult:
         """See `ResultStore.put_result`."""
         check_positive("ttl_s", ttl_s)
@@ -55,6 +64,7 @@ class PostgresResults:
             result_blob=ref.json_blob,
             result_blobs=list(ref.blobs),
             ttl_s=float(ttl_s),
+            cost_usd=usd(cost_usd),
         )
         row = await self._pool.run(lambda c: c.fetchrow(*statement))
         assert row is not None

@@ -39,22 +39,42 @@ UPDATE {schema}.ai_jobs t SET
     progress = NULL,
     error_reason = NULL, error_message = NULL, event_seq = t.event_seq + 1
 
+-- add_spend --
+-- The SET clause items adding a spend `s` (JSON with every key: prompt_tokens,
+-- cached_prompt_tokens, output_tokens, thinking_tokens, image_output_tokens, total_tokens,
+-- cost_usd, upstream_calls) to what the job row `t` spent.
+prompt_tokens = t.prompt_tokens + (s ->> 'prompt_tokens')::bigint,
+cached_prompt_tokens = t.cached_prompt_tokens + (s ->> 'cached_prompt_tokens')::bigint,
+output_tokens = t.output_tokens + (s ->> 'output_tokens')::bigint,
+thinking_tokens = t.thinking_tokens + (s ->> 'thinking_tokens')::bigint,
+image_output_tokens = t.image_output_tokens + (s ->> 'image_output_tokens')::bigint,
+total_tokens = t.total_tokens + (s ->> 'total_tokens')::bigint,
+cost_usd = t.cost_usd + (s ->> 'cost_usd')::numeric,
+upstream_calls = t.upstream_calls + (s ->> 'upstream_calls')::int
+
+-- spend_columns --
+-- What a job row spent and how its result was produced: the columns a handle copies from
+-- its execution.
+prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens, image_output_tokens,
+total_tokens, cost_usd, upstream_calls, cached, result_cost_usd
+
 
 -- get_result --
 -- The cache entry under :key, unless it expired.
 SELECT * FROM {schema}.ai_results WHERE key = :key AND expires_at > now();
 
 -- put_result --
--- Stores (or replaces) the cache entry under :key for :ttl_s seconds.
+-- Stores (or replaces) the cache entry under :key for :ttl_s seconds, with what the upstream
+-- work that produced it cost (:cost_usd).
 INSERT INTO {schema}.ai_results
-    (key, op, scope, model, result_json, result_blob, result_blobs, expires_at)
+    (key, op, scope, model, result_json, result_blob, result_blobs, expires_at, cost_usd)
 VALUES (:key, :op, :scope, :model, :result_json, :result_blob, :result_blobs,
-    now() + make_interval(secs => :ttl_s))
+    now() + make_interval(secs => :ttl_s), :cost_usd)
 ON CONFLICT (key) DO UPDATE SET
     op = excluded.op, scope = excluded.scope, model = excluded.model,
     result_json = excluded.result_json, result_blob = excluded.result_blob,
     result_blobs = excluded.result_blobs, created_at = excluded.created_at,
-    expires_at = excluded.expires_at
+    expires_at = excluded.expires_at, cost_usd = excluded.cost_usd
 RETURNING *;
 
 -- purge_results --
@@ -135,15 +155,20 @@ SELECT j.*, {due_wake} FROM j;
 
 -- insert_handle --
 -- A user's handle on the shared execution :execution_id, mirroring its state; nothing when
--- the user's concurrent request added one first (or took the idempotency key).
+-- the user's concurrent request added one first (or took the idempotency key). :coalesced:
+-- the user joined an execution another user started.
 INSERT INTO {schema}.ai_jobs (id, user_id, follows, op, status, input_json,
     input_blobs, idempotency_key, request_hash, model, priority, attempts,
     max_attempts, run_after, progress, result_json, result_blob, result_blobs,
-    error_reason, error_message, started_at, completed_at, expires_at)
+    error_reason, error_message, started_at, completed_at, expires_at, coalesced,
+    {spend_columns})
 SELECT :job_id, :user_id, e.id, e.op, e.status, :input_json, :input_blobs, :idempotency_key,
     :request_hash, e.model, :priority, e.attempts, e.max_attempts, e.run_after, e.progress,
     e.result_json, e.result_blob, e.result_blobs, e.error_reason, e.error_message,
-    e.started_at, e.completed_at, e.expires_at
+    e.started_at, e.completed_at, e.expires_at, :coalesced,
+    e.prompt_tokens, e.cached_prompt_tokens, e.output_tokens, e.thinking_tokens,
+    e.image_output_tokens, e.total_tokens, e.cost_usd, e.upstream_calls, e.cached,
+    e.result_cost_usd
 FROM {schema}.ai_jobs e WHERE e.id = :execution_id
 ON CONFLICT DO NOTHING
 RETURNING *;
@@ -159,6 +184,9 @@ WITH j AS (
         result_blobs = e.result_blobs, error_reason = e.error_reason,
         error_message = e.error_message, started_at = e.started_at,
         completed_at = e.completed_at, expires_at = e.expires_at,
+        ({spend_columns}) = (e.prompt_tokens, e.cached_prompt_tokens, e.output_tokens,
+            e.thinking_tokens, e.image_output_tokens, e.total_tokens, e.cost_usd,
+            e.upstream_calls, e.cached, e.result_cost_usd),
         event_seq = h.event_seq + 1
     FROM {schema}.ai_jobs e
     WHERE e.id = ANY(:execution_ids::uuid[]) AND h.follows = e.id
@@ -276,7 +304,9 @@ FROM j;
 -- Completes many held executions at once (concurrent completions batched). Every parameter
 -- is an array with one element per execution: :job_ids, their lease holders :worker_ids,
 -- inline :result_jsons, :result_json_blobs digests, and :result_blobs, each execution's result
--- blob digests concatenated (32 bytes each: arrays of arrays cannot be unnested).
+-- blob digests concatenated (32 bytes each: arrays of arrays cannot be unnested); what the
+-- attempt spent (:spends, as in add_spend), whether the result came from the cache (:cached)
+-- and what the upstream work behind it cost (:result_costs).
 WITH j AS (
     UPDATE {schema}.ai_jobs t SET
         status = 'succeeded', result_json = c.result_json::json,
@@ -287,20 +317,23 @@ WITH j AS (
             ORDER BY n),
         error_reason = NULL, error_message = NULL, completed_at = now(),
         expires_at = now() + make_interval(secs => :retention_s),
-        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1
+        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1,
+        cached = c.cached, result_cost_usd = c.result_cost_usd, {add_spend}
     FROM unnest(:job_ids::uuid[], :worker_ids::text[], :result_jsons::text[],
-        :result_json_blobs::bytea[], :result_blobs::bytea[])
-        AS c(id, worker_id, result_json, result_blob, result_blobs)
+        :result_json_blobs::bytea[], :result_blobs::bytea[], :spends::jsonb[],
+        :cached::bool[], :result_costs::numeric[])
+        AS c(id, worker_id, result_json, result_blob, result_blobs, s, cached,
+            result_cost_usd)
     WHERE t.id = c.id AND t.status = 'running' AND t.locked_by = c.worker_id
     RETURNING t.*)
 SELECT j.*, {job_events} FROM j;
 
 -- fail --
--- Records a failed attempt of a held execution with :reason and :message. :retry_after_s
--- NULL: it fails for good. Otherwise it is queued again, due after that many seconds, while
--- attempts remain.
+-- Records a failed attempt of a held execution with :reason and :message, adding what it
+-- spent (:spend, as in add_spend). :retry_after_s NULL: it fails for good. Otherwise it is
+-- queued again, due after that many seconds, while attempts remain.
 WITH j AS (
-    UPDATE {schema}.ai_jobs SET
+    UPDATE {schema}.ai_jobs t SET
         status = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
             THEN 'queued' ELSE 'failed' END,
         run_after = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
@@ -311,22 +344,25 @@ WITH j AS (
         expires_at = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
             THEN NULL ELSE now() + make_interval(secs => :retention_s) END,
         error_reason = :reason, error_message = :message,
-        locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1, {add_spend}
+    FROM (SELECT :spend::jsonb AS s) AS a
     WHERE id = :job_id AND status = 'running' AND locked_by = :worker_id
-    RETURNING *)
+    RETURNING t.*)
 SELECT j.*, {job_events}, {due_wake} FROM j;
 
 -- defer --
 -- Gives a held execution back without counting its attempt: queued again, due after
--- :delay_s, with :reason and :message saying why it waits.
+-- :delay_s, with :reason and :message saying why it waits, adding whatever it spent (:spend,
+-- as in add_spend).
 WITH j AS (
-    UPDATE {schema}.ai_jobs SET
-        status = 'queued', attempts = attempts - 1,
+    UPDATE {schema}.ai_jobs t SET
+        status = 'queued', attempts = t.attempts - 1,
         run_after = now() + make_interval(secs => greatest(:delay_s::float8, 0)),
         error_reason = :reason, error_message = :message,
-        locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1, {add_spend}
+    FROM (SELECT :spend::jsonb AS s) AS a
     WHERE id = :job_id AND status = 'running' AND locked_by = :worker_id
-    RETURNING *)
+    RETURNING t.*)
 SELECT j.*, {job_events}, {due_wake} FROM j;
 
 -- lock_job --
@@ -367,17 +403,117 @@ DELETE FROM {schema}.ai_jobs WHERE id IN (
 
 
 -- insert_usage --
--- Appends one upstream attempt to the usage ledger (:job_id NULL for a call outside a job).
+-- Appends ledger rows (upstream attempts and savings records) in one statement, in order.
+-- Every parameter is an array with one element per row; a :job_ids element is NULL for a
+-- record outside a job.
 INSERT INTO {schema}.ai_usage (job_id, user_id, op, request_id, model, attempt,
     outcome, prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
-    image_output_tokens, total_tokens, cost_usd, duration_s)
-VALUES (:job_id, :user_id, :op, :request_id, :model, :attempt, :outcome, :prompt_tokens,
-    :cached_prompt_tokens, :output_tokens, :thinking_tokens, :image_output_tokens,
-    :total_tokens, :cost_usd, :duration_s);
+    image_output_tokens, total_tokens, cost_usd, saved_usd, duration_s, created_at)
+SELECT job_id, user_id, op, request_id, model, attempt, outcome, prompt_tokens,
+    cached_prompt_tokens, output_tokens, thinking_tokens, image_output_tokens, total_tokens,
+    cost_usd, saved_usd, duration_s, created_at
+FROM unnest(:job_ids::uuid[], :user_ids::text[], :ops::text[],
+    :request_ids::text[], :models::text[], :attempts::int[], :outcomes::text[],
+    :prompt_tokens::bigint[], :cached_prompt_tokens::bigint[], :output_tokens::bigint[],
+    :thinking_tokens::bigint[], :image_output_tokens::bigint[], :total_tokens::bigint[],
+    :costs::numeric[], :saved::numeric[], :durations::float8[], :created_at::timestamptz[])
+    WITH ORDINALITY AS r(job_id, user_id, op, request_id, model, attempt, outcome,
+        prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
+        image_output_tokens, total_tokens, cost_usd, saved_usd, duration_s, created_at, n)
+ORDER BY n;
 
 -- list_usage --
--- The ledger rows of one job, oldest first.
+-- The raw ledger rows of one job, oldest first.
 SELECT * FROM {schema}.ai_usage WHERE job_id = :job_id ORDER BY id;
+
+-- usage_columns --
+-- The columns of a daily total, in the order of `ai_usage_daily`.
+day, user_id, op, model, upstream_calls, prompt_tokens, cached_prompt_tokens, output_tokens,
+thinking_tokens, image_output_tokens, total_tokens, cost_usd, cache_hits, joins, saved_usd
+
+-- usage_of_raw --
+-- A raw ledger row as its part of a daily total (`usage_columns`): its UTC day, one upstream
+-- call or one savings record.
+(created_at AT TIME ZONE 'UTC')::date AS day, user_id, op, model,
+CASE WHEN outcome IN ('cache_hit', 'coalesced') THEN 0 ELSE 1 END AS upstream_calls,
+prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens, image_output_tokens,
+total_tokens, cost_usd,
+CASE WHEN outcome = 'cache_hit' THEN 1 ELSE 0 END AS cache_hits,
+CASE WHEN outcome = 'coalesced' THEN 1 ELSE 0 END AS joins,
+saved_usd
+
+-- usage_sums --
+-- The totals of the `usage_columns` rows grouped.
+sum(upstream_calls)::bigint AS upstream_calls, sum(prompt_tokens)::bigint AS prompt_tokens,
+sum(cached_prompt_tokens)::bigint AS cached_prompt_tokens,
+sum(output_tokens)::bigint AS output_tokens, sum(thinking_tokens)::bigint AS thinking_tokens,
+sum(image_output_tokens)::bigint AS image_output_tokens,
+sum(total_tokens)::bigint AS total_tokens, sum(cost_usd) AS cost_usd,
+sum(cache_hits)::bigint AS cache_hits, sum(joins)::bigint AS joins,
+sum(saved_usd) AS saved_usd
+
+-- days_in_range --
+-- The daily totals whose UTC day overlaps :start (inclusive) to :end (exclusive).
+day >= (:start::timestamptz AT TIME ZONE 'UTC')::date
+    AND (day::timestamp AT TIME ZONE 'UTC') < :end::timestamptz
+
+-- usage_by_day_of_user --
+-- The ledger of :user_id from :start (inclusive) to :end (exclusive), summed by UTC day,
+-- operation and model: raw rows by their time, daily totals of the days the range overlaps.
+SELECT day, op, model, {usage_sums} FROM (
+    SELECT {usage_of_raw} FROM {schema}.ai_usage
+    WHERE user_id = :user_id AND created_at >= :start AND created_at < :end
+    UNION ALL
+    SELECT {usage_columns} FROM {schema}.ai_usage_daily
+    WHERE user_id = :user_id AND {days_in_range}) u
+GROUP BY day, op, model ORDER BY day, op, model;
+
+-- usage_by_day_of_fleet --
+-- As usage_by_day_of_user, for every user together.
+SELECT day, op, model, {usage_sums} FROM (
+    SELECT {usage_of_raw} FROM {schema}.ai_usage
+    WHERE created_at >= :start AND created_at < :end
+    UNION ALL
+    SELECT {usage_columns} FROM {schema}.ai_usage_daily WHERE {days_in_range}) u
+GROUP BY day, op, model ORDER BY day, op, model;
+
+-- roll_up_usage --
+-- Moves up to :limit raw ledger rows recorded before the UTC day :before into the daily
+-- totals (added to a day's totals already there), oldest first, skipping rows another
+-- replica's roll-up holds. One statement: the rows leave `ai_usage` in the transaction that
+-- adds them to `ai_usage_daily`, so no row is ever counted twice or lost. Returns how many
+-- moved.
+WITH moved AS (
+    DELETE FROM {schema}.ai_usage WHERE id IN (
+        SELECT id FROM {schema}.ai_usage
+        WHERE created_at < (:before::date::timestamp AT TIME ZONE 'UTC')
+        ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+    RETURNING *),
+added AS (
+    INSERT INTO {schema}.ai_usage_daily AS d ({usage_columns})
+    SELECT day, user_id, op, model, {usage_sums}
+    FROM (SELECT {usage_of_raw} FROM moved) u
+    GROUP BY day, user_id, op, model
+    ON CONFLICT (day, user_id, op, model) DO UPDATE SET
+        upstream_calls = d.upstream_calls + excluded.upstream_calls,
+        prompt_tokens = d.prompt_tokens + excluded.prompt_tokens,
+        cached_prompt_tokens = d.cached_prompt_tokens + excluded.cached_prompt_tokens,
+        output_tokens = d.output_tokens + excluded.output_tokens,
+        thinking_tokens = d.thinking_tokens + excluded.thinking_tokens,
+        image_output_tokens = d.image_output_tokens + excluded.image_output_tokens,
+        total_tokens = d.total_tokens + excluded.total_tokens,
+        cost_usd = d.cost_usd + excluded.cost_usd,
+        cache_hits = d.cache_hits + excluded.cache_hits,
+        joins = d.joins + excluded.joins,
+        saved_usd = d.saved_usd + excluded.saved_usd)
+SELECT count(*) FROM moved;
+
+-- purge_usage_days --
+-- Deletes up to :limit daily totals of days before :before, skipping rows another cleanup
+-- holds.
+DELETE FROM {schema}.ai_usage_daily WHERE (day, user_id, op, model) IN (
+    SELECT day, user_id, op, model FROM {schema}.ai_usage_daily WHERE day < :before
+    ORDER BY day LIMIT :limit FOR UPDATE SKIP LOCKED);
 
 
 -- referenced_blobs --
