@@ -29,7 +29,7 @@ from google import genai
 from google.genai import types
 from pydantic import SecretStr
 
-from gateway.config import GeminiSettings
+from gateway.config import GeminiSettings, UsageSettings
 from gateway.gemini import GeminiClient
 from gateway.model import CallLabels, ModelRequest, Part
 from gateway.store.ledger import StoreUsageSink
@@ -77,8 +77,11 @@ async def compare(
         http_options=types.HttpOptions(base_url=base_url, api_version="v1beta"),
     )
     settings = GeminiSettings(api_key=SecretStr(EMULATOR_KEY), base_url=base_url)
-    # The embedded gateway's ledger: the adapter's cost includes recording each call.
-    adapter = GeminiClient(settings, usage_sink=StoreUsageSink(MemoryStore()))
+    # The embedded gateway's ledger: the adapter's cost includes recording each call (queued,
+    # written in the background as the gateway does).
+    ledger = StoreUsageSink(MemoryStore(), UsageSettings())
+    ledger.start()
+    adapter = GeminiClient(settings, usage_sink=ledger)
     labels = CallLabels(operation="bench")
     if shape == "structured":
         request = ModelRequest(
@@ -110,6 +113,7 @@ async def compare(
             seconds["adapter"] += await run(adapter_call, requests, concurrency)
     finally:
         await adapter.aclose()
+        await ledger.aclose()
         await bare.aio.aclose()
         bare.close()
     calls = requests * rounds

@@ -425,6 +425,11 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def valid_user_id(value: str) -> bool:
+    """Whether `value` is shaped like a user id the gateway accepts."""
+    return _USER_ID_PATTERN.fullmatch(value) is not None
+
+
 def _checked_user_id(value: object, where: str) -> str:
     if not isinstance(value, str) or not _USER_ID_PATTERN.fullmatch(value):
         raise Unauthenticated(f"{where} must be a user id of {_USER_ID_RULE}")

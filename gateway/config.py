@@ -650,6 +650,34 @@ class BudgetSettings(BaseModel):
 _NO_BUDGETS = PeriodBudgets()
 
 
+class UsageSettings(BaseModel):
+    """The usage ledger (`gateway.store.ledger`): how records are written, rolled up and kept."""
+
+    #: Records are written in the background, this many (at most) in one multi-row insert; a
+    #: full batch is written at once, without waiting for the interval.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    #: Longest a record waits in memory before it is written: what a crash can lose (a clean
+    #: shutdown writes everything first).
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    #: Records held while the store cannot take them (retried every interval); beyond this the
+    #: oldest are dropped, logged at ERROR and counted.
+    max_pending: int = Field(default=100_000, ge=1)
+    #: Days the ledger keeps one row per upstream call, cache hit and join; older rows are
+    #: rolled into daily totals (per day, user, operation and model) by the maintenance loop.
+    raw_retention_days: int = Field(default=35, ge=1, le=3650)
+    #: Days the daily totals are kept.
+    daily_retention_days: int = Field(default=800, ge=1, le=36500)
+
+    @model_validator(mode="after")
+    def _daily_outlive_raw(self) -> UsageSettings:
+        if self.daily_retention_days < self.raw_retention_days:
+            raise ValueError(
+                "usage.daily_retention_days must be at least usage.raw_retention_days: the "
+                "daily totals replace the raw rows they are rolled up from"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
@@ -679,6 +707,8 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings)
     #: Spend budgets per user and period, and fleet-wide daily caps per model.
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    #: The usage ledger: batched background writes, roll-up into daily totals, retention.
+    usage: UsageSettings = Field(default_factory=UsageSettings)
 
     @classmethod
     def settings_customise_sources(

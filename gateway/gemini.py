@@ -500,12 +500,6 @@ class GeminiClient:
             usage=usage or Usage(),
             cost_usd=cost,
         )
-        # Shielded: a call cancelled while its attempt is being recorded (its job's lease was
-        # lost as the answer came) still records what the attempt cost.
-        await asyncio.shield(self._report(record, on_attempt))
-
-    async def _report(self, record: UsageRecord, on_attempt: AttemptCallback | None) -> None:
-        """Hands one attempt's record to the usage sink and to the caller's `on_attempt`."""
         try:
             await self._sink.record(record)
         except Exception:
@@ -514,11 +508,7 @@ class GeminiClient:
             try:
                 await on_attempt(record)
             except Exception:
-                log.exception(
-                    "the per-attempt callback failed (attempt %d of %s)",
-                    record.attempt,
-                    record.model,
-                )
+                log.exception("the per-attempt callback failed (attempt %d of %s)", attempt, model)
 
 
 def _refuses_credentials(exc: genai_errors.APIError) -> bool:

@@ -77,6 +77,17 @@ class Usage:
     image_output_tokens: int = 0
     total_tokens: int = 0
 
+    def __add__(self, other: Usage) -> Usage:
+        """The counts of both, kind by kind."""
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            thinking_tokens=self.thinking_tokens + other.thinking_tokens,
+            image_output_tokens=self.image_output_tokens + other.image_output_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ModelResponse:
@@ -105,25 +116,46 @@ class CallLabels:
     fence: int | None = None
 
 
+#: Outcome of a ledger record of an answer taken from the result cache (no upstream call).
+CACHE_HIT = "cache_hit"
+#: Outcome of a ledger record of an answer that joined work another caller paid for.
+COALESCED = "coalesced"
+#: The outcomes of savings records: answers that cost nothing upstream.
+SAVINGS_OUTCOMES = frozenset({CACHE_HIT, COALESCED})
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
-    """One upstream attempt, successful or not, for the usage ledger."""
+    """One row of the usage ledger: an upstream attempt, successful or not, or a savings record
+    (an answer from the cache or from joined work, outcome `CACHE_HIT` or `COALESCED`: no
+    tokens, no cost, and `saved_usd` the cost of the upstream work it did not repeat)."""
 
     labels: CallLabels
+    #: The model called (for a savings record: the one that produced the result).
     model: str
+    #: The attempt's number within its call (0 for a savings record).
     attempt: int
-    #: "ok", or the domain error's reason (e.g. "UPSTREAM_UNAVAILABLE", "SAFETY_BLOCKED").
+    #: "ok", or the domain error's reason (e.g. "UPSTREAM_UNAVAILABLE", "SAFETY_BLOCKED"), or a
+    #: savings outcome.
     outcome: str
     duration_s: float
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
+    saved_usd: float = 0.0
+
+    @property
+    def upstream(self) -> bool:
+        """Whether this records an upstream attempt (not a savings record)."""
+        return self.outcome not in SAVINGS_OUTCOMES
 
 
 class UsageSink(Protocol):
-    """Where usage records go: the store's ledger (`gateway.store.ledger.StoreUsageSink`)."""
+    """Where usage records go: the store's ledger (`gateway.store.ledger.StoreUsageSink`, which
+    queues them and writes them in the background)."""
 
     async def record(self, record: UsageRecord) -> None:
-        """Stores one record. Must not raise for storage trouble; log and drop instead."""
+        """Records one record. Must be quick and must not raise for storage trouble: it runs on
+        the request path."""
         ...
 
 

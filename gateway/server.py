@@ -37,6 +37,8 @@ from viewbait.ai.v1 import (
     gateway_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
 )
 
 from gateway.auth import Authenticator
@@ -64,10 +66,12 @@ from gateway.rpc.interceptors import (
     RequestContextInterceptor,
 )
 from gateway.rpc.job_service import JobServicer
+from gateway.rpc.usage_service import UsageServicer
 from gateway.store import Store, create_store
 from gateway.store.blobs import BlobStore, create_blob_store
 from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
+from gateway.usage_report import UsageReporter
 
 log = logging.getLogger("gateway.server")
 
@@ -91,6 +95,7 @@ UPSTREAM_HEALTH_SERVICE = "viewbait.ai.v1.Upstream"
 _SERVICE_NAMES = (
     gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
 )
 
 
@@ -127,6 +132,7 @@ class GatewayServer:
             UPSTREAM_HEALTH_SERVICE: True,
         }
         self._store: Store | None = None
+        self._usage: StoreUsageSink | None = None
         self._blobs: BlobStore | None = None
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
@@ -139,6 +145,12 @@ class GatewayServer:
     def store(self) -> Store | None:
         """The result and job store once started."""
         return self._store
+
+    @property
+    def usage(self) -> StoreUsageSink | None:
+        """The usage ledger's writer once started: `add_observer` sees every record (upstream
+        attempts and savings) as it is recorded; `flush` writes what is queued."""
+        return self._usage
 
     @property
     def blobs(self) -> BlobStore | None:
@@ -224,6 +236,13 @@ class GatewayServer:
         # Best effort: a database that is down now is retried on use (requests run uncached).
         await store.start()
         stack.push_async_callback(store.close)
+        # The usage ledger is the store's (`ai_usage` in PostgreSQL, the bounded in-process
+        # ledger of the embedded store), written in the background. Its final flush runs after
+        # everything that records usage has stopped (workers, listener, executor, client), and
+        # before the store closes.
+        usage = self._usage = StoreUsageSink(store, settings.usage)
+        usage.start()
+        stack.push_async_callback(usage.aclose)
         blobs = self._blobs = create_blob_store(settings.store, store)
         stack.push_async_callback(blobs.aclose)
         limiter = self._limiter = RateLimiter.from_settings(settings)
@@ -235,9 +254,6 @@ class GatewayServer:
         # Beside the limiter, on its Redis connection and breaker; closed before it.
         budgets = self._budgets = Budgets.beside(settings, limiter, clock=self._clock)
         stack.push_async_callback(budgets.aclose)
-        # The usage ledger is the store's: `ai_usage` in PostgreSQL, the bounded in-process
-        # ledger of the embedded store.
-        usage = StoreUsageSink(store)
         client = self._client = GeminiClient(settings.gemini, usage_sink=usage)
         stack.push_async_callback(client.aclose)
         client.prepare()
@@ -250,6 +266,7 @@ class GatewayServer:
             blobs,
             inline_result_max_bytes=settings.store.inline_result_max_bytes,
             blob_quota=limiter.charge_blob_bytes,
+            usage=usage,
         )
         # Closed before the client: work kept for pending handles is handed back (re-queued)
         # for other replicas, not failed by a closed client.
@@ -304,6 +321,12 @@ class GatewayServer:
             GatewayServicer(pipeline), server
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
+        store = self._store
+        assert store is not None
+        # Budgets are listed once a `BudgetReader` is passed here (`UsageReporter(budgets=)`).
+        usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
+            UsageServicer(UsageReporter(store)), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if settings.server.reflection:
             reflection.enable((*_SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -384,7 +407,7 @@ class GatewayServer:
             report_health=lambda ok: self._component_changed(STORE_HEALTH_SERVICE, ok),
         )
         probes = [
-            (run_cleanup(store, blobs, settings.store), "viewbait-store-cleanup"),
+            (run_cleanup(store, blobs, settings.store, settings.usage), "viewbait-store-cleanup"),
             (rescue, "viewbait-lease-rescue"),
             (
                 _every(settings.gemini.credentials_check_interval_s, client.check_credentials),
@@ -458,7 +481,7 @@ class GatewayServer:
             return
         self._grace = self.settings.server.shutdown_grace_s if grace is None else grace
         await stack.aclose()
-        self._server = self._workers = self._executor = None
+        self._server = self._workers = self._executor = self._usage = None
         self._client = self._limiter = self._blobs = self._store = self._emulator = None
         self._budgets = None
         log.info("stopped")

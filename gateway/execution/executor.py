@@ -6,7 +6,7 @@ For a request whose result is cacheable (it has a cache key) or replayable (an i
 1. **Cache.** A hit in the in-process hot copy, else in the store, answers at once: no upstream
    call, zero usage, the model that produced it. The hot copy holds the same keys with the same
    expiry as the store's rows (keys carry the prompt, schema and model versions, so a bump is a
-   new key there too).
+   new key there too), and both keep what the run that produced the result cost.
 2. **Single-flight.** Callers on this replica with the same key share one piece of work.
 3. **Coalescing.** That work joins or creates the one active execution (job) of the key, across
    replicas. Whoever creates it claims it and runs it inline under a lease extended by
@@ -25,6 +25,12 @@ as abandoned at once (never left active); a waiter elsewhere that still wants th
 starts a new execution. At shutdown a running execution is re-queued instead, for another
 replica to take. A request with an idempotency key keeps its work from the start: its caller
 declared it will retry, and the retry finds the result.
+
+Savings: every answer taken from the cache or from work someone else paid for (and every job
+execution completed from the cache) is recorded in the usage ledger (`usage`, outcome
+`cache_hit` or `coalesced`) with what the upstream work behind its result cost (`saved_usd`).
+Every execution keeps what its runs spent upstream (failed runs included) and how its result
+was produced, for its job's response metadata.
 
 Faults: with the store unavailable (its bounded timeouts and circuit), a cacheable request runs
 uncached, coalesced within this replica, when `run_uncached_on_store_failure` allows it, else it
@@ -68,13 +74,16 @@ from gateway.execution.types import (
     RetryPolicy,
     Spend,
 )
+from gateway.model import CACHE_HIT, COALESCED, CallLabels, UsageRecord, UsageSink
 from gateway.operations import codec
 from gateway.operations.keys import derive_key
 from gateway.store.base import (
+    NO_SPEND,
     Claim,
     Job,
     JobError,
     JobProgress,
+    JobSpend,
     JobStatus,
     JoinOutcome,
     LeaseLost,
@@ -149,6 +158,13 @@ def _request_hash(call: Call, text: str) -> bytes:
     return native.sha256(f"{call.spec.name}\x00{text}".encode())
 
 
+def job_spend(spend: Spend | None) -> JobSpend:
+    """What a run spent, as its execution's row keeps it."""
+    if spend is None:
+        return NO_SPEND
+    return JobSpend(spend.usage, spend.cost_usd, spend.upstream_calls)
+
+
 def default_worker_id() -> str:
     """host:pid:random, unique per executor: who holds a lease."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -166,11 +182,14 @@ class Executor:
         inline_result_max_bytes: int = 64 * 1024,
         worker_id: str | None = None,
         blob_quota: BlobQuota | None = None,
+        usage: UsageSink | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._blobs = blobs
         self._blob_quota = blob_quota
+        #: Where the savings records go (the usage ledger); None: not recorded.
+        self._usage = usage
         self._inline_max = inline_result_max_bytes
         self._cache = ResultCache(store, blobs, inline_max_bytes=inline_result_max_bytes)
         self.hot = HotResults(settings.hot_cache_entries, settings.hot_cache_max_bytes)
@@ -205,24 +224,56 @@ class Executor:
     # -- the request path --------------------------------------------------------------------
 
     async def execute(self, call: Call) -> Outcome[Any] | Pending:
-        """The answer to one request (see the module docstring).
+        """The answer to one request (see the module docstring); an answer that took work
+        someone else paid for is recorded as a saving.
 
         Raises the operation's domain errors (the same for every caller sharing the work), and
         `Unavailable` when the store is needed and cannot answer.
         """
+        answer = await self._answer(call)
+        if isinstance(answer, Outcome) and (answer.cached or answer.coalesced):
+            await self._record_saving(call, answer)
+        return answer
+
+    async def _answer(self, call: Call) -> Outcome[Any] | Pending:
         if call.key is not None:
             key = call.key
             entry = self.hot.get(key)
             if entry is not None:
                 self.stats.hot_hits += 1
-                return Outcome(entry.result, entry.model, Spend(), cached=True, views=entry.views)
+                return Outcome(
+                    entry.result,
+                    entry.model,
+                    Spend(),
+                    cached=True,
+                    views=entry.views,
+                    saved_usd=entry.cost_usd,
+                )
             # Concurrent misses share one store lookup too, not only the work behind it.
             return await self._share(call, key, lambda: self._look_up_or_coalesce(call, key))
         if call.idempotency_key is not None:
             request_hash = _request_hash(call, codec.to_json(call.request))
             flight_key = idempotency_flight_key(call.user_id, call.idempotency_key, request_hash)
             return await self._share(call, flight_key, lambda: self._coalesce(call, flight_key))
-        return await call.run(None, call.deadline)
+        return await call.run(None, call.deadline, Spend())
+
+    async def _record_saving(self, call: Call, outcome: Outcome[Any], job_id: str = "") -> None:
+        """Records in the usage ledger an answer that took its result from the cache, or from
+        work another caller paid for: no tokens, no cost, and what that work cost as saved."""
+        if self._usage is None:
+            return
+        await self._usage.record(
+            UsageRecord(
+                labels=CallLabels(call.spec.name, call.user_id, job_id, call.request_id),
+                # The model as the ledger's upstream rows name it (emulated answers are marked
+                # apart in cache keys and metadata, not in the ledger).
+                model=outcome.model.removeprefix(EMULATOR_MODEL_PREFIX),
+                attempt=0,
+                outcome=CACHE_HIT if outcome.cached else COALESCED,
+                duration_s=0.0,
+                saved_usd=outcome.saved_usd,
+            )
+        )
 
     async def _look_up_or_coalesce(self, call: Call, key: bytes) -> Outcome[Any]:
         """This replica's shared work for a cacheable request: the store's cache entry, or the
@@ -249,8 +300,11 @@ class Executor:
             hit.entry.model,
             expires=time.monotonic() + remaining,
             size=hit.encoded.size,
+            cost_usd=hit.entry.cost_usd,
         )
-        return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
+        return Outcome(
+            hit.result, hit.entry.model, Spend(), cached=True, saved_usd=hit.entry.cost_usd
+        )
 
     async def _share(
         self, call: Call, flight_key: bytes, work: Callable[[], Awaitable[Outcome[Any]]]
@@ -273,7 +327,9 @@ class Executor:
             # work runs on its starter's budgets): this caller's own budgets decide afresh.
             return await self._share(call, flight_key, work)
         if joined:
-            return dataclasses.replace(outcome, spend=Spend(), coalesced=True)
+            return dataclasses.replace(
+                outcome, spend=Spend(), coalesced=True, saved_usd=outcome.result_cost_usd
+            )
         return outcome
 
     def _window(self, call: Call) -> float | None:
@@ -416,7 +472,9 @@ class Executor:
                     ) from None
                 return None
             self.stats.followed += 1
-            return Outcome(result, job.model, Spend(), coalesced=True)
+            return Outcome(
+                result, job.model, Spend(), coalesced=True, saved_usd=job.result_cost_usd
+            )
         abandoned = job.status is JobStatus.FAILED and job.error == ABANDONED
         if abandoned and call.idempotency_key is None:
             return None
@@ -435,9 +493,13 @@ class Executor:
 
         A failed attempt is queued again as `retry_delay(execution, error)` says, or fails for
         good when that is None (or no attempts are left). Raises what the work raised; None when
-        the lease was lost (cancelled, taken over), which `HeldLease` has reported already.
+        the lease was lost (cancelled, taken over), which `HeldLease` has reported already. An
+        execution completed from the cache is recorded as a saving of its user.
         """
-        return await self._run(call, execution, retry_delay, follow=False)
+        outcome = await self._run(call, execution, retry_delay, follow=False)
+        if outcome is not None and outcome.cached:
+            await self._record_saving(call, outcome, execution.id)
+        return outcome
 
     async def record_progress(self, claim: Claim, progress: JobProgress) -> None:
         """Records the progress of the attempt running under `claim` on this replica (nothing
@@ -479,11 +541,17 @@ class Executor:
                 raise
             if hit is not None:
                 # The result is cached already: only the execution is completed with it.
-                self._spawn(self._write(call, claim, hit.encoded, hit.entry.model, cache=False))
-                return Outcome(hit.result, hit.entry.model, Spend(), cached=True)
+                cost = hit.entry.cost_usd
+                write = self._write(
+                    call, claim, hit.encoded, hit.entry.model, cache=False, cached=True, cost=cost
+                )
+                self._spawn(write)
+                return Outcome(hit.result, hit.entry.model, Spend(), cached=True, saved_usd=cost)
         self.stats.runs += 1
+        # This run's upstream spend, known even when it fails (its execution keeps it).
+        spend = Spend()
         lease = HeldLease(self._store, claim, self._settings.lease_s)
-        work = asyncio.ensure_future(call.run(claim, None))
+        work = asyncio.ensure_future(call.run(claim, None, spend))
         lease.attach(work)
         self._leases[claim.job_id] = lease
         keeper = asyncio.ensure_future(lease.keep())
@@ -494,7 +562,7 @@ class Executor:
             if lease.lost is not None and (current is None or current.cancelling() == 0):
                 # The lease went, not the caller: see where the execution went.
                 return await self._after_loss(call, lease.lost, follow)
-            self._spawn(self._release(claim, call.inputs))
+            self._spawn(self._release(claim, call.inputs, spend))
             raise
         except Exception as exc:
             if lease.lost is not None:
@@ -502,10 +570,13 @@ class Executor:
             retry = None if retry_delay is None else retry_delay(execution, exc)
             error = JobError.from_exception(exc)
             if retry is not None and not retry.counted:
-                self._spawn(self._settle(claim, error, retry_after_s=retry.delay_s, defer=True))
+                settle = self._settle(
+                    claim, error, retry_after_s=retry.delay_s, defer=True, spend=spend
+                )
             else:
                 delay = None if retry is None else retry.delay_s
-                self._spawn(self._settle(claim, error, retry_after_s=delay))
+                settle = self._settle(claim, error, retry_after_s=delay, spend=spend)
+            self._spawn(settle)
             raise
         finally:
             keeper.cancel()
@@ -539,6 +610,7 @@ class Executor:
         its cache row and the completion of its execution (under `claim`; None for a run
         without the store)."""
         encoded = EncodedResult.of(call.spec, outcome.result)
+        cost = outcome.result_cost_usd
         if call.key is not None and call.ttl_s > 0:
             self.hot.put(
                 call.key,
@@ -546,17 +618,32 @@ class Executor:
                 outcome.model,
                 expires=time.monotonic() + call.ttl_s,
                 size=encoded.size,
+                cost_usd=cost,
             )
-        self._spawn(self._write(call, claim, encoded, outcome.model, cache=True))
+        write = self._write(
+            call, claim, encoded, outcome.model, cache=True, spend=outcome.spend, cost=cost
+        )
+        self._spawn(write)
 
     async def _write(
-        self, call: Call, claim: Claim | None, encoded: EncodedResult, model: str, *, cache: bool
+        self,
+        call: Call,
+        claim: Claim | None,
+        encoded: EncodedResult,
+        model: str,
+        *,
+        cache: bool,
+        cost: float,
+        spend: Spend | None = None,
+        cached: bool = False,
     ) -> None:
         """Stores a result (blobs, the cache row when `cache`) and completes its execution under
-        `claim`, which wakes every waiter. Runs after the callers have their answer; a failed
-        write costs at most a later recomputation. Every row is written under the claim: one
-        lost meanwhile writes nothing, and the hot copy forgets the result (its blobs, stored
-        already, are referenced by no row and collected)."""
+        `claim` with what its run spent (`spend`), whether the result came from the cache
+        (`cached`) and what the work behind it cost (`cost`), which wakes every waiter. Runs
+        after the callers have their answer; a failed write costs at most a later
+        recomputation. Every row is written under the claim: one lost meanwhile writes nothing,
+        and the hot copy forgets the result (its blobs, stored already, are referenced by no
+        row and collected)."""
         try:
             if cache and call.key is not None and call.ttl_s > 0:
                 ref = await self._cache.put(
@@ -566,12 +653,19 @@ class Executor:
                     scope=call.scope.value,
                     model=model,
                     ttl_s=call.ttl_s,
+                    cost_usd=cost,
                     claim=claim,
                 )
             else:
                 ref = await save_result(encoded, self._blobs, self._inline_max)
             if claim is not None:
-                await self._store.complete_job(claim, ref)
+                await self._store.complete_job(
+                    claim,
+                    ref,
+                    spend=job_spend(spend),
+                    cached=cached,
+                    result_cost_usd=cost,
+                )
         except LeaseLost as lost:
             if cache and call.key is not None:
                 self.hot.discard(call.key)
@@ -595,10 +689,12 @@ class Executor:
         else:
             self._spawn(self._release(claim))
 
-    async def _release(self, claim: Claim, inputs: InputWrite | None = None) -> None:
+    async def _release(
+        self, claim: Claim, inputs: InputWrite | None = None, spend: Spend | None = None
+    ) -> None:
         """The work was cancelled: at shutdown the execution is re-queued for another replica
         (its input images written first, for that replica's worker to read); otherwise nobody
-        waited for it, and it ends as abandoned."""
+        waited for it, and it ends as abandoned. Either way it keeps what the run spent."""
         if self.draining.is_set():
             try:
                 if inputs is not None:
@@ -608,20 +704,27 @@ class Executor:
                     "job %s ends as abandoned: its input was not stored (%s)", claim.job_id, exc
                 )
             else:
-                await self._settle(claim, RELEASED, retry_after_s=0.0)
+                await self._settle(claim, RELEASED, retry_after_s=0.0, spend=spend)
                 return
-        await self._settle(claim, ABANDONED, retry_after_s=None)
+        await self._settle(claim, ABANDONED, retry_after_s=None, spend=spend)
 
     async def _settle(
-        self, claim: Claim, error: JobError, *, retry_after_s: float | None, defer: bool = False
+        self,
+        claim: Claim,
+        error: JobError,
+        *,
+        retry_after_s: float | None,
+        defer: bool = False,
+        spend: Spend | None = None,
     ) -> None:
-        """Records a failed attempt (queued again after `retry_after_s` when not None; with
-        `defer`, without counting it), so waiters get the same error."""
+        """Records a failed attempt and what it spent (queued again after `retry_after_s` when
+        not None; with `defer`, without counting it), so waiters get the same error."""
+        spent = job_spend(spend)
         try:
             if defer and retry_after_s is not None:
-                await self._store.defer_job(claim, error, retry_after_s)
+                await self._store.defer_job(claim, error, retry_after_s, spend=spent)
             else:
-                await self._store.fail_job(claim, error, retry_after_s=retry_after_s)
+                await self._store.fail_job(claim, error, retry_after_s=retry_after_s, spend=spent)
         except LeaseLost:
             pass  # already finished, cancelled or taken over: nothing of ours to record
         except errors.Unavailable as exc:
@@ -644,7 +747,7 @@ class Executor:
         self.stats.uncached += 1
         # No job row refers to the images: nothing to write.
         call.inputs.arm(None)
-        outcome = await call.run(None, None)
+        outcome = await call.run(None, None, Spend())
         self._keep(call, None, outcome)
         return outcome
 

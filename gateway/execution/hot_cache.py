@@ -15,6 +15,8 @@ class _HotEntry:
     #: `time.monotonic()` instant it expires, the store row's expiry.
     expires: float
     size: int
+    #: What the upstream work that produced it cost (what a hit saves).
+    cost_usd: float = 0.0
     views: dict[Any, Any] = field(default_factory=dict)
 
 
@@ -45,12 +47,22 @@ class HotResults:
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: bytes, result: Any, model: str, *, expires: float, size: int) -> None:
-        """Keeps `result` until `expires` (monotonic), evicting the least recently used."""
+    def put(
+        self,
+        key: bytes,
+        result: Any,
+        model: str,
+        *,
+        expires: float,
+        size: int,
+        cost_usd: float = 0.0,
+    ) -> None:
+        """Keeps `result` (which cost `cost_usd` to produce) until `expires` (monotonic),
+        evicting the least recently used."""
         if self.max_entries == 0 or size > self.max_bytes or expires <= time.monotonic():
             return
         self._drop(key)
-        self._entries[key] = _HotEntry(result, model, expires, size)
+        self._entries[key] = _HotEntry(result, model, expires, size, cost_usd)
         self.size += size
         while len(self._entries) > self.max_entries or self.size > self.max_bytes:
             self._drop(next(iter(self._entries)))

@@ -319,6 +319,7 @@ class Pipeline:
             deadline=deadline,
             long_poll=long_poll,
             inputs=inputs,
+            request_id=request_id,
         )
 
     def _runner(
@@ -335,7 +336,9 @@ class Pipeline:
         model = self._settings.model_name(policy)
         identity = self._settings.model_identity(policy)
 
-        async def run(claim: Claim | None, run_deadline: float | None) -> Outcome[Any]:
+        async def run(
+            claim: Claim | None, run_deadline: float | None, spend: Spend
+        ) -> Outcome[Any]:
             return await self._run_spec(
                 spec,
                 validated,
@@ -347,6 +350,7 @@ class Pipeline:
                 deadline=run_deadline,
                 progress=progress,
                 inputs=inputs,
+                spend=spend,
             )
 
         return run
@@ -364,11 +368,11 @@ class Pipeline:
         deadline: float | None,
         progress: ProgressCallback | None,
         inputs: InputWrite,
+        spend: Spend,
     ) -> Outcome[Any]:
-        """One run of the spec against `model` (the name Gemini is asked for), metered and
-        limited; the outcome names `identity` (`Settings.model_identity`). Its usage records
-        name the execution it runs for and the fencing token of `claim`."""
-        spend = Spend()
+        """One run of the spec against `model` (the name Gemini is asked for), metered into
+        `spend` and limited; the outcome names `identity` (`Settings.model_identity`). Its usage
+        records name the execution it runs for and the fencing token of `claim`."""
         ctx = RunContext(
             user_id=principal.user_id,
             model=model,

@@ -148,15 +148,23 @@ class ResultCache:
         scope: str,
         model: str,
         ttl_s: float,
+        cost_usd: float = 0.0,
         claim: Claim | None = None,
     ) -> ResultRef:
-        """Stores an encoded successful result under `key` for `ttl_s` seconds; returns its
-        reference (which a completed job keeps too). Raises `Unavailable` when storage cannot
-        take it; with `claim` (the run of an execution), `LeaseLost` when that claim is no
-        longer current (the row is not written; its blobs, referenced by nothing, are
-        collected)."""
+        """Stores an encoded successful result under `key` for `ttl_s` seconds, with what the
+        upstream work that produced it cost; returns its reference (which a completed job keeps
+        too). Raises `Unavailable` when storage cannot take it; with `claim` (the run of an
+        execution), `LeaseLost` when that claim is no longer current (the row is not written;
+        its blobs, referenced by nothing, are collected)."""
         ref = await save_result(encoded, self.blobs, self.inline_max_bytes)
         await self.store.put_result(
-            key, op=spec.name, scope=scope, model=model, ref=ref, ttl_s=ttl_s, claim=claim
+            key,
+            op=spec.name,
+            scope=scope,
+            model=model,
+            ref=ref,
+            ttl_s=ttl_s,
+            cost_usd=cost_usd,
+            claim=claim,
         )
         return ref

@@ -29,15 +29,7 @@ class Spend:
 
     def add(self, attempt: UsageRecord) -> None:
         """Adds one upstream attempt, whatever its outcome."""
-        u, r = self.usage, attempt.usage
-        self.usage = Usage(
-            prompt_tokens=u.prompt_tokens + r.prompt_tokens,
-            cached_prompt_tokens=u.cached_prompt_tokens + r.cached_prompt_tokens,
-            output_tokens=u.output_tokens + r.output_tokens,
-            thinking_tokens=u.thinking_tokens + r.thinking_tokens,
-            image_output_tokens=u.image_output_tokens + r.image_output_tokens,
-            total_tokens=u.total_tokens + r.total_tokens,
-        )
+        self.usage = self.usage + attempt.usage
         self.cost_usd += attempt.cost_usd
         self.upstream_calls += 1
 
@@ -47,7 +39,8 @@ class Outcome(Generic[ResultT]):
     """A finished operation and how it was produced.
 
     `spend` is what this answer cost: zero for a cache hit and for a caller that shared work
-    someone else paid for (`coalesced`).
+    someone else paid for (`coalesced`). `saved_usd` is what such an answer did not pay: the
+    cost of the upstream work that produced the result it took (0 for a fresh run).
     """
 
     result: ResultT
@@ -55,8 +48,14 @@ class Outcome(Generic[ResultT]):
     spend: Spend
     cached: bool = False
     coalesced: bool = False
+    saved_usd: float = 0.0
     #: Renderings of a result from the hot copy, shared by every hit on its entry (`view`).
     views: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def result_cost_usd(self) -> float:
+        """What the upstream work behind the result cost, whoever paid for it."""
+        return self.spend.cost_usd + self.saved_usd
 
     def view(self, render: Callable[[ResultT], ViewT]) -> ViewT:
         """`render(result)`, e.g. the result's protobuf message. For a result from the hot copy
@@ -81,8 +80,10 @@ class Pending:
 
 
 #: Runs the operation once: (the claim of the execution it runs for, None outside a job: the
-#: usage labels name its job and fencing token; deadline) -> a fresh outcome.
-Runner = Callable[[Claim | None, float | None], Awaitable[Outcome[Any]]]
+#: usage labels name its job and fencing token; deadline; the `Spend` every upstream call of
+#: this run is added to) -> a fresh outcome, whose `spend` is that one. The caller keeps the
+#: `Spend`, so what a run that failed had spent is known too.
+Runner = Callable[[Claim | None, float | None, Spend], Awaitable[Outcome[Any]]]
 
 #: Charges a user for input bytes about to be written to the blob store: (user id, bytes);
 #: raises `RateLimited` when the user's blob write limit refuses them.
@@ -162,3 +163,5 @@ class Call:
     long_poll: bool = True
     #: The input images' deferred write; `run` asks for it before its first model call.
     inputs: InputWrite = field(default_factory=InputWrite, compare=False)
+    #: The request id (for the usage ledger's labels).
+    request_id: str = ""

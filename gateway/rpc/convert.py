@@ -17,6 +17,7 @@ from viewbait.ai.v1 import common_pb2, job_pb2
 
 from gateway.errors import InvalidArgument
 from gateway.execution import Pending, Spend
+from gateway.model import Usage
 from gateway.operations.images import Image, ImageInput
 from gateway.rpc.status import status_code
 from gateway.store.base import AttemptError, Job, JobError, JobProgress, JobStatus
@@ -58,6 +59,18 @@ def output_image(image: Image) -> common_pb2.OutputImage:
 # --- answers and jobs -----------------------------------------------------------------------
 
 
+def token_counts(usage: Usage) -> dict[str, int]:
+    """Token counts by kind, as the fields of every message that reports them are named."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "cached_prompt_tokens": usage.cached_prompt_tokens,
+        "output_tokens": usage.output_tokens,
+        "thinking_tokens": usage.thinking_tokens,
+        "image_output_tokens": usage.image_output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
 def response_metadata(
     request_id: str, *, model: str, spend: Spend, cached: bool = False, coalesced: bool = False
 ) -> common_pb2.ResponseMetadata:
@@ -74,12 +87,7 @@ def response_metadata(
         coalesced=coalesced,
         model=model,
         usage=common_pb2.Usage(
-            prompt_tokens=u.prompt_tokens,
-            cached_prompt_tokens=u.cached_prompt_tokens,
-            output_tokens=u.output_tokens,
-            thinking_tokens=u.thinking_tokens,
-            image_output_tokens=u.image_output_tokens,
-            total_tokens=u.total_tokens,
+            **token_counts(u),
             cost_usd=spend.cost_usd,
             upstream_calls=spend.upstream_calls,
         ),
@@ -127,6 +135,21 @@ def attempt_error(failed: AttemptError) -> job_pb2.JobAttemptError:
     )
 
 
+def job_metadata(row: Job) -> common_pb2.ResponseMetadata:
+    """How a succeeded job's result was produced: from the cache, or by joining an execution
+    another user started (`coalesced`: its owner paid nothing, so its usage is zero, as a unary
+    join's), the model, and the tokens, cost and upstream calls of every attempt."""
+    spend = Spend()
+    if not row.coalesced:
+        spent = row.spend
+        spend = Spend(
+            usage=spent.usage, cost_usd=spent.cost_usd, upstream_calls=spent.upstream_calls
+        )
+    return response_metadata(
+        "", model=row.model, spend=spend, cached=row.cached, coalesced=row.coalesced
+    )
+
+
 def job(
     row: Job, operation: common_pb2.Operation.ValueType, result: Message | None = None
 ) -> job_pb2.Job:
@@ -155,7 +178,7 @@ def job(
         error_history=[attempt_error(failed) for failed in row.error_history],
     )
     if row.status is JobStatus.SUCCEEDED:
-        message.metadata.CopyFrom(common_pb2.ResponseMetadata(model=row.model))
+        message.metadata.CopyFrom(job_metadata(row))
         if result is not None:
             getattr(message, row.op).CopyFrom(result)
     return message

@@ -20,6 +20,7 @@ from gateway.store.base import (
     Job,
     JobError,
     JobProgress,
+    JobSpend,
     JobStatus,
     JobStore,
     JoinOutcome,
@@ -29,8 +30,10 @@ from gateway.store.base import (
     ResultRef,
     ResultStore,
     Store,
+    UsageDay,
     UsageEntry,
     UsageStore,
+    UsageTotals,
 )
 from gateway.store.memory import MemoryStore
 
@@ -56,6 +59,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobProgress",
+    "JobSpend",
     "JobStatus",
     "JobStore",
     "JoinOutcome",
@@ -66,7 +70,9 @@ __all__ = [
     "ResultRef",
     "ResultStore",
     "Store",
+    "UsageDay",
     "UsageEntry",
     "UsageStore",
+    "UsageTotals",
     "create_store",
 ]

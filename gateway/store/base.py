@@ -26,9 +26,13 @@ the service token re-driving any user's job): every row, shared executions inclu
 the runner holds a `Claim` (execution, worker, token). Every write it makes for the execution
 (heartbeat, progress, completion, failure, deferral, the result's cache row) carries its claim,
 and the store refuses it (`LeaseLost`) unless that claim is still the current one: a worker
-that lost its lease (paused, cut off) and comes back writes nothing. A usage ledger row written
-under a claim that is no longer current is recorded with the outcome `ABANDONED_OUTCOME`, with
-its cost: the attempt was paid for, and its answer thrown away.
+that lost its lease (paused, cut off) and comes back writes nothing. A claim is *lost* when its
+execution is cancelled while it runs, or its lease lapses and it is rescued; the execution
+remembers the tokens of its lost claims, and every usage ledger row of such a claim (labelled
+with its token, `CallLabels.fence`), written before the loss or after it, has the outcome
+`ABANDONED_OUTCOME`, with its tokens and cost: the attempt was paid for, and its work thrown
+away. A claim that ended by its own write (completed, failed, deferred) keeps its rows' outcomes,
+however late the ledger writes them.
 
 **Dead letters.** An execution that failed for good (non-retryable error, attempts exhausted)
 is a dead letter: it keeps the error of every failed attempt (`Job.error_history`, the most
@@ -44,12 +48,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 from gateway import errors
-from gateway.model import UsageRecord
+from gateway.model import CACHE_HIT, COALESCED, Usage, UsageRecord
 
 #: Longest error message kept on a job; longer ones are cut (they are for people, not parsing).
 MAX_ERROR_MESSAGE_CHARS = 1024
@@ -57,9 +61,8 @@ MAX_ERROR_MESSAGE_CHARS = 1024
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 #: Failed attempts a job's error history keeps (the most recent; attempt numbers show a gap).
 MAX_ERROR_HISTORY = 20
-#: The ledger outcome of an upstream attempt made under a claim that was no longer current
-#: when it was recorded (the lease was lost, the job cancelled or taken over): paid for, and
-#: its answer discarded.
+#: The ledger outcome of an upstream attempt made under a claim that was lost (its job
+#: cancelled while it ran, or its lease lapsed and taken over): paid for, its work discarded.
 ABANDONED_OUTCOME = "abandoned"
 
 
@@ -113,6 +116,29 @@ class CachedResult:
     ref: ResultRef
     created_at: datetime
     expires_at: datetime
+    #: What the upstream work that produced it cost: what each hit saves.
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpend:
+    """Upstream usage and cost charged to an execution, summed over its attempts (those that
+    failed and were retried included)."""
+
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    upstream_calls: int = 0
+
+    def __add__(self, other: JobSpend) -> JobSpend:
+        return JobSpend(
+            self.usage + other.usage,
+            self.cost_usd + other.cost_usd,
+            self.upstream_calls + other.upstream_calls,
+        )
+
+
+#: An execution that has spent nothing.
+NO_SPEND = JobSpend()
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +333,15 @@ class Job:
     #: For a shared execution: the user whose request created it (None for every other row, and
     #: on shared executions from before this was recorded).
     started_by: str | None = None
+    #: What the execution spent upstream, every attempt summed (a handle mirrors it).
+    spend: JobSpend = NO_SPEND
+    #: The execution was answered from the result cache (its run found the result stored).
+    cached: bool = False
+    #: What the upstream work behind its result cost: its own run's, or for a result from the
+    #: cache the run that produced it (what a caller taking the result without paying saves).
+    result_cost_usd: float = 0.0
+    #: A handle that joined a shared execution another user started: its owner paid nothing.
+    coalesced: bool = False
     #: The fencing token of the execution's latest claim (0: never claimed; handles: 0).
     fence: int = 0
     #: The errors of its failed attempts, oldest first (a handle mirrors its execution's).
@@ -393,10 +428,55 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UsageEntry:
-    """One row of the usage ledger: a `UsageRecord` and when it was written."""
+    """One row of the usage ledger: a `UsageRecord` and when it was recorded."""
 
     record: UsageRecord
     created_at: datetime = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """Ledger rows summed: upstream calls with their tokens and cost, and the savings records
+    (cache hits and joins) with what they saved."""
+
+    upstream_calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    cache_hits: int = 0
+    joins: int = 0
+    saved_usd: float = 0.0
+
+    @classmethod
+    def of(cls, record: UsageRecord) -> UsageTotals:
+        """What one ledger row adds."""
+        return cls(
+            upstream_calls=int(record.upstream),
+            usage=record.usage,
+            cost_usd=record.cost_usd,
+            cache_hits=int(record.outcome == CACHE_HIT),
+            joins=int(record.outcome == COALESCED),
+            saved_usd=record.saved_usd,
+        )
+
+    def __add__(self, other: UsageTotals) -> UsageTotals:
+        return UsageTotals(
+            self.upstream_calls + other.upstream_calls,
+            self.usage + other.usage,
+            self.cost_usd + other.cost_usd,
+            self.cache_hits + other.cache_hits,
+            self.joins + other.joins,
+            self.saved_usd + other.saved_usd,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDay:
+    """The ledger of one UTC day, operation and model, summed."""
+
+    day: date
+    op: str
+    model: str
+    totals: UsageTotals
 
 
 def parse_job_id(job_id: str) -> uuid.UUID | None:
@@ -497,9 +577,11 @@ class ResultStore(Protocol):
         model: str,
         ref: ResultRef,
         ttl_s: float,
+        cost_usd: float = 0.0,
         claim: Claim | None = None,
     ) -> CachedResult:
-        """Stores (or replaces) the result under `key` for `ttl_s` seconds.
+        """Stores (or replaces) the result under `key` for `ttl_s` seconds, with what the
+        upstream work that produced it cost.
 
         With `claim` (a runner storing the result of the execution it holds), only while that
         claim is the execution's current one: `LeaseLost` otherwise, and nothing is written.
@@ -586,24 +668,48 @@ class JobStore(Protocol):
         """
         ...
 
-    async def complete_job(self, claim: Claim, result: ResultRef) -> Job:
-        """Marks the execution succeeded with `result`; `LeaseLost` if not held."""
+    async def complete_job(
+        self,
+        claim: Claim,
+        result: ResultRef,
+        *,
+        spend: JobSpend = NO_SPEND,
+        cached: bool = False,
+        result_cost_usd: float = 0.0,
+    ) -> Job:
+        """Marks the execution succeeded with `result`, adding the attempt's `spend` to what it
+        spent, and recording whether the result came from the cache and what the upstream work
+        behind it cost (see `Job`); `LeaseLost` if not held."""
         ...
 
     async def fail_job(
-        self, claim: Claim, error: JobError, retry_after_s: float | None = None
+        self,
+        claim: Claim,
+        error: JobError,
+        retry_after_s: float | None = None,
+        *,
+        spend: JobSpend = NO_SPEND,
     ) -> Job:
-        """Records a failed attempt (in the error history too).
+        """Records a failed attempt (in the error history too) and adds what it spent
+        (`spend`).
 
         With `retry_after_s` and attempts left, the execution is queued again, due after that
         delay; otherwise it fails for good (a dead letter). `LeaseLost` if not held.
         """
         ...
 
-    async def defer_job(self, claim: Claim, error: JobError, delay_s: float) -> Job:
+    async def defer_job(
+        self,
+        claim: Claim,
+        error: JobError,
+        delay_s: float,
+        *,
+        spend: JobSpend = NO_SPEND,
+    ) -> Job:
         """Gives a held execution back without counting its attempt: queued again, due after
         `delay_s`, with `error` saying why it waits (a rate limit denied it before anything was
-        spent; not a failed attempt, so not in the error history). `LeaseLost` if not held."""
+        spent; not a failed attempt, so not in the error history), adding whatever it spent
+        (`spend`). `LeaseLost` if not held."""
         ...
 
     async def cancel_job(self, job_id: str, user_id: str | None) -> Job:
@@ -686,17 +792,42 @@ class JobStore(Protocol):
 
 
 class UsageStore(Protocol):
-    """The usage ledger: every upstream attempt, by job. Every call may raise
-    `gateway.errors.Unavailable` when the backing database cannot answer in time."""
+    """The usage ledger: every upstream attempt and every savings record (a cache hit or a
+    join), kept row by row for `raw_retention_days`, then as daily totals per (UTC day, user,
+    operation, model). A row is in exactly one of the two, so a read adds both. Every call may
+    raise `gateway.errors.Unavailable` when the backing database cannot answer in time, and
+    ValueError for a record labelled with a job id that is not one (`usage_job_id`)."""
 
     async def insert_usage(self, record: UsageRecord) -> None:
-        """Appends one upstream attempt to the ledger. An attempt of a job made under a claim
-        (`CallLabels.fence`) that is no longer the execution's current one is recorded with
-        the outcome `ABANDONED_OUTCOME` (its tokens and cost as they were)."""
+        """Appends one record to the ledger, stamped now. An upstream attempt of a job made
+        under a claim (`CallLabels.fence`) that was lost is recorded with the outcome
+        `ABANDONED_OUTCOME` (its tokens and cost as they were; module docstring, Fencing)."""
+        ...
+
+    async def insert_usage_entries(self, entries: Sequence[UsageEntry]) -> None:
+        """Appends records in one write, each stamped with its own `created_at`, in order
+        (attempts of lost claims recorded as abandoned, as by `insert_usage`)."""
         ...
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:
-        """The ledger rows of one job, oldest first."""
+        """The raw ledger rows of one job, oldest first."""
+        ...
+
+    async def usage_by_day(
+        self, user_id: str | None, start: datetime, end: datetime
+    ) -> list[UsageDay]:
+        """The ledger of `user_id` (None: every user) from `start` (inclusive) to `end`
+        (exclusive), summed by UTC day, operation and model, ordered by those. Raw rows count
+        by their time; a day already rolled up counts whole when any of it is in the range."""
+        ...
+
+    async def roll_up_usage(self, before: date, limit: int) -> int:
+        """Moves up to `limit` raw rows recorded before the UTC day `before` into the daily
+        totals (added to any already there), atomically; returns how many it moved."""
+        ...
+
+    async def purge_usage_days(self, before: date, limit: int) -> int:
+        """Deletes up to `limit` daily totals of days before `before`; returns how many."""
         ...
 
 

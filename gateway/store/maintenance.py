@@ -1,8 +1,14 @@
-"""The periodic cleanup: expired cache entries, finished jobs past their retention, and then
-the blobs no row references any more (`gateway.store.blobs.gc`).
+"""The periodic cleanup: expired cache entries, finished jobs past their retention, the usage
+ledger's roll-up and retention, and then the blobs no row references any more
+(`gateway.store.blobs.gc`).
 
 Deletes run in small batches (`cleanup_batch_size` rows per statement, `SKIP LOCKED`), so they
 hold locks briefly, never block requests, and several replicas can run them at once.
+
+The usage ledger keeps a row per upstream call, cache hit and join for `usage.raw_retention_days`
+full UTC days (and today); older rows are moved into the daily totals (per UTC day, user,
+operation and model), each batch in one statement, so a row is always counted exactly once.
+Daily totals older than `usage.daily_retention_days` are deleted.
 """
 
 from __future__ import annotations
@@ -10,14 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 
-from gateway.config import StoreSettings
+from gateway.config import StoreSettings, UsageSettings
 from gateway.errors import Unavailable
-from gateway.store.base import JobStatus, Store
+from gateway.store.base import JobStatus, Store, UsageStore
 from gateway.store.blobs import BlobStore
 from gateway.store.blobs.gc import collect_garbage
 
 log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 async def purge_expired(store: Store, batch_size: int) -> tuple[int, dict[JobStatus, int]]:
@@ -35,9 +47,35 @@ async def purge_expired(store: Store, batch_size: int) -> tuple[int, dict[JobSta
     return results, dict(jobs)
 
 
-async def run_cleanup(store: Store, blobs: BlobStore, settings: StoreSettings) -> None:
-    """Runs `purge_expired`, then the blob collector, every `cleanup_interval_s` until
-    cancelled.
+async def roll_up_usage(
+    store: UsageStore, settings: UsageSettings, today: date, batch_size: int
+) -> tuple[int, int]:
+    """Moves the ledger rows of days before the last `raw_retention_days` (UTC, counted back
+    from `today`) into the daily totals, and deletes the daily totals of days before the last
+    `daily_retention_days`, batch by batch.
+
+    Returns (raw rows rolled up, daily totals deleted).
+    """
+    rolled = purged = 0
+    raw_before = today - timedelta(days=settings.raw_retention_days)
+    while (moved := await store.roll_up_usage(raw_before, batch_size)) > 0:
+        rolled += moved
+    daily_before = today - timedelta(days=settings.daily_retention_days)
+    while (deleted := await store.purge_usage_days(daily_before, batch_size)) > 0:
+        purged += deleted
+    return rolled, purged
+
+
+async def run_cleanup(
+    store: Store,
+    blobs: BlobStore,
+    settings: StoreSettings,
+    usage: UsageSettings,
+    *,
+    clock: Callable[[], datetime] = _utcnow,
+) -> None:
+    """Runs `purge_expired`, `roll_up_usage`, then the blob collector, every
+    `cleanup_interval_s` until cancelled.
 
     An outage skips a round (logged); the next round catches up.
     """
@@ -45,6 +83,8 @@ async def run_cleanup(store: Store, blobs: BlobStore, settings: StoreSettings) -
         await asyncio.sleep(settings.cleanup_interval_s)
         try:
             results, jobs = await purge_expired(store, settings.cleanup_batch_size)
+            today = clock().astimezone(UTC).date()
+            rolled, days = await roll_up_usage(store, usage, today, settings.cleanup_batch_size)
             # After the rows: blobs only they referenced go in the same round.
             collected = await collect_garbage(
                 blobs,
@@ -62,4 +102,11 @@ async def run_cleanup(store: Store, blobs: BlobStore, settings: StoreSettings) -
                 sum(jobs.values()),
                 ", ".join(f"{n} {status.value}" for status, n in sorted(jobs.items())) or "none",
                 collected.deleted,
+            )
+        if rolled or days:
+            log.info(
+                "usage ledger: %d rows rolled up into daily totals, %d daily totals deleted",
+                rolled,
+                days,
+                extra={"usage_rows_rolled_up": rolled, "usage_days_deleted": days},
             )

@@ -5,8 +5,11 @@ replica without a database. Every method runs without awaiting between its reads
 each is atomic on the event loop, as a transaction is in PostgreSQL. Nothing survives a restart.
 
 The usage ledger is the one place this store differs by design: it keeps only the most recent
-`USAGE_ROWS_KEPT` rows (oldest dropped first), so a long-running embedded gateway's memory stays
-bounded; `list_usage` of a job whose calls have aged out returns fewer rows, or none.
+`USAGE_ROWS_KEPT` rows, so a long-running embedded gateway's memory stays bounded. An older row
+is folded into the daily totals at once instead of waiting for the roll-up, so the totals stay
+whole, but `list_usage` of a job whose calls have aged out returns fewer rows, or none, and a
+range that starts or ends inside such a day counts the day whole. The daily totals are bounded
+by the same number of entries (the oldest dropped first, besides their retention).
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ import asyncio
 import dataclasses
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from gateway.model import UsageRecord
 from gateway.store.base import (
     ABANDONED_OUTCOME,
     MAX_ERROR_HISTORY,
+    NO_SPEND,
     AttemptError,
     CachedResult,
     Claim,
@@ -31,13 +35,16 @@ from gateway.store.base import (
     JobError,
     JobFilter,
     JobProgress,
+    JobSpend,
     JobStatus,
     JoinOutcome,
     LeaseLost,
     NewJob,
     Redrive,
     ResultRef,
+    UsageDay,
     UsageEntry,
+    UsageTotals,
     check_positive,
     check_same_request,
     check_same_sharing,
@@ -63,18 +70,45 @@ MIRRORED_FIELDS = (
     "started_at",
     "completed_at",
     "expires_at",
+    "spend",
+    "cached",
+    "result_cost_usd",
 )
 
 # Every change is published at once, so polling only guards against bugs.
 _POLL_INTERVAL_S = 60.0
 
 #: Usage ledger rows the embedded store keeps (about 0.8 KB each: some 8 MB in all); older rows
-#: are dropped as new ones arrive.
+#: are folded into the daily totals as new ones arrive. The daily totals keep as many entries.
 USAGE_ROWS_KEPT = 10_000
+
+#: A daily total's identity: (UTC day, user, operation, model).
+DayKey = tuple[date, str, str, str]
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def usage_day(at: datetime) -> date:
+    """The UTC day a ledger row belongs to."""
+    return at.astimezone(UTC).date()
+
+
+def day_start(day: date) -> datetime:
+    """Midnight UTC at the start of `day`."""
+    return datetime.combine(day, time(), UTC)
+
+
+def sum_by_day(
+    rows: Iterable[tuple[date, str, str, UsageTotals]],
+) -> list[UsageDay]:
+    """(day, operation, model, totals) rows summed per (day, operation, model), in that order."""
+    sums: dict[tuple[date, str, str], UsageTotals] = {}
+    for day, op, model, totals in rows:
+        key = (day, op, model)
+        sums[key] = sums[key] + totals if key in sums else totals
+    return [UsageDay(*key, sums[key]) for key in sorted(sums)]
 
 
 class MemoryStore:
@@ -106,7 +140,13 @@ class MemoryStore:
         self._idempotency: dict[tuple[str, str], str] = {}
         #: Execution id -> ids of the handles following it.
         self._handles: dict[str, set[str]] = {}
-        self._usage: deque[UsageEntry] = deque(maxlen=usage_rows_kept)
+        self._usage_rows_kept = usage_rows_kept
+        #: Execution id -> the fencing tokens of its lost claims (cancelled while running, or
+        #: rescued after their lease lapsed): their ledger rows read abandoned.
+        self._lost_claims: dict[str, set[int]] = {}
+        self._usage: deque[UsageEntry] = deque()
+        #: The daily totals, in the order they were first folded (so oldest days first).
+        self._usage_days: dict[DayKey, UsageTotals] = {}
 
     async def start(self) -> None:
         """Nothing to connect."""
@@ -133,6 +173,7 @@ class MemoryStore:
         model: str,
         ref: ResultRef,
         ttl_s: float,
+        cost_usd: float = 0.0,
         claim: Claim | None = None,
     ) -> CachedResult:
         """See `Store.put_result`."""
@@ -140,7 +181,8 @@ class MemoryStore:
         if claim is not None:
             self._held(claim)
         now = self._now()
-        entry = CachedResult(key, op, scope, model, ref, now, now + timedelta(seconds=ttl_s))
+        expires = now + timedelta(seconds=ttl_s)
+        entry = CachedResult(key, op, scope, model, ref, now, expires, cost_usd)
         self._results[key] = entry
         return entry
 
@@ -176,7 +218,8 @@ class MemoryStore:
                 handle = self._jobs[handle_id]
                 if handle.user_id == new.user_id and handle.active:
                     return JoinOutcome(handle, created=False, existing=True)
-            return JoinOutcome(self._new_handle(execution, new), created=False, existing=False)
+            joined = self._new_handle(execution, new, coalesced=True)
+            return JoinOutcome(joined, created=False, existing=False)
         now = self._now()
         execution = Job(
             id=str(uuid.uuid4()),
@@ -210,10 +253,11 @@ class MemoryStore:
         self._save(execution)
         self._publish_if_due(execution)
         if new.shared:
-            return JoinOutcome(self._new_handle(execution, new), created=True, existing=False)
+            started = self._new_handle(execution, new, coalesced=False)
+            return JoinOutcome(started, created=True, existing=False)
         return JoinOutcome(execution, created=True, existing=False)
 
-    def _new_handle(self, execution: Job, new: NewJob) -> Job:
+    def _new_handle(self, execution: Job, new: NewJob, *, coalesced: bool) -> Job:
         mirrored = {name: getattr(execution, name) for name in MIRRORED_FIELDS}
         handle = dataclasses.replace(
             execution,
@@ -231,6 +275,7 @@ class MemoryStore:
             heartbeat_at=None,
             event_seq=1,
             created_at=self._now(),
+            coalesced=coalesced,
             **mirrored,
         )
         self._save(handle)
@@ -356,13 +401,33 @@ class MemoryStore:
             return extended
         return self._change(extended, progress=progress)
 
-    async def complete_job(self, claim: Claim, result: ResultRef) -> Job:
+    async def complete_job(
+        self,
+        claim: Claim,
+        result: ResultRef,
+        *,
+        spend: JobSpend = NO_SPEND,
+        cached: bool = False,
+        result_cost_usd: float = 0.0,
+    ) -> Job:
         """See `Store.complete_job`."""
         job = self._held(claim)
-        return self._finish(job, JobStatus.SUCCEEDED, result=result)
+        return self._finish(
+            job,
+            JobStatus.SUCCEEDED,
+            result=result,
+            spend=job.spend + spend,
+            cached=cached,
+            result_cost_usd=result_cost_usd,
+        )
 
     async def fail_job(
-        self, claim: Claim, error: JobError, retry_after_s: float | None = None
+        self,
+        claim: Claim,
+        error: JobError,
+        retry_after_s: float | None = None,
+        *,
+        spend: JobSpend = NO_SPEND,
     ) -> Job:
         """See `Store.fail_job`."""
         job = self._held(claim)
@@ -376,15 +441,25 @@ class MemoryStore:
                 error_history=history,
                 locked_by=None,
                 locked_until=None,
+                spend=job.spend + spend,
             )
-        return self._finish(job, JobStatus.FAILED, error=error, error_history=history)
+        return self._finish(
+            job, JobStatus.FAILED, error=error, error_history=history, spend=job.spend + spend
+        )
 
     def _history_with(self, job: Job, error: JobError) -> tuple[AttemptError, ...]:
         """`job`'s error history with its current attempt's failure (the most recent kept)."""
         entry = AttemptError(job.attempts, error, self._now(), job.locked_by or "")
         return (*job.error_history, entry)[-MAX_ERROR_HISTORY:]
 
-    async def defer_job(self, claim: Claim, error: JobError, delay_s: float) -> Job:
+    async def defer_job(
+        self,
+        claim: Claim,
+        error: JobError,
+        delay_s: float,
+        *,
+        spend: JobSpend = NO_SPEND,
+    ) -> Job:
         """See `Store.defer_job`."""
         job = self._held(claim)
         return self._change(
@@ -395,6 +470,7 @@ class MemoryStore:
             error=error,
             locked_by=None,
             locked_until=None,
+            spend=job.spend + spend,
         )
 
     async def cancel_job(self, job_id: str, user_id: str | None) -> Job:
@@ -438,6 +514,7 @@ class MemoryStore:
             return None
         error = lease_expired_error()
         history = self._history_with(job, error)
+        self._lose_claim(job)
         if job.attempts < job.max_attempts:
             return self._change(
                 job,
@@ -596,6 +673,7 @@ class MemoryStore:
         job = self._jobs.pop(job_id, None)
         if job is None:
             return
+        self._lost_claims.pop(job_id, None)
         if job.user_id is not None and job.idempotency_key is not None:
             self._idempotency.pop((job.user_id, job.idempotency_key), None)
         if job.follows is not None:
@@ -606,6 +684,15 @@ class MemoryStore:
 
     # -- state changes -----------------------------------------------------------------------
 
+    def _lose_claim(self, execution: Job) -> None:
+        """The running `execution`'s claim is lost (cancelled, or its lease lapsed): its ledger
+        rows read abandoned from now on, those written already included."""
+        self._lost_claims.setdefault(execution.id, set()).add(execution.fence)
+        for index, entry in enumerate(self._usage):
+            labels = entry.record.labels
+            if labels.job_id == execution.id and labels.fence == execution.fence:
+                self._usage[index] = _abandoned(entry)
+
     def _finish(
         self,
         job: Job,
@@ -615,6 +702,8 @@ class MemoryStore:
         error: JobError | None = None,
         **changes: object,
     ) -> Job:
+        if status is JobStatus.CANCELLED and job.status is JobStatus.RUNNING:
+            self._lose_claim(job)
         now = self._now()
         return self._change(
             job,
@@ -663,15 +752,28 @@ class MemoryStore:
 
     async def insert_usage(self, record: UsageRecord) -> None:
         """See `Store.insert_usage`."""
-        job_id = usage_job_id(record)
-        labels = dataclasses.replace(record.labels, job_id="" if job_id is None else str(job_id))
-        outcome = record.outcome
-        if labels.fence is not None:
-            job = self._jobs.get(labels.job_id)
-            if job is None or job.status is not JobStatus.RUNNING or job.fence != labels.fence:
-                outcome = ABANDONED_OUTCOME
-        stored = dataclasses.replace(record, labels=labels, outcome=outcome)
-        self._usage.append(UsageEntry(stored, self._now()))
+        await self.insert_usage_entries([UsageEntry(record, self._now())])
+
+    async def insert_usage_entries(self, entries: Sequence[UsageEntry]) -> None:
+        """See `Store.insert_usage_entries`."""
+        rows = []
+        for entry in entries:
+            # Every label is checked before any row is kept: the write is all or nothing.
+            job_id = usage_job_id(entry.record)
+            canonical = "" if job_id is None else str(job_id)
+            record = entry.record
+            if record.labels.job_id != canonical:
+                # Any spelling of a job id names the same job, as in PostgreSQL's uuid column.
+                labels = dataclasses.replace(record.labels, job_id=canonical)
+                entry = dataclasses.replace(
+                    entry, record=dataclasses.replace(record, labels=labels)
+                )
+            if record.labels.fence in self._lost_claims.get(canonical, ()):
+                entry = _abandoned(entry)
+            rows.append(entry)
+        self._usage.extend(rows)
+        while len(self._usage) > self._usage_rows_kept:
+            self._fold(self._usage.popleft())
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:
         """See `Store.list_usage`."""
@@ -680,7 +782,78 @@ class MemoryStore:
             return []
         return [e for e in self._usage if e.record.labels.job_id == str(parsed)]
 
+    async def usage_by_day(
+        self, user_id: str | None, start: datetime, end: datetime
+    ) -> list[UsageDay]:
+        """See `Store.usage_by_day`."""
+        raw = (
+            (
+                usage_day(e.created_at),
+                e.record.labels.operation,
+                e.record.model,
+                UsageTotals.of(e.record),
+            )
+            for e in self._usage
+            if (user_id is None or e.record.labels.user_id == user_id)
+            and start <= e.created_at < end
+        )
+        daily = (
+            (day, op, model, totals)
+            for (day, user, op, model), totals in self._usage_days.items()
+            if (user_id is None or user == user_id)
+            and usage_day(start) <= day
+            and day_start(day) < end
+        )
+        return sum_by_day([*raw, *daily])
+
+    async def roll_up_usage(self, before: date, limit: int) -> int:
+        """See `Store.roll_up_usage`."""
+        check_positive("limit", limit)
+        kept: deque[UsageEntry] = deque()
+        moved = 0
+        for entry in self._usage:
+            if moved < limit and usage_day(entry.created_at) < before:
+                self._fold(entry)
+                moved += 1
+            else:
+                kept.append(entry)
+        self._usage = kept
+        return moved
+
+    async def purge_usage_days(self, before: date, limit: int) -> int:
+        """See `Store.purge_usage_days`."""
+        check_positive("limit", limit)
+        old = [key for key in self._usage_days if key[0] < before][:limit]
+        for key in old:
+            del self._usage_days[key]
+        return len(old)
+
+    def _fold(self, entry: UsageEntry) -> None:
+        """Adds a raw row to its daily total (it leaves the raw ledger)."""
+        record = entry.record
+        key = (
+            usage_day(entry.created_at),
+            record.labels.user_id,
+            record.labels.operation,
+            record.model,
+        )
+        totals = UsageTotals.of(record)
+        earlier = self._usage_days.pop(key, None)
+        # Re-inserted at the end: the first entries stay the least recently folded.
+        self._usage_days[key] = totals if earlier is None else earlier + totals
+        while len(self._usage_days) > self._usage_rows_kept:
+            del self._usage_days[next(iter(self._usage_days))]
+
     def usage_entries(self) -> list[UsageEntry]:
-        """Every ledger row kept, oldest first: the embedded ledger is readable in process
+        """Every raw ledger row kept, oldest first: the embedded ledger is readable in process
         (tests and local tools look up a request's calls by `labels.request_id`)."""
         return list(self._usage)
+
+
+def _abandoned(entry: UsageEntry) -> UsageEntry:
+    """`entry` as the row of an upstream attempt whose claim was lost (savings rows as they are)."""
+    if not entry.record.upstream:
+        return entry
+    return dataclasses.replace(
+        entry, record=dataclasses.replace(entry.record, outcome=ABANDONED_OUTCOME)
+    )

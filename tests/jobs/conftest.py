@@ -1,7 +1,7 @@
-"""Fixtures of the job tests (the shared ones are in tests/fixtures).
+"""Fixtures of the job tests (the shared ones are in tests/fixtures/).
 
-- `store_for`: the store settings of each store kind (None: the embedded store; else
-  PostgreSQL on the test's schema, migrated when the gateway starts).
+- `store_for`: the store settings of each store kind (None: the embedded store; else a fresh
+  PostgreSQL schema, migrated when the gateway starts).
 """
 
 from __future__ import annotations

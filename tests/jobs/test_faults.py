@@ -36,6 +36,7 @@ from viewbait.ai.v1 import job_pb2
 
 from gateway.config import ExecutionSettings, JobSettings, Settings, StoreSettings, Tier
 from gateway.emulator import EmulatorServer
+from gateway.store import Store, UsageEntry
 from gateway.store.postgres import run_migrations
 from gateway.testing.postgres import (
     BIN_DIR_ENV,
@@ -46,6 +47,7 @@ from gateway.testing.postgres import (
 )
 from tests.fixtures.gateways import eventually
 from tests.fixtures.stores import DATABASE_URL, store_settings
+from tests.fixtures.usage import written
 
 from .fault_tools import JobAudit, Tenure, UpstreamCall, UpstreamRecorder
 from .test_jobs import SUCCEEDED, TERMINAL, Jobs, settings, video
@@ -114,6 +116,17 @@ REPLICAS = ("doomed", "second", "third")
 DOOMED = REPLICAS[0]
 
 
+async def answered_calls(store: Store, job_ids: Iterable[str]) -> dict[str, list[UsageEntry]]:
+    """The ledger of each job, once each holds its answered call: the worker processes write
+    their ledger in the background, within a flush interval of the call."""
+    async with asyncio.timeout(SETTLE_S):
+        while True:
+            ledger = {j: await store.list_usage(j) for j in job_ids}
+            if all(any(e.record.outcome == "ok" for e in rows) for rows in ledger.values()):
+                return ledger
+            await asyncio.sleep(0.1)
+
+
 async def test_a_killed_worker_loses_its_jobs_to_the_others_only_once_its_leases_lapse(
     pg_schema: str,
     emulator: EmulatorServer,
@@ -162,7 +175,7 @@ async def test_a_killed_worker_loses_its_jobs_to_the_others_only_once_its_leases
     died = time.time()
     finals = await settle(front, job_of.values())
     tenures = await audit.tenures()
-    ledger = {j: await front.running.server.store.list_usage(j) for j in job_of.values()}
+    ledger = await answered_calls(front.running.server.store, job_of.values())
 
     assert all(job.status == SUCCEEDED for job in finals.values()), finals
     assert all(job.analyze_video.summary for job in finals.values())
@@ -405,6 +418,7 @@ async def test_jobs_back_off_through_a_429_storm_and_finish_after_it(
         # ...so a job was refused at most once per delay while the storm lasted: no hot loop.
         assert refusals(v) <= storm_s / STORM_RETRY_S + 1, (storm_s, calls)
         # The ledger holds each call, and no attempt made more calls than the adapter allows.
+        await written(gateway.server.usage)
         ledger = await gateway.server.store.list_usage(job_of[v])
         assert len(ledger) == len(calls), (ledger, calls)
         assert all(e.record.attempt <= STORM_CALLS_PER_ATTEMPT for e in ledger), ledger

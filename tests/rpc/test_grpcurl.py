@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 #: The address the README's commands use (`make serve`'s default port).
 README_ADDRESS = "127.0.0.1:50051"
 GATEWAY_SERVICE = "viewbait.ai.v1.GatewayService"
+USAGE_SERVICE = "viewbait.ai.v1.UsageService"
 UNARY_RPCS = [
     "AnalyzeVideo",
     "SuggestThumbnailConcepts",
@@ -132,7 +134,12 @@ def test_readme_commands_all_succeed(readme_runs: dict[str, Run]) -> None:
 def test_readme_lists_the_services(readme_runs: dict[str, Run]) -> None:
     listed = set(readme_runs["list"].stdout.split())
 
-    assert {GATEWAY_SERVICE, "viewbait.ai.v1.JobService", "grpc.health.v1.Health"} <= listed
+    assert {
+        GATEWAY_SERVICE,
+        "viewbait.ai.v1.JobService",
+        USAGE_SERVICE,
+        "grpc.health.v1.Health",
+    } <= listed
 
 
 def test_readme_describes_a_method(readme_runs: dict[str, Run]) -> None:
@@ -172,6 +179,60 @@ def test_readme_streams_thumbnails(readme_runs: dict[str, Run]) -> None:
         data = base64.b64decode(image["image"]["data"])
         assert data.startswith(b"\x89PNG\r\n\x1a\n")
         assert hashlib.sha256(data).hexdigest() == image["sha256"]
+
+
+def get_usage(grpcurl: str, address: str, request: str = "{}") -> subprocess.CompletedProcess[str]:
+    """GetUsage as the README calls it (the service token acting for demo-user)."""
+    return subprocess.run(
+        [
+            grpcurl,
+            "-plaintext",
+            *("-H", f"authorization: Bearer {LOCAL_DEV_SERVICE_TOKEN}"),
+            *("-H", "x-viewbait-user-id: demo-user", "-H", "x-viewbait-tier: pro"),
+            *("-d", request, address, f"{USAGE_SERVICE}/GetUsage"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_get_usage_reports_what_the_readme_calls_spent(
+    grpcurl: str, local_gateway: Any, readme_runs: dict[str, Run]
+) -> None:
+    assert readme_runs[f"{USAGE_SERVICE}/GetUsage"].returncode == 0
+    # The ledger is written in the background (within a flush interval): ask until every
+    # upstream call the README's commands made shows.
+    made = 0
+    for target, run in readme_runs.items():
+        if target.startswith(f"{GATEWAY_SERVICE}/"):
+            last = run.json_messages()[-1]  # a stream's summary carries its metadata
+            metadata = last.get("summary", last)["metadata"]
+            made += metadata.get("usage", {}).get("upstream_calls", 0)
+    give_up = time.monotonic() + 30
+    while True:
+        completed = get_usage(grpcurl, local_gateway.address)
+        assert completed.returncode == 0, completed.stderr
+        (report,) = Run([], 0, completed.stdout, "").json_messages()
+        if int(report["totals"].get("upstream_calls", 0)) >= made or time.monotonic() > give_up:
+            break
+        time.sleep(0.2)
+
+    assert report["user_id"] == "demo-user" and made > 0
+    assert int(report["totals"]["upstream_calls"]) >= made
+    assert report["totals"]["cost_usd"] > 0 and report["rows"]
+    assert {row["operation"] for row in report["rows"]} >= {
+        "OPERATION_ANALYZE_VIDEO",
+        "OPERATION_GENERATE_THUMBNAIL",
+    }
+    refused = get_usage(
+        grpcurl,
+        local_gateway.address,
+        '{"start_time": "2030-01-02T00:00:00Z", "end_time": "2030-01-01T00:00:00Z"}',
+    )
+    assert refused.returncode != 0
+    assert "Code: InvalidArgument" in refused.stderr and "start_time" in refused.stderr
 
 
 # --- failures as grpcurl shows them ----------------------------------------------------------

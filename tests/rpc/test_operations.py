@@ -61,10 +61,11 @@ CHECKS: dict[str, Callable[[Any, Any], None]] = {
 }
 
 
-def check_metadata(
+async def check_metadata(
     metadata: common_pb2.ResponseMetadata, gateway: Any, *, request_id: str, model: str
 ) -> None:
-    """The answer says who asked, which model answered, and what it cost; the ledger agrees."""
+    """The answer says who asked, which model answered, and what it cost; the ledger agrees
+    (once it has written what it queued)."""
     assert metadata.request_id == request_id
     assert metadata.model == model
     assert not metadata.cached
@@ -73,17 +74,18 @@ def check_metadata(
     assert usage.total_tokens >= usage.prompt_tokens + usage.output_tokens > 0
     assert usage.cost_usd > 0
     assert usage.upstream_calls >= 1
+    assert await gateway.server.usage.flush()
     ledger = gateway.server.store.usage_entries()
     recorded = [e.record for e in ledger if e.record.labels.request_id == request_id]
     assert [r.outcome for r in recorded] == ["ok"] * usage.upstream_calls
     assert sum(r.cost_usd for r in recorded) == pytest.approx(usage.cost_usd)
 
 
-def check_unary_response(
+async def check_unary_response(
     response: Any, operation: Any, gateway: Any, samples: Any, request_id: str
 ) -> None:
     assert response.WhichOneof("outcome") == "result"
-    check_metadata(
+    await check_metadata(
         response.metadata,
         gateway,
         request_id=request_id,
@@ -104,7 +106,7 @@ async def test_unary_rpc_through_generated_stub(
         timeout=60,
     )
 
-    check_unary_response(response, unary_operation, gateway, samples, request_id)
+    await check_unary_response(response, unary_operation, gateway, samples, request_id)
 
 
 async def test_unary_rpc_through_helper_client(
@@ -119,7 +121,7 @@ async def test_unary_rpc_through_helper_client(
             samples.fresh_request(unary_operation.name), timeout_s=60, request_id=request_id
         )
 
-    check_unary_response(response, unary_operation, gateway, samples, request_id)
+    await check_unary_response(response, unary_operation, gateway, samples, request_id)
 
 
 async def test_unary_rpc_as_a_jwt_user(gateway: Any, samples: Any) -> None:
@@ -184,7 +186,7 @@ async def test_generate_thumbnail_streams_progress_images_then_one_summary(
 
     summary = messages[-1].summary
     assert summary.image_count == variations
-    check_metadata(
+    await check_metadata(
         summary.metadata,
         gateway,
         request_id=request_id,

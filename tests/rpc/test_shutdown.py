@@ -2,15 +2,18 @@
 
 While a GenerateThumbnail stream is in flight (the emulator holds each answer for a while):
 health turns NOT_SERVING, new RPCs are refused, the stream still runs to its summary, and the
-process exits 0 within its grace period.
+process exits 0 within its grace period. The usage ledger queued in memory, the drained
+stream's calls included, is written before the store closes.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import uuid
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from grpc import aio
@@ -18,6 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from viewbait.ai.v1 import gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
 from gateway.server import LOCAL_DEV_SERVICE_TOKEN
+from gateway.store.migrate import quote_ident
+from tests.fixtures.stores import DATABASE_URL
 
 #: How long the emulator holds each answer: the stream is still running when SIGTERM comes.
 UPSTREAM_LATENCY_S = 1.5
@@ -91,3 +96,53 @@ def milestone(record: dict[str, Any]) -> str | None:
     if record["logger"] == "gateway.server":
         return str(record["msg"])
     return None
+
+
+async def test_a_clean_stop_writes_the_whole_usage_ledger_first(
+    spawn_gateway: Any, pg_schema: str
+) -> None:
+    # An interval no test outlasts: only the shutdown can have written these records.
+    served = spawn_gateway(
+        VIEWBAIT_GEMINI__BACKEND="emulator",
+        VIEWBAIT_STORE__DATABASE_URL=DATABASE_URL,
+        VIEWBAIT_STORE__SCHEMA=pg_schema,
+        VIEWBAIT_STORE__MIGRATE_ON_START="true",
+        VIEWBAIT_USAGE__FLUSH_INTERVAL_S="60",
+        VIEWBAIT_EMULATOR__LATENCY_S="1.0",
+        VIEWBAIT_SERVER__SHUTDOWN_GRACE_S=str(GRACE_S),
+    )
+    request_id = f"req-{uuid.uuid4().hex}"
+    caller = (*LOCAL_CALLER, ("x-request-id", request_id))
+    async with aio.insecure_channel(served.address) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        analysis = operations_pb2.AnalyzeVideoRequest(video_id="dQw4w9WgXcQ")
+        for _ in range(2):  # paid, then from the cache
+            await stub.AnalyzeVideo(analysis, metadata=caller, timeout=60)
+        stream = stub.GenerateThumbnail(
+            operations_pb2.GenerateThumbnailRequest(prompt="a treehouse at dusk", variations=2),
+            metadata=caller,
+            timeout=60,
+        )
+        assert (await stream.read()).HasField("progress"), served.log()
+
+        served.process.send_signal(signal.SIGTERM)
+
+        while await stream.read() is not aio.EOF:
+            pass
+        assert await stream.code() is grpc.StatusCode.OK
+    assert served.process.wait(timeout=GRACE_S + 10) == 0, served.log()
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        rows = await conn.fetch(
+            f"SELECT op, outcome FROM {quote_ident(pg_schema)}.ai_usage "
+            "WHERE request_id = $1 ORDER BY id",
+            request_id,
+        )
+    finally:
+        await conn.close()
+    assert [(r["op"], r["outcome"]) for r in rows] == [
+        ("analyze_video", "ok"),
+        ("analyze_video", "cache_hit"),
+        ("generate_thumbnail", "ok"),
+        ("generate_thumbnail", "ok"),
+    ], served.log()

@@ -10,12 +10,14 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
 
+from gateway.config import UsageSettings
 from gateway.errors import AlreadyExists, Internal, NotFound, SafetyBlocked, Unavailable
-from gateway.model import CallLabels, Usage, UsageRecord
+from gateway.model import CACHE_HIT, COALESCED, CallLabels, Usage, UsageRecord
 from gateway.store import (
     Claim,
     Job,
@@ -27,8 +29,16 @@ from gateway.store import (
     ResultRef,
     Store,
 )
-from gateway.store.base import JobCursor, JobFilter
-from gateway.store.maintenance import purge_expired
+from gateway.store.base import (
+    NO_SPEND,
+    JobCursor,
+    JobFilter,
+    JobSpend,
+    UsageDay,
+    UsageEntry,
+    UsageTotals,
+)
+from gateway.store.maintenance import purge_expired, roll_up_usage
 
 T = TypeVar("T")
 MakeStore = Callable[..., Awaitable[Store]]
@@ -94,6 +104,16 @@ async def test_result_round_trip_and_miss(store: Store) -> None:
     assert got == put
     assert (got.op, got.scope, got.model, got.ref) == ("analyze_video", "user", "m1", REF)
     assert got.expires_at > got.created_at
+
+
+async def test_a_result_keeps_what_producing_it_cost(store: Store) -> None:
+    put = await store.put_result(
+        key("a"), op="x", scope="user", model="m", ref=REF, ttl_s=3600, cost_usd=0.012345
+    )
+    got = await store.get_result(key("a"))
+    assert put.cost_usd == 0.012345 and got is not None and got.cost_usd == 0.012345
+    await store.put_result(key("b"), op="x", scope="user", model="m", ref=REF, ttl_s=3600)
+    assert (await store.get_result(key("b"))).cost_usd == 0.0  # type: ignore[union-attr]
 
 
 async def test_put_replaces_an_entry(store: Store) -> None:
@@ -766,3 +786,211 @@ def kind(request: pytest.FixtureRequest) -> str:
     """A store kind, for tests that build their own stores."""
     param: str = request.param
     return param
+
+
+# -- what executions spent -------------------------------------------------------------------
+
+SPEND = JobSpend(Usage(prompt_tokens=100, output_tokens=20, total_tokens=120), 0.00125, 2)
+
+
+async def test_an_execution_keeps_what_every_attempt_spent(store: Store) -> None:
+    job = await running(store, new_job(max_attempts=3))
+    assert job.spend == NO_SPEND and not job.cached and not job.coalesced
+    failed = await store.fail_job(job.claim, JobError("UPSTREAM_UNAVAILABLE", "x"), 0, spend=SPEND)
+    assert failed.spend == SPEND
+    second = await store.claim_job(job.id, "w1", LEASE_S)
+    assert second is not None
+    await store.defer_job(second.claim, JobError("RATE_LIMITED", "wait"), 0, spend=SPEND)
+    third = await store.claim_job(job.id, "w1", LEASE_S)
+    assert third is not None
+    done = await store.complete_job(third.claim, REF, spend=SPEND, result_cost_usd=0.00125)
+    assert done.spend == SPEND + SPEND + SPEND
+    assert done.spend.usage.prompt_tokens == 300 and done.spend.upstream_calls == 6
+    assert (done.cached, done.result_cost_usd) == (False, 0.00125)
+    assert await store.get_job(job.id, ALICE) == done
+
+
+async def test_an_execution_completed_from_the_cache_says_so(store: Store) -> None:
+    job = await running(store, new_job())
+    done = await store.complete_job(job.claim, REF, cached=True, result_cost_usd=0.5)
+    assert done.cached and done.spend == NO_SPEND and done.result_cost_usd == 0.5
+
+
+async def test_handles_mirror_the_spend_and_say_who_joined(store: Store) -> None:
+    alice = (await store.join_or_create_active_job(new_job(ALICE, shared=True))).job
+    bob = (await store.join_or_create_active_job(new_job(BOB, shared=True))).job
+    assert not alice.coalesced and bob.coalesced
+    claimed = await store.claim_job(alice.execution_id, "w1", LEASE_S)
+    assert claimed is not None
+    await store.complete_job(claimed.claim, REF, spend=SPEND, result_cost_usd=0.00125)
+    for handle, joined in ((alice, False), (bob, True)):
+        seen = await store.get_job(handle.id, handle.user_id or "")
+        assert seen.status is JobStatus.SUCCEEDED
+        assert (seen.spend, seen.result_cost_usd, seen.coalesced) == (SPEND, 0.00125, joined)
+    # A handle made after the execution spent something starts from what it spent.
+    running_again = await running(store, new_job(ALICE, "again", shared=True))
+    await store.fail_job(running_again.claim, JobError("UNAVAILABLE", "x"), 0, spend=SPEND)
+    carol = (await store.join_or_create_active_job(new_job("user-carol", "again", shared=True))).job
+    assert carol.coalesced and carol.spend == SPEND
+
+
+# -- the usage ledger's report, roll-up and retention ----------------------------------------
+
+#: Fixed days: the ledger's arithmetic depends on the days rows carry, never on today's date.
+DAY = date(2031, 3, 14)
+
+
+def at(day: date, hour: int, minute: int = 0) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=UTC)
+
+
+def call(
+    user: str = ALICE, op: str = "analyze_video", model: str = "gemini-test", n: int = 1
+) -> UsageRecord:
+    return UsageRecord(
+        CallLabels(op, user),
+        model,
+        1,
+        "ok",
+        0.3,
+        Usage(
+            prompt_tokens=10 * n,
+            cached_prompt_tokens=n,
+            output_tokens=n,
+            thinking_tokens=2 * n,
+            image_output_tokens=0,
+            total_tokens=13 * n,
+        ),
+        cost_usd=n / 1000,
+    )
+
+
+def saving(
+    outcome: str, user: str = ALICE, op: str = "analyze_video", saved: float = 0.002
+) -> UsageRecord:
+    return UsageRecord(CallLabels(op, user), "gemini-test", 0, outcome, 0.0, saved_usd=saved)
+
+
+def total(*records: UsageRecord) -> UsageTotals:
+    return sum((UsageTotals.of(r) for r in records), UsageTotals())
+
+
+def close(a: UsageTotals, b: UsageTotals) -> bool:
+    """Equal, dollar amounts to the ledger's 12 decimals."""
+    return (
+        (a.upstream_calls, a.usage, a.cache_hits, a.joins)
+        == (b.upstream_calls, b.usage, b.cache_hits, b.joins)
+        and a.cost_usd == pytest.approx(b.cost_usd, abs=1e-12)
+        and a.saved_usd == pytest.approx(b.saved_usd, abs=1e-12)
+    )
+
+
+def same_days(got: list[UsageDay], want: dict[tuple[date, str, str], UsageTotals]) -> bool:
+    return [(d.day, d.op, d.model) for d in got] == sorted(want) and all(
+        close(d.totals, want[(d.day, d.op, d.model)]) for d in got
+    )
+
+
+async def test_usage_is_summed_by_day_operation_and_model(store: Store) -> None:
+    next_day = DAY + timedelta(days=1)
+    rows = [
+        (call(n=1), at(DAY, 0, 0)),
+        (call(n=2), at(DAY, 23, 59)),
+        (call(model="gemini-image", op="generate_thumbnail", n=3), at(DAY, 12)),
+        (saving(CACHE_HIT), at(DAY, 13)),
+        (saving(COALESCED, saved=0.004), at(DAY, 14)),
+        (call(n=4), at(next_day, 0, 0)),
+        (call(BOB, n=5), at(DAY, 10)),
+        (call(n=6), at(DAY - timedelta(days=1), 23, 59)),  # before the range
+    ]
+    await store.insert_usage_entries([UsageEntry(r, t) for r, t in rows])
+    got = await store.usage_by_day(ALICE, at(DAY, 0), at(next_day + timedelta(days=1), 0))
+    assert same_days(
+        got,
+        {
+            (DAY, "analyze_video", "gemini-test"): total(
+                call(n=1), call(n=2), saving(CACHE_HIT), saving(COALESCED, saved=0.004)
+            ),
+            (DAY, "generate_thumbnail", "gemini-image"): total(
+                call(model="gemini-image", op="generate_thumbnail", n=3)
+            ),
+            (next_day, "analyze_video", "gemini-test"): total(call(n=4)),
+        },
+    )
+    (first,) = [d for d in got if d.day == DAY and d.op == "analyze_video"]
+    assert (first.totals.upstream_calls, first.totals.cache_hits, first.totals.joins) == (2, 1, 1)
+    # Raw rows count by their time: the range ends are exact.
+    late = await store.usage_by_day(ALICE, at(DAY, 23, 0), at(next_day, 0))
+    assert same_days(late, {(DAY, "analyze_video", "gemini-test"): total(call(n=2))})
+    fleet = await store.usage_by_day(None, at(DAY, 10), at(DAY, 10, 1))
+    assert same_days(fleet, {(DAY, "analyze_video", "gemini-test"): total(call(BOB, n=5))})
+    assert await store.usage_by_day("user-nobody", at(DAY, 0), at(next_day, 0)) == []
+
+
+async def test_old_rows_roll_up_into_daily_totals_exactly_once(store: Store) -> None:
+    job = (await store.join_or_create_active_job(new_job())).job
+    days = [DAY - timedelta(days=k) for k in (2, 1, 0)]
+    in_job = UsageRecord(
+        CallLabels("analyze_video", ALICE, job.id), "gemini-test", 1, "ok", 0.1, cost_usd=0.25
+    )
+    rows = [(call(n=k + 1), at(day, 6 + k)) for k, day in enumerate(days) for _ in range(3)]
+    rows += [(saving(CACHE_HIT), at(days[0], 9)), (call(BOB, n=7), at(days[1], 9))]
+    rows += [(in_job, at(days[0], 10))]
+    await store.insert_usage_entries([UsageEntry(r, t) for r, t in rows])
+    everything = (at(days[0], 0), at(DAY + timedelta(days=1), 0))
+    before = await store.usage_by_day(None, *everything)
+
+    moved = [await store.roll_up_usage(DAY, 3) for _ in range(4)]
+
+    # Batches of 3: the 9 rows of the two days before DAY move, DAY's stay raw.
+    assert moved == [3, 3, 3, 0]
+    assert await store.usage_by_day(None, *everything) == before
+    assert await store.list_usage(job.id) == []  # the rolled-up rows left the raw ledger
+    # A late row of a rolled-up day is added to its total on the next roll-up.
+    await store.insert_usage_entries([UsageEntry(call(n=9), at(days[0], 20))])
+    assert await store.roll_up_usage(DAY, 100) == 1
+    alice = await store.usage_by_day(ALICE, *everything)
+    first = [d for d in alice if d.day == days[0]]
+    assert len(first) == 1
+    assert close(
+        first[0].totals,
+        total(call(n=1), call(n=1), call(n=1), saving(CACHE_HIT), in_job, call(n=9)),
+    )
+    # Rolled-up days count whole when the range covers any part of them; raw days by time.
+    evening = await store.usage_by_day(ALICE, at(days[1], 23), at(DAY, 8, 30))
+    assert same_days(
+        evening,
+        {
+            (days[1], "analyze_video", "gemini-test"): total(*[call(n=2)] * 3),
+            (DAY, "analyze_video", "gemini-test"): total(*[call(n=3)] * 3),
+        },
+    )
+    assert await store.usage_by_day(ALICE, at(DAY, 8, 30), at(DAY, 9)) == []
+
+
+async def test_daily_totals_past_their_retention_are_deleted(store: Store) -> None:
+    days = [DAY - timedelta(days=k) for k in (3, 2, 1)]
+    rows = [(call(user, n=1), at(day, 8)) for day in days for user in (ALICE, BOB)]
+    await store.insert_usage_entries([UsageEntry(r, t) for r, t in rows])
+    assert await store.roll_up_usage(DAY, 100) == 6
+    assert [await store.purge_usage_days(days[2], 3) for _ in range(3)] == [3, 1, 0]
+    left = await store.usage_by_day(None, at(days[0], 0), at(DAY, 0))
+    assert [d.day for d in left] == [days[2]] and left[0].totals.upstream_calls == 2
+
+
+async def test_the_maintenance_keeps_the_configured_days(store: Store) -> None:
+    settings = UsageSettings(raw_retention_days=2, daily_retention_days=4)
+    rows = [(call(n=1), at(DAY - timedelta(days=k), 12)) for k in range(7)]
+    await store.insert_usage_entries([UsageEntry(r, t) for r, t in rows])
+
+    assert await roll_up_usage(store, settings, DAY, batch_size=2) == (4, 2)
+
+    # DAY and the two days before it stay raw, the two before those are daily totals (counted
+    # whole), and the older ones are gone.
+    days = await store.usage_by_day(ALICE, at(DAY - timedelta(days=10), 0), at(DAY, 23))
+    assert [d.day for d in days] == [DAY - timedelta(days=k) for k in range(4, -1, -1)]
+    raw = await store.usage_by_day(ALICE, at(DAY - timedelta(days=2), 11), at(DAY, 23))
+    assert len(raw) == 3
+    rolled_day = DAY - timedelta(days=3)
+    (whole,) = await store.usage_by_day(ALICE, at(rolled_day, 13), at(DAY - timedelta(days=2), 11))
+    assert whole.day == rolled_day and whole.totals.upstream_calls == 1

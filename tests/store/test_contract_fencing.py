@@ -109,7 +109,7 @@ async def test_a_result_row_is_written_under_the_current_claim_only(store: Store
     assert await store.get_result(key("late")) is None
 
 
-async def test_usage_of_a_lost_claim_is_recorded_as_abandoned_with_its_cost(
+async def test_the_ledger_rows_of_a_lost_claim_read_abandoned_with_their_cost(
     replicas: tuple[Store, Store],
 ) -> None:
     a, b = replicas
@@ -122,20 +122,38 @@ async def test_usage_of_a_lost_claim_is_recorded_as_abandoned_with_its_cost(
         return UsageRecord(labels, "gemini-test", 1, outcome, 1.5, Usage(100, 0, 50), cost)
 
     await a.insert_usage(attempt(mine.claim, "UPSTREAM_UNAVAILABLE", 0.0))
+    # Replica a stalls past its lease; b rescues the job and takes it over.
     taken = await eventually(lambda: b.claim_job(job.id, "replica-b", LEASE_S))
     # Replica a's late answer: paid for, recorded, and marked as thrown away.
     await a.insert_usage(attempt(mine.claim, "ok", 0.25))
     await b.insert_usage(attempt(taken.claim, "ok", 0.5))
+    await b.complete_job(taken.claim, REF)
+    # A row of a claim that ended by its own write keeps its outcome, however late it lands.
+    await b.insert_usage(attempt(taken.claim, "UPSTREAM_UNAVAILABLE", 0.0))
 
     rows = [
         (e.record.outcome, e.record.cost_usd, e.record.labels.fence)
         for e in await b.list_usage(job.id)
     ]
     assert rows == [
-        ("UPSTREAM_UNAVAILABLE", 0.0, 1),
+        (ABANDONED_OUTCOME, 0.0, 1),  # written before the loss: relabelled
         (ABANDONED_OUTCOME, 0.25, 1),
         ("ok", 0.5, 2),
+        ("UPSTREAM_UNAVAILABLE", 0.0, 2),
     ]
+
+
+async def test_a_cancel_while_running_loses_the_claim_and_its_ledger_rows(store: Store) -> None:
+    job = await running(store, new_job())
+    labels = CallLabels("analyze_video", ALICE, job.id, "req", fence=job.fence)
+    await store.insert_usage(UsageRecord(labels, "gemini-test", 1, "ok", 1.0, Usage(9), 0.1))
+    await store.cancel_job(job.id, ALICE)
+    await store.insert_usage(UsageRecord(labels, "gemini-test", 2, "CANCELLED", 1.0))
+    outside = CallLabels("analyze_video", ALICE, job.id, "req")  # no claim: kept as it is
+    await store.insert_usage(UsageRecord(outside, "gemini-test", 1, "ok", 1.0))
+
+    outcomes = [(e.record.outcome, e.record.cost_usd) for e in await store.list_usage(job.id)]
+    assert outcomes == [(ABANDONED_OUTCOME, 0.1), (ABANDONED_OUTCOME, 0.0), ("ok", 0.0)]
 
 
 async def test_the_runner_hears_of_a_cancel_through_the_job_subscription(

@@ -6,20 +6,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from gateway.config import StoreSettings
+from gateway.config import StoreSettings, UsageSettings
 from gateway.errors import Internal, InvalidArgument, NotFound, RateLimited
-from gateway.model import CallLabels, Usage, UsageRecord
-from gateway.store import Job, JobError, MemoryStore, NewJob, ResultRef, Store
+from gateway.store import Job, JobError, MemoryStore, NewJob, ResultRef
 from gateway.store.blobs import LocalBlobStore
 from gateway.store.changes import ChangeHub, wait_for_change
-from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
-from gateway.store.postgres import PostgresStore
 
 
 async def a_job() -> Job:
@@ -119,7 +115,7 @@ async def test_the_cleanup_task_purges_periodically(tmp_path: Path) -> None:
     key = hashlib.sha256(b"k").digest()
     await store.put_result(key, op="op", scope="user", model="m", ref=ResultRef("{}"), ttl_s=0.01)
     settings = StoreSettings(cleanup_interval_s=0.02, cleanup_batch_size=1, blob_gc_grace_s=0.01)
-    task = asyncio.create_task(run_cleanup(store, blobs, settings))
+    task = asyncio.create_task(run_cleanup(store, blobs, settings, UsageSettings()))
 
     async def purged() -> bool:
         try:
@@ -140,39 +136,3 @@ async def test_the_cleanup_task_purges_periodically(tmp_path: Path) -> None:
     # Results go first in every round, so nothing is left for anyone else to purge (and the
     # input blob only the purged job referenced went after it).
     assert await store.purge_expired_results(10) == 0
-
-
-async def test_the_usage_sink_writes_the_ledger_and_never_fails_the_call(
-    store: Store, pg_settings: Callable[..., StoreSettings], closed_port_url: str
-) -> None:
-    job = (await store.join_or_create_active_job(NewJob("u", "op", "{}"))).job
-    record = UsageRecord(CallLabels("op", "u", job.id), "gemini-test", 1, "ok", 0.2, Usage(1, 0, 2))
-    sink = StoreUsageSink(store)
-    await sink.record(record)
-    assert [e.record for e in await store.list_usage(job.id)] == [record]
-    unreachable = PostgresStore(pg_settings(closed_port_url))
-    try:
-        down = StoreUsageSink(unreachable)
-        await down.record(record)  # logged and dropped, not raised
-        assert down.dropped == 1
-    finally:
-        await unreachable.close()
-
-
-async def test_the_embedded_ledger_keeps_the_most_recent_rows() -> None:
-    store = MemoryStore(usage_rows_kept=3)
-    sink = StoreUsageSink(store)
-    old, new = [(await store.join_or_create_active_job(NewJob("u", k, "{}"))).job for k in "ab"]
-    records = [
-        UsageRecord(CallLabels("op", "u", job.id, f"req-{n}"), "gemini-test", n, "ok", 0.1)
-        for n, job in enumerate((old, old, new, new, new))
-    ]
-    for record in records:
-        await sink.record(record)
-    assert [e.record for e in store.usage_entries()] == records[2:]
-    # The older job's calls have aged out of the ledger; the newer job's are all there.
-    assert await store.list_usage(old.id) == []
-    assert [e.record for e in await store.list_usage(new.id)] == records[2:]
-    assert sink.dropped == 0
-    with pytest.raises(ValueError, match="usage_rows_kept"):
-        MemoryStore(usage_rows_kept=0)

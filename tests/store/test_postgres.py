@@ -34,7 +34,7 @@ from gateway.store.postgres import PostgresStore, channel_name, run_migrations
 
 T = TypeVar("T")
 PgSettings = Callable[..., StoreSettings]
-TABLES = ("ai_results", "ai_jobs", "ai_usage", "schema_migrations")
+TABLES = ("ai_results", "ai_jobs", "ai_usage", "ai_usage_daily", "schema_migrations")
 REF = ResultRef(json="{}")
 #: Far above every configured timeout (1 s connect + 1 s command): only a hang reaches it.
 HANG_S = 15.0

@@ -63,6 +63,7 @@ def test_a_call_needs_every_parameter_and_no_other() -> None:
             "succeeded_retention_s": 1.0,
             "failed_retention_s": 1.0,
             "cancelled_retention_s": 1.0,
+            "abandoned": "abandoned",
         },
     )
 
@@ -74,9 +75,9 @@ def test_a_call_needs_every_parameter_and_no_other() -> None:
         calls("purge_jobs", limit=5, statuses=None, limt=5)
     # Defaults fill in what a call leaves out, and a call may override one.
     _, *args = calls("cancel_orphan", execution_id="e")
-    assert args == [1.0, "e", "c"]
+    assert args == [1.0, "e", "abandoned", "c"]
     _, *args = calls("cancel_orphan", execution_id="e", cancelled_retention_s=2.0)
-    assert args == [2.0, "e", "c"]
+    assert args == [2.0, "e", "abandoned", "c"]
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,13 @@ import grpc
 import pytest
 from PIL import Image as PILImage
 from pydantic import SecretStr
-from viewbait.ai.v1 import common_pb2, job_pb2, job_service_pb2, operations_pb2
+from viewbait.ai.v1 import (
+    common_pb2,
+    job_pb2,
+    job_service_pb2,
+    operations_pb2,
+    usage_service_pb2,
+)
 from viewbait_gateway_client import FieldViolation, GatewayClient, GatewayError
 
 from gateway.auth import mint_dev_jwt
@@ -95,6 +101,24 @@ async def test_a_users_own_jwt(server: GatewayServer) -> None:
         )
 
     assert response.result.summary
+
+
+async def test_a_user_reads_what_they_spent_and_saved(server: GatewayServer) -> None:
+    token = mint_dev_jwt(JWT_SECRET, "user-usage", Tier.PRO)
+    request = operations_pb2.AnalyzeVideoRequest(video_id=VIDEO_ID)
+    async with GatewayClient(f"127.0.0.1:{server.port}", token=token) as client:
+        paid = await client.analyze_video(request, timeout_s=60)
+        await client.analyze_video(request, timeout_s=60)  # from the cache
+        assert server.usage is not None and await server.usage.flush()
+        usage = await client.get_usage(usage_service_pb2.GetUsageRequest(), timeout_s=60)
+
+        assert usage.user_id == "user-usage"
+        assert usage.totals.cost_usd == pytest.approx(paid.metadata.usage.cost_usd)
+        assert usage.totals.cache_hits == 1
+        assert usage.totals.saved_usd == pytest.approx(paid.metadata.usage.cost_usd)
+        with pytest.raises(GatewayError) as refused:
+            await client.get_usage(usage_service_pb2.GetUsageRequest(fleet=True), timeout_s=60)
+    assert refused.value.code is grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_stream_as_an_async_iterator(server: GatewayServer) -> None:

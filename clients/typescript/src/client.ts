@@ -1,4 +1,4 @@
-/** `createGatewayClient`: typed clients for both gateway services over one gRPC transport. */
+/** `createGatewayClient`: typed clients for the gateway's services over one gRPC transport. */
 
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -6,6 +6,7 @@ import { credentialHeaders, type Credentials } from "./credentials.js";
 import { GatewayService } from "./gen/viewbait/ai/v1/gateway_service_pb.js";
 import type { Job } from "./gen/viewbait/ai/v1/job_pb.js";
 import { JobService, type WatchJobResponse } from "./gen/viewbait/ai/v1/job_service_pb.js";
+import { UsageService } from "./gen/viewbait/ai/v1/usage_service_pb.js";
 import {
   awaitJob,
   followJob,
@@ -21,12 +22,17 @@ export interface GatewayClientOptions extends Credentials {
   baseUrl: string;
 }
 
-/** Typed clients for the gateway's two services, sharing one transport. */
+/** Typed clients for the gateway's services, sharing one transport. */
 export interface GatewayClients {
   /** Run an operation now: GenerateThumbnail (a stream), AnalyzeVideo, ... */
   gateway: Client<typeof GatewayService>;
   /** Run operations in the background: SubmitJob, GetJob, WatchJob, CancelJob, ListJobs. */
   jobs: Client<typeof JobService>;
+  /**
+   * What was spent and saved: GetUsage (a user's own usage; with the service token, any user's or
+   * the fleet's), by day, operation and model, with the budgets that remain.
+   */
+  usage: Client<typeof UsageService>;
   /**
    * Submits a job and yields its events until it is terminal (see `followJob`):
    * `for await (const event of runJob(request, { timeoutMs, signal })) ...`.
@@ -74,6 +80,7 @@ export function createGatewayClient(options: GatewayClientOptions): GatewayClien
   return {
     gateway: createClient(GatewayService, transport),
     jobs,
+    usage: createClient(UsageService, transport),
     runJob: (request, runOptions) => runJob(jobs, request, runOptions),
     followJob: (jobId, followOptions) => followJob(jobs, jobId, followOptions),
     awaitJob: (request, runOptions) => awaitJob(jobs, request, runOptions),

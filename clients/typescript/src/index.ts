@@ -1,7 +1,7 @@
 /**
  * TypeScript client of the ViewBait AI Gateway (Node.js, server side only): typed gRPC clients
- * for GatewayService and JobService, credentials, decoded errors, and jobs followed to their end
- * across broken streams (`runJob`, `awaitJob`). The generated messages and
+ * for GatewayService, JobService and UsageService, credentials, decoded errors, and jobs followed
+ * to their end across broken streams (`runJob`, `awaitJob`). The generated messages and
  * schemas are re-exported: build requests with `create(AnalyzeVideoRequestSchema, {...})` from
  * "@bufbuild/protobuf".
  */
@@ -40,3 +40,4 @@ export * from "./gen/viewbait/ai/v1/gateway_service_pb.js";
 export * from "./gen/viewbait/ai/v1/job_pb.js";
 export * from "./gen/viewbait/ai/v1/job_service_pb.js";
 export * from "./gen/viewbait/ai/v1/operations_pb.js";
+export * from "./gen/viewbait/ai/v1/usage_service_pb.js";

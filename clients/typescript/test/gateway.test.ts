@@ -6,9 +6,11 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   Code,
   ImageFormat,
+  Operation,
   actingAs,
   createGatewayClient,
   decodeGatewayError,
@@ -118,6 +120,34 @@ describe("gateway end to end", { skip: serverMissing }, () => {
 
     assert.equal(error.code, Code.PermissionDenied, error.message);
     assert.match(error.message, /pro/);
+  });
+
+  test("a user reads what they spent and what the cache saved them (GetUsage)", async () => {
+    const { gateway, usage } = client({ token: userJwt({ sub: "user-usage", tier: "pro" }) });
+    const request = { videoId: "dQw4w9WgXcQ", title: "What the cache saves" };
+
+    const paid = await gateway.analyzeVideo(request, { timeoutMs: CALL_TIMEOUT_MS });
+    const repeat = await gateway.analyzeVideo(request, { timeoutMs: CALL_TIMEOUT_MS });
+    // The gateway writes its usage ledger in the background, within a flush interval.
+    const deadline = Date.now() + CALL_TIMEOUT_MS;
+    let report = await usage.getUsage({}, { timeoutMs: CALL_TIMEOUT_MS });
+    while (report.totals?.cacheHits !== 1n && Date.now() < deadline) {
+      await sleep(100);
+      report = await usage.getUsage({}, { timeoutMs: CALL_TIMEOUT_MS });
+    }
+
+    const cost = paid.metadata?.usage?.costUsd ?? 0;
+    assert.ok(cost > 0 && repeat.metadata?.cached, "the first call paid, the second hit the cache");
+    assert.equal(report.userId, "user-usage");
+    assert.equal(report.totals?.cacheHits, 1n);
+    assert.ok(Math.abs((report.totals?.costUsd ?? 0) - cost) < 1e-9, "spent what the call cost");
+    assert.ok(Math.abs((report.totals?.savedUsd ?? 0) - cost) < 1e-9, "saved what the hit took");
+    assert.deepEqual(
+      report.savings.map((s) => [s.operation, s.cacheHits]),
+      [[Operation.ANALYZE_VIDEO, 1n]],
+    );
+    const denied = await failure(() => usage.getUsage({ fleet: true }, { timeoutMs: CALL_TIMEOUT_MS }));
+    assert.equal(denied.code, Code.PermissionDenied, denied.message);
   });
 
   test("one service-token client acts for different users per call", async () => {

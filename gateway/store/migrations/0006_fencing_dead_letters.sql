@@ -11,5 +11,8 @@ ALTER TABLE {schema}.ai_jobs ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
 -- Dead letters, newest first: what operators list, filter by error reason and re-drive.
 CREATE INDEX ai_jobs_dead_letters ON {schema}.ai_jobs (created_at DESC, id DESC)
     WHERE status = 'failed';
+-- The tokens of the execution's lost claims (cancelled while running, or rescued after their
+-- lease lapsed): the ledger rows of those claims read "abandoned".
+ALTER TABLE {schema}.ai_jobs ADD COLUMN lost_fences bigint[] NOT NULL DEFAULT '{}';
 -- The fencing token of the claim a ledger row's attempt ran under (NULL outside a job).
 ALTER TABLE {schema}.ai_usage ADD COLUMN fence bigint;

@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
+from datetime import UTC, date, datetime
 
 from gateway.config import StoreSettings
 from gateway.errors import NotFound
@@ -30,6 +31,7 @@ from gateway.model import UsageRecord
 from gateway.store.base import (
     ABANDONED_OUTCOME,
     MAX_ERROR_HISTORY,
+    NO_SPEND,
     CachedResult,
     Claim,
     Job,
@@ -37,12 +39,14 @@ from gateway.store.base import (
     JobError,
     JobFilter,
     JobProgress,
+    JobSpend,
     JobStatus,
     JoinOutcome,
     LeaseLost,
     NewJob,
     Redrive,
     ResultRef,
+    UsageDay,
     UsageEntry,
 )
 from gateway.store.changes import DUE, ChangeHub
@@ -143,12 +147,20 @@ class PostgresStore:
         model: str,
         ref: ResultRef,
         ttl_s: float,
+        cost_usd: float = 0.0,
         claim: Claim | None = None,
     ) -> CachedResult:
         """See `ResultStore.put_result`."""
         try:
             return await self.results.put_result(
-                key, op=op, scope=scope, model=model, ref=ref, ttl_s=ttl_s, claim=claim
+                key,
+                op=op,
+                scope=scope,
+                model=model,
+                ref=ref,
+                ttl_s=ttl_s,
+                cost_usd=cost_usd,
+                claim=claim,
             )
         except LeaseLost as lost:
             # Refused: tell the runner where its execution went, as the job writes do.
@@ -202,19 +214,41 @@ class PostgresStore:
         """See `JobStore.heartbeat_job`."""
         return await self.jobs.heartbeat_job(claim, lease_s, progress)
 
-    async def complete_job(self, claim: Claim, result: ResultRef) -> Job:
+    async def complete_job(
+        self,
+        claim: Claim,
+        result: ResultRef,
+        *,
+        spend: JobSpend = NO_SPEND,
+        cached: bool = False,
+        result_cost_usd: float = 0.0,
+    ) -> Job:
         """See `JobStore.complete_job`."""
-        return await self.jobs.complete_job(claim, result)
+        return await self.jobs.complete_job(
+            claim, result, spend=spend, cached=cached, result_cost_usd=result_cost_usd
+        )
 
     async def fail_job(
-        self, claim: Claim, error: JobError, retry_after_s: float | None = None
+        self,
+        claim: Claim,
+        error: JobError,
+        retry_after_s: float | None = None,
+        *,
+        spend: JobSpend = NO_SPEND,
     ) -> Job:
         """See `JobStore.fail_job`."""
-        return await self.jobs.fail_job(claim, error, retry_after_s)
+        return await self.jobs.fail_job(claim, error, retry_after_s, spend=spend)
 
-    async def defer_job(self, claim: Claim, error: JobError, delay_s: float) -> Job:
+    async def defer_job(
+        self,
+        claim: Claim,
+        error: JobError,
+        delay_s: float,
+        *,
+        spend: JobSpend = NO_SPEND,
+    ) -> Job:
         """See `JobStore.defer_job`."""
-        return await self.jobs.defer_job(claim, error, delay_s)
+        return await self.jobs.defer_job(claim, error, delay_s, spend=spend)
 
     async def cancel_job(self, job_id: str, user_id: str | None) -> Job:
         """See `JobStore.cancel_job`."""
@@ -277,12 +311,30 @@ class PostgresStore:
         return {bytes(row[0]) for row in rows}
 
     async def insert_usage(self, record: UsageRecord) -> None:
-        """See `UsageStore.insert_usage`."""
-        await self.usage.insert_usage(record)
+        """See `UsageStore.insert_usage` (stamped with this replica's clock)."""
+        await self.usage.insert_usage_entries([UsageEntry(record, datetime.now(UTC))])
+
+    async def insert_usage_entries(self, entries: Sequence[UsageEntry]) -> None:
+        """See `UsageStore.insert_usage_entries`."""
+        await self.usage.insert_usage_entries(entries)
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:
         """See `UsageStore.list_usage`."""
         return await self.usage.list_usage(job_id)
+
+    async def usage_by_day(
+        self, user_id: str | None, start: datetime, end: datetime
+    ) -> list[UsageDay]:
+        """See `UsageStore.usage_by_day`."""
+        return await self.usage.usage_by_day(user_id, start, end)
+
+    async def roll_up_usage(self, before: date, limit: int) -> int:
+        """See `UsageStore.roll_up_usage`."""
+        return await self.usage.roll_up_usage(before, limit)
+
+    async def purge_usage_days(self, before: date, limit: int) -> int:
+        """See `UsageStore.purge_usage_days`."""
+        return await self.usage.purge_usage_days(before, limit)
 
 
 __all__ = ["PostgresStore", "channel_name", "run_migrations"]

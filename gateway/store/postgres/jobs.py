@@ -29,6 +29,7 @@ import asyncpg
 
 from gateway.config import StoreSettings
 from gateway.store.base import (
+    NO_SPEND,
     AttemptError,
     Claim,
     Job,
@@ -36,6 +37,7 @@ from gateway.store.base import (
     JobError,
     JobFilter,
     JobProgress,
+    JobSpend,
     JobStatus,
     JoinOutcome,
     LeaseLost,
@@ -53,9 +55,10 @@ from gateway.store.base import (
 )
 from gateway.store.batching import Batcher
 from gateway.store.changes import DUE, ChangeHub, wait_for_change
-from gateway.store.postgres.pool import Connection, Pool, Record
+from gateway.store.postgres.pool import Connection, Pool, Record, usd
 from gateway.store.postgres.queries import Queries
 from gateway.store.postgres.results import result_ref
+from gateway.store.postgres.usage import usage_of
 
 #: A join retries when a concurrent transaction changed what it saw; this bounds the retries.
 _JOIN_ATTEMPTS = 5
@@ -90,10 +93,35 @@ class _Completion(NamedTuple):
     job_id: uuid.UUID
     claim: Claim
     result: ResultRef
+    spend: JobSpend
+    cached: bool
+    result_cost_usd: float
 
 
 class _Retry(Exception):
     """Rolls back one join attempt (raised inside its transaction)."""
+
+
+def _spend_json(spend: JobSpend) -> str:
+    """A spend as `add_spend` (queries.sql) reads it."""
+    u = spend.usage
+    return json.dumps(
+        {
+            "prompt_tokens": u.prompt_tokens,
+            "cached_prompt_tokens": u.cached_prompt_tokens,
+            "output_tokens": u.output_tokens,
+            "thinking_tokens": u.thinking_tokens,
+            "image_output_tokens": u.image_output_tokens,
+            "total_tokens": u.total_tokens,
+            "cost_usd": repr(float(spend.cost_usd)),
+            "upstream_calls": spend.upstream_calls,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _spend(row: Record) -> JobSpend:
+    return JobSpend(usage_of(row), float(row["cost_usd"]), row["upstream_calls"])
 
 
 def _job(row: Record) -> Job:
@@ -130,6 +158,10 @@ def _job(row: Record) -> Job:
         completed_at=row["completed_at"],
         expires_at=row["expires_at"],
         started_by=row.get("started_by"),
+        spend=_spend(row),
+        cached=row["cached"],
+        result_cost_usd=float(row["result_cost_usd"]),
+        coalesced=row["coalesced"],
         fence=row.get("fence") or 0,
         error_history=tuple(AttemptError.from_json(e) for e in json.loads(history or "[]")),
     )
@@ -293,6 +325,7 @@ class PostgresJobs:
                 request_hash=new.request_hash,
                 priority=new.priority,
                 execution_id=row["id"],
+                coalesced=not created,
             )
         )
         if handle is None:
@@ -460,7 +493,15 @@ class PostgresJobs:
             progress=None if progress is None else progress.to_json(),
         )
 
-    async def complete_job(self, claim: Claim, result: ResultRef) -> Job:
+    async def complete_job(
+        self,
+        claim: Claim,
+        result: ResultRef,
+        *,
+        spend: JobSpend = NO_SPEND,
+        cached: bool = False,
+        result_cost_usd: float = 0.0,
+    ) -> Job:
         """See `JobStore.complete_job`. Concurrent completions share one statement and commit
         (`gateway.store.batching`)."""
         parsed = parse_job_id(claim.job_id)
@@ -468,7 +509,8 @@ class PostgresJobs:
             raise LeaseLost(claim.job_id, None)
         if any(len(digest) != _DIGEST_BYTES for digest in result.blobs):
             raise ValueError("result blob digests are SHA-256 digests (32 bytes)")
-        return await self.completions.submit(_Completion(parsed, claim, result))
+        completion = _Completion(parsed, claim, result, spend, cached, result_cost_usd)
+        return await self.completions.submit(completion)
 
     async def _complete_many(self, batch: Sequence[_Completion]) -> list[Job | LeaseLost]:
         """One statement and transaction completing every execution of `batch`."""
@@ -480,6 +522,9 @@ class PostgresJobs:
             result_jsons=[c.result.json for c in batch],
             result_json_blobs=[c.result.json_blob for c in batch],
             result_blobs=[b"".join(c.result.blobs) for c in batch],
+            spends=[_spend_json(c.spend) for c in batch],
+            cached=[c.cached for c in batch],
+            result_costs=[usd(c.result_cost_usd) for c in batch],
         )
 
         async def complete(conn: Connection) -> tuple[list[Record], list[Record]]:
@@ -496,7 +541,12 @@ class PostgresJobs:
         return [by_id.get(c.job_id) or LeaseLost(str(c.job_id), now.get(c.job_id)) for c in batch]
 
     async def fail_job(
-        self, claim: Claim, error: JobError, retry_after_s: float | None = None
+        self,
+        claim: Claim,
+        error: JobError,
+        retry_after_s: float | None = None,
+        *,
+        spend: JobSpend = NO_SPEND,
     ) -> Job:
         """See `JobStore.fail_job`."""
         job = await self._held_change(
@@ -505,12 +555,20 @@ class PostgresJobs:
             reason=error.reason,
             message=error.message,
             retry_after_s=None if retry_after_s is None else float(retry_after_s),
+            spend=_spend_json(spend),
         )
         if retry_after_s is not None and job.status is JobStatus.QUEUED:
             self._due_later(retry_after_s)
         return job
 
-    async def defer_job(self, claim: Claim, error: JobError, delay_s: float) -> Job:
+    async def defer_job(
+        self,
+        claim: Claim,
+        error: JobError,
+        delay_s: float,
+        *,
+        spend: JobSpend = NO_SPEND,
+    ) -> Job:
         """See `JobStore.defer_job`."""
         job = await self._held_change(
             claim,
@@ -518,6 +576,7 @@ class PostgresJobs:
             reason=error.reason,
             message=error.message,
             delay_s=float(delay_s),
+            spend=_spend_json(spend),
         )
         self._due_later(delay_s)
         return job

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import asyncpg
@@ -63,6 +64,11 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 def deleted(status: str) -> int:
     """The row count of a DELETE's command tag, e.g. "DELETE 12"."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+def usd(amount: float) -> Decimal:
+    """A dollar amount for a numeric column, exactly as the float prints (no binary noise)."""
+    return Decimal(repr(float(amount)))
 
 
 class Pool:

@@ -10,7 +10,7 @@ from gateway.store.base import (
     check_positive,
     parse_job_id,
 )
-from gateway.store.postgres.pool import Pool, Record, deleted
+from gateway.store.postgres.pool import Pool, Record, deleted, usd
 from gateway.store.postgres.queries import Queries
 
 
@@ -32,6 +32,7 @@ def _cached(row: Record) -> CachedResult:
         ref,
         row["created_at"],
         row["expires_at"],
+        float(row["cost_usd"]),
     )
 
 
@@ -56,6 +57,7 @@ class PostgresResults:
         model: str,
         ref: ResultRef,
         ttl_s: float,
+        cost_usd: float = 0.0,
         claim: Claim | None = None,
     ) -> CachedResult:
         """See `ResultStore.put_result`."""
@@ -77,6 +79,7 @@ class PostgresResults:
             result_blob=ref.json_blob,
             result_blobs=list(ref.blobs),
             ttl_s=float(ttl_s),
+            cost_usd=usd(cost_usd),
         )
         row = await self._pool.run(lambda c: c.fetchrow(*statement))
         if row is None:

@@ -1,4 +1,4 @@
-"""`GatewayClient`: an asyncio client for both gateway services over one channel."""
+"""`GatewayClient`: an asyncio client for the gateway's services over one channel."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from viewbait.ai.v1 import (
     job_service_pb2,
     job_service_pb2_grpc,
     operations_pb2,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
 )
 
 from viewbait_gateway_client import jobs
@@ -33,7 +35,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class GatewayClient:
-    """Calls the gateway's GatewayService and JobService with one set of credentials.
+    """Calls the gateway's GatewayService, JobService and UsageService with one set of
+    credentials.
 
     Pass a user's JWT as `token`, or the backend's service token as `token` together with the
     `user_id` and `tier` the call acts for. Every method takes the RPC's request message, raises
@@ -73,6 +76,7 @@ class GatewayClient:
         )
         self._gateway = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
         self._jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
+        self._usage = usage_service_pb2_grpc.UsageServiceStub(self._channel)
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -223,6 +227,20 @@ class GatewayClient:
         """Re-drives a failed job (a dead letter) with a fresh attempt budget; a job queued,
         running or succeeded is returned as it is (`retried` false), so repeating it is safe."""
         return await self._unary(self._jobs.RetryJob, request, timeout_s, request_id)
+
+    # UsageService
+
+    async def get_usage(
+        self,
+        request: usage_service_pb2.GetUsageRequest,
+        *,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> usage_service_pb2.GetUsageResponse:
+        """Spend, tokens and upstream calls by day, operation and model, what the cache and
+        coalescing saved, and the budgets that remain: the caller's own, or (service token) any
+        user's or the fleet's."""
+        return await self._unary(self._usage.GetUsage, request, timeout_s, request_id)
 
     # Jobs, followed to their end
 

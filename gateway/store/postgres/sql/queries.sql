@@ -56,14 +56,33 @@ status = 'running' AND locked_by = :worker_id AND fence = :fence
     || jsonb_build_array(jsonb_build_object('attempt', t.attempts, 'reason', :reason::text,
         'message', :message::text, 'at', now(), 'worker', coalesce(t.locked_by, '')))
 
+-- claim_lost --
+-- The SET clause item of a statement that ends the running execution `t`'s claim without its
+-- runner (a cancel, a rescue): its token joins the lost ones, whose ledger rows read
+-- :abandoned.
+lost_fences = CASE WHEN t.status = 'running' AND t.follows IS NULL
+    THEN t.lost_fences || t.fence ELSE t.lost_fences END
+
+-- abandon_usage --
+-- The WITH item, after `j` (the changed jobs), relabelling the ledger rows already written
+-- under a claim `j` lost: upstream attempts (savings rows have attempt 0) read :abandoned.
+abandoned AS (
+    UPDATE {schema}.ai_usage u SET outcome = :abandoned
+    FROM j WHERE u.job_id = j.id AND u.fence = j.fence AND j.fence = ANY(j.lost_fences)
+        AND u.attempt > 0)
+
 -- mirrored --
--- The SET clause copying an execution `e`'s visible state to its handle `h` (an event).
+-- The SET clause copying an execution `e`'s visible state (its spend included) to its handle
+-- `h` (an event).
 status = e.status, attempts = e.attempts, max_attempts = e.max_attempts,
     run_after = e.run_after, progress = e.progress,
     result_json = e.result_json, result_blob = e.result_blob,
     result_blobs = e.result_blobs, error_reason = e.error_reason,
     error_message = e.error_message, errors = e.errors, started_at = e.started_at,
     completed_at = e.completed_at, expires_at = e.expires_at,
+    ({spend_columns}) = (e.prompt_tokens, e.cached_prompt_tokens, e.output_tokens,
+        e.thinking_tokens, e.image_output_tokens, e.total_tokens, e.cost_usd,
+        e.upstream_calls, e.cached, e.result_cost_usd),
     event_seq = h.event_seq + 1
 
 -- result_upsert --
@@ -72,7 +91,7 @@ ON CONFLICT (key) DO UPDATE SET
     op = excluded.op, scope = excluded.scope, model = excluded.model,
     result_json = excluded.result_json, result_blob = excluded.result_blob,
     result_blobs = excluded.result_blobs, created_at = excluded.created_at,
-    expires_at = excluded.expires_at
+    expires_at = excluded.expires_at, cost_usd = excluded.cost_usd
 RETURNING *
 
 -- job_filter --
@@ -84,17 +103,37 @@ RETURNING *
     AND (:after_created_at::timestamptz IS NULL
         OR (created_at, id) < (:after_created_at::timestamptz, :after_id::uuid))
 
+-- add_spend --
+-- The SET clause items adding a spend `s` (JSON with every key: prompt_tokens,
+-- cached_prompt_tokens, output_tokens, thinking_tokens, image_output_tokens, total_tokens,
+-- cost_usd, upstream_calls) to what the job row `t` spent.
+prompt_tokens = t.prompt_tokens + (s ->> 'prompt_tokens')::bigint,
+cached_prompt_tokens = t.cached_prompt_tokens + (s ->> 'cached_prompt_tokens')::bigint,
+output_tokens = t.output_tokens + (s ->> 'output_tokens')::bigint,
+thinking_tokens = t.thinking_tokens + (s ->> 'thinking_tokens')::bigint,
+image_output_tokens = t.image_output_tokens + (s ->> 'image_output_tokens')::bigint,
+total_tokens = t.total_tokens + (s ->> 'total_tokens')::bigint,
+cost_usd = t.cost_usd + (s ->> 'cost_usd')::numeric,
+upstream_calls = t.upstream_calls + (s ->> 'upstream_calls')::int
+
+-- spend_columns --
+-- What a job row spent and how its result was produced: the columns a handle copies from
+-- its execution.
+prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens, image_output_tokens,
+total_tokens, cost_usd, upstream_calls, cached, result_cost_usd
+
 
 -- get_result --
 -- The cache entry under :key, unless it expired.
 SELECT * FROM {schema}.ai_results WHERE key = :key AND expires_at > now();
 
 -- put_result --
--- Stores (or replaces) the cache entry under :key for :ttl_s seconds.
+-- Stores (or replaces) the cache entry under :key for :ttl_s seconds, with what the upstream
+-- work that produced it cost (:cost_usd).
 INSERT INTO {schema}.ai_results
-    (key, op, scope, model, result_json, result_blob, result_blobs, expires_at)
+    (key, op, scope, model, result_json, result_blob, result_blobs, expires_at, cost_usd)
 VALUES (:key, :op, :scope, :model, :result_json, :result_blob, :result_blobs,
-    now() + make_interval(secs => :ttl_s))
+    now() + make_interval(secs => :ttl_s), :cost_usd)
 {result_upsert};
 
 -- put_result_held --
@@ -104,9 +143,9 @@ VALUES (:key, :op, :scope, :model, :result_json, :result_blob, :result_blobs,
 WITH held AS (
     SELECT id FROM {schema}.ai_jobs WHERE id = :job_id AND {held} FOR SHARE)
 INSERT INTO {schema}.ai_results
-    (key, op, scope, model, result_json, result_blob, result_blobs, expires_at)
+    (key, op, scope, model, result_json, result_blob, result_blobs, expires_at, cost_usd)
 SELECT :key, :op, :scope, :model, :result_json, :result_blob, :result_blobs,
-    now() + make_interval(secs => :ttl_s)
+    now() + make_interval(secs => :ttl_s), :cost_usd
 FROM held
 {result_upsert};
 
@@ -188,15 +227,20 @@ SELECT j.*, {due_wake} FROM j;
 
 -- insert_handle --
 -- A user's handle on the shared execution :execution_id, mirroring its state; nothing when
--- the user's concurrent request added one first (or took the idempotency key).
+-- the user's concurrent request added one first (or took the idempotency key). :coalesced:
+-- the user joined an execution another user started.
 INSERT INTO {schema}.ai_jobs (id, user_id, follows, op, status, input_json,
     input_blobs, idempotency_key, request_hash, model, priority, attempts,
     max_attempts, run_after, progress, result_json, result_blob, result_blobs,
-    error_reason, error_message, errors, started_at, completed_at, expires_at)
+    error_reason, error_message, errors, started_at, completed_at, expires_at, coalesced,
+    {spend_columns})
 SELECT :job_id, :user_id, e.id, e.op, e.status, :input_json, :input_blobs, :idempotency_key,
     :request_hash, e.model, :priority, e.attempts, e.max_attempts, e.run_after, e.progress,
     e.result_json, e.result_blob, e.result_blobs, e.error_reason, e.error_message, e.errors,
-    e.started_at, e.completed_at, e.expires_at
+    e.started_at, e.completed_at, e.expires_at, :coalesced,
+    e.prompt_tokens, e.cached_prompt_tokens, e.output_tokens, e.thinking_tokens,
+    e.image_output_tokens, e.total_tokens, e.cost_usd, e.upstream_calls, e.cached,
+    e.result_cost_usd
 FROM {schema}.ai_jobs e WHERE e.id = :execution_id
 ON CONFLICT DO NOTHING
 RETURNING *;
@@ -215,7 +259,8 @@ SELECT pg_notify(:channel, j.id::text || ':' || j.event_seq) FROM j;
 -- rescue --
 -- Up to :limit running executions whose lease expired (:job_id NULL: any, else that one):
 -- queued again while attempts remain, failed with :reason and :message otherwise; either way
--- the lapsed attempt joins the error history, with the worker that stopped answering.
+-- the lapsed attempt joins the error history, with the worker that stopped answering, and its
+-- claim is lost.
 WITH j AS (
     UPDATE {schema}.ai_jobs t SET
         status = CASE WHEN t.attempts < t.max_attempts THEN 'queued' ELSE 'failed' END,
@@ -223,7 +268,7 @@ WITH j AS (
         completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
         expires_at = CASE WHEN t.attempts < t.max_attempts THEN NULL
             ELSE now() + make_interval(secs => :failed_retention_s) END,
-        locked_by = NULL, locked_until = NULL, errors = {error_appended},
+        locked_by = NULL, locked_until = NULL, errors = {error_appended}, {claim_lost},
         error_reason = :reason, error_message = :message, event_seq = t.event_seq + 1
     FROM (
         SELECT id FROM {schema}.ai_jobs
@@ -232,7 +277,8 @@ WITH j AS (
         ORDER BY locked_until LIMIT :limit FOR UPDATE SKIP LOCKED
     ) due
     WHERE t.id = due.id
-    RETURNING t.*)
+    RETURNING t.*),
+{abandon_usage}
 SELECT j.*, {job_events}, {due_wake} FROM j;
 
 -- claim --
@@ -325,7 +371,9 @@ FROM j;
 -- Completes many held executions at once (concurrent completions batched). Every parameter
 -- is an array with one element per execution: :job_ids, their claims (:worker_ids, :fences),
 -- inline :result_jsons, :result_json_blobs digests, and :result_blobs, each execution's result
--- blob digests concatenated (32 bytes each: arrays of arrays cannot be unnested).
+-- blob digests concatenated (32 bytes each: arrays of arrays cannot be unnested); what the
+-- attempt spent (:spends, as in add_spend), whether the result came from the cache (:cached)
+-- and what the upstream work behind it cost (:result_costs).
 WITH j AS (
     UPDATE {schema}.ai_jobs t SET
         status = 'succeeded', result_json = c.result_json::json,
@@ -336,10 +384,13 @@ WITH j AS (
             ORDER BY n),
         error_reason = NULL, error_message = NULL, completed_at = now(),
         expires_at = now() + make_interval(secs => :succeeded_retention_s),
-        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1
+        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1,
+        cached = c.cached, result_cost_usd = c.result_cost_usd, {add_spend}
     FROM unnest(:job_ids::uuid[], :worker_ids::text[], :fences::bigint[], :result_jsons::text[],
-        :result_json_blobs::bytea[], :result_blobs::bytea[])
-        AS c(id, worker_id, fence, result_json, result_blob, result_blobs)
+        :result_json_blobs::bytea[], :result_blobs::bytea[], :spends::jsonb[],
+        :cached::bool[], :result_costs::numeric[])
+        AS c(id, worker_id, fence, result_json, result_blob, result_blobs, s, cached,
+            result_cost_usd)
     WHERE t.id = c.id AND t.status = 'running' AND t.locked_by = c.worker_id
         AND t.fence = c.fence
     RETURNING t.*)
@@ -347,8 +398,9 @@ SELECT j.*, {job_events} FROM j;
 
 -- fail --
 -- Records a failed attempt of a held execution with :reason and :message (in its error
--- history too). :retry_after_s NULL: it fails for good, a dead letter. Otherwise it is queued
--- again, due after that many seconds, while attempts remain.
+-- history too), adding what it spent (:spend, as in add_spend). :retry_after_s NULL: it fails
+-- for good, a dead letter. Otherwise it is queued again, due after that many seconds, while
+-- attempts remain.
 WITH j AS (
     UPDATE {schema}.ai_jobs t SET
         status = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
@@ -361,22 +413,25 @@ WITH j AS (
         expires_at = CASE WHEN :retry_after_s::float8 IS NOT NULL AND attempts < max_attempts
             THEN NULL ELSE now() + make_interval(secs => :failed_retention_s) END,
         error_reason = :reason, error_message = :message, errors = {error_appended},
-        locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1, {add_spend}
+    FROM (SELECT :spend::jsonb AS s) AS a
     WHERE id = :job_id AND {held}
-    RETURNING *)
+    RETURNING t.*)
 SELECT j.*, {job_events}, {due_wake} FROM j;
 
 -- defer --
 -- Gives a held execution back without counting its attempt: queued again, due after
--- :delay_s, with :reason and :message saying why it waits.
+-- :delay_s, with :reason and :message saying why it waits, adding whatever it spent (:spend,
+-- as in add_spend).
 WITH j AS (
-    UPDATE {schema}.ai_jobs SET
-        status = 'queued', attempts = attempts - 1,
+    UPDATE {schema}.ai_jobs t SET
+        status = 'queued', attempts = t.attempts - 1,
         run_after = now() + make_interval(secs => greatest(:delay_s::float8, 0)),
         error_reason = :reason, error_message = :message,
-        locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
+        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1, {add_spend}
+    FROM (SELECT :spend::jsonb AS s) AS a
     WHERE id = :job_id AND {held}
-    RETURNING *)
+    RETURNING t.*)
 SELECT j.*, {job_events}, {due_wake} FROM j;
 
 -- lock_job --
@@ -384,31 +439,35 @@ SELECT j.*, {job_events}, {due_wake} FROM j;
 SELECT * FROM {schema}.ai_jobs WHERE id = :job_id FOR UPDATE;
 
 -- cancel --
--- Cancels the user's job if it is active (:user_id NULL, an operator: anyone's).
+-- Cancels the user's job if it is active (:user_id NULL, an operator: anyone's); a running
+-- execution's claim is lost.
 WITH j AS (
-    UPDATE {schema}.ai_jobs SET
+    UPDATE {schema}.ai_jobs t SET
         status = 'cancelled', result_json = NULL, result_blob = NULL,
         result_blobs = NULL, error_reason = NULL, error_message = NULL,
         completed_at = now(),
         expires_at = now() + make_interval(secs => :cancelled_retention_s),
-        locked_by = NULL, locked_until = NULL, event_seq = event_seq + 1
-    WHERE id = :job_id AND (:user_id::text IS NULL OR user_id = :user_id)
-        AND status IN ('queued', 'running')
-    RETURNING *)
+        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1, {claim_lost}
+    WHERE t.id = :job_id AND (:user_id::text IS NULL OR t.user_id = :user_id)
+        AND t.status IN ('queued', 'running')
+    RETURNING t.*),
+{abandon_usage}
 SELECT j.*, {job_events} FROM j;
 
 -- cancel_orphan --
--- Cancels the shared execution :execution_id once its last active handle has gone.
+-- Cancels the shared execution :execution_id once its last active handle has gone (a running
+-- one's claim is lost).
 WITH j AS (
-    UPDATE {schema}.ai_jobs e SET
+    UPDATE {schema}.ai_jobs t SET
         status = 'cancelled', error_reason = NULL, error_message = NULL,
         completed_at = now(),
         expires_at = now() + make_interval(secs => :cancelled_retention_s),
-        locked_by = NULL, locked_until = NULL, event_seq = e.event_seq + 1
-    WHERE e.id = :execution_id AND e.status IN ('queued', 'running') AND NOT EXISTS (
+        locked_by = NULL, locked_until = NULL, event_seq = t.event_seq + 1, {claim_lost}
+    WHERE t.id = :execution_id AND t.status IN ('queued', 'running') AND NOT EXISTS (
         SELECT 1 FROM {schema}.ai_jobs h
-        WHERE h.follows = e.id AND h.status IN ('queued', 'running'))
-    RETURNING *)
+        WHERE h.follows = t.id AND h.status IN ('queued', 'running'))
+    RETURNING t.*),
+{abandon_usage}
 SELECT j.*, {job_events} FROM j;
 
 -- redrive --
@@ -463,24 +522,124 @@ RETURNING status;
 
 
 -- insert_usage --
--- Appends one upstream attempt to the usage ledger (:job_id NULL for a call outside a job).
--- An attempt of a job made under the claim :fence is recorded as :abandoned when that claim
--- is no longer the execution's current one (lost, cancelled, taken over): paid for, and its
--- answer thrown away.
+-- Appends ledger rows (upstream attempts and savings records) in one statement, in order.
+-- Every parameter is an array with one element per row; a :job_ids element is NULL for a
+-- record outside a job, a :fences element for a record of no claim. An upstream attempt made
+-- under a claim its execution lost (`lost_fences`) is recorded as :abandoned: paid for, its
+-- work thrown away.
 INSERT INTO {schema}.ai_usage (job_id, user_id, op, request_id, model, attempt,
     outcome, fence, prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
-    image_output_tokens, total_tokens, cost_usd, duration_s)
-VALUES (:job_id, :user_id, :op, :request_id, :model, :attempt,
-    CASE WHEN :fence::bigint IS NULL OR EXISTS (
+    image_output_tokens, total_tokens, cost_usd, saved_usd, duration_s, created_at)
+SELECT r.job_id, r.user_id, r.op, r.request_id, r.model, r.attempt,
+    CASE WHEN r.fence IS NOT NULL AND EXISTS (
             SELECT 1 FROM {schema}.ai_jobs j
-            WHERE j.id = :job_id AND j.status = 'running' AND j.fence = :fence)
-        THEN :outcome ELSE :abandoned END,
-    :fence, :prompt_tokens, :cached_prompt_tokens, :output_tokens, :thinking_tokens,
-    :image_output_tokens, :total_tokens, :cost_usd, :duration_s);
+            WHERE j.id = r.job_id AND r.fence = ANY(j.lost_fences))
+        THEN :abandoned ELSE r.outcome END,
+    r.fence, r.prompt_tokens, r.cached_prompt_tokens, r.output_tokens, r.thinking_tokens,
+    r.image_output_tokens, r.total_tokens, r.cost_usd, r.saved_usd, r.duration_s, r.created_at
+FROM unnest(:job_ids::uuid[], :user_ids::text[], :ops::text[],
+    :request_ids::text[], :models::text[], :attempts::int[], :outcomes::text[],
+    :fences::bigint[], :prompt_tokens::bigint[], :cached_prompt_tokens::bigint[],
+    :output_tokens::bigint[], :thinking_tokens::bigint[], :image_output_tokens::bigint[],
+    :total_tokens::bigint[], :costs::numeric[], :saved::numeric[], :durations::float8[],
+    :created_at::timestamptz[])
+    WITH ORDINALITY AS r(job_id, user_id, op, request_id, model, attempt, outcome, fence,
+        prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
+        image_output_tokens, total_tokens, cost_usd, saved_usd, duration_s, created_at, n)
+ORDER BY r.n;
 
 -- list_usage --
--- The ledger rows of one job, oldest first.
+-- The raw ledger rows of one job, oldest first.
 SELECT * FROM {schema}.ai_usage WHERE job_id = :job_id ORDER BY id;
+
+-- usage_columns --
+-- The columns of a daily total, in the order of `ai_usage_daily`.
+day, user_id, op, model, upstream_calls, prompt_tokens, cached_prompt_tokens, output_tokens,
+thinking_tokens, image_output_tokens, total_tokens, cost_usd, cache_hits, joins, saved_usd
+
+-- usage_of_raw --
+-- A raw ledger row as its part of a daily total (`usage_columns`): its UTC day, one upstream
+-- call or one savings record.
+(created_at AT TIME ZONE 'UTC')::date AS day, user_id, op, model,
+CASE WHEN outcome IN ('cache_hit', 'coalesced') THEN 0 ELSE 1 END AS upstream_calls,
+prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens, image_output_tokens,
+total_tokens, cost_usd,
+CASE WHEN outcome = 'cache_hit' THEN 1 ELSE 0 END AS cache_hits,
+CASE WHEN outcome = 'coalesced' THEN 1 ELSE 0 END AS joins,
+saved_usd
+
+-- usage_sums --
+-- The totals of the `usage_columns` rows grouped.
+sum(upstream_calls)::bigint AS upstream_calls, sum(prompt_tokens)::bigint AS prompt_tokens,
+sum(cached_prompt_tokens)::bigint AS cached_prompt_tokens,
+sum(output_tokens)::bigint AS output_tokens, sum(thinking_tokens)::bigint AS thinking_tokens,
+sum(image_output_tokens)::bigint AS image_output_tokens,
+sum(total_tokens)::bigint AS total_tokens, sum(cost_usd) AS cost_usd,
+sum(cache_hits)::bigint AS cache_hits, sum(joins)::bigint AS joins,
+sum(saved_usd) AS saved_usd
+
+-- days_in_range --
+-- The daily totals whose UTC day overlaps :start (inclusive) to :end (exclusive).
+day >= (:start::timestamptz AT TIME ZONE 'UTC')::date
+    AND (day::timestamp AT TIME ZONE 'UTC') < :end::timestamptz
+
+-- usage_by_day_of_user --
+-- The ledger of :user_id from :start (inclusive) to :end (exclusive), summed by UTC day,
+-- operation and model: raw rows by their time, daily totals of the days the range overlaps.
+SELECT day, op, model, {usage_sums} FROM (
+    SELECT {usage_of_raw} FROM {schema}.ai_usage
+    WHERE user_id = :user_id AND created_at >= :start AND created_at < :end
+    UNION ALL
+    SELECT {usage_columns} FROM {schema}.ai_usage_daily
+    WHERE user_id = :user_id AND {days_in_range}) u
+GROUP BY day, op, model ORDER BY day, op, model;
+
+-- usage_by_day_of_fleet --
+-- As usage_by_day_of_user, for every user together.
+SELECT day, op, model, {usage_sums} FROM (
+    SELECT {usage_of_raw} FROM {schema}.ai_usage
+    WHERE created_at >= :start AND created_at < :end
+    UNION ALL
+    SELECT {usage_columns} FROM {schema}.ai_usage_daily WHERE {days_in_range}) u
+GROUP BY day, op, model ORDER BY day, op, model;
+
+-- roll_up_usage --
+-- Moves up to :limit raw ledger rows recorded before the UTC day :before into the daily
+-- totals (added to a day's totals already there), oldest first, skipping rows another
+-- replica's roll-up holds. One statement: the rows leave `ai_usage` in the transaction that
+-- adds them to `ai_usage_daily`, so no row is ever counted twice or lost. Returns how many
+-- moved.
+WITH moved AS (
+    DELETE FROM {schema}.ai_usage WHERE id IN (
+        SELECT id FROM {schema}.ai_usage
+        WHERE created_at < (:before::date::timestamp AT TIME ZONE 'UTC')
+        ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+    RETURNING *),
+added AS (
+    INSERT INTO {schema}.ai_usage_daily AS d ({usage_columns})
+    SELECT day, user_id, op, model, {usage_sums}
+    FROM (SELECT {usage_of_raw} FROM moved) u
+    GROUP BY day, user_id, op, model
+    ON CONFLICT (day, user_id, op, model) DO UPDATE SET
+        upstream_calls = d.upstream_calls + excluded.upstream_calls,
+        prompt_tokens = d.prompt_tokens + excluded.prompt_tokens,
+        cached_prompt_tokens = d.cached_prompt_tokens + excluded.cached_prompt_tokens,
+        output_tokens = d.output_tokens + excluded.output_tokens,
+        thinking_tokens = d.thinking_tokens + excluded.thinking_tokens,
+        image_output_tokens = d.image_output_tokens + excluded.image_output_tokens,
+        total_tokens = d.total_tokens + excluded.total_tokens,
+        cost_usd = d.cost_usd + excluded.cost_usd,
+        cache_hits = d.cache_hits + excluded.cache_hits,
+        joins = d.joins + excluded.joins,
+        saved_usd = d.saved_usd + excluded.saved_usd)
+SELECT count(*) FROM moved;
+
+-- purge_usage_days --
+-- Deletes up to :limit daily totals of days before :before, skipping rows another cleanup
+-- holds.
+DELETE FROM {schema}.ai_usage_daily WHERE (day, user_id, op, model) IN (
+    SELECT day, user_id, op, model FROM {schema}.ai_usage_daily WHERE day < :before
+    ORDER BY day LIMIT :limit FOR UPDATE SKIP LOCKED);
 
 
 -- referenced_blobs --
