@@ -1,4 +1,5 @@
-"""`viewbait-gateway` (also `python -m gateway`): the gateway's command line."""
+"""`viewbait-gateway` (also `python -m gateway`): the gateway's command line. `jobs` (operators'
+job commands) lives in `gateway.jobs.commands`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gateway.config import (
     gemini_backend,
     load_settings,
 )
+from gateway.jobs.commands import add_jobs_command, run_jobs
 from gateway.telemetry.logs import configure_logging
 
 _PROG = "viewbait-gateway"
@@ -200,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "VIEWBAIT_STORE__BLOB_GC_GRACE_S (the maintenance loop does the same)",
     )
     gc.set_defaults(run=_gc)
+    add_jobs_command(commands)
     check = commands.add_parser(
         "check-config",
         help="print the effective configuration (secrets redacted) and exit non-zero on any "
@@ -210,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.set_defaults(run=_check_config)
     args = parser.parse_args(argv)
+    if args.command == "jobs":
+        return run_jobs(args)
     result: int = args.run(args)
     return result
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,10 @@ def test_a_result_ref_holds_exactly_one_json_form() -> None:
         ResultRef(json="{}", json_blob=hashlib.sha256(b"").digest())
 
 
-async def test_the_cleanup_task_purges_periodically(tmp_path: Path) -> None:
+async def test_the_cleanup_task_purges_periodically(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.store.maintenance")
     store = MemoryStore(cancelled_job_retention_s=0.01)
     blobs = LocalBlobStore(tmp_path / "blobs")
     digest = await blobs.put(b"the job's input image")
@@ -136,3 +140,5 @@ async def test_the_cleanup_task_purges_periodically(tmp_path: Path) -> None:
     # Results go first in every round, so nothing is left for anyone else to purge (and the
     # input blob only the purged job referenced went after it).
     assert await store.purge_expired_results(10) == 0
+    # What went is logged, jobs by status.
+    assert any("1 jobs (1 cancelled)" in r.getMessage() for r in caplog.records), caplog.text
