@@ -58,16 +58,6 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.fixture
-async def upstream(emulator: EmulatorServer) -> AsyncIterator[UpstreamRecorder]:
-    """Recording proxies in front of the test's emulator."""
-    recorder = UpstreamRecorder(emulator.base_url)
-    try:
-        yield recorder
-    finally:
-        await recorder.close()
-
-
-@pytest.fixture
 async def cluster() -> AsyncIterator[PostgresCluster]:
     """A PostgreSQL server of the test's own, which it may stop and start."""
     bin_dir = postgres_bin_dir()

@@ -356,3 +356,21 @@ async def test_due_notifications_are_debounced_to_one_per_transaction(
             received.append(await payloads.get())
     # One per announced insert, then one for the whole rescue (job changes carry '<id>:<seq>').
     assert [p for p in received if ":" not in p] == ["due"] * 4 + ["end"]
+
+
+async def test_a_session_left_idle_in_a_transaction_is_ended_after_a_store_calls_bound(
+    pg_settings: PgSettings,
+) -> None:
+    # A replica paused mid-transaction must not hold its locks (the capped claims' lock among
+    # them) for longer than any store call may take: PostgreSQL ends the session then.
+    settings = pg_settings(connect_timeout_s=1.5, command_timeout_s=2.0)
+    await run_migrations(settings)
+    store = PostgresStore(settings)
+    await store.start()
+    try:
+        shown = await store.pool.run(
+            lambda c: c.fetchval("SHOW idle_in_transaction_session_timeout")
+        )
+    finally:
+        await store.close()
+    assert shown == "3500ms"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -196,6 +197,15 @@ class Pool:
                     timeout=settings.connect_timeout_s,
                     command_timeout=settings.command_timeout_s,
                     reset=_keep_session,
+                    # A replica stopped in the middle of a transaction (paused, its event loop
+                    # stalled) would hold its locks, the capped claims' lock among them, and so
+                    # stall every replica's claims: PostgreSQL ends such a session once it has
+                    # idled past the longest a store call may take.
+                    server_settings={
+                        "idle_in_transaction_session_timeout": str(
+                            math.ceil(self.call_timeout_s * 1000)
+                        )
+                    },
                 )
             await self._prepare_schema(pool)
             return pool
