@@ -2,10 +2,11 @@
 
 - `pool`: the worker pool every replica runs (`WorkerPool`): claims due jobs and runs them.
 - `runner`: one attempt of a claimed job (`OperationRunner`) and the retry policy.
-- `service`: what JobService means (`JobService`): submit, read, watch, cancel, list.
+- `service`: what JobService means (`JobService`): submit, read, watch, cancel, list, retry.
 - `rescue`: the loop that re-queues executions whose lease lapsed (and probes the store).
 - `priority`: a job's priority from its owner's tier, and back.
 - `progress`: the words of an operation's progress, for job watchers and streams alike.
+- `commands`: `viewbait-gateway jobs`, what operators do to jobs in the database directly.
 """
 
 from __future__ import annotations
