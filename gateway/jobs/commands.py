@@ -220,12 +220,8 @@ async def _retry_one(store: Store, job_id: str, attempts: int, as_json: bool) ->
         print(f"jobs retry: {exc.message}", file=sys.stderr)
         return PARTIAL
     job = redrive.job
-    if as_json:
-        print(json.dumps({**job_json(job), "retried": redrive.redriven}))
-    elif redrive.redriven:
-        print(f"{job.id} retried: {job.status.value}, attempts {job.attempts}/{job.max_attempts}")
-    else:
-        print(f"{job.id} left as it is: {job.status.value} (nothing to retry)")
+    budget = f"attempts {job.attempts}/{job.max_attempts}"
+    _report(job, as_json, "retried", redrive.redriven, budget, "nothing to retry")
     return OK
 
 
@@ -239,13 +235,19 @@ async def _cancel(store: Store, _settings: Settings, args: argparse.Namespace) -
             print(f"jobs cancel: {exc.message}", file=sys.stderr)
             status = PARTIAL
             continue
-        if args.json:
-            print(json.dumps({**job_json(job), "cancelled": before.active}))
-        elif before.active:
-            print(f"{job.id} cancelled (it was {before.status.value})")
-        else:
-            print(f"{job.id} left as it is: {job.status.value} (already finished)")
+        was = f"it was {before.status.value}"
+        _report(job, args.json, "cancelled", before.active, was, "already finished")
     return status
+
+
+def _report(job: Job, as_json: bool, action: str, done: bool, how: str, why_not: str) -> None:
+    """One line about what `action` did to `job` (`done`), or why it left it as it is."""
+    if as_json:
+        print(json.dumps({**job_json(job), action: done}))
+    elif done:
+        print(f"{job.id} {action}: {job.status.value}, {how}")
+    else:
+        print(f"{job.id} left as it is: {job.status.value} ({why_not})")
 
 
 async def _purge(store: Store, settings: Settings, args: argparse.Namespace) -> int:

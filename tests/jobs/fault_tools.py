@@ -1,4 +1,4 @@
-"""Tools of the job fault tests (tests/jobs/test_faults.py).
+"""Tools of the job fault tests (tests/jobs/test_faults.py, tests/jobs/test_fencing.py).
 
 - `UpstreamRecorder`: reverse proxies in front of the Gemini emulator, one per replica, that
   log every upstream call: which replica made it, for which video (hence which job), when it
@@ -8,6 +8,8 @@
 - `JobAudit`: a trigger that records every version of every job row (status, lease
   holder and end) with the database's clock, and the leases ("tenures") read back from it: who
   held a job from when to when, and whether a lapsed lease was what ended it.
+- `audited_schema` (the test's schema migrated, its job rows audited) and `worker_env` (the
+  environment of a `viewbait-gateway worker` process on it).
 
 A PostgreSQL server of a test's own, which a test may stop and start, is
 `gateway.testing.postgres.throwaway_postgres` (shared with the benchmarks).
@@ -24,8 +26,11 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from gateway.config import StoreSettings
 from gateway.store.base import LEASE_EXPIRED_MESSAGE
 from gateway.store.migrate import quote_ident
+from gateway.store.postgres import run_migrations
+from tests.fixtures.stores import DATABASE_URL, store_settings
 
 #: The AnalyzeVideo prompt carries the video's watch URL; these tests give each job its own video.
 _VIDEO = re.compile(rb"watch\?v=([A-Za-z0-9_-]{11})")
@@ -204,3 +209,25 @@ class JobAudit:
                     held.rescued = row["at"].timestamp()
                 current[job_id] = None
         return tenures
+
+
+async def audited_schema(schema: str) -> tuple[StoreSettings, JobAudit]:
+    """The store settings of the test's schema, migrated, with every version of its job rows
+    recorded (`JobAudit`)."""
+    store = store_settings(schema)
+    await run_migrations(store)
+    audit = JobAudit(DATABASE_URL, schema)
+    await audit.install()
+    return store, audit
+
+
+def worker_env(api_key: str, schema: str, lease_s: float, **more: str) -> dict[str, str]:
+    """The environment of a `viewbait-gateway worker` process on the test's schema: the
+    emulator's key, a short lease, and `more` variables (its Gemini URL is the caller's)."""
+    return {
+        "VIEWBAIT_GEMINI__API_KEY": api_key,
+        "VIEWBAIT_STORE__DATABASE_URL": DATABASE_URL,
+        "VIEWBAIT_STORE__SCHEMA": schema,
+        "VIEWBAIT_EXECUTION__LEASE_S": str(lease_s),
+        **more,
+    }

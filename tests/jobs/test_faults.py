@@ -37,7 +37,6 @@ from viewbait.ai.v1 import job_pb2
 from gateway.config import ExecutionSettings, JobSettings, Settings, StoreSettings, Tier
 from gateway.emulator import EmulatorServer
 from gateway.store import Store, UsageEntry
-from gateway.store.postgres import run_migrations
 from gateway.testing.postgres import (
     BIN_DIR_ENV,
     NOT_DURABLE,
@@ -46,10 +45,16 @@ from gateway.testing.postgres import (
     throwaway_postgres,
 )
 from tests.fixtures.gateways import eventually
-from tests.fixtures.stores import DATABASE_URL, store_settings
+from tests.fixtures.stores import store_settings
 from tests.fixtures.usage import written
 
-from .fault_tools import JobAudit, Tenure, UpstreamCall, UpstreamRecorder
+from .fault_tools import (
+    Tenure,
+    UpstreamCall,
+    UpstreamRecorder,
+    audited_schema,
+    worker_env,
+)
 from .test_jobs import SUCCEEDED, TERMINAL, Jobs, settings, video
 
 #: How long a test waits for its jobs to finish before failing (they take seconds).
@@ -126,24 +131,20 @@ async def test_a_killed_worker_loses_its_jobs_to_the_others_only_once_its_leases
     tmp_path: Path,
 ) -> None:
     # Fixtures in this order: the replicas stop before the proxies, the emulator and the schema.
-    store = store_settings(pg_schema)
-    await run_migrations(store)
-    audit = JobAudit(DATABASE_URL, pg_schema)
-    await audit.install()
+    store, audit = await audited_schema(pg_schema)
     # Submits only; the worker processes run everything.
     front = Jobs(await start_gateway(settings(emulator, tmp_path, store, workers=0)))
-    env = {
-        "VIEWBAIT_GEMINI__API_KEY": emulator.api_key,
-        "VIEWBAIT_STORE__DATABASE_URL": DATABASE_URL,
-        "VIEWBAIT_STORE__SCHEMA": pg_schema,
-        "VIEWBAIT_SERVER__LOG_LEVEL": "WARNING",
-        "VIEWBAIT_EXECUTION__LEASE_S": str(KILL_LEASE_S),
-        "VIEWBAIT_EXECUTION__RESCUE_INTERVAL_S": "0.5",
-        "VIEWBAIT_JOBS__WORKERS": "4",
-        "VIEWBAIT_JOBS__POLL_INTERVAL_S": "0.5",
+    env = worker_env(
+        emulator.api_key,
+        pg_schema,
+        KILL_LEASE_S,
+        VIEWBAIT_SERVER__LOG_LEVEL="WARNING",
+        VIEWBAIT_EXECUTION__RESCUE_INTERVAL_S="0.5",
+        VIEWBAIT_JOBS__WORKERS="4",
+        VIEWBAIT_JOBS__POLL_INTERVAL_S="0.5",
         # Uncapped (the table merges over the defaults: each tier is lifted by name).
-        "VIEWBAIT_JOBS__RUNNING_CAPS": json.dumps(dict.fromkeys(tier.value for tier in Tier)),
-    }
+        VIEWBAIT_JOBS__RUNNING_CAPS=json.dumps(dict.fromkeys(tier.value for tier in Tier)),
+    )
     pids = {}
     for name in REPLICAS:
         url = await upstream.proxy(name)

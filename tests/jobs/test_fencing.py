@@ -18,11 +18,9 @@ from typing import Any
 
 from gateway.emulator import EmulatorServer
 from gateway.store.base import ABANDONED_OUTCOME, LEASE_EXPIRED_MESSAGE
-from gateway.store.postgres import run_migrations
 from tests.fixtures.gateways import eventually
-from tests.fixtures.stores import DATABASE_URL, store_settings
 
-from .fault_tools import JobAudit, UpstreamRecorder
+from .fault_tools import UpstreamRecorder, audited_schema, worker_env
 from .test_jobs import SUCCEEDED, Jobs, settings, video
 
 #: The workers' lease: the paused one loses it this long after its last heartbeat.
@@ -42,22 +40,18 @@ async def test_a_paused_worker_resumed_after_a_takeover_writes_nothing(
     spawn_gateway: Any,
     tmp_path: Path,
 ) -> None:
-    store = store_settings(pg_schema)
-    await run_migrations(store)
-    audit = JobAudit(DATABASE_URL, pg_schema)
-    await audit.install()
+    store, audit = await audited_schema(pg_schema)
     # Submits and watches only; the worker processes run the job.
     front = Jobs(await start_gateway(settings(emulator, tmp_path, store, workers=0)))
-    env = {
-        "VIEWBAIT_GEMINI__API_KEY": emulator.api_key,
-        "VIEWBAIT_STORE__DATABASE_URL": DATABASE_URL,
-        "VIEWBAIT_STORE__SCHEMA": pg_schema,
-        "VIEWBAIT_SERVER__LOG_LEVEL": "INFO",
-        "VIEWBAIT_EXECUTION__LEASE_S": str(LEASE_S),
-        "VIEWBAIT_EXECUTION__RESCUE_INTERVAL_S": "0.2",
-        "VIEWBAIT_JOBS__POLL_INTERVAL_S": "0.2",
-        "VIEWBAIT_USAGE__FLUSH_INTERVAL_S": "0.2",
-    }
+    env = worker_env(
+        emulator.api_key,
+        pg_schema,
+        LEASE_S,
+        VIEWBAIT_SERVER__LOG_LEVEL="INFO",
+        VIEWBAIT_EXECUTION__RESCUE_INTERVAL_S="0.2",
+        VIEWBAIT_JOBS__POLL_INTERVAL_S="0.2",
+        VIEWBAIT_USAGE__FLUSH_INTERVAL_S="0.2",
+    )
     emulator.set_knobs(latency_s=UPSTREAM_S)
     # The worker to pause runs this job alone and rescues nobody else's: busy with its one
     # upstream call, it is rarely inside a database transaction when it is stopped (one it is

@@ -36,10 +36,14 @@ EXIT_TIMEOUT_S = 60
 
 def jobs_command(schema: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`python -m gateway jobs <args>` against the test's schema, as an operator runs it."""
+    database = {"VIEWBAIT_STORE__DATABASE_URL": DATABASE_URL, "VIEWBAIT_STORE__SCHEMA": schema}
+    return gateway_jobs(database, *args)
+
+
+def gateway_jobs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway jobs <args>` with `env` its only gateway variables."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("VIEWBAIT_")}
-    environment.update(
-        {"VIEWBAIT_STORE__DATABASE_URL": DATABASE_URL, "VIEWBAIT_STORE__SCHEMA": schema}
-    )
+    environment.update(env)
     return subprocess.run(
         [sys.executable, "-m", "gateway", "jobs", *args],
         env=environment,
@@ -170,14 +174,7 @@ async def test_operators_list_show_retry_cancel_and_purge_dead_letters(
 
 
 def test_the_jobs_command_needs_a_database_and_says_so() -> None:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("VIEWBAIT_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "jobs", "list"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=EXIT_TIMEOUT_S,
-    )
+    result = gateway_jobs({}, "list")
     assert result.returncode == 2
     assert "VIEWBAIT_STORE__DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
 
@@ -189,15 +186,10 @@ def test_purge_refuses_an_age_it_cannot_read(age: str, pg_schema: str) -> None:
 
 
 def test_the_jobs_command_reports_an_unreachable_database() -> None:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("VIEWBAIT_")}
-    environment["VIEWBAIT_STORE__DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
-    environment["VIEWBAIT_STORE__CONNECT_TIMEOUT_S"] = "0.5"
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "jobs", "list"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=EXIT_TIMEOUT_S,
-    )
+    unreachable = {
+        "VIEWBAIT_STORE__DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "VIEWBAIT_STORE__CONNECT_TIMEOUT_S": "0.5",
+    }
+    result = gateway_jobs(unreachable, "list")
     assert result.returncode == 1, result.stderr
     assert "unavailable" in result.stderr and "Traceback" not in result.stderr

@@ -8,7 +8,6 @@ heartbeat timer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,26 +17,15 @@ from viewbait.ai.v1 import job_service_pb2, operations_pb2
 
 from gateway.config import ExecutionSettings
 from gateway.emulator import EmulatorServer
-from gateway.store import Store, UsageEntry
 from gateway.store.base import ABANDONED_OUTCOME
 from tests.fixtures.gateways import eventually
+from tests.fixtures.usage import written
 
 from .test_jobs import CANCELLED, RUNNING, Jobs, settings
 
 #: Longer than any test waits: an upstream call still running after it would show.
 UPSTREAM_LATENCY_S = 60.0
 VARIATIONS = 4
-
-
-async def recorded(store: Store, job_id: str, rows: int) -> list[UsageEntry]:
-    """The ledger rows of `job_id` once there are `rows` of them (a cut call's row is written
-    as the call winds down)."""
-    async with asyncio.timeout(20):
-        while True:
-            ledger = await store.list_usage(job_id)
-            if len(ledger) >= rows:
-                return ledger
-            await asyncio.sleep(0.05)
 
 
 def thumbnails() -> job_service_pb2.SubmitJobRequest:
@@ -79,6 +67,7 @@ async def test_a_cancelled_job_stops_its_upstream_calls_at_once_and_logs_one_lin
         (logging.INFO, f"job {job_id} was cancelled; its attempt here stopped")
     ], caplog.text
     # Every cut call is in the ledger, as the attempt of a claim that is no longer current.
-    ledger = await recorded(gateway.server.store, job_id, VARIATIONS)
+    await written(gateway.server.usage)
+    ledger = await gateway.server.store.list_usage(job_id)
     assert [e.record.outcome for e in ledger] == [ABANDONED_OUTCOME] * VARIATIONS
     assert all(e.record.labels.fence == 1 for e in ledger)

@@ -685,34 +685,29 @@ class PostgresJobs:
             )
             assert requeued is not None  # locked, and finished: nothing else changed it
             await self._mirror(conn, [requeued])
-        if job.follows is None:
-            if execution.user_id is None:
-                # An operator re-driving a shared execution: the handles that failed with it.
-                await conn.fetch(
-                    *q(
-                        "redrive_handles",
-                        execution_id=job_id,
-                        handle_id=None,
-                        failed_at=execution.completed_at,
-                    )
-                )
-            now = await conn.fetchrow(*q("job_by_id", job_id=job_id))
-            assert now is not None  # locked
-            return Redrive(_job(now), requeue)
-        other = await conn.fetchrow(
-            *q("active_handle", execution_id=uuid.UUID(execution.id), user_id=job.user_id)
-        )
-        if other is not None:
-            raise redrive_conflict(job, str(other["id"]))
-        handles = await conn.fetch(
-            *q(
-                "redrive_handles",
-                execution_id=uuid.UUID(execution.id),
-                handle_id=job_id,
-                failed_at=None,
+        handle = job.follows is not None
+        if handle:
+            other = await conn.fetchrow(
+                *q("active_handle", execution_id=uuid.UUID(execution.id), user_id=job.user_id)
             )
-        )
-        return Redrive(_job(handles[0]), redriven=True)
+            if other is not None:
+                raise redrive_conflict(job, str(other["id"]))
+        if handle or execution.user_id is None:
+            # A user's handle follows its execution again; an operator re-driving a shared
+            # execution brings back the handles that failed with it.
+            handles = await conn.fetch(
+                *q(
+                    "redrive_handles",
+                    execution_id=uuid.UUID(execution.id),
+                    handle_id=job_id if handle else None,
+                    failed_at=None if handle else execution.completed_at,
+                )
+            )
+            if handle:
+                return Redrive(_job(handles[0]), redriven=True)
+        now = await conn.fetchrow(*q("job_by_id", job_id=job_id))
+        assert now is not None  # locked
+        return Redrive(_job(now), requeue)
 
     async def list_jobs(
         self,
