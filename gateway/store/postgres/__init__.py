@@ -33,6 +33,7 @@ from gateway.store.base import (
     JobError,
     JobFilter,
     JobProgress,
+    JobStatus,
     JoinOutcome,
     NewJob,
     ResultRef,
@@ -216,6 +217,10 @@ class PostgresStore:
     async def purge_finished_jobs(self, limit: int) -> int:
         """See `JobStore.purge_finished_jobs`."""
         return await self.jobs.purge_finished_jobs(limit)
+
+    async def queue_depth(self) -> dict[tuple[JobStatus, str], int]:
+        """See `JobStore.queue_depth`."""
+        return await self.jobs.queue_depth()
 
     # -- usage ledger ------------------------------------------------------------------------
 
