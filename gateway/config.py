@@ -550,6 +550,19 @@ class JobSettings(BaseModel):
         return caps
 
 
+class MetricsSettings(BaseModel):
+    """The Prometheus `/metrics` endpoint each process serves (see `gateway.telemetry.metrics`)."""
+
+    #: Address of the metrics HTTP listener.
+    host: str = "127.0.0.1"
+    #: Its port; None: no metrics (nothing is measured); 0 picks a free port (tests; the chosen
+    #: one is written to `server.ready_file` as `metrics_port`).
+    port: int | None = Field(default=None, ge=0, le=65535)
+    #: How often the gauges read from shared state (the job queue's depth in the store, the
+    #: fleet-wide budget caps) are refreshed; the other metrics are live.
+    refresh_interval_s: float = Field(default=15.0, gt=0, le=3600)
+
+
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
@@ -577,6 +590,8 @@ class Settings(BaseSettings):
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     #: Background job workers.
     jobs: JobSettings = Field(default_factory=JobSettings)
+    #: Prometheus metrics on their own HTTP port (off unless a port is set).
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 from gateway import errors, operations
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     # Only a type here: the pipeline imports the job priorities of this package (and so this
     # module imports the execution package's modules, never the package itself).
     from gateway.execution.pipeline import Pipeline
+    from gateway.telemetry.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ def retry_delay(
 
 class OperationRunner:
     """Runs jobs as the operations they hold, through the same execution machinery as an
-    inline request (`Executor.run_claimed`), with retries by `retry_delay`."""
+    inline request (`Executor.run_claimed`), with retries by `retry_delay`; `metrics` times
+    each attempt and counts the retries."""
 
     def __init__(
         self,
@@ -82,8 +85,10 @@ class OperationRunner:
         blobs: BlobStore,
         *,
         rng: random.Random | None = None,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._pipeline = pipeline
         self._executor = pipeline.executor
         self._blobs = blobs
@@ -134,10 +139,21 @@ class OperationRunner:
                     JobError(errors.Internal.reason, "the job's stored input cannot be read"),
                 )
             return
+        started = time.monotonic()
+        # Cancelled (a stop), handed back, or the lease lost, unless it ends otherwise.
+        outcome = "stopped"
         try:
-            await self._executor.run_claimed(call, job, self._retry_delay)
+            if await self._executor.run_claimed(call, job, self._retry_delay) is not None:
+                outcome = "succeeded"
         except errors.GatewayError as exc:
+            outcome = "failed"
             log.info("attempt %d of job %s failed: %s", job.attempts, job.id, exc.reason)
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.attempt(job.op, outcome, time.monotonic() - started)
 
     def _progress_recorder(self, job_id: str) -> ProgressCallback:
         """Records an attempt's steps on its job (an event for watchers). Streamed text is
@@ -169,7 +185,12 @@ class OperationRunner:
         return record
 
     def _retry_delay(self, job: Job, error: BaseException) -> Retry | None:
-        return retry_delay(self._settings, job, error, self._rng)
+        retry = retry_delay(self._settings, job, error, self._rng)
+        # A counted retry after the last attempt fails the job instead (the store decides).
+        queued_again = retry is not None and (not retry.counted or job.attempts < job.max_attempts)
+        if queued_again and self._metrics is not None and isinstance(error, errors.GatewayError):
+            self._metrics.retried(job.op, error.reason)
+        return retry
 
     async def _call(self, job: Job) -> Call:
         """The executor's call for a stored job: its validated request read back, run as its
