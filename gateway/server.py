@@ -346,7 +346,8 @@ class GatewayServer:
         settings = self._with_local_auth(self.settings)
         if settings.metrics.port is not None:
             self._metrics = GatewayMetrics.from_settings(settings)
-            self._metrics.rpc.declare(_method_paths())
+            if self._listen:
+                self._metrics.rpc.declare(_method_paths())
         server = None
         if self._listen:
             # Bound before anything else starts: a port taken meanwhile ends start-up here.
