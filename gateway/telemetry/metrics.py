@@ -142,21 +142,18 @@ class RpcMetrics:
         self._methods: dict[str, tuple[Histogram, dict[grpc.StatusCode, Counter]]] = {}
 
     def declare(self, paths: Iterable[str]) -> None:
-        """Exports every method's duration and its OK count at zero before the first call."""
+        """Exports every method's OK count at zero before its first call. (Its duration
+        histogram appears with the first call: 18 series per method would make every scrape of
+        an idle gateway several times longer.)"""
         for path in paths:
-            self._codes_of(path)[1][grpc.StatusCode.OK] = self._handled[
-                (*_split_method(path), grpc.StatusCode.OK.name)
-            ]
-
-    def _codes_of(self, path: str) -> tuple[Histogram, dict[grpc.StatusCode, Counter]]:
-        known = self._methods.get(path)
-        if known is None:
-            known = self._methods[path] = (self._duration[_split_method(path)], {})
-        return known
+            self._handled[(*_split_method(path), grpc.StatusCode.OK.name)]
 
     def finished(self, path: str, code: grpc.StatusCode, seconds: float) -> None:
         """One call of `path` ended with `code` after `seconds`."""
-        duration, codes = self._codes_of(path)
+        known = self._methods.get(path)
+        if known is None:
+            known = self._methods[path] = (self._duration[_split_method(path)], {})
+        duration, codes = known
         duration.observe(seconds)
         counter = codes.get(code)
         if counter is None:
@@ -428,7 +425,6 @@ class JobMetrics:
                 registry=registry,
             )
         )
-        self._attempts.bind((op, "succeeded") for op in operations)
         self._retries = Children(
             Counter(
                 "viewbait_job_retries",

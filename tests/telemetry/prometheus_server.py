@@ -21,7 +21,7 @@ import aiohttp
 from gateway.testing.postgres import free_port
 
 #: How often Prometheus scrapes in these tests (its durations accept milliseconds).
-SCRAPE_INTERVAL = "250ms"
+SCRAPE_INTERVAL = "500ms"
 #: How long a test waits for Prometheus to start, or to see what it waits for.
 PATIENCE_S = 60.0
 
@@ -128,10 +128,11 @@ class PrometheusServer:
                 process.kill()
                 await asyncio.to_thread(process.wait, 30)
 
-    async def query(self, expr: str) -> list[tuple[dict[str, str], float]]:
-        """An instant query at Prometheus's now: each series' labels and value."""
+    async def query(self, expr: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        """An instant query, at Prometheus's now or at `at`: each series' labels and value."""
         assert self._session is not None
-        async with self._session.get(f"{self.url}/api/v1/query", params={"query": expr}) as r:
+        params = {"query": expr} if at is None else {"query": expr, "time": repr(at)}
+        async with self._session.get(f"{self.url}/api/v1/query", params=params) as r:
             body: dict[str, Any] = await r.json()
         if body.get("status") != "success":
             raise AssertionError(f"query {expr!r} failed: {body}")
@@ -140,9 +141,9 @@ class PrometheusServer:
             return [({}, float(data["result"][1]))]
         return [(item["metric"], float(item["value"][1])) for item in data["result"]]
 
-    async def value(self, expr: str) -> float | None:
-        """The one value `expr` yields now (None: no series)."""
-        results = await self.query(expr)
+    async def value(self, expr: str, at: float | None = None) -> float | None:
+        """The one value `expr` yields now, or at `at` (None: no series)."""
+        results = await self.query(expr, at)
         if not results:
             return None
         if len(results) > 1:
@@ -155,9 +156,11 @@ class PrometheusServer:
         assert value is not None
         return value
 
-    async def scraped_after(self, instant: float) -> None:
+    async def scraped_after(self, instant: float) -> float:
         """Waits until every target has been scraped (successfully) after `instant`, a reading
-        of `now()`: from then on, queries see everything the targets had counted at `instant`."""
+        of `now()`, and returns a time to query at: queries at it see everything the targets
+        had counted at `instant`, whatever later scrapes do (one that times out on a busy
+        machine would mark every series stale)."""
 
         async def done() -> bool:
             for job in self._targets:
@@ -169,6 +172,7 @@ class PrometheusServer:
             return True
 
         await self._until(done, f"a scrape of {sorted(self._targets)} after {instant}")
+        return await self.now()
 
     async def eventually_equals(self, expr: str, expected: float) -> None:
         """Waits until `expr` yields `expected` (for gauges refreshed on their own schedule)."""

@@ -162,10 +162,10 @@ async def test_prometheus_scrapes_exact_counts_from_a_gateway_and_a_worker(
         await until(ledger_complete, "every attempt in the usage ledger")
 
         # The traffic is over: read what the next scrape of each target holds.
-        await server.scraped_after(await server.now())
+        at = await server.scraped_after(await server.now())
 
         async def value(expr: str) -> float | None:
-            return await server.value(expr)
+            return await server.value(expr, at)
 
         gw, wk = 'job="gateway"', 'job="worker"'
         av = 'service="viewbait.ai.v1.GatewayService",method="AnalyzeVideo"'
@@ -225,7 +225,7 @@ async def test_prometheus_scrapes_exact_counts_from_a_gateway_and_a_worker(
         assert await value(job_count) == 1
         assert await value(f"viewbait_job_retries_total{{{wk}}}") is None
         # The worker serves no RPCs.
-        assert await server.query(f"viewbait_rpcs_total{{{wk}}}") == []
+        assert await server.query(f"viewbait_rpcs_total{{{wk}}}", at) == []
         # The job is done: both processes' refreshes see the queue empty.
         await server.eventually_equals(depth.replace(gw, wk), 0)
         await server.eventually_equals(depth, 0)
