@@ -146,7 +146,8 @@ class OperationRunner:
             if await self._executor.run_claimed(call, job, self._retry_delay) is not None:
                 outcome = "succeeded"
         except errors.GatewayError as exc:
-            outcome = "failed"
+            # A job cancelled by its owner ends its attempt with `Cancelled`: not a failure.
+            outcome = "stopped" if isinstance(exc, errors.Cancelled) else "failed"
             log.info("attempt %d of job %s failed: %s", job.attempts, job.id, exc.reason)
         except Exception:
             outcome = "failed"
