@@ -111,6 +111,32 @@ class Children(Generic[M]):
             self[value]
 
 
+def counters(
+    registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str]
+) -> Children[Counter]:
+    """A labelled counter of `registry`, its children bound once each."""
+    return Children(Counter(name, documentation, labels, registry=registry))
+
+
+def gauges(
+    registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str]
+) -> Children[Gauge]:
+    """A labelled gauge of `registry`, its children bound once each."""
+    return Children(Gauge(name, documentation, labels, registry=registry))
+
+
+def histograms(
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labels: Sequence[str],
+    *,
+    buckets: Sequence[float],
+) -> Children[Histogram]:
+    """A labelled histogram of `registry`, its children bound once each."""
+    return Children(Histogram(name, documentation, labels, buckets=buckets, registry=registry))
+
+
 def _split_method(path: str) -> tuple[str, str]:
     """`/viewbait.ai.v1.GatewayService/AnalyzeVideo` -> (service, method)."""
     service, _, method = path.lstrip("/").rpartition("/")
@@ -121,22 +147,18 @@ class RpcMetrics:
     """gRPC calls to the gateway's own services, by service, method and status code."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._handled = Children(
-            Counter(
-                "viewbait_rpcs",
-                "gRPC calls of the gateway's services that finished, by status code",
-                ["service", "method", "code"],
-                registry=registry,
-            )
+        self._handled = counters(
+            registry,
+            "viewbait_rpcs",
+            "gRPC calls of the gateway's services that finished, by status code",
+            ["service", "method", "code"],
         )
-        self._duration = Children(
-            Histogram(
-                "viewbait_rpc_duration_seconds",
-                "Time from the call's arrival to its last message or status",
-                ["service", "method"],
-                buckets=RPC_BUCKETS,
-                registry=registry,
-            )
+        self._duration = histograms(
+            registry,
+            "viewbait_rpc_duration_seconds",
+            "Time from the call's arrival to its last message or status",
+            ["service", "method"],
+            buckets=RPC_BUCKETS,
         )
         #: Method path -> (its duration child, its counter child by status code).
         self._methods: dict[str, tuple[Histogram, dict[grpc.StatusCode, Counter]]] = {}
@@ -179,39 +201,31 @@ class ExecutionMetrics:
     as a hit, a miss, a coalesced join or a pending answer."""
 
     def __init__(self, registry: CollectorRegistry, operations: Iterable[str]) -> None:
-        self.hits_by = Children(
-            Counter(
-                "viewbait_cache_hits",
-                "Cacheable requests answered from the result cache (layer hot: this process's "
-                "in-memory copy; store: the store's row)",
-                ["operation", "layer"],
-                registry=registry,
-            )
+        self.hits_by = counters(
+            registry,
+            "viewbait_cache_hits",
+            "Cacheable requests answered from the result cache (layer hot: this process's "
+            "in-memory copy; store: the store's row)",
+            ["operation", "layer"],
         )
-        self.misses_by = Children(
-            Counter(
-                "viewbait_cache_misses",
-                "Cacheable requests whose own upstream work produced the answer",
-                ["operation"],
-                registry=registry,
-            )
+        self.misses_by = counters(
+            registry,
+            "viewbait_cache_misses",
+            "Cacheable requests whose own upstream work produced the answer",
+            ["operation"],
         )
-        self.coalesced_by = Children(
-            Counter(
-                "viewbait_coalesced_joins",
-                "Cacheable requests answered by work another request started (on this replica "
-                "or on another one), at no upstream cost of their own",
-                ["operation"],
-                registry=registry,
-            )
+        self.coalesced_by = counters(
+            registry,
+            "viewbait_coalesced_joins",
+            "Cacheable requests answered by work another request started (on this replica "
+            "or on another one), at no upstream cost of their own",
+            ["operation"],
         )
-        self.pending_by = Children(
-            Counter(
-                "viewbait_pending_answers",
-                "Unary requests answered with a pending job handle after the long-poll window",
-                ["operation"],
-                registry=registry,
-            )
+        self.pending_by = counters(
+            registry,
+            "viewbait_pending_answers",
+            "Unary requests answered with a pending job handle after the long-poll window",
+            ["operation"],
         )
         self._operations: dict[str, _OperationCounters] = {}
         for operation in operations:
@@ -241,39 +255,31 @@ class UpstreamMetrics:
     (model, operation) pairs the configuration calls, exported at zero from the start."""
 
     def __init__(self, registry: CollectorRegistry, routes: Iterable[tuple[str, str]]) -> None:
-        self._attempts = Children(
-            Counter(
-                "viewbait_upstream_attempts",
-                "Gemini attempts, retries included, by outcome (ok, or the error's reason)",
-                ["model", "outcome"],
-                registry=registry,
-            )
+        self._attempts = counters(
+            registry,
+            "viewbait_upstream_attempts",
+            "Gemini attempts, retries included, by outcome (ok, or the error's reason)",
+            ["model", "outcome"],
         )
-        self._duration = Children(
-            Histogram(
-                "viewbait_upstream_attempt_duration_seconds",
-                "Duration of one Gemini attempt, failed ones included",
-                ["model"],
-                buckets=UPSTREAM_BUCKETS,
-                registry=registry,
-            )
+        self._duration = histograms(
+            registry,
+            "viewbait_upstream_attempt_duration_seconds",
+            "Duration of one Gemini attempt, failed ones included",
+            ["model"],
+            buckets=UPSTREAM_BUCKETS,
         )
-        self._tokens = Children(
-            Counter(
-                "viewbait_upstream_tokens",
-                "Tokens of Gemini attempts by kind (input: prompt tokens not served from "
-                "Gemini's cache; cached_input; output: text; thinking; image_output)",
-                ["model", "operation", "kind"],
-                registry=registry,
-            )
+        self._tokens = counters(
+            registry,
+            "viewbait_upstream_tokens",
+            "Tokens of Gemini attempts by kind (input: prompt tokens not served from "
+            "Gemini's cache; cached_input; output: text; thinking; image_output)",
+            ["model", "operation", "kind"],
         )
-        self._cost = Children(
-            Counter(
-                "viewbait_upstream_cost_usd",
-                "What Gemini attempts cost in USD at the configured prices",
-                ["model", "operation"],
-                registry=registry,
-            )
+        self._cost = counters(
+            registry,
+            "viewbait_upstream_cost_usd",
+            "What Gemini attempts cost in USD at the configured prices",
+            ["model", "operation"],
         )
         #: (model, operation, outcome) -> the children one record of that kind touches.
         self._bound: dict[tuple[str, str, str], tuple[Counter, Histogram, tuple[Counter, ...]]] = {}
@@ -338,14 +344,12 @@ class SavingsMetrics:
     SOURCES = ("cache", "coalescing")
 
     def __init__(self, registry: CollectorRegistry, operations: Iterable[str]) -> None:
-        self._saved = Children(
-            Counter(
-                "viewbait_saved_cost_usd",
-                "USD the cache (source cache) and coalescing (source coalescing) avoided "
-                "paying Gemini, priced as the upstream work each answer would have needed",
-                ["operation", "source"],
-                registry=registry,
-            )
+        self._saved = counters(
+            registry,
+            "viewbait_saved_cost_usd",
+            "USD the cache (source cache) and coalescing (source coalescing) avoided "
+            "paying Gemini, priced as the upstream work each answer would have needed",
+            ["operation", "source"],
         )
         self._saved.bind((op, source) for op in operations for source in self.SOURCES)
 
@@ -361,15 +365,13 @@ class LimiterMetrics:
     """Rate-limit decisions by limit kind and outcome, and which limiter decides."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._decisions = Children(
-            Counter(
-                "viewbait_limiter_decisions",
-                "Rate-limit checks by limit (admission, upstream, model, blob_bytes) and outcome "
-                "(allowed: charged; denied: this limit refused the request; unavailable: the "
-                "shared limiter was unreachable with failure mode closed)",
-                ["limit", "outcome"],
-                registry=registry,
-            )
+        self._decisions = counters(
+            registry,
+            "viewbait_limiter_decisions",
+            "Rate-limit checks by limit (admission, upstream, model, blob_bytes) and outcome "
+            "(allowed: charged; denied: this limit refused the request; unavailable: the "
+            "shared limiter was unreachable with failure mode closed)",
+            ["limit", "outcome"],
         )
         self._decisions.bind(
             (kind, outcome)
@@ -414,24 +416,20 @@ class JobMetrics:
 
     def __init__(self, registry: CollectorRegistry, operations: Iterable[str]) -> None:
         operations = list(operations)
-        self._attempts = Children(
-            Histogram(
-                "viewbait_job_attempt_duration_seconds",
-                "Duration of job attempts this process's workers ran, by how they ended "
-                "(succeeded, failed: retried or failed for good, stopped: cancelled, handed "
-                "back or its lease lost)",
-                ["operation", "outcome"],
-                buckets=JOB_BUCKETS,
-                registry=registry,
-            )
+        self._attempts = histograms(
+            registry,
+            "viewbait_job_attempt_duration_seconds",
+            "Duration of job attempts this process's workers ran, by how they ended "
+            "(succeeded, failed: retried or failed for good, stopped: cancelled, handed "
+            "back or its lease lost)",
+            ["operation", "outcome"],
+            buckets=JOB_BUCKETS,
         )
-        self._retries = Children(
-            Counter(
-                "viewbait_job_retries",
-                "Failed job attempts queued again for a later retry, by the error's reason",
-                ["operation", "reason"],
-                registry=registry,
-            )
+        self._retries = counters(
+            registry,
+            "viewbait_job_retries",
+            "Failed job attempts queued again for a later retry, by the error's reason",
+            ["operation", "reason"],
         )
         self.rescues = Counter(
             "viewbait_job_rescues",
@@ -439,14 +437,12 @@ class JobMetrics:
             "last attempt)",
             registry=registry,
         )
-        self._depth = Children(
-            Gauge(
-                "viewbait_job_queue_depth",
-                "Active executions in the store by status and operation (the same in every "
-                "process sharing the store: aggregate with max)",
-                ["status", "operation"],
-                registry=registry,
-            )
+        self._depth = gauges(
+            registry,
+            "viewbait_job_queue_depth",
+            "Active executions in the store by status and operation (the same in every "
+            "process sharing the store: aggregate with max)",
+            ["status", "operation"],
         )
         self._depth.bind((status, op) for status in QUEUE_STATUSES for op in operations)
         self._depth_seen: set[tuple[str, str]] = set()
@@ -507,22 +503,18 @@ class BudgetMetrics:
     """The fleet-wide budget caps per model, as a `BudgetReader` reports them."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._remaining = Children(
-            Gauge(
-                "viewbait_budget_remaining_usd",
-                "USD left in a fleet-wide budget cap this period (the same in every process: "
-                "aggregate with max)",
-                ["budget", "model"],
-                registry=registry,
-            )
+        self._remaining = gauges(
+            registry,
+            "viewbait_budget_remaining_usd",
+            "USD left in a fleet-wide budget cap this period (the same in every process: "
+            "aggregate with max)",
+            ["budget", "model"],
         )
-        self._limit = Children(
-            Gauge(
-                "viewbait_budget_limit_usd",
-                "USD a fleet-wide budget cap allows per period",
-                ["budget", "model"],
-                registry=registry,
-            )
+        self._limit = gauges(
+            registry,
+            "viewbait_budget_limit_usd",
+            "USD a fleet-wide budget cap allows per period",
+            ["budget", "model"],
         )
 
     def set_states(self, states: Iterable[BudgetState]) -> None:
