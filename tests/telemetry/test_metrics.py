@@ -47,6 +47,7 @@ from gateway.telemetry.metrics import (
 )
 from gateway.testing.postgres import free_port
 from tests.fixtures.gateways import as_user, eventually, gateway_settings
+from tests.telemetry.prometheus_server import promtool_check_metrics
 
 GATEWAY = "viewbait.ai.v1.GatewayService"
 TEXT_MODEL = "gemini-3.6-flash"
@@ -415,3 +416,33 @@ async def test_job_attempts_and_retries_are_counted(
     assert sample(metrics, attempts, **op, outcome="succeeded") == 1
     retried = {"reason": UpstreamUnavailable.reason}
     assert sample(metrics, "viewbait_job_retries_total", **op, **retried) == 1
+
+
+async def test_promtool_accepts_every_family_populated() -> None:
+    metrics = metrics_for("analyze_video")
+    metrics.rpc.finished(f"/{GATEWAY}/AnalyzeVideo", grpc.StatusCode.UNAVAILABLE, 0.02)
+    metrics.execution.answered("analyze_video", cached=False, coalesced=True)
+    metrics.execution.of("analyze_video").pending.inc()
+    labels = CallLabels(operation="analyze_video", user_id="user-a")
+    sink = MeteredUsageSink(StoreUsageSink(MemoryStore()), metrics.upstream)
+    await sink.record(UsageRecord(labels, TEXT_MODEL, 1, "ok", 0.5, Usage(prompt_tokens=9), 0.1))
+    metrics.savings.saved("analyze_video", 0.1, source="cache")
+    limiter = RateLimiter(limited(), metrics=metrics.limiter)
+    try:
+        await limiter.admit("analyze_video", "user-a", Tier.PRO)
+    finally:
+        await limiter.aclose()
+    metrics.jobs.attempt("analyze_video", "failed", 3.0)
+    metrics.jobs.retried("analyze_video", UpstreamUnavailable.reason)
+    metrics.jobs.rescued(2)
+    metrics.jobs.set_queue_depth({("queued", "analyze_video"): 4})
+    resets = datetime(2030, 1, 2, tzinfo=UTC)
+    metrics.budgets.set_states([BudgetState("model_day", TEXT_MODEL, 50.0, 60.0, resets)])
+
+    exposition = metrics.exposition()
+    checked = promtool_check_metrics(exposition)
+
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
+    assert b'viewbait_budget_remaining_usd{budget="model_day",model="gemini-3.6-flash"} 0.0' in (
+        exposition
+    )
