@@ -673,6 +673,19 @@ class UsageSettings(BaseModel):
         return self
 
 
+class MetricsSettings(BaseModel):
+    """The Prometheus `/metrics` endpoint each process serves (see `gateway.telemetry.metrics`)."""
+
+    #: Address of the metrics HTTP listener.
+    host: str = "127.0.0.1"
+    #: Its port; None: no metrics (nothing is measured); 0 picks a free port (tests; the chosen
+    #: one is written to `server.ready_file` as `metrics_port`).
+    port: int | None = Field(default=None, ge=0, le=65535)
+    #: How often the gauges read from shared state (the job queue's depth in the store, the
+    #: fleet-wide budget caps) are refreshed; the other metrics are live.
+    refresh_interval_s: float = Field(default=15.0, gt=0, le=3600)
+
+
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
@@ -704,6 +717,8 @@ class Settings(BaseSettings):
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     #: The usage ledger: batched background writes, roll-up into daily totals, retention.
     usage: UsageSettings = Field(default_factory=UsageSettings)
+    #: Prometheus metrics on their own HTTP port (off unless a port is set).
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(

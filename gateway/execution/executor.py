@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import errors, native
 from gateway.config import EMULATOR_MODEL_PREFIX, ExecutionSettings, Scope
@@ -88,6 +88,9 @@ from gateway.store.base import (
     Store,
 )
 from gateway.store.blobs import BlobError, BlobStore
+
+if TYPE_CHECKING:
+    from gateway.telemetry.metrics import ExecutionMetrics
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +183,10 @@ class Executor:
         worker_id: str | None = None,
         blob_quota: BlobQuota | None = None,
         usage: UsageSink | None = None,
+        metrics: ExecutionMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._store = store
         self._blobs = blobs
         self._blob_quota = blob_quota
@@ -231,6 +236,8 @@ class Executor:
             entry = self.hot.get(key)
             if entry is not None:
                 self.stats.hot_hits += 1
+                if self._metrics is not None:
+                    self._metrics.of(call.spec.name).hot_hits.inc()
                 return Outcome(
                     entry.result,
                     entry.model,
@@ -240,7 +247,12 @@ class Executor:
                     saved_usd=entry.cost_usd,
                 )
             # Concurrent misses share one store lookup too, not only the work behind it.
-            return await self._share(call, key, lambda: self._look_up_or_coalesce(call, key))
+            answer = await self._share(call, key, lambda: self._look_up_or_coalesce(call, key))
+            if self._metrics is not None and isinstance(answer, Outcome):
+                self._metrics.answered(
+                    call.spec.name, cached=answer.cached, coalesced=answer.coalesced
+                )
+            return answer
         if call.idempotency_key is not None:
             request_hash = _request_hash(call, codec.to_json(call.request))
             flight_key = idempotency_flight_key(call.user_id, call.idempotency_key, request_hash)
@@ -334,6 +346,8 @@ class Executor:
     async def _pending(self, call: Call, flight_key: bytes) -> Pending:
         """The caller's own handle on the work it stopped waiting for."""
         self.stats.pending += 1
+        if self._metrics is not None:
+            self._metrics.of(call.spec.name).pending.inc()
         job = self._jobs.get(flight_key)
         if job is None or job.user_id != call.user_id:
             # Another user's flight on a shared execution (or the join is still under way):

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 from gateway import errors, operations
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     # Only a type here: the pipeline imports the job priorities of this package (and so this
     # module imports the execution package's modules, never the package itself).
     from gateway.execution.pipeline import Pipeline
+    from gateway.telemetry.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,8 @@ def retry_delay(
 
 class OperationRunner:
     """Runs jobs as the operations they hold, through the same execution machinery as an
-    inline request (`Executor.run_claimed`), with retries by `retry_delay`."""
+    inline request (`Executor.run_claimed`), with retries by `retry_delay`; `metrics` times
+    each attempt and counts the retries."""
 
     def __init__(
         self,
@@ -96,9 +99,11 @@ class OperationRunner:
         *,
         rng: random.Random | None = None,
         budget_refusal: JobRefusal = JobRefusal.FAIL,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._budget_refusal = budget_refusal
+        self._metrics = metrics
         self._pipeline = pipeline
         self._executor = pipeline.executor
         self._blobs = blobs
@@ -149,10 +154,22 @@ class OperationRunner:
                     JobError(errors.Internal.reason, "the job's stored input cannot be read"),
                 )
             return
+        started = time.monotonic()
+        # Cancelled (a stop), handed back, or the lease lost, unless it ends otherwise.
+        outcome = "stopped"
         try:
-            await self._executor.run_claimed(call, job, self._retry_delay)
+            if await self._executor.run_claimed(call, job, self._retry_delay) is not None:
+                outcome = "succeeded"
         except errors.GatewayError as exc:
+            # A job cancelled by its owner ends its attempt with `Cancelled`: not a failure.
+            outcome = "stopped" if isinstance(exc, errors.Cancelled) else "failed"
             log.info("attempt %d of job %s failed: %s", job.attempts, job.id, exc.reason)
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.attempt(job.op, outcome, time.monotonic() - started)
 
     def _progress_recorder(self, job_id: str) -> ProgressCallback:
         """Records an attempt's steps on its job (an event for watchers). Streamed text is
@@ -184,9 +201,14 @@ class OperationRunner:
         return record
 
     def _retry_delay(self, job: Job, error: BaseException) -> Retry | None:
-        return retry_delay(
+        retry = retry_delay(
             self._settings, job, error, self._rng, budget_refusal=self._budget_refusal
         )
+        # A counted retry after the last attempt fails the job instead (the store decides).
+        queued_again = retry is not None and (not retry.counted or job.attempts < job.max_attempts)
+        if queued_again and self._metrics is not None and isinstance(error, errors.GatewayError):
+            self._metrics.retried(job.op, error.reason)
+        return retry
 
     async def _call(self, job: Job) -> Call:
         """The executor's call for a stored job: its validated request read back, run as its

@@ -628,6 +628,11 @@ class JobStore(Protocol):
         """Deletes up to `limit` finished jobs past their retention; returns how many."""
         ...
 
+    async def queue_depth(self) -> dict[tuple[JobStatus, str], int]:
+        """Active executions (handles not counted) by (status, operation), for metrics; pairs
+        with none are left out."""
+        ...
+
 
 class UsageStore(Protocol):
     """The usage ledger: every upstream attempt and every savings record (a cache hit or a

@@ -535,6 +535,15 @@ class MemoryStore:
             self._delete(job_id)
         return len(expired)
 
+    async def queue_depth(self) -> dict[tuple[JobStatus, str], int]:
+        """See `Store.queue_depth` (the `queue_depth` statement's twin)."""
+        depth: Counter[tuple[JobStatus, str]] = Counter(
+            (job.status, job.op)
+            for job in self._jobs.values()
+            if job.active and job.follows is None
+        )
+        return dict(depth)
+
     async def referenced_blobs(self, digests: Sequence[bytes]) -> set[bytes]:
         """See `Store.referenced_blobs`."""
         wanted = set(digests)

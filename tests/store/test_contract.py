@@ -722,6 +722,28 @@ async def test_a_burst_of_one_user_creates_one_job(replicas: tuple[Store, Store]
     assert len({o.job.id for o in outcomes}) == 1
 
 
+# -- queue depth -----------------------------------------------------------------------------
+
+
+async def test_queue_depth_counts_active_executions_by_status_and_operation(
+    store: Store,
+) -> None:
+    assert await store.queue_depth() == {}
+    # Two users on one shared execution: one execution, two handles (not counted).
+    await store.join_or_create_active_job(new_job(ALICE, "shared", shared=True))
+    await store.join_or_create_active_job(new_job(BOB, "shared", shared=True))
+    await store.join_or_create_active_job(new_job(ALICE, "a2", op="check_channel_consistency"))
+    await running(store, new_job(BOB, "b1"))
+    done = await running(store, new_job(BOB, "b2"))
+    await store.complete_job(done.id, "w1", REF)
+
+    assert await store.queue_depth() == {
+        (JobStatus.QUEUED, "analyze_video"): 1,
+        (JobStatus.QUEUED, "check_channel_consistency"): 1,
+        (JobStatus.RUNNING, "analyze_video"): 1,
+    }
+
+
 # -- retention, usage ------------------------------------------------------------------------
 
 

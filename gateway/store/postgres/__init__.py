@@ -36,6 +36,7 @@ from gateway.store.base import (
     JobFilter,
     JobProgress,
     JobSpend,
+    JobStatus,
     JoinOutcome,
     NewJob,
     ResultRef,
@@ -258,6 +259,10 @@ class PostgresStore:
     async def purge_finished_jobs(self, limit: int) -> int:
         """See `JobStore.purge_finished_jobs`."""
         return await self.jobs.purge_finished_jobs(limit)
+
+    async def queue_depth(self) -> dict[tuple[JobStatus, str], int]:
+        """See `JobStore.queue_depth`."""
+        return await self.jobs.queue_depth()
 
     # -- usage ledger ------------------------------------------------------------------------
 

@@ -650,3 +650,9 @@ class PostgresJobs:
         check_positive("limit", limit)
         statement = self._q("purge_jobs", limit=limit)
         return deleted(await self._pool.run(lambda c: c.execute(*statement)))
+
+    async def queue_depth(self) -> dict[tuple[JobStatus, str], int]:
+        """See `JobStore.queue_depth`."""
+        statement = self._q("queue_depth")
+        rows = await self._pool.run(lambda c: c.fetch(*statement))
+        return {(JobStatus(row["status"]), row["op"]): row["executions"] for row in rows}

@@ -401,6 +401,14 @@ DELETE FROM {schema}.ai_jobs WHERE id IN (
     SELECT id FROM {schema}.ai_jobs WHERE expires_at <= now()
     ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED);
 
+-- queue_depth --
+-- Active executions (handles not counted) by status and operation, for metrics. Read through
+-- the partial indexes on queued and on running executions: cheap however many finished jobs
+-- are kept.
+SELECT status, op, count(*) AS executions FROM {schema}.ai_jobs
+WHERE status IN ('queued', 'running') AND follows IS NULL
+GROUP BY status, op;
+
 
 -- insert_usage --
 -- Appends ledger rows (upstream attempts and savings records) in one statement, in order.
