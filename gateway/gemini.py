@@ -524,7 +524,6 @@ class GeminiClient:
             except Exception:
                 log.exception("the per-attempt callback failed (attempt %d of %s)", attempt, model)
 
-
     # -- the Batch API ------------------------------------------------------------------------
 
     async def create_batch(

@@ -54,6 +54,7 @@ from gateway.emulator import EmulatorServer
 from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
 from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
+from gateway.jobs.batcher import Batcher
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
@@ -130,6 +131,7 @@ class GatewayServer:
         self._blobs: BlobStore | None = None
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
+        self._batcher: Batcher | None = None
         #: What a stop undoes, in reverse order of start-up (None: nothing started).
         self._stack: contextlib.AsyncExitStack | None = None
         #: The drain's grace for the stop under way (`stop(grace)`).
@@ -149,6 +151,11 @@ class GatewayServer:
     def workers(self) -> WorkerPool | None:
         """The job workers once started."""
         return self._workers
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The Batch API delivery of jobs once started (None on a replica without workers)."""
+        return self._batcher
 
     @property
     def executor(self) -> Executor | None:
@@ -238,7 +245,9 @@ class GatewayServer:
         # The usage ledger is the store's: `ai_usage` in PostgreSQL, the bounded in-process
         # ledger of the embedded store.
         usage = StoreUsageSink(store)
-        client = self._client = GeminiClient(settings.gemini, usage_sink=usage)
+        client = self._client = GeminiClient(
+            settings.gemini, usage_sink=usage, batch_price_factor=settings.batch.price_factor
+        )
         stack.push_async_callback(client.aclose)
         client.prepare()
         client.add_credentials_listener(
@@ -259,6 +268,8 @@ class GatewayServer:
             settings.jobs, pipeline, blobs, budget_refusal=settings.budgets.job_refusal
         )
         workers = self._workers = WorkerPool(settings.jobs, runner)
+        if settings.jobs.workers > 0:
+            self._batcher = Batcher(settings, pipeline, blobs, client, usage, budgets)
         return pipeline, JobService(pipeline, blobs, on_submit=workers.wake)
 
     def _bind(self, settings: Settings) -> aio.Server:
@@ -345,6 +356,10 @@ class GatewayServer:
         workers.start()
         # After the drain: the attempts cut short are handed back queued (`shutting_down`).
         stack.push_async_callback(workers.stop)
+        if self._batcher is not None:
+            self._batcher.start()
+            # Batches under way are handed over to other replicas (their leases released).
+            stack.push_async_callback(self._batcher.stop)
         if server is not None:
             await self._start_grpc(server, settings, pipeline, jobs)
             stack.push_async_callback(self._drain, server)
@@ -458,7 +473,7 @@ class GatewayServer:
             return
         self._grace = self.settings.server.shutdown_grace_s if grace is None else grace
         await stack.aclose()
-        self._server = self._workers = self._executor = None
+        self._server = self._workers = self._executor = self._batcher = None
         self._client = self._limiter = self._blobs = self._store = self._emulator = None
         self._budgets = None
         log.info("stopped")

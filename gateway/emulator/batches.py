@@ -90,8 +90,9 @@ class EmulatedBatch:
     model: str
     display_name: str
     lines: list[BatchLine]
-    #: Lines that fail (fixed when the batch is created).
+    #: Lines that fail, and the google.rpc.Code they fail with (fixed at creation).
     failing: frozenset[int]
+    fail_code: int
     #: How it ends unless cancelled (fixed when the batch is created).
     end: BatchState
     state: BatchState
@@ -169,6 +170,7 @@ class BatchBook:
             display_name=str(get_field(batch, "displayName", "display_name") or ""),
             lines=lines,
             failing=frozenset(i for i in knobs.batch_fail_lines if 0 <= i < len(lines)),
+            fail_code=knobs.batch_fail_code,
             end=_ENDS[knobs.batch_outcome],
             state=BatchState.PENDING,
             created_at=wall,
@@ -242,10 +244,10 @@ class BatchBook:
         if index in batch.failing:
             answered = {
                 "error": {
-                    "code": _INTERNAL,
+                    "code": batch.fail_code,
                     "message": (
-                        "An internal error occurred while processing this request (offline "
-                        "Gemini emulator: injected line failure)."
+                        "Processing this request failed (offline Gemini emulator: injected "
+                        "line failure)."
                     ),
                 }
             }
@@ -253,7 +255,9 @@ class BatchBook:
             seed = answers.request_seed(line.request.model, line.body)
             plan = answers.image_plan(line.request, seed)
             images = [answers.render_image(plan)] if plan else []
-            answered = {"response": answers.synthesize(line.request, seed, image_bytes=images).body()}
+            answered = {
+                "response": answers.synthesize(line.request, seed, image_bytes=images).body()
+            }
         if line.metadata is not None:
             answered["metadata"] = line.metadata
         return answered

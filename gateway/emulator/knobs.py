@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from enum import StrEnum
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -110,6 +109,8 @@ class Knobs(BaseModel):
     #: Batch API: 0-based lines of batches created from now on that fail (an `error` instead
     #: of a `response`); an index past a batch's last line fails nothing.
     batch_fail_lines: list[int] = Field(default_factory=list)
+    #: The google.rpc.Code those lines fail with (13 INTERNAL; 3 INVALID_ARGUMENT is final).
+    batch_fail_code: int = Field(default=13, ge=1, le=16)
 
 
 class FaultPlan:

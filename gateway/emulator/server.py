@@ -327,9 +327,7 @@ class EmulatorServer:
 
     # -- the Batch API (gateway.emulator.batches) ---------------------------------------------
 
-    async def _create_batch(
-        self, request: web.Request, version: str, model: str
-    ) -> web.Response:
+    async def _create_batch(self, request: web.Request, version: str, model: str) -> web.Response:
         try:
             self._check_batch_route(request, version)
             if not model.startswith("gemini-"):

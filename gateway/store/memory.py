@@ -565,9 +565,7 @@ class MemoryStore:
         held = [
             job
             for job in map(self._lookup, batch.job_ids)
-            if job is not None
-            and job.status is JobStatus.RUNNING
-            and job.locked_by == batch.holder
+            if job is not None and job.status is JobStatus.RUNNING and job.locked_by == batch.holder
         ]
         for job in held:
             self._change(job, progress=progress)
