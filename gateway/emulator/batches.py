@@ -36,7 +36,13 @@ from typing import Any
 
 from gateway.emulator import answer as answers
 from gateway.emulator.knobs import Knobs
-from gateway.emulator.wire import ApiError, GenerateRequest, get_field, parse_generate_request
+from gateway.emulator.wire import (
+    ApiError,
+    GenerateRequest,
+    get_field,
+    json_object,
+    parse_generate_request,
+)
 
 #: The `@type` of a batch's metadata and of a finished batch's response.
 _BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.{version}.GenerateContentBatch"
@@ -148,7 +154,7 @@ class BatchBook:
 
         Raises `ApiError` (400) for a body Gemini would refuse, naming the bad line.
         """
-        payload = _json_object(body)
+        payload = json_object(body)
         batch = payload.get("batch")
         if not isinstance(batch, dict):
             raise ApiError(400, "* BatchGenerateContentRequest.batch: batch is not specified\n")
@@ -319,16 +325,6 @@ def _line(version: str, model: str, index: int, item: Any) -> BatchLine:
     return BatchLine(
         parsed, body, None if metadata is None else {str(k): str(v) for k, v in metadata.items()}
     )
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"Invalid JSON payload received. {exc}.") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, "Invalid JSON payload received. Expected an object.")
-    return payload
 
 
 def _timestamp(at: datetime) -> str:

@@ -166,13 +166,7 @@ def parse_generate_request(
     api_version: str, model: str, stream: bool, body: bytes
 ) -> GenerateRequest:
     """Validates and reads a request body the way Gemini would, or raises `ApiError` (400)."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"Invalid JSON payload received. {exc}.") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, "Invalid JSON payload received. Expected an object.")
-
+    payload = json_object(body)
     contents = get_field(payload, "contents")
     if not contents:
         raise ApiError(400, "* GenerateContentRequest.contents: contents is not specified\n")
@@ -237,6 +231,17 @@ def parse_generate_request(
         image_size=image_size,
         max_output_tokens=int(max_tokens) if max_tokens is not None else None,
     )
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or the `ApiError` (400) Gemini answers."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"Invalid JSON payload received. {exc}.") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "Invalid JSON payload received. Expected an object.")
+    return payload
 
 
 def decode_bytes(text: Any, where: str) -> bytes:

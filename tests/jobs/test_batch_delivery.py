@@ -51,7 +51,7 @@ FAST = BatchSettings(gather_window_s=3600, max_batch_size=len(VIDEOS), poll_inte
 
 
 def batched(video_id: str) -> job_service_pb2.SubmitJobRequest:
-    request = video(video_id)
+    request: job_service_pb2.SubmitJobRequest = video(video_id)
     request.delivery = BATCH
     return request
 
