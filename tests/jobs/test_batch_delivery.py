@@ -1,8 +1,9 @@
 """Batch delivery end to end on PostgreSQL: jobs submitted through the gRPC JobService with
 `delivery` BATCH are gathered into one Gemini Batch API batch (the real google-genai SDK against
-the emulator over HTTP), and each completes from its line, billed at batch prices; cached and
-in-flight work never enters a batch; cancels, failed lines, and a replica killed with its batch
-under way (`kill -9`, another replica process finishing the batch from its stored name).
+the emulator over HTTP), and each completes from its line, billed at batch prices and settled
+against the budgets; cached and in-flight work never enters a batch; cancels, failed lines, and a
+replica killed with its batch under way (`kill -9`, another replica process finishing the batch
+from its stored name). One case runs on the embedded store.
 
 Jobs are submitted through a gateway without workers (no batcher), then a gateway with workers
 gathers them: every job is due when the first gather looks, so a batch holds them all however
@@ -21,9 +22,9 @@ import pytest
 from viewbait.ai.v1 import job_pb2, job_service_pb2, operations_pb2
 
 from gateway import operations
-from gateway.config import BatchSettings, StoreSettings
+from gateway.config import BatchSettings, BudgetSettings, PeriodBudgets, StoreSettings, Tier
 from gateway.emulator import EmulatorServer
-from gateway.errors import Cancelled, UpstreamRejected, UpstreamUnavailable
+from gateway.errors import BudgetExceeded, Cancelled, UpstreamRejected, UpstreamUnavailable
 from gateway.gemini import GeminiClient
 from gateway.operations import codec
 from gateway.store import UsageEntry
@@ -315,3 +316,48 @@ async def test_a_batch_sent_but_not_recorded_is_found_by_its_taker(
     assert [f.status for f in finals] == [SUCCEEDED] * len(VIDEOS)
     assert [b["lines"] for b in emulator.stats().batches] == [len(VIDEOS)]
     assert emulator.stats().count() == 0
+
+
+async def test_batch_delivery_works_with_the_embedded_store(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    # One replica, no database: it gathers once the batch is full (the window is never waited).
+    jobs = Jobs(await start_gateway(settings(emulator, tmp_path, batch=FAST)))
+    submitted = [await jobs.submit(batched(v)) for v in VIDEOS]
+
+    finals = [(await jobs.watch_to_end(s.job.id))[-1].job for s in submitted]
+
+    assert [f.status for f in finals] == [SUCCEEDED] * len(VIDEOS)
+    assert [b["lines"] for b in emulator.stats().batches] == [len(VIDEOS)]
+    assert emulator.stats().count() == 0
+
+
+async def test_batch_lines_reserve_the_budgets_and_settle_at_batch_prices(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, store: StoreSettings
+) -> None:
+    budgets = BudgetSettings(
+        tiers={Tier.PRO: PeriodBudgets(day_usd=100.0)}, users={"poor": PeriodBudgets(day_usd=0)}
+    )
+    jobs = Jobs(
+        await start_gateway(
+            settings(emulator, tmp_path, store, workers=0, batch=FAST, budgets=budgets)
+        )
+    )
+    paid = [await jobs.submit(batched(v)) for v in VIDEOS[:2]]
+    refused = await jobs.submit(batched(VIDEOS[2]), user="poor")
+    runner = Jobs(
+        await start_gateway(settings(emulator, tmp_path, store, batch=FAST, budgets=budgets))
+    )
+
+    finals = [(await jobs.watch_to_end(s.job.id))[-1].job for s in paid]
+    refusal = (await jobs.watch_to_end(refused.job.id, user="poor"))[-1].job
+
+    assert [f.status for f in finals] == [SUCCEEDED, SUCCEEDED]
+    assert (refusal.status, refusal.error.reason) == (FAILED, BudgetExceeded.reason)
+    assert [b["lines"] for b in emulator.stats().batches] == [2]
+    # The batcher that sent the lines settled their reservations at their (batch) cost.
+    reader = runner.running.server.budgets
+    assert reader is not None
+    (day,) = await reader.user_budgets("user-a", "pro")
+    ledger = [row for s in paid for row in await usage(jobs, s.job.id)]
+    assert day.spent_usd == pytest.approx(sum(r.record.cost_usd for r in ledger), abs=1e-9)
