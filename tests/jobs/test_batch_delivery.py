@@ -361,3 +361,19 @@ async def test_batch_lines_reserve_the_budgets_and_settle_at_batch_prices(
     (day,) = await reader.user_budgets("user-a", "pro")
     ledger = [row for s in paid for row in await usage(jobs, s.job.id)]
     assert day.spent_usd == pytest.approx(sum(r.record.cost_usd for r in ledger), abs=1e-9)
+
+
+async def test_an_interactive_request_takes_over_a_job_waiting_to_be_gathered(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, store: StoreSettings
+) -> None:
+    jobs = await submitter(start_gateway, emulator, tmp_path, store)
+    waiting = await jobs.submit(batched(VIDEOS[0]))
+
+    answer = await jobs.running.stub.AnalyzeVideo(
+        video(VIDEOS[0]).analyze_video, metadata=as_user(), timeout=TIMEOUT_S
+    )
+    job = (await jobs.watch_to_end(waiting.job.id))[-1].job
+
+    assert answer.result.summary and not answer.metadata.cached
+    assert job.status == SUCCEEDED and job.analyze_video == answer.result
+    assert emulator.stats().count() == 1 and emulator.stats().batches == []
