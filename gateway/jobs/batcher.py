@@ -46,7 +46,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway import errors
 from gateway.budgets.enforcement import Budgets, Reservation
@@ -111,11 +111,9 @@ def line_bytes(request: ModelRequest) -> int:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Line:
-    """A job of a batch, as sent: its call and its model request."""
+    """A job of a batch and its model request, as sent."""
 
     job: Job
-    spec: StructuredOperation[Any, Any, Any]
-    call: Any
     request: ModelRequest
 
 
@@ -396,7 +394,7 @@ class Batcher:
                 return None
             if reservation is not None:
                 self._reservations[job.id] = reservation
-        return _Line(job, spec, call, request)
+        return _Line(job, request)
 
     async def _poll(self, batch: Batch) -> None:
         """Reads the batch every `poll_interval_s` until it ends, then delivers its lines."""
