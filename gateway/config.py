@@ -550,6 +550,26 @@ class JobSettings(BaseModel):
         return caps
 
 
+class BatchSettings(BaseModel):
+    """Gemini Batch API delivery of queued jobs (`SubmitJobRequest.delivery` BATCH; see
+    `gateway.jobs.batcher`): how jobs are gathered into batches, how often batches are polled,
+    and what their answers cost."""
+
+    #: A batch is sent once its oldest job has waited this long to be gathered (or at once
+    #: when `max_batch_size` jobs of one model wait).
+    gather_window_s: float = Field(default=60.0, ge=0, le=86400)
+    #: Most jobs (inline requests) in one batch.
+    max_batch_size: int = Field(default=500, ge=1, le=10_000)
+    #: Most bytes of inline requests in one batch (Gemini accepts up to 20 MB inline); a job
+    #: too large to fit alone runs interactively instead.
+    max_batch_bytes: int = Field(default=19 * 1024 * 1024, ge=1024, le=20 * 1024 * 1024)
+    #: How often a submitted batch is asked for its state.
+    poll_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    #: What an answer costs through the Batch API, as a fraction of its interactive price (the
+    #: price table's); Gemini bills batches at half.
+    price_factor: float = Field(default=0.5, ge=0, le=1)
+
+
 #: Largest budget, in USD: amounts are kept in integer nano-USD, exact in the Redis script's Lua
 #: doubles up to 2**53 (about $9 million), with room for the reservations in flight on top.
 MAX_BUDGET_USD = 1_000_000.0
@@ -713,6 +733,8 @@ class Settings(BaseSettings):
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     #: Background job workers.
     jobs: JobSettings = Field(default_factory=JobSettings)
+    #: Gemini Batch API delivery of jobs submitted with `delivery` BATCH.
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     #: Spend budgets per user and period, and fleet-wide daily caps per model.
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     #: The usage ledger: batched background writes, roll-up into daily totals, retention.

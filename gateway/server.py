@@ -57,6 +57,7 @@ from gateway.emulator import EmulatorServer
 from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
 from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
+from gateway.jobs.batcher import Batcher
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
@@ -146,6 +147,7 @@ class GatewayServer:
         self._blobs: BlobStore | None = None
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
+        self._batcher: Batcher | None = None
         #: What a stop undoes, in reverse order of start-up (None: nothing started).
         self._stack: contextlib.AsyncExitStack | None = None
         #: The drain's grace for the stop under way (`stop(grace)`).
@@ -171,6 +173,11 @@ class GatewayServer:
     def workers(self) -> WorkerPool | None:
         """The job workers once started."""
         return self._workers
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The Batch API delivery of jobs once started (None on a replica without workers)."""
+        return self._batcher
 
     @property
     def executor(self) -> Executor | None:
@@ -279,7 +286,9 @@ class GatewayServer:
         # Beside the limiter, on its Redis connection and breaker; closed before it.
         budgets = self._budgets = Budgets.beside(settings, limiter, clock=self._clock)
         stack.push_async_callback(budgets.aclose)
-        client = self._client = GeminiClient(settings.gemini, usage_sink=usage)
+        client = self._client = GeminiClient(
+            settings.gemini, usage_sink=usage, batch_price_factor=settings.batch.price_factor
+        )
         stack.push_async_callback(client.aclose)
         client.prepare()
         client.add_credentials_listener(
@@ -306,6 +315,8 @@ class GatewayServer:
             metrics=None if metrics is None else metrics.jobs,
         )
         workers = self._workers = WorkerPool(settings.jobs, runner)
+        if settings.jobs.workers > 0:
+            self._batcher = Batcher(settings, pipeline, blobs, client, usage, budgets)
         return pipeline, JobService(pipeline, blobs, on_submit=workers.wake)
 
     def _bind(self, settings: Settings) -> aio.Server:
@@ -404,6 +415,10 @@ class GatewayServer:
         workers.start()
         # After the drain: the attempts cut short are handed back queued (`shutting_down`).
         stack.push_async_callback(workers.stop)
+        if self._batcher is not None:
+            self._batcher.start()
+            # Batches under way are handed over to other replicas (their leases released).
+            stack.push_async_callback(self._batcher.stop)
         if server is not None:
             await self._start_grpc(server, settings, pipeline, jobs)
             stack.push_async_callback(self._drain, server)
@@ -543,7 +558,7 @@ class GatewayServer:
             return
         self._grace = self.settings.server.shutdown_grace_s if grace is None else grace
         await stack.aclose()
-        self._server = self._workers = self._executor = self._usage = None
+        self._server = self._workers = self._executor = self._usage = self._batcher = None
         self.metrics_port = 0
         self._client = self._limiter = self._blobs = self._store = self._emulator = None
         self._budgets = None

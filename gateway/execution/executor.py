@@ -77,6 +77,7 @@ from gateway.model import CACHE_HIT, COALESCED, CallLabels, UsageRecord, UsageSi
 from gateway.operations import codec
 from gateway.operations.keys import derive_key
 from gateway.store.base import (
+    BATCH_HOLD_S,
     NO_SPEND,
     Job,
     JobError,
@@ -289,6 +290,21 @@ class Executor:
         self.stats.misses += 1
         return await self._coalesce(call, key)
 
+    async def cached(self, call: Call) -> Outcome[Any] | None:
+        """The cached result of a cacheable call (the hot copy, then the store), or None; a
+        store that cannot answer counts as a miss. For work about to be paid for elsewhere
+        (a batch), as a runner re-checks the cache before its call."""
+        if call.key is None:
+            return None
+        entry = self.hot.get(call.key)
+        if entry is not None:
+            self.stats.hot_hits += 1
+            return Outcome(entry.result, entry.model, Spend(), cached=True, views=entry.views)
+        try:
+            return await self._stored(call, call.key)
+        except errors.Unavailable:
+            return None
+
     async def _stored(self, call: Call, key: bytes) -> Outcome[Any] | None:
         """The store's cache entry for `key` (copied into the hot copy), or None."""
         hit = await self._cache.get(call.spec, key)
@@ -416,6 +432,7 @@ class Executor:
             model=call.model,
             priority=call.priority,
             max_attempts=self._settings.max_attempts,
+            delivery=call.delivery,
         )
 
     async def _see_through(
@@ -601,6 +618,24 @@ class Executor:
             return None
         return await self._finished(call, job)
 
+    async def keep_for(self, call: Call, job_id: str, holder: str, outcome: Outcome[Any]) -> None:
+        """Keeps a result produced outside this executor's runs (a batch's line) exactly as
+        a run's: cached (fresh) or only stored (`outcome.cached`), and execution `job_id`
+        completed as its lease `holder`; returns once written. `LeaseLost` when the holder no
+        longer holds it (cancelled meanwhile): nothing of it is cached then either."""
+        encoded = EncodedResult.of(call.spec, outcome.result)
+        await self._write(
+            call,
+            job_id,
+            encoded,
+            outcome.model,
+            cache=not outcome.cached,
+            spend=outcome.spend,
+            cost=outcome.result_cost_usd,
+            cached=outcome.cached,
+            holder=holder,
+        )
+
     def _keep(self, call: Call, job_id: str | None, outcome: Outcome[Any]) -> None:
         """Keeps a fresh result, the one way results are cached: encoded once, into the hot copy
         at once (the next request on this replica hits it), then in the background its blobs,
@@ -633,11 +668,20 @@ class Executor:
         cost: float,
         spend: Spend | None = None,
         cached: bool = False,
+        holder: str | None = None,
     ) -> None:
         """Stores a result (blobs, the cache row when `cache`) and completes its execution with
         what its run spent (`spend`), whether the result came from the cache (`cached`) and
         what the work behind it cost (`cost`), which wakes every waiter. Runs after the callers
-        have their answer; a failed write costs at most a later recomputation."""
+        have their answer; a failed write costs at most a later recomputation. `holder`: whose
+        lease completes it (None: this executor's); another holder hears of a lost lease
+        (`LeaseLost`) and of a store that did not answer (`Unavailable`), to try again."""
+        if holder is not None and job_id is not None:
+            # Only while the holder still holds it: a cancelled execution's late answer is
+            # neither cached nor stored.
+            job = await self._store.heartbeat_job(job_id, holder, BATCH_HOLD_S)
+            if not job.active:
+                raise LeaseLost(job_id, job)
         try:
             if cache and call.key is not None and call.ttl_s > 0:
                 ref = await self._cache.put(
@@ -654,16 +698,20 @@ class Executor:
             if job_id is not None:
                 await self._store.complete_job(
                     job_id,
-                    self.worker_id,
+                    holder or self.worker_id,
                     ref,
                     spend=job_spend(spend),
                     cached=cached,
                     result_cost_usd=cost,
                 )
         except LeaseLost as lost:
+            if holder is not None:
+                raise
             log.warning("job %s was taken from this replica before it completed: %s", job_id, lost)
         except errors.Unavailable as exc:
             self.stats.write_failures += 1
+            if holder is not None:
+                raise
             if job_id is not None:
                 log.warning(
                     "the result of job %s was not stored (%s); its lease will lapse and the "

@@ -211,24 +211,28 @@ class OperationRunner:
         return retry
 
     async def _call(self, job: Job) -> Call:
-        """The executor's call for a stored job: its validated request read back, run as its
-        owner (for a shared execution, the user who started it) at its tier."""
-        spec = operations.get(job.op)
-        contents = await asyncio.gather(*(self._blobs.get(d) for d in job.input_blobs))
-        request: Any = codec.from_json(
-            spec.request_type, job.input_json, dict(zip(job.input_blobs, contents, strict=True))
-        )
-        principal = Principal(
-            user_id=job.charged_user or SHARED_USER,
-            tier=tier_of_priority(job.priority),
-            via="service",
-        )
-        call = self._pipeline.call(
-            job.op,
-            request,
-            principal,
-            request_id=f"job-{job.id}",
-            progress=self._progress_recorder(job.id),
-        )
-        # The result is cached under the key the job was coalesced on.
-        return dataclasses.replace(call, key=job.dedupe_key, long_poll=False)
+        """The executor's call for a stored job (`stored_call`), its progress recorded."""
+        return await stored_call(self._pipeline, self._blobs, job, self._progress_recorder(job.id))
+
+
+async def stored_call(
+    pipeline: Pipeline, blobs: BlobStore, job: Job, progress: ProgressCallback | None = None
+) -> Call:
+    """The executor's call for a stored job: its validated request read back (its images from
+    `blobs`), run as its owner (for a shared execution, the user who started it) at its tier.
+
+    Raises `BlobError` (`BlobNotFound`), `codec.DecodeError` or `KeyError` for an input that
+    cannot be read back."""
+    spec = operations.get(job.op)
+    contents = await asyncio.gather(*(blobs.get(d) for d in job.input_blobs))
+    request: Any = codec.from_json(
+        spec.request_type, job.input_json, dict(zip(job.input_blobs, contents, strict=True))
+    )
+    principal = Principal(
+        user_id=job.charged_user or SHARED_USER,
+        tier=tier_of_priority(job.priority),
+        via="service",
+    )
+    call = pipeline.call(job.op, request, principal, request_id=f"job-{job.id}", progress=progress)
+    # The result is cached under the key the job was coalesced on.
+    return dataclasses.replace(call, key=job.dedupe_key, long_poll=False)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from gateway.config import StoreSettings
 from gateway.store.base import (
     NO_SPEND,
+    Delivery,
     Job,
     JobCursor,
     JobError,
@@ -152,7 +153,20 @@ def _job(row: Record) -> Job:
         cached=row["cached"],
         result_cost_usd=float(row["result_cost_usd"]),
         coalesced=row["coalesced"],
+        delivery=Delivery(row.get("delivery") or Delivery.INTERACTIVE),
     )
+
+
+#: A job row as a `Job`, for the other modules of this package.
+job_from_row = _job
+
+
+async def mirror_shared(conn: Connection, queries: Queries, rows: Sequence[Record]) -> None:
+    """Copies the changes of shared executions among `rows` (those without an owner) to their
+    handles, in the caller's transaction."""
+    shared = [row["id"] for row in rows if row["user_id"] is None]
+    if shared:
+        await conn.fetch(*queries("mirror", execution_ids=shared))
 
 
 class PostgresJobs:
@@ -186,9 +200,7 @@ class PostgresJobs:
 
     async def _mirror(self, conn: Connection, rows: Sequence[Record]) -> None:
         """Copies shared executions' changes (those without an owner) to their handles."""
-        shared = [row["id"] for row in rows if row["user_id"] is None]
-        if shared:
-            await conn.fetch(*self._q("mirror", execution_ids=shared))
+        await mirror_shared(conn, self._q, rows)
 
     async def join_or_create_active_job(self, new: NewJob) -> JoinOutcome:
         """See `JobStore.join_or_create_active_job`.
@@ -247,6 +259,7 @@ class PostgresJobs:
             priorities=[n.priority for n in news],
             max_attempts=[n.max_attempts for n in news],
             hold_s=[float(n.hold_s) for n in news],
+            deliveries=[n.delivery.value for n in news],
         )
         rows = await self._pool.run(lambda c: c.fetch(*statement))
         created = {row["id"]: _job(row) for row in rows}
@@ -283,6 +296,7 @@ class PostgresJobs:
                 max_attempts=new.max_attempts,
                 hold_s=float(new.hold_s),
                 started_by=new.user_id if new.shared else None,
+                delivery=new.delivery.value,
             )
         )
         created = row is not None
