@@ -9,10 +9,16 @@ TS := clients/typescript
 # Builds the native extension (release profile, via maturin) and installs the gateway with its
 # development tools, the Python client (home of the generated gRPC code), and the TypeScript
 # client's npm packages; builds the S3 server the blob tests run against (s3s-fs from crates.io,
-# once, into ~/.cache/viewbait-tools; see tests/s3s_fs.py).
-install: $(TS)/node_modules/.package-lock.json
+# once, into ~/.cache/viewbait-tools; see tests/s3s_fs.py) and, when missing, Debian's prometheus
+# package (the server and promtool the metrics tests run).
+install: $(TS)/node_modules/.package-lock.json /usr/bin/promtool
 	$(PIP) install -e clients/python -e '.[dev]'
 	$(PYTHON) tests/s3s_fs.py --build
+
+/usr/bin/promtool:
+	DEBIAN_FRONTEND=noninteractive apt-get -qq update
+	DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends prometheus \
+		>/dev/null
 
 $(TS)/node_modules/.package-lock.json: $(TS)/package-lock.json
 	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error

@@ -1,14 +1,16 @@
 """Shared pieces of the gRPC benchmarks: processes to start, the anchor server, load drivers.
 
 - `Fleet(workdir)`: the processes of one run, stopped on exit of `async with`:
-  `emulator(latency_s)` (`python -m gateway.emulator`), `gateway(name, emulator_url, env)`
-  (`python -m gateway serve`, ready when its ready file appears; `pids[port]` is its process),
+  `emulator(latency_s)` (`python -m gateway.emulator`), `gateway(name, emulator_url, env,
+  command)` (`python -m gateway serve`, or `worker`, ready when its ready file appears;
+  `pids[port]` is its process),
   `bare_server(response)`: the anchor, a bare grpc.aio GatewayService answering one fixed
   AnalyzeVideoResponse from memory (the physical limit of this stack), `python_server(script,
   *args)`: any other server script of the benchmarks. A PostgreSQL server of a run's own, for
   settings the shared server does not have, is `gateway.testing.postgres.throwaway_postgres`
   (shared with the tests).
-- `emulator_calls(url)`: how many generate requests the emulator served, and
+- `emulator_calls(url)`: how many generate requests the emulator served (`emulator_stats(url)`:
+  all its counters, batches included), and
   `set_emulator_latency(url, s)`: its added latency (its admin routes).
 - `unlimited_policies_env()` lifts the per-user rate limits (the benchmarks drive one user far
   past any sane limit; they measure the request path, not the limiter).
@@ -35,6 +37,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from grpc import aio
 from viewbait.ai.v1 import gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
@@ -115,9 +118,14 @@ class Fleet:
         return match.group(1)
 
     async def gateway(
-        self, name: str, emulator_url: str, env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        emulator_url: str,
+        env: Mapping[str, str] | None = None,
+        command: str = "serve",
     ) -> int:
-        """`python -m gateway serve` calling the emulator; returns its port."""
+        """`python -m gateway serve` (or `command`, e.g. `worker`) calling the emulator;
+        returns its port (0 for a worker: no listener)."""
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
         ready = workdir / "ready.json"
@@ -137,7 +145,7 @@ class Fleet:
             # Embedded: blobs in this replica's own directory (with a database, in PostgreSQL).
             environment["VIEWBAIT_STORE__BLOB_DIR"] = str(workdir / "blobs")
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", env=environment
+            sys.executable, "-m", "gateway", command, env=environment
         )
         self.processes.append(process)
         port = int(json.loads(await wait_for(ready, process))["port"])
@@ -163,10 +171,16 @@ class Fleet:
         return port
 
 
+def emulator_stats(emulator_url: str) -> dict[str, Any]:
+    """The emulator's counters (`GET /_emulator/stats`): generate requests, batches, lines."""
+    with urllib.request.urlopen(f"{emulator_url}/_emulator/stats", timeout=10) as response:
+        stats: dict[str, Any] = json.load(response)
+        return stats
+
+
 def emulator_calls(emulator_url: str) -> int:
     """Generate requests the emulator has served (whatever their outcome)."""
-    with urllib.request.urlopen(f"{emulator_url}/_emulator/stats", timeout=10) as response:
-        return int(json.load(response)["requests"])
+    return int(emulator_stats(emulator_url)["requests"])
 
 
 def set_emulator_latency(emulator_url: str, latency_s: float) -> None:

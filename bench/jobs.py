@@ -13,8 +13,18 @@
     by tier, for what the caps cost.
 (b) WatchJob latency across replicas, and (c) 1,000 concurrent WatchJob streams' memory, from
     `bench/jobs_watch.py` (run with `--watch`).
+(d) The real job path: `--real-jobs` (1,000) AnalyzeVideo jobs with distinct inputs submitted
+    through the gRPC JobService (one SubmitJob each, 64 in flight, one channel) of a gateway
+    without workers, run by 2 `viewbait-gateway worker` processes on PostgreSQL calling the
+    emulator (its own process) at zero latency; completed per second end to end (first submit
+    to last job succeeded). Anchor in the same run: procrastinate with the same number of no-op
+    jobs, deferred one `defer_async` each, 64 in flight, run by 2 worker processes of the same
+    concurrency. Every difference between the two sides is printed with the figures.
+    Then the cost of those jobs: the same requests again, submitted for Batch API delivery (by
+    another user, so none is cached), and the ledger's sums of both runs at the price table.
 
     python bench/jobs.py [--jobs 20000] [--database-url URL] [--skip-procrastinate] [--watch]
+        [--real-jobs 1000] [--skip-noop]
 """
 
 from __future__ import annotations
@@ -22,13 +32,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +50,17 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import report
-from _rpc_harness import DEFAULT_DATABASE_URL, fresh_schema
+from _rpc_harness import (
+    DEFAULT_DATABASE_URL,
+    SERVICE_TOKEN,
+    Fleet,
+    emulator_stats,
+    fresh_schema,
+    store_env,
+    unlimited_policies_env,
+)
+from grpc import aio
+from viewbait.ai.v1 import job_service_pb2, job_service_pb2_grpc, operations_pb2
 
 from gateway.config import JobSettings, StoreSettings, Tier
 from gateway.jobs import WorkerPool
@@ -250,10 +272,15 @@ def _procrastinate_worker(
 
 
 async def procrastinate_run(
-    database_url: str, count: int, args: argparse.Namespace
+    database_url: str,
+    count: int,
+    *,
+    processes: int,
+    concurrency: int,
+    defer_all: Callable[[Any], Awaitable[None]],
 ) -> tuple[float, float, float]:
-    """(defer s, rest s, end-to-end jobs/s) of procrastinate on its own fresh schema, its
-    workers running while jobs are deferred."""
+    """(defer s, rest s, end-to-end jobs/s) of procrastinate on its own fresh schema: `count`
+    no-op jobs deferred by `defer_all(task)` while `processes` workers of `concurrency` run."""
     async with fresh_schema(database_url) as schema:
         conn = await asyncpg.connect(database_url)
         try:
@@ -267,22 +294,252 @@ async def procrastinate_run(
         async with app.open_async():
             await app.schema_manager.apply_schema_async()
             with worker_processes(
-                args.processes,
-                _procrastinate_worker,
-                database_url,
-                schema,
-                args.procrastinate_concurrency,
+                processes, _procrastinate_worker, database_url, schema, concurrency
             ):
-                start = time.perf_counter()
                 noop = app.configure_task(name="noop")
-                for first in range(0, count, args.batch):
-                    await noop.batch_defer_async(
-                        *({} for _ in range(min(args.batch, count - first)))
-                    )
+                start = time.perf_counter()
+                await defer_all(noop)
                 submitted = time.perf_counter()
                 await wait_for_count(database_url, succeeded, count)
                 finished = time.perf_counter()
     return submitted - start, finished - submitted, count / (finished - start)
+
+
+# -- (d) the real job path -------------------------------------------------------------------
+
+#: SubmitJob calls (and procrastinate defers) in flight at once, on one channel.
+SUBMIT_CONCURRENCY = 64
+#: Job workers per worker process (and procrastinate's concurrency per worker process).
+REAL_WORKERS = 32
+
+
+def _metadata(user: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("authorization", f"Bearer {SERVICE_TOKEN}"),
+        ("x-viewbait-user-id", user),
+        ("x-viewbait-tier", "pro"),
+    )
+
+
+def _video_ids(count: int) -> list[str]:
+    """`count` distinct 11-character video ids, new each run."""
+    run = uuid.uuid4().hex[:3]
+    return [f"{run}{i:08d}" for i in range(count)]
+
+
+async def _in_flight(count: int, one: Any, limit: int = SUBMIT_CONCURRENCY) -> None:
+    """`await one(i)` for every i in range(count), `limit` at a time."""
+    pending = iter(range(count))
+
+    async def worker() -> None:
+        for i in pending:
+            await one(i)
+
+    await asyncio.gather(*(worker() for _ in range(limit)))
+
+
+async def _submit_jobs(
+    port: int, video_ids: list[str], user: str, delivery: job_service_pb2.Delivery.ValueType
+) -> None:
+    """One SubmitJob per video id through the gateway at `port`."""
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+
+        async def one(i: int) -> None:
+            request = job_service_pb2.SubmitJobRequest(
+                analyze_video=operations_pb2.AnalyzeVideoRequest(
+                    video_id=video_ids[i], title="Benchmark video"
+                ),
+                delivery=delivery,
+            )
+            submitted = await stub.SubmitJob(request, metadata=_metadata(user), timeout=60)
+            assert not submitted.existing, "every job of the run is distinct"
+
+        await _in_flight(len(video_ids), one)
+
+
+@dataclasses.dataclass
+class RealRun:
+    """One run of the real job path: how long it took, and what the ledger says it cost."""
+
+    jobs: int
+    submit_s: float
+    total_s: float
+    cost_usd: float
+    ledger_rows: int
+    generate_calls: int
+    batches: int
+    batch_lines: int
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.total_s
+
+
+async def _real_run(
+    database_url: str,
+    schema: str,
+    port: int,
+    emulator_url: str,
+    video_ids: list[str],
+    user: str,
+    delivery: job_service_pb2.Delivery.ValueType,
+) -> RealRun:
+    """Submits one job per video id as `user` and waits until all of them succeeded."""
+    before = emulator_stats(emulator_url)
+    quoted = f'"{schema}"'
+    succeeded = (
+        f"SELECT count(*) FROM {quoted}.ai_jobs WHERE user_id = '{user}' AND status = 'succeeded'"
+    )
+    start = time.perf_counter()
+    await _submit_jobs(port, video_ids, user, delivery)
+    submitted = time.perf_counter()
+    await wait_for_count(database_url, succeeded, len(video_ids))
+    done = time.perf_counter()
+    after = emulator_stats(emulator_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        failed = await conn.fetchval(
+            f"SELECT count(*) FROM {quoted}.ai_jobs WHERE user_id = $1 AND status <> 'succeeded'",
+            user,
+        )
+        ledger = await conn.fetchrow(
+            f"SELECT coalesce(sum(cost_usd), 0)::float8 AS cost, count(*) AS rows "
+            f"FROM {quoted}.ai_usage WHERE user_id = $1",
+            user,
+        )
+    finally:
+        await conn.close()
+    if failed:
+        raise RuntimeError(f"{failed} jobs of {user} did not succeed")
+    assert ledger is not None
+    return RealRun(
+        jobs=len(video_ids),
+        submit_s=submitted - start,
+        total_s=done - start,
+        cost_usd=float(ledger["cost"]),
+        ledger_rows=int(ledger["rows"]),
+        generate_calls=int(after["requests"]) - int(before["requests"]),
+        batches=len(after["batches"]) - len(before["batches"]),
+        batch_lines=int(after["batch_lines"]) - int(before["batch_lines"]),
+    )
+
+
+async def real_job_path(database_url: str, count: int, workdir: Path) -> tuple[RealRun, RealRun]:
+    """(interactive run, batch run) of `count` AnalyzeVideo jobs through the real gateway."""
+    video_ids = _video_ids(count)
+    async with fresh_schema(database_url) as schema, Fleet(workdir) as fleet:
+        emulator_url = await fleet.emulator(0.0)
+        env = {
+            **store_env(database_url, schema),
+            **unlimited_policies_env(),
+            # One benchmark user: her running cap (8 for pro) would be the bottleneck.
+            "VIEWBAIT_JOBS__RUNNING_CAPS": '{"pro": null}',
+            # On a machine shared with other work a 2 s bound fails some result writes, whose
+            # jobs then run again once their lease lapses: that measures the neighbours.
+            "VIEWBAIT_STORE__COMMAND_TIMEOUT_S": "10",
+            "VIEWBAIT_JOBS__WORKERS": str(REAL_WORKERS),
+            "VIEWBAIT_JOBS__CLAIM_BATCH": str(REAL_WORKERS),
+            "VIEWBAIT_BATCH__GATHER_WINDOW_S": "1",
+            "VIEWBAIT_BATCH__MAX_BATCH_SIZE": "500",
+            "VIEWBAIT_BATCH__POLL_INTERVAL_S": "0.2",
+        }
+        front = await fleet.gateway("front", emulator_url, {**env, "VIEWBAIT_JOBS__WORKERS": "0"})
+        for n in range(2):
+            await fleet.gateway(f"worker-{n}", emulator_url, env, command="worker")
+        interactive = await _real_run(
+            database_url,
+            schema,
+            front,
+            emulator_url,
+            video_ids,
+            "bench-interactive",
+            job_service_pb2.DELIVERY_INTERACTIVE,
+        )
+        batched = await _real_run(
+            database_url,
+            schema,
+            front,
+            emulator_url,
+            video_ids,
+            "bench-batch",
+            job_service_pb2.DELIVERY_BATCH,
+        )
+    return interactive, batched
+
+
+async def procrastinate_one_by_one(database_url: str, count: int) -> tuple[float, float, float]:
+    """`procrastinate_run` of `count` no-op jobs deferred one `defer_async` each,
+    `SUBMIT_CONCURRENCY` in flight, run by 2 workers of `REAL_WORKERS` (the anchor of (d))."""
+
+    async def defer_all(noop: Any) -> None:
+        async def one(i: int) -> None:
+            await noop.defer_async()
+
+        await _in_flight(count, one)
+
+    return await procrastinate_run(
+        database_url, count, processes=2, concurrency=REAL_WORKERS, defer_all=defer_all
+    )
+
+
+REAL_PATH_DIFFERENCES = (
+    "what differs between the two sides of (d):",
+    "- submit: ours is one gRPC SubmitJob per job to a gateway process (auth, tier check,"
+    " validation, admission limit, coalescing insert); procrastinate's is one defer_async per"
+    " job straight into PostgreSQL from this process; both 64 in flight",
+    "- work: ours is AnalyzeVideo: the Gemini adapter's HTTP call to the emulator (another"
+    " process, zero latency), the schema check of the answer, the result cache row, the"
+    " job completion (with NOTIFY) and a usage ledger row; procrastinate's task is empty",
+    f"- workers: 2 processes each side, {REAL_WORKERS} jobs at once per process (ours:"
+    " `viewbait-gateway worker`, claim batch of the same size, per-user caps and rate limits"
+    " lifted, store command timeout 10 s instead of 2 s); ours also runs the front gateway and"
+    " the emulator on the same cores",
+    "- ours can run a job more than once (a lost lease); the generateContent count says how"
+    " often; procrastinate's no-op jobs run once",
+    "- same: job count, PostgreSQL server, loopback without TLS, end to end from the first"
+    " submit to the last job succeeded (read from the database every 10 ms)",
+)
+
+
+def print_real_path(
+    interactive: RealRun, batched: RealRun, anchor: tuple[float, float, float] | None
+) -> None:
+    n = interactive.jobs
+    print(f"(d) the real job path: {n:,} AnalyzeVideo jobs (distinct inputs), 2 worker processes")
+    print(
+        f"    gateway: all submitted after {interactive.submit_s:.2f} s, all succeeded after "
+        f"{interactive.total_s:.2f} s: end to end {interactive.rate:,.0f} jobs/s "
+        f"({interactive.generate_calls:,} generateContent calls)"
+    )
+    if anchor is not None:
+        p_submit, p_drain, p_rate = anchor
+        print(
+            f"    procrastinate ({n:,} no-op jobs): deferred after {p_submit:.2f} s, run "
+            f"{p_drain:.2f} s later: end to end {p_rate:,.0f} jobs/s"
+        )
+        report(
+            "real AnalyzeVideo jobs vs no-op jobs",
+            interactive.rate,
+            p_rate,
+            "jobs/s",
+            "procrastinate",
+        )
+        for line in REAL_PATH_DIFFERENCES:
+            print(f"    {line}")
+    ratio = batched.cost_usd / interactive.cost_usd if interactive.cost_usd else float("nan")
+    print(f"    cost of the same {n:,} jobs at the price table (ledger sums of both runs):")
+    print(
+        f"      interactive: ${interactive.cost_usd:.4f} ({interactive.ledger_rows:,} ledger "
+        f"rows, {interactive.generate_calls:,} generateContent calls)"
+    )
+    print(
+        f"      batch:       ${batched.cost_usd:.4f} ({batched.ledger_rows:,} ledger rows, "
+        f"{batched.batches} batches of {batched.batch_lines:,} lines, "
+        f"{batched.generate_calls} generateContent calls; all succeeded after "
+        f"{batched.total_s:.2f} s with a 1 s gather window and 0.2 s polls)"
+    )
+    print(f"      batch / interactive: {ratio:.3f}")
 
 
 def main() -> None:
@@ -300,6 +557,10 @@ def main() -> None:
     parser.add_argument("--skip-procrastinate", action="store_true")
     parser.add_argument("--skip-capped", action="store_true")
     parser.add_argument("--watch", action="store_true", help="also run bench/jobs_watch.py")
+    parser.add_argument(
+        "--real-jobs", type=int, default=1000, help="jobs of the real job path (d); 0 skips it"
+    )
+    parser.add_argument("--skip-noop", action="store_true", help="skip (a), the no-op queues")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -310,6 +571,21 @@ def main() -> None:
         url += ("&" if "?" in url else "?") + "sslmode=disable"
 
     async def run() -> None:
+        if not args.skip_noop:
+            await noop_queues()
+        if args.real_jobs:
+            with tempfile.TemporaryDirectory(prefix="bench-jobs-") as workdir:
+                interactive, batched = await real_job_path(url, args.real_jobs, Path(workdir))
+            anchor = None
+            if not args.skip_procrastinate:
+                anchor = await procrastinate_one_by_one(url, args.real_jobs)
+            print_real_path(interactive, batched, anchor)
+        if args.watch:
+            import jobs_watch
+
+            await jobs_watch.run_all(url)
+
+    async def noop_queues() -> None:
         print(f"(a) throughput of no-op jobs, {args.jobs:,} jobs, batches of {args.batch}")
         submit_s, drain_s, rate = await ours(url, args.jobs, args, capped=False)
         print(
@@ -324,7 +600,20 @@ def main() -> None:
             )
         if not args.skip_procrastinate:
             p_count = args.procrastinate_jobs
-            p_submit, p_drain, p_rate = await procrastinate_run(url, p_count, args)
+
+            async def in_batches(noop: Any) -> None:
+                for first in range(0, p_count, args.batch):
+                    await noop.batch_defer_async(
+                        *({} for _ in range(min(args.batch, p_count - first)))
+                    )
+
+            p_submit, p_drain, p_rate = await procrastinate_run(
+                url,
+                p_count,
+                processes=args.processes,
+                concurrency=args.procrastinate_concurrency,
+                defer_all=in_batches,
+            )
             print(
                 f"    procrastinate ({p_count:,} jobs, concurrency "
                 f"{args.procrastinate_concurrency}): deferred after {p_submit:.2f} s, run "
@@ -336,10 +625,6 @@ def main() -> None:
             f"    target >= {TARGET_JOBS_PER_S:,.0f} jobs/s: {'met' if met else 'MISSED'} "
             f"({rate:,.0f})"
         )
-        if args.watch:
-            import jobs_watch
-
-            await jobs_watch.run_all(url)
 
     asyncio.run(run())
 

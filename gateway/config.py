@@ -555,6 +555,26 @@ class JobSettings(BaseModel):
         return caps
 
 
+class BatchSettings(BaseModel):
+    """Gemini Batch API delivery of queued jobs (`SubmitJobRequest.delivery` BATCH; see
+    `gateway.jobs.batcher`): how jobs are gathered into batches, how often batches are polled,
+    and what their answers cost."""
+
+    #: A batch is sent once its oldest job has waited this long to be gathered (or at once
+    #: when `max_batch_size` jobs of one model wait).
+    gather_window_s: float = Field(default=60.0, ge=0, le=86400)
+    #: Most jobs (inline requests) in one batch.
+    max_batch_size: int = Field(default=500, ge=1, le=10_000)
+    #: Most bytes of inline requests in one batch (Gemini accepts up to 20 MB inline); a job
+    #: too large to fit alone runs interactively instead.
+    max_batch_bytes: int = Field(default=19 * 1024 * 1024, ge=1024, le=20 * 1024 * 1024)
+    #: How often a submitted batch is asked for its state.
+    poll_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    #: What an answer costs through the Batch API, as a fraction of its interactive price (the
+    #: price table's); Gemini bills batches at half.
+    price_factor: float = Field(default=0.5, ge=0, le=1)
+
+
 #: Largest budget, in USD: amounts are kept in integer nano-USD, exact in the Redis script's Lua
 #: doubles up to 2**53 (about $9 million), with room for the reservations in flight on top.
 MAX_BUDGET_USD = 1_000_000.0
@@ -678,6 +698,19 @@ class UsageSettings(BaseModel):
         return self
 
 
+class MetricsSettings(BaseModel):
+    """The Prometheus `/metrics` endpoint each process serves (see `gateway.telemetry.metrics`)."""
+
+    #: Address of the metrics HTTP listener.
+    host: str = "127.0.0.1"
+    #: Its port; None: no metrics (nothing is measured); 0 picks a free port (tests; the chosen
+    #: one is written to `server.ready_file` as `metrics_port`).
+    port: int | None = Field(default=None, ge=0, le=65535)
+    #: How often the gauges read from shared state (the job queue's depth in the store, the
+    #: fleet-wide budget caps) are refreshed; the other metrics are live.
+    refresh_interval_s: float = Field(default=15.0, gt=0, le=3600)
+
+
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
@@ -705,10 +738,14 @@ class Settings(BaseSettings):
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     #: Background job workers.
     jobs: JobSettings = Field(default_factory=JobSettings)
+    #: Gemini Batch API delivery of jobs submitted with `delivery` BATCH.
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     #: Spend budgets per user and period, and fleet-wide daily caps per model.
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     #: The usage ledger: batched background writes, roll-up into daily totals, retention.
     usage: UsageSettings = Field(default_factory=UsageSettings)
+    #: Prometheus metrics on their own HTTP port (off unless a port is set).
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -21,6 +21,10 @@
   (`models.get`) without waiting for traffic.
 - Usage: every attempt, failed or not, is handed to the `UsageSink` as a `UsageRecord` with its
   tokens by kind and cost (`gateway.usage.PriceBook`), and to the caller's `on_attempt`.
+- Batch API (`gateway.model.BatchClient`): create a batch of inline requests, get it (its
+  lines read by the same rules as interactive answers, priced at batch prices), cancel it,
+  find it by display name. One attempt per call: the batcher (`gateway.jobs.batcher`) polls
+  and tries again; who the lines are for, and so their usage records, are its business.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +63,9 @@ from gateway.errors import (
 from gateway.model import (
     AttemptCallback,
     AttemptGate,
+    BatchLine,
+    BatchState,
+    BatchStatus,
     Blob,
     CallLabels,
     ModelRequest,
@@ -110,13 +117,16 @@ class GeminiClient:
         *,
         usage_sink: UsageSink,
         rng: random.Random | None = None,
+        batch_price_factor: float = 0.5,
     ) -> None:
+        """`batch_price_factor`: what a Batch API answer costs as a fraction of its interactive
+        price (`BatchSettings.price_factor`)."""
         if settings.api_key is None or not settings.api_key.get_secret_value():
             raise ValueError("GeminiSettings.api_key is required (VIEWBAIT_GEMINI__API_KEY)")
         self._settings = settings
         self._api_key = settings.api_key.get_secret_value()
         self._sink = usage_sink
-        self._prices = PriceBook(settings.prices)
+        self._prices = PriceBook(settings.prices, batch_factor=batch_price_factor)
         self._rng = rng or random.Random()
         self._configs = _ConfigCache()
         # Built on first use, inside the event loop that will use its HTTP session.
@@ -127,8 +137,8 @@ class GeminiClient:
         self._credentials_listeners: list[Callable[[bool], None]] = []
         self._refusal_logged_at: float | None = None
 
-    def _models(self) -> Any:
-        """The SDK's async models API, creating the client and its HTTP session on first use.
+    def _sdk(self) -> genai.Client:
+        """The SDK client, created with its HTTP session on first use.
 
         The session is ours rather than the SDK's default so that proxy settings are read from
         the environment once: with `trust_env=True` aiohttp re-reads proxies and `~/.netrc` in a
@@ -152,7 +162,11 @@ class GeminiClient:
                     aiohttp_client=self._session,
                 ),
             )
-        return self._client.aio.models
+        return self._client
+
+    def _models(self) -> Any:
+        """The SDK's async models API."""
+        return self._sdk().aio.models
 
     def prepare(self) -> None:
         """Builds the SDK client now, in the running event loop: building it takes a few
@@ -510,6 +524,128 @@ class GeminiClient:
             except Exception:
                 log.exception("the per-attempt callback failed (attempt %d of %s)", attempt, model)
 
+    # -- the Batch API ------------------------------------------------------------------------
+
+    async def create_batch(
+        self, model: str, requests: Sequence[tuple[str, ModelRequest]], *, display_name: str
+    ) -> BatchStatus:
+        """See `gateway.model.BatchClient.create_batch`: one batch of inline requests, each
+        built exactly as an interactive call of the same request, its key in its metadata."""
+        inlined = [
+            types.InlinedRequest(
+                contents=_contents(request),
+                config=self._configs.get(request),
+                metadata={_LINE_KEY: key},
+            )
+            for key, request in requests
+        ]
+        config = types.CreateBatchJobConfig(display_name=display_name)
+        batches = self._sdk().aio.batches
+        job = await self._batch_call(
+            model, None, lambda: batches.create(model=model, src=inlined, config=config)
+        )
+        return self._batch_status(job, model)
+
+    async def get_batch(self, name: str, model: str) -> BatchStatus:
+        """See `gateway.model.BatchClient.get_batch`."""
+        batches = self._sdk().aio.batches
+        job = await self._batch_call(model, name, lambda: batches.get(name=name))
+        return self._batch_status(job, model)
+
+    async def cancel_batch(self, name: str) -> None:
+        """See `gateway.model.BatchClient.cancel_batch`."""
+        batches = self._sdk().aio.batches
+        await self._batch_call("", name, lambda: batches.cancel(name=name))
+
+    async def find_batch(self, display_name: str, model: str) -> BatchStatus | None:
+        """See `gateway.model.BatchClient.find_batch` (pages through the project's batches)."""
+        batches = self._sdk().aio.batches
+
+        async def search() -> types.BatchJob | None:
+            pager = await batches.list(config=types.ListBatchJobsConfig(page_size=100))
+            async for job in pager:
+                if job.display_name == display_name:
+                    return job
+            return None
+
+        found = await self._batch_call(model, None, search)
+        return None if found is None else self._batch_status(found, model)
+
+    async def _batch_call(
+        self, model: str, batch: str | None, call: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """One Batch API call about `model`'s batches (`batch`: the one it names) bounded by
+        `attempt_timeout_s`; failures as domain errors."""
+        try:
+            async with asyncio.timeout(self._settings.attempt_timeout_s):
+                return await call()
+        except genai_errors.APIError as exc:
+            if exc.code == 404 and batch is not None:
+                raise UpstreamRejected(f"Gemini does not know batch {batch!r} (404)") from None
+            raise self._classify(exc, model, capped_by_deadline=False).error from None
+        except Exception as exc:  # classified like an interactive attempt's failure
+            raise self._classify(exc, model, capped_by_deadline=False).error from None
+
+    def _batch_status(self, job: types.BatchJob, model: str) -> BatchStatus:
+        """What the SDK's `BatchJob` says, its lines read like interactive answers."""
+        state = _BATCH_STATES.get(_enum_name(job.state) if job.state else "")
+        if state is None:
+            # A state this adapter does not know (a new one): keep polling, say so once a poll.
+            log.warning("Gemini reports batch %s in state %s; polling on", job.name, job.state)
+            state = BatchState.RUNNING
+        lines: tuple[BatchLine, ...] = ()
+        if state is BatchState.SUCCEEDED and job.dest is not None:
+            name = job.name or ""
+            lines = tuple(
+                self._batch_line(name, model, line) for line in job.dest.inlined_responses or ()
+            )
+        return BatchStatus(job.name or "", state, job.display_name or "", lines)
+
+    def _batch_line(self, name: str, model: str, line: types.InlinedResponse) -> BatchLine:
+        key = (line.metadata or {}).get(_LINE_KEY)
+        if line.response is None:
+            error = line.error or types.JobError()
+            code = error.code or 0
+            cause = _LINE_ERRORS.get(code, UpstreamUnavailable)
+            message = f"Gemini's batch {name} failed this request (code {code})"
+            if upstream := self._sanitize(error.message):
+                message += f": {upstream}"
+            return BatchLine(key, error=cause(message))
+        try:
+            response = _Answer.fold([line.response]).to_response(
+                model, prices=self._prices, attempts=1, batch=True
+            )
+        except _BadAnswer as bad:
+            cost = self._prices.cost_usd(model, bad.usage, batch=True)
+            return BatchLine(key, error=bad.error, usage=bad.usage, cost_usd=cost)
+        return BatchLine(key, response=response, usage=response.usage, cost_usd=response.cost_usd)
+
+
+#: The metadata entry that carries a batch line's key.
+_LINE_KEY = "key"
+#: The SDK's job states -> the batch states the gateway acts on.
+_BATCH_STATES = {
+    "JOB_STATE_QUEUED": BatchState.PENDING,
+    "JOB_STATE_PENDING": BatchState.PENDING,
+    "JOB_STATE_RUNNING": BatchState.RUNNING,
+    "JOB_STATE_UPDATING": BatchState.RUNNING,
+    "JOB_STATE_CANCELLING": BatchState.RUNNING,
+    "JOB_STATE_PAUSED": BatchState.RUNNING,
+    "JOB_STATE_SUCCEEDED": BatchState.SUCCEEDED,
+    "JOB_STATE_PARTIALLY_SUCCEEDED": BatchState.SUCCEEDED,
+    "JOB_STATE_FAILED": BatchState.FAILED,
+    "JOB_STATE_CANCELLED": BatchState.CANCELLED,
+    "JOB_STATE_EXPIRED": BatchState.EXPIRED,
+}
+#: A failed line's google.rpc.Code -> its domain error (anything else: unavailable, retryable).
+_LINE_ERRORS: dict[int, type[UpstreamError]] = {
+    3: UpstreamRejected,  # INVALID_ARGUMENT
+    5: UpstreamRejected,  # NOT_FOUND
+    9: UpstreamRejected,  # FAILED_PRECONDITION
+    11: UpstreamRejected,  # OUT_OF_RANGE
+    12: UpstreamRejected,  # UNIMPLEMENTED
+}
+
 
 def _refuses_credentials(exc: genai_errors.APIError) -> bool:
     """Whether Gemini's error says the API key itself is refused (401/403, API_KEY_INVALID)."""
@@ -617,8 +753,11 @@ class _Answer:
             self.text.append(chunk)
         return chunk
 
-    def to_response(self, model: str, *, prices: PriceBook, attempts: int) -> ModelResponse:
-        """The successful answer, or the `_BadAnswer` that says why there is none."""
+    def to_response(
+        self, model: str, *, prices: PriceBook, attempts: int, batch: bool = False
+    ) -> ModelResponse:
+        """The successful answer (priced as a batch line when `batch`), or the `_BadAnswer`
+        that says why there is none."""
         usage = usage_from_metadata(self.meta)
         if self.block_reason is not None:
             raise _BadAnswer(_blocked_prompt(self.block_reason), retryable=False, usage=usage)
@@ -634,7 +773,7 @@ class _Answer:
             text="".join(self.text),
             images=tuple(self.images),
             usage=usage,
-            cost_usd=prices.cost_usd(model, usage),
+            cost_usd=prices.cost_usd(model, usage, batch=batch),
             finish_reason=self.finish_reason or "FINISH_REASON_UNSPECIFIED",
             model_version=self.model_version or model,
             attempts=attempts,

@@ -11,9 +11,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from gateway.errors import DeadlineExceeded, UpstreamBadResponse
+from gateway.errors import DeadlineExceeded, GatewayError, UpstreamBadResponse
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,76 @@ class ModelClient(Protocol):
         call retries, returns or raises; an exception it raises is logged and dropped.
         Raises a `gateway.errors.GatewayError` subclass on failure.
         """
+        ...
+
+
+class BatchState(StrEnum):
+    """Where a batch of the model's Batch API is: PENDING and RUNNING go on, the rest are ends."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def done(self) -> bool:
+        """Whether the batch has ended (its lines, if any, are final)."""
+        return self not in (BatchState.PENDING, BatchState.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One request of a finished batch: its answer or its error, and what it cost either way
+    (at the Batch API's prices)."""
+
+    #: The key the request was sent with (`BatchClient.create_batch`); None if the answer
+    #: lost it (then lines are matched by position).
+    key: str | None
+    response: ModelResponse | None = None
+    #: Why there is no response: a domain error, retryable or not, as for an interactive call.
+    error: GatewayError | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus:
+    """A batch as the model's Batch API reports it; `lines` in request order once it succeeded
+    (empty before, and for a batch that ended otherwise)."""
+
+    name: str
+    state: BatchState
+    display_name: str = ""
+    lines: tuple[BatchLine, ...] = ()
+
+
+class BatchClient(Protocol):
+    """The model's Batch API: many requests of one model answered together, later, cheaper.
+
+    Every call is one attempt bounded by the client's attempt timeout; failures raise
+    `gateway.errors.GatewayError` subclasses (retryable ones may be tried again later).
+    """
+
+    async def create_batch(
+        self, model: str, requests: Sequence[tuple[str, ModelRequest]], *, display_name: str
+    ) -> BatchStatus:
+        """Submits `requests` (each with its key, echoed on its line) as one batch of `model`
+        named `display_name` (how `find_batch` finds it again)."""
+        ...
+
+    async def get_batch(self, name: str, model: str) -> BatchStatus:
+        """The batch `name` (of `model`, which prices its lines) as it is now."""
+        ...
+
+    async def cancel_batch(self, name: str) -> None:
+        """Asks for the batch `name` to be cancelled (a finished one stays as it is)."""
+        ...
+
+    async def find_batch(self, display_name: str, model: str) -> BatchStatus | None:
+        """The batch created with `display_name`, if there is one (a submitter that stopped
+        before it recorded the batch's name finds it by the name it gave it)."""
         ...
 
 

@@ -8,7 +8,8 @@ start-up before any backend is touched. With `VIEWBAIT_STORE__DATABASE_URL` set,
 and the usage ledger live in PostgreSQL, shared by every replica; each replica also runs the
 periodic cleanup of expired rows and the rescue of executions whose lease lapsed.
 `viewbait-gateway worker` runs the same runtime without the gRPC listener: job workers and
-maintenance only.
+maintenance only. With `VIEWBAIT_METRICS__PORT` set, either serves Prometheus metrics of its own
+on that port (`gateway.telemetry.metrics`).
 
 Start-up registers each cleanup on one `contextlib.AsyncExitStack` as it creates the resource,
 so a stop undoes start-up in reverse by construction, and a start that fails half-way stops what
@@ -56,6 +57,7 @@ from gateway.emulator import EmulatorServer
 from gateway.execution import Executor, Pipeline
 from gateway.gemini import GeminiClient
 from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
+from gateway.jobs.batcher import Batcher
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
@@ -71,6 +73,11 @@ from gateway.store import Store, create_store
 from gateway.store.blobs import BlobStore, create_blob_store
 from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
+from gateway.telemetry.metrics import (
+    GatewayMetrics,
+    MetricsServer,
+    refresh_forever,
+)
 from gateway.usage_report import UsageReporter
 
 log = logging.getLogger("gateway.server")
@@ -92,11 +99,12 @@ STORE_HEALTH_SERVICE = "viewbait.ai.v1.Store"
 #: (learned from traffic, and probed every `gemini.credentials_check_interval_s`).
 UPSTREAM_HEALTH_SERVICE = "viewbait.ai.v1.Upstream"
 
-_SERVICE_NAMES = (
-    gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
-    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
-    usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+_SERVICES = (
+    gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"],
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"],
+    usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"],
 )
+_SERVICE_NAMES = tuple(service.full_name for service in _SERVICES)
 
 
 class GatewayServer:
@@ -118,6 +126,9 @@ class GatewayServer:
         self._listen = listen
         self._clock = clock
         self.port = 0
+        #: The port of `/metrics` once serving (0: metrics off).
+        self.metrics_port = 0
+        self._metrics: GatewayMetrics | None = None
         self._server: aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._emulator: EmulatorServer | None = None
@@ -136,6 +147,7 @@ class GatewayServer:
         self._blobs: BlobStore | None = None
         self._executor: Executor | None = None
         self._workers: WorkerPool | None = None
+        self._batcher: Batcher | None = None
         #: What a stop undoes, in reverse order of start-up (None: nothing started).
         self._stack: contextlib.AsyncExitStack | None = None
         #: The drain's grace for the stop under way (`stop(grace)`).
@@ -163,6 +175,11 @@ class GatewayServer:
         return self._workers
 
     @property
+    def batcher(self) -> Batcher | None:
+        """The Batch API delivery of jobs once started (None on a replica without workers)."""
+        return self._batcher
+
+    @property
     def executor(self) -> Executor | None:
         """The cache and coalescing layer once started (its `stats` say what it did)."""
         return self._executor
@@ -177,6 +194,11 @@ class GatewayServer:
         """The spend budgets once started: what the pipeline enforces, and the
         `gateway.budgets.BudgetReader` the usage API and metrics read."""
         return self._budgets
+
+    @property
+    def metrics(self) -> GatewayMetrics | None:
+        """This process's Prometheus metrics once started (None: `metrics.port` unset)."""
+        return self._metrics
 
     @property
     def emulator(self) -> EmulatorServer | None:
@@ -245,7 +267,17 @@ class GatewayServer:
         stack.push_async_callback(usage.aclose)
         blobs = self._blobs = create_blob_store(settings.store, store)
         stack.push_async_callback(blobs.aclose)
-        limiter = self._limiter = RateLimiter.from_settings(settings)
+        metrics = self._metrics
+        if metrics is not None:
+            usage.add_observer(metrics.observe_usage)
+        if metrics is not None and settings.store.database_url is not None:
+            from gateway.store.postgres import PostgresStore
+
+            assert isinstance(store, PostgresStore)
+            metrics.store.watch(store.pool)
+        limiter = self._limiter = RateLimiter.from_settings(
+            settings, metrics=None if metrics is None else metrics.limiter
+        )
         limiter.add_listener(
             lambda mode: self._component_changed(LIMITER_HEALTH_SERVICE, _limiter_serves(mode))
         )
@@ -254,7 +286,9 @@ class GatewayServer:
         # Beside the limiter, on its Redis connection and breaker; closed before it.
         budgets = self._budgets = Budgets.beside(settings, limiter, clock=self._clock)
         stack.push_async_callback(budgets.aclose)
-        client = self._client = GeminiClient(settings.gemini, usage_sink=usage)
+        client = self._client = GeminiClient(
+            settings.gemini, usage_sink=usage, batch_price_factor=settings.batch.price_factor
+        )
         stack.push_async_callback(client.aclose)
         client.prepare()
         client.add_credentials_listener(
@@ -267,15 +301,22 @@ class GatewayServer:
             inline_result_max_bytes=settings.store.inline_result_max_bytes,
             blob_quota=limiter.charge_blob_bytes,
             usage=usage,
+            metrics=None if metrics is None else metrics.execution,
         )
         # Closed before the client: work kept for pending handles is handed back (re-queued)
         # for other replicas, not failed by a closed client.
         stack.push_async_callback(executor.aclose)
         pipeline = Pipeline(settings, client, limiter, executor, budgets)
         runner = OperationRunner(
-            settings.jobs, pipeline, blobs, budget_refusal=settings.budgets.job_refusal
+            settings.jobs,
+            pipeline,
+            blobs,
+            budget_refusal=settings.budgets.job_refusal,
+            metrics=None if metrics is None else metrics.jobs,
         )
         workers = self._workers = WorkerPool(settings.jobs, runner)
+        if settings.jobs.workers > 0:
+            self._batcher = Batcher(settings, pipeline, blobs, client, usage, budgets)
         return pipeline, JobService(pipeline, blobs, on_submit=workers.wake)
 
     def _bind(self, settings: Settings) -> aio.Server:
@@ -298,7 +339,7 @@ class GatewayServer:
         server = aio.server(
             interceptors=[
                 RequestContextInterceptor(),
-                LoggingInterceptor(),
+                LoggingInterceptor(None if self._metrics is None else self._metrics.rpc),
                 ErrorMappingInterceptor(),
                 AuthInterceptor(Authenticator(settings.auth)),
             ],
@@ -323,9 +364,8 @@ class GatewayServer:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
         store = self._store
         assert store is not None
-        # Budgets are listed once a `BudgetReader` is passed here (`UsageReporter(budgets=)`).
         usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
-            UsageServicer(UsageReporter(store)), server
+            UsageServicer(UsageReporter(store, budgets=self._budgets)), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if settings.server.reflection:
@@ -351,12 +391,19 @@ class GatewayServer:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         """Start-up, in the order the cleanups on `stack` undo it."""
         settings = self._with_local_auth(self.settings)
+        if settings.metrics.port is not None:
+            self._metrics = GatewayMetrics.from_settings(settings)
+            if self._listen:
+                self._metrics.rpc.declare(_method_paths())
         server = None
         if self._listen:
             # Bound before anything else starts: a port taken meanwhile ends start-up here.
             server = self._server = self._bind(settings)
             # Frees the port if start-up fails before serving (a no-op after the drain).
             stack.push_async_callback(server.stop, None)
+        if self._metrics is not None:
+            # Served until the very end: a scrape during the drain sees it.
+            await self._serve_metrics(self._metrics, settings, stack)
         settings = await self._with_backend(settings, stack)
         pipeline, jobs = await self._build_runtime(settings, stack)
         limiter, client, workers = self._limiter, self._client, self._workers
@@ -368,6 +415,10 @@ class GatewayServer:
         workers.start()
         # After the drain: the attempts cut short are handed back queued (`shutting_down`).
         stack.push_async_callback(workers.stop)
+        if self._batcher is not None:
+            self._batcher.start()
+            # Batches under way are handed over to other replicas (their leases released).
+            stack.push_async_callback(self._batcher.stop)
         if server is not None:
             await self._start_grpc(server, settings, pipeline, jobs)
             stack.push_async_callback(self._drain, server)
@@ -393,6 +444,25 @@ class GatewayServer:
         if server_settings.ready_file:
             self._write_ready_file(Path(server_settings.ready_file))
 
+    async def _serve_metrics(
+        self, metrics: GatewayMetrics, settings: Settings, stack: contextlib.AsyncExitStack
+    ) -> None:
+        """Starts `/metrics` on its own port (a port in use ends start-up, like the gRPC one)."""
+        host, port = settings.metrics.host, settings.metrics.port
+        assert port is not None
+        http = MetricsServer(metrics, host, port)
+        try:
+            self.metrics_port = await http.start()
+        except OSError:
+            raise ConfigError(
+                [
+                    f"cannot serve metrics on {host}:{port}: the port is in use (or {host} is "
+                    "not an address of this host); set VIEWBAIT_METRICS__PORT (and "
+                    "VIEWBAIT_METRICS__HOST)"
+                ]
+            ) from None
+        stack.push_async_callback(http.stop)
+
     def _start_maintenance(self, settings: Settings, stack: contextlib.AsyncExitStack) -> None:
         """The periodic tasks every replica runs: expired-row cleanup, lease rescue (with the
         store's health), and the upstream and limiter probes; cancelled on stop."""
@@ -405,6 +475,7 @@ class GatewayServer:
             batch=settings.store.cleanup_batch_size,
             interval_s=settings.execution.rescue_interval_s,
             report_health=lambda ok: self._component_changed(STORE_HEALTH_SERVICE, ok),
+            rescued=None if self._metrics is None else self._metrics.jobs.rescued,
         )
         probes = [
             (run_cleanup(store, blobs, settings.store, settings.usage), "viewbait-store-cleanup"),
@@ -421,6 +492,11 @@ class GatewayServer:
                     "viewbait-limiter-probe",
                 )
             )
+        if self._metrics is not None:
+            refresh = refresh_forever(
+                self._metrics, store, self._budgets, settings.metrics.refresh_interval_s
+            )
+            probes.append((refresh, "viewbait-metrics-refresh"))
         tasks = [asyncio.create_task(work, name=name) for work, name in probes]
         stack.push_async_callback(_cancel_all, tasks)
 
@@ -466,6 +542,7 @@ class GatewayServer:
     def _write_ready_file(self, path: Path) -> None:
         payload = {
             "port": self.port,
+            "metrics_port": self.metrics_port,
             "pid": os.getpid(),
             "emulator_url": self._emulator.base_url if self._emulator else None,
         }
@@ -481,7 +558,8 @@ class GatewayServer:
             return
         self._grace = self.settings.server.shutdown_grace_s if grace is None else grace
         await stack.aclose()
-        self._server = self._workers = self._executor = self._usage = None
+        self._server = self._workers = self._executor = self._usage = self._batcher = None
+        self.metrics_port = 0
         self._client = self._limiter = self._blobs = self._store = self._emulator = None
         self._budgets = None
         log.info("stopped")
@@ -528,6 +606,13 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError:
             raise _cannot_listen(host, port) from None
+
+
+def _method_paths() -> list[str]:
+    """The gRPC path of every method of the gateway's services (`/service/Method`)."""
+    return [
+        f"/{service.full_name}/{method.name}" for service in _SERVICES for method in service.methods
+    ]
 
 
 def _limiter_serves(mode: LimiterMode) -> bool:

@@ -2,8 +2,10 @@
 
 It is an emulator, not Gemini. No request leaves the machine and every answer is synthetic
 (deterministic per request): text, JSON satisfying the request's response schema, PNG images
-for image-output models, `usageMetadata` shaped like Gemini's. Tests and the gateway's demo mode
-drive the real google-genai SDK against it over HTTP; knobs add latency and inject faults.
+for image-output models, `usageMetadata` shaped like Gemini's. It also speaks the Batch API
+(`gateway.emulator.batches`): batches of inline requests whose lines get the same answers.
+Tests and the gateway's demo mode drive the real google-genai SDK against it over HTTP; knobs
+add latency, inject faults, and hold or fail batches.
 
     async with EmulatorServer() as emulator:
         emulator.inject("rate_limited", count=2, retry_delay_s=0.1)

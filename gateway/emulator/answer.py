@@ -36,8 +36,13 @@ _SAFETY_CATEGORIES = (
 
 
 def request_seed(model: str, body: bytes) -> int:
-    """The seed of every synthetic draw for one request: same model and body, same answer."""
-    digest = hashlib.sha256(model.encode() + b"\0" + body).digest()
+    """The seed of every synthetic draw for one request: same model and request, same answer.
+
+    The request is `body` read as JSON and written canonically (sorted keys, no spaces), so a
+    request answered alone and the same request as a line of a batch (whose JSON the client
+    lays out differently) get the same answer."""
+    canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(model.encode() + b"\0" + canonical.encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -96,6 +97,20 @@ class Knobs(BaseModel):
     #: Seed of the generator behind fault rates and latency jitter.
     seed: int = 0
     faults: list[FaultRule] = Field(default_factory=list)
+    #: Batch API: least time a batch stays PENDING, then RUNNING. A batch moves at most one
+    #: state each time it is read (get or list), so with zeros it is PENDING when created,
+    #: RUNNING at the first read and done at the second.
+    batch_pending_s: float = Field(default=0.0, ge=0.0)
+    batch_running_s: float = Field(default=0.0, ge=0.0)
+    #: Batch API: running batches stay RUNNING while this is true (tests release them).
+    batch_hold: bool = False
+    #: Batch API: how batches created from now on end ("failed" and "expired" deliver no lines).
+    batch_outcome: Literal["succeeded", "failed", "expired"] = "succeeded"
+    #: Batch API: 0-based lines of batches created from now on that fail (an `error` instead
+    #: of a `response`); an index past a batch's last line fails nothing.
+    batch_fail_lines: list[int] = Field(default_factory=list)
+    #: The google.rpc.Code those lines fail with (13 INTERNAL; 3 INVALID_ARGUMENT is final).
+    batch_fail_code: int = Field(default=13, ge=1, le=16)
 
 
 class FaultPlan:

@@ -5,6 +5,8 @@ Routes (Gemini REST, as the google-genai SDK calls them):
 - `POST /{version}/models/{model}:streamGenerateContent?alt=sse` (without `alt=sse`: one JSON
   array, as Google serves it)
 - `GET  /{version}/models/{model}` (`models.get`: a model's description, after the key check)
+- the Batch API (`gateway.emulator.batches`): `POST /{version}/models/{model}:batchGenerateContent`,
+  `GET /{version}/batches/{id}`, `POST /{version}/batches/{id}:cancel`, `GET /{version}/batches`
 
 Admin routes (no API key; bind the emulator to loopback):
 - `GET  /_emulator/stats`    request counters per model and outcome, recent requests
@@ -28,6 +30,7 @@ from pydantic import ValidationError
 
 from gateway.config import EmulatorSettings
 from gateway.emulator import answer as answers
+from gateway.emulator.batches import BatchBook
 from gateway.emulator.knobs import FaultKind, FaultPlan, FaultRule, Knobs
 from gateway.emulator.wire import (
     API_VERSIONS,
@@ -47,6 +50,7 @@ _BANNER = "offline Gemini emulator (not Gemini)"
 _RECENT_REQUESTS = 64
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _METHODS = {"generateContent": False, "streamGenerateContent": True}
+_BATCH_METHOD = "batchGenerateContent"
 
 #: Outcome labels besides "ok" and the fault kinds.
 OUTCOME_BAD_API_KEY = "bad_api_key"
@@ -63,6 +67,10 @@ class EmulatorStats:
     by_outcome: dict[str, dict[str, int]] = field(default_factory=dict)
     #: The last requests, oldest first: model, stream flag, parts, generation config, outcome.
     recent: list[dict[str, Any]] = field(default_factory=list)
+    #: Every batch created (Batch API), oldest first: name, model, display name, lines, state.
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    #: Batch API lines received (a batch's lines are not generate requests).
+    batch_lines: int = 0
 
     @property
     def requests(self) -> int:
@@ -87,6 +95,8 @@ class EmulatorStats:
             "by_model": {m: sum(o.values()) for m, o in self.by_outcome.items()},
             "by_outcome": self.by_outcome,
             "recent": self.recent,
+            "batches": self.batches,
+            "batch_lines": self.batch_lines,
         }
 
 
@@ -122,6 +132,7 @@ class EmulatorServer:
         self._plan = FaultPlan(self._knobs)
         self._by_outcome: dict[str, dict[str, int]] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=_RECENT_REQUESTS)
+        self._batches = BatchBook()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -145,6 +156,9 @@ class EmulatorServer:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post("/{version}/models/{target}", self._generate)
         app.router.add_get("/{version}/models/{model}", self._get_model)
+        app.router.add_get("/{version}/batches", self._list_batches)
+        app.router.add_get("/{version}/batches/{batch}", self._get_batch)
+        app.router.add_post("/{version}/batches/{target}", self._cancel_batch)
         app.router.add_get("/_emulator/stats", self._admin_stats)
         app.router.add_get("/_emulator/knobs", self._admin_get_knobs)
         app.router.add_post("/_emulator/knobs", self._admin_set_knobs)
@@ -239,6 +253,8 @@ class EmulatorServer:
         return EmulatorStats(
             by_outcome={m: dict(o) for m, o in self._by_outcome.items()},
             recent=list(self._recent),
+            batches=self._batches.summaries(),
+            batch_lines=self._batches.lines,
         )
 
     def reset(self) -> None:
@@ -247,6 +263,7 @@ class EmulatorServer:
         self._plan = FaultPlan(self._knobs)
         self._by_outcome.clear()
         self._recent.clear()
+        self._batches.clear()
         log.info("%s reset", _BANNER)
 
     def _count(self, model: str, outcome: str, summary: dict[str, Any]) -> None:
@@ -263,6 +280,8 @@ class EmulatorServer:
         version = request.match_info["version"]
         model, _, method = request.match_info["target"].partition(":")
         summary: dict[str, Any] = {"model": model, "method": method}
+        if method == _BATCH_METHOD:
+            return await self._create_batch(request, version, model)
         try:
             stream = _METHODS.get(method)
             if version not in API_VERSIONS or stream is None:
@@ -305,6 +324,64 @@ class EmulatorServer:
                 "supportedGenerationMethods": list(_METHODS),
             }
         )
+
+    # -- the Batch API (gateway.emulator.batches) ---------------------------------------------
+
+    async def _create_batch(self, request: web.Request, version: str, model: str) -> web.Response:
+        try:
+            self._check_batch_route(request, version)
+            if not model.startswith("gemini-"):
+                raise ApiError(404, f"models/{model} is not found for API version {version}.")
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise ApiError(
+                    400, f"Request payload size exceeds the limit: {MAX_REQUEST_BYTES} bytes."
+                ) from None
+            operation = self._batches.create(version, model, body, self._knobs)
+        except ApiError as exc:
+            return _json_response(exc.body(), status=exc.code)
+        log.info("%s: batch %s of %s", _BANNER, operation["name"], model)
+        return _json_response(operation)
+
+    async def _get_batch(self, request: web.Request) -> web.Response:
+        try:
+            self._check_batch_route(request, request.match_info["version"])
+            name = "batches/" + request.match_info["batch"]
+            operation = self._batches.get(name, self._knobs)
+        except ApiError as exc:
+            return _json_response(exc.body(), status=exc.code)
+        return _json_response(operation)
+
+    async def _cancel_batch(self, request: web.Request) -> web.Response:
+        batch, _, method = request.match_info["target"].partition(":")
+        try:
+            self._check_batch_route(request, request.match_info["version"])
+            if method != "cancel":
+                raise ApiError(404, f"Method {method!r} of batches not found.")
+            self._batches.cancel("batches/" + batch)
+        except ApiError as exc:
+            return _json_response(exc.body(), status=exc.code)
+        return _json_response({})
+
+    async def _list_batches(self, request: web.Request) -> web.Response:
+        try:
+            self._check_batch_route(request, request.match_info["version"])
+            try:
+                size = int(request.query.get("pageSize", "0"))
+            except ValueError:
+                raise ApiError(400, "Invalid value at 'page_size' (TYPE_INT32).") from None
+            page = self._batches.page(size, request.query.get("pageToken", ""), self._knobs)
+        except ApiError as exc:
+            return _json_response(exc.body(), status=exc.code)
+        return _json_response(page)
+
+    def _check_batch_route(self, request: web.Request, version: str) -> None:
+        """Raises the `ApiError` of a Batch API call with an unknown version or a bad key."""
+        if version not in API_VERSIONS:
+            raise ApiError(404, f"API version {version!r} not found.")
+        if (key_error := self._check_key(request)) is not None:
+            raise key_error
 
     async def _read(
         self,

@@ -166,14 +166,8 @@ def parse_generate_request(
     api_version: str, model: str, stream: bool, body: bytes
 ) -> GenerateRequest:
     """Validates and reads a request body the way Gemini would, or raises `ApiError` (400)."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"Invalid JSON payload received. {exc}.") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, "Invalid JSON payload received. Expected an object.")
-
-    contents = _get(payload, "contents")
+    payload = json_object(body)
+    contents = get_field(payload, "contents")
     if not contents:
         raise ApiError(400, "* GenerateContentRequest.contents: contents is not specified\n")
     if not isinstance(contents, list):
@@ -181,18 +175,18 @@ def parse_generate_request(
     parts: list[InputPart] = []
     for ci, content in enumerate(contents):
         parts += _parse_parts(content, f"contents[{ci}]")
-    system = _get(payload, "systemInstruction", "system_instruction")
+    system = get_field(payload, "systemInstruction", "system_instruction")
     system_parts = _parse_parts(system, "system_instruction") if system else []
 
-    config = _get(payload, "generationConfig", "generation_config") or {}
+    config = get_field(payload, "generationConfig", "generation_config") or {}
     if not isinstance(config, dict):
         raise ApiError(400, "Invalid value at 'generation_config': expected an object.")
-    json_schema = _get(config, "responseJsonSchema", "response_json_schema")
-    openapi_schema = _get(config, "responseSchema", "response_schema")
+    json_schema = get_field(config, "responseJsonSchema", "response_json_schema")
+    openapi_schema = get_field(config, "responseSchema", "response_schema")
     if json_schema is not None and openapi_schema is not None:
         raise ApiError(400, "Only one of response_schema and response_json_schema may be set.")
     schema = json_schema if json_schema is not None else openapi_schema
-    mime = _get(config, "responseMimeType", "response_mime_type") or "text/plain"
+    mime = get_field(config, "responseMimeType", "response_mime_type") or "text/plain"
     if schema is not None:
         if not isinstance(schema, dict):
             raise ApiError(400, "Invalid value at 'generation_config.response_schema'.")
@@ -203,7 +197,7 @@ def parse_generate_request(
             )
 
     modalities = tuple(
-        str(m).upper() for m in _get(config, "responseModalities", "response_modalities") or []
+        str(m).upper() for m in get_field(config, "responseModalities", "response_modalities") or []
     ) or ("TEXT",)
     for modality in modalities:
         if modality not in ("TEXT", "IMAGE"):
@@ -211,19 +205,19 @@ def parse_generate_request(
     if "IMAGE" in modalities and not image_capable(model):
         raise ApiError(400, "Model does not support the requested response modalities: image")
 
-    image_config = _get(config, "imageConfig", "image_config") or {}
-    aspect_ratio = _get(image_config, "aspectRatio", "aspect_ratio")
+    image_config = get_field(config, "imageConfig", "image_config") or {}
+    aspect_ratio = get_field(image_config, "aspectRatio", "aspect_ratio")
     if aspect_ratio is not None and aspect_ratio not in ASPECT_RATIO_SIZES:
         raise ApiError(
             400,
             f"Unsupported aspect ratio {aspect_ratio!r}; supported: "
             + ", ".join(ASPECT_RATIO_SIZES),
         )
-    image_size = _get(image_config, "imageSize", "image_size")
+    image_size = get_field(image_config, "imageSize", "image_size")
     if image_size is not None and image_size not in IMAGE_SIZE_SCALE:
         raise ApiError(400, f"Unsupported image size {image_size!r}; supported: 1K, 2K, 4K.")
 
-    max_tokens = _get(config, "maxOutputTokens", "max_output_tokens")
+    max_tokens = get_field(config, "maxOutputTokens", "max_output_tokens")
     return GenerateRequest(
         api_version=api_version,
         model=model,
@@ -237,6 +231,17 @@ def parse_generate_request(
         image_size=image_size,
         max_output_tokens=int(max_tokens) if max_tokens is not None else None,
     )
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or the `ApiError` (400) Gemini answers."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"Invalid JSON payload received. {exc}.") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "Invalid JSON payload received. Expected an object.")
+    return payload
 
 
 def decode_bytes(text: Any, where: str) -> bytes:
@@ -258,7 +263,7 @@ _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 def _parse_parts(content: Any, where: str) -> list[InputPart]:
     if not isinstance(content, dict):
         raise ApiError(400, f"Invalid value at '{where}': expected a Content object.")
-    raw_parts = _get(content, "parts")
+    raw_parts = get_field(content, "parts")
     if not raw_parts or not isinstance(raw_parts, list):
         raise ApiError(
             400, f"* GenerateContentRequest.{where}.parts: contents.parts must not be empty.\n"
@@ -268,9 +273,9 @@ def _parse_parts(content: Any, where: str) -> list[InputPart]:
         at = f"{where}.parts[{pi}]"
         if not isinstance(raw, dict):
             raise ApiError(400, f"Invalid value at '{at}': expected a Part object.")
-        inline = _get(raw, "inlineData", "inline_data")
-        file = _get(raw, "fileData", "file_data")
-        text = _get(raw, "text")
+        inline = get_field(raw, "inlineData", "inline_data")
+        file = get_field(raw, "fileData", "file_data")
+        text = get_field(raw, "text")
         if sum(x is not None for x in (inline, file, text)) != 1:
             raise ApiError(
                 400,
@@ -280,33 +285,35 @@ def _parse_parts(content: Any, where: str) -> list[InputPart]:
         if text is not None:
             parts.append(InputPart("text", text=str(text)))
         elif inline is not None:
-            mime = _get(inline, "mimeType", "mime_type")
+            mime = get_field(inline, "mimeType", "mime_type")
             if not mime:
                 raise ApiError(
                     400,
                     f"* GenerateContentRequest.{at}.inline_data.mime_type: "
                     "mime_type is not specified\n",
                 )
-            data = decode_bytes(_get(inline, "data"), f"{at}.inline_data.data")
+            data = decode_bytes(get_field(inline, "data"), f"{at}.inline_data.data")
             if not data:
                 raise ApiError(
                     400, f"* GenerateContentRequest.{at}.inline_data.data: data is empty\n"
                 )
             parts.append(InputPart("inline", mime_type=str(mime), size=len(data)))
         else:
-            uri = _get(file, "fileUri", "file_uri")
+            uri = get_field(file, "fileUri", "file_uri")
             if not uri:
                 raise ApiError(
                     400,
                     f"* GenerateContentRequest.{at}.file_data.file_uri: "
                     "file_uri is not specified\n",
                 )
-            mime = _get(file, "mimeType", "mime_type") or ""
+            mime = get_field(file, "mimeType", "mime_type") or ""
             parts.append(InputPart("file", mime_type=str(mime), uri=str(uri)))
     return parts
 
 
-def _get(obj: Any, camel: str, snake: str | None = None) -> Any:
+def get_field(obj: Any, camel: str, snake: str | None = None) -> Any:
+    """`obj[camel]`, else `obj[snake]` (Google's JSON parser takes both); None when `obj` is
+    not an object or has neither."""
     if not isinstance(obj, dict):
         return None
     value = obj.get(camel)

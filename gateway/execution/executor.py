@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import errors, native
 from gateway.config import EMULATOR_MODEL_PREFIX, ExecutionSettings, Scope
@@ -91,6 +91,9 @@ from gateway.store.base import (
     Store,
 )
 from gateway.store.blobs import BlobError, BlobStore
+
+if TYPE_CHECKING:
+    from gateway.telemetry.metrics import ExecutionMetrics
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +186,10 @@ class Executor:
         worker_id: str | None = None,
         blob_quota: BlobQuota | None = None,
         usage: UsageSink | None = None,
+        metrics: ExecutionMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._store = store
         self._blobs = blobs
         self._blob_quota = blob_quota
@@ -241,6 +246,8 @@ class Executor:
             entry = self.hot.get(key)
             if entry is not None:
                 self.stats.hot_hits += 1
+                if self._metrics is not None:
+                    self._metrics.of(call.spec.name).hot_hits.inc()
                 return Outcome(
                     entry.result,
                     entry.model,
@@ -250,7 +257,12 @@ class Executor:
                     saved_usd=entry.cost_usd,
                 )
             # Concurrent misses share one store lookup too, not only the work behind it.
-            return await self._share(call, key, lambda: self._look_up_or_coalesce(call, key))
+            answer = await self._share(call, key, lambda: self._look_up_or_coalesce(call, key))
+            if self._metrics is not None and isinstance(answer, Outcome):
+                self._metrics.answered(
+                    call.spec.name, cached=answer.cached, coalesced=answer.coalesced
+                )
+            return answer
         if call.idempotency_key is not None:
             request_hash = _request_hash(call, codec.to_json(call.request))
             flight_key = idempotency_flight_key(call.user_id, call.idempotency_key, request_hash)
@@ -286,6 +298,21 @@ class Executor:
             return hit
         self.stats.misses += 1
         return await self._coalesce(call, key)
+
+    async def cached(self, call: Call) -> Outcome[Any] | None:
+        """The cached result of a cacheable call (the hot copy, then the store), or None; a
+        store that cannot answer counts as a miss. For work about to be paid for elsewhere
+        (a batch), as a runner re-checks the cache before its call."""
+        if call.key is None:
+            return None
+        entry = self.hot.get(call.key)
+        if entry is not None:
+            self.stats.hot_hits += 1
+            return Outcome(entry.result, entry.model, Spend(), cached=True, views=entry.views)
+        try:
+            return await self._stored(call, call.key)
+        except errors.Unavailable:
+            return None
 
     async def _stored(self, call: Call, key: bytes) -> Outcome[Any] | None:
         """The store's cache entry for `key` (copied into the hot copy), or None."""
@@ -344,6 +371,8 @@ class Executor:
     async def _pending(self, call: Call, flight_key: bytes) -> Pending:
         """The caller's own handle on the work it stopped waiting for."""
         self.stats.pending += 1
+        if self._metrics is not None:
+            self._metrics.of(call.spec.name).pending.inc()
         job = self._jobs.get(flight_key)
         if job is None or job.user_id != call.user_id:
             # Another user's flight on a shared execution (or the join is still under way):
@@ -412,6 +441,7 @@ class Executor:
             model=call.model,
             priority=call.priority,
             max_attempts=self._settings.max_attempts,
+            delivery=call.delivery,
         )
 
     async def _see_through(
@@ -604,6 +634,24 @@ class Executor:
             return None
         return await self._finished(call, job)
 
+    async def keep_for(self, call: Call, claim: Claim, outcome: Outcome[Any]) -> None:
+        """Keeps a result produced outside this executor's runs (a batch's line) exactly as
+        a run's: cached (fresh) or only stored (`outcome.cached`), and its execution completed
+        under `claim` (its batch's); returns once written. `LeaseLost` when that claim is no
+        longer current (cancelled meanwhile): nothing of it is cached then either."""
+        encoded = EncodedResult.of(call.spec, outcome.result)
+        await self._write(
+            call,
+            claim,
+            encoded,
+            outcome.model,
+            cache=not outcome.cached,
+            spend=outcome.spend,
+            cost=outcome.result_cost_usd,
+            cached=outcome.cached,
+            external=True,
+        )
+
     def _keep(self, call: Call, claim: Claim | None, outcome: Outcome[Any]) -> None:
         """Keeps a fresh result, the one way results are cached: encoded once, into the hot copy
         at once (the next request on this replica hits it), then in the background its blobs,
@@ -636,6 +684,7 @@ class Executor:
         cost: float,
         spend: Spend | None = None,
         cached: bool = False,
+        external: bool = False,
     ) -> None:
         """Stores a result (blobs, the cache row when `cache`) and completes its execution under
         `claim` with what its run spent (`spend`), whether the result came from the cache
@@ -643,7 +692,9 @@ class Executor:
         after the callers have their answer; a failed write costs at most a later
         recomputation. Every row is written under the claim: one lost meanwhile writes nothing,
         and the hot copy forgets the result (its blobs, stored already, are referenced by no
-        row and collected)."""
+        row and collected). `external`: the claim is not this executor's (a batch's), whose
+        holder hears of a lost claim (`LeaseLost`) and of a store that did not answer
+        (`Unavailable`), to try again."""
         try:
             if cache and call.key is not None and call.ttl_s > 0:
                 ref = await self._cache.put(
@@ -669,9 +720,13 @@ class Executor:
         except LeaseLost as lost:
             if cache and call.key is not None:
                 self.hot.discard(call.key)
+            if external:
+                raise
             report_loss(lost, answered=True)
         except errors.Unavailable as exc:
             self.stats.write_failures += 1
+            if external:
+                raise
             if claim is not None:
                 log.warning(
                     "the result of job %s was not stored (%s); its lease will lapse and the "

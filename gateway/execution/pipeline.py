@@ -12,6 +12,7 @@ and coalescing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -35,7 +36,7 @@ from gateway.model import (
     UsageRecord,
 )
 from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
-from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, Claim, JoinOutcome
+from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, Claim, Delivery, JoinOutcome
 
 
 class _GuardedClient:
@@ -262,9 +263,11 @@ class Pipeline:
         )
         return await self._executor.execute(call)
 
-    async def submit(self, prepared: Prepared) -> JoinOutcome:
-        """Queues a prepared request as a job for the workers, after the admission limit
-        (exactly the checks `run` makes).
+    async def submit(
+        self, prepared: Prepared, *, delivery: Delivery = Delivery.INTERACTIVE
+    ) -> JoinOutcome:
+        """Queues a prepared request as a job for the workers (or, `delivery` BATCH, for the
+        batchers), after the admission limit (exactly the checks `run` makes).
 
         Returns the caller's job: an earlier one with the same idempotency key, the active job
         with the same cache key (joined), or a new queued one (`created`).
@@ -277,7 +280,7 @@ class Pipeline:
             idempotency_key=prepared.idempotency_key,
             long_poll=False,
         )
-        return await self._executor.enqueue(call)
+        return await self._executor.enqueue(dataclasses.replace(call, delivery=delivery))
 
     async def _admit(self, prepared: Prepared) -> None:
         principal = prepared.principal

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 from gateway.config import Scope
 from gateway.model import Usage, UsageRecord
 from gateway.operations.base import OperationSpec
-from gateway.store.base import Claim, Job, JobProgress, JobStatus
+from gateway.store.base import Claim, Delivery, Job, JobProgress, JobStatus
 
 ResultT = TypeVar("ResultT")
 ViewT = TypeVar("ViewT")
@@ -165,3 +165,5 @@ class Call:
     inputs: InputWrite = field(default_factory=InputWrite, compare=False)
     #: The request id (for the usage ledger's labels).
     request_id: str = ""
+    #: How a queued job of it reaches the model (an inline request is always interactive).
+    delivery: Delivery = Delivery.INTERACTIVE

@@ -25,15 +25,20 @@ async def rescue_leases(
     batch: int,
     interval_s: float,
     report_health: Callable[[bool], None],
+    rescued: Callable[[int], None] | None = None,
 ) -> None:
     """Every `interval_s`: rescues lapsed leases (`batch` rows per statement, until none are
-    left), then pings the blob store; `report_health(healthy)` after each round. Runs until
-    cancelled."""
+    left; `rescued(count)` after each statement), then pings the blob store;
+    `report_health(healthy)` after each round. Runs until cancelled."""
     serving = True
     while True:
         try:
-            while await store.rescue_expired_leases(batch) == batch:
-                pass
+            while True:
+                count = await store.rescue_expired_leases(batch)
+                if rescued is not None:
+                    rescued(count)
+                if count < batch:
+                    break
             await blobs.ping()
             healthy = True
         except Unavailable as exc:

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 from gateway import errors, operations
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     # Only a type here: the pipeline imports the job priorities of this package (and so this
     # module imports the execution package's modules, never the package itself).
     from gateway.execution.pipeline import Pipeline
+    from gateway.telemetry.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,8 @@ def retry_delay(
 
 class OperationRunner:
     """Runs jobs as the operations they hold, through the same execution machinery as an
-    inline request (`Executor.run_claimed`), with retries by `retry_delay`."""
+    inline request (`Executor.run_claimed`), with retries by `retry_delay`; `metrics` times
+    each attempt and counts the retries."""
 
     def __init__(
         self,
@@ -98,9 +101,11 @@ class OperationRunner:
         *,
         rng: random.Random | None = None,
         budget_refusal: JobRefusal = JobRefusal.FAIL,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._budget_refusal = budget_refusal
+        self._metrics = metrics
         self._pipeline = pipeline
         self._executor = pipeline.executor
         self._blobs = blobs
@@ -150,10 +155,22 @@ class OperationRunner:
                     JobError(errors.Internal.reason, "the job's stored input cannot be read"),
                 )
             return
+        started = time.monotonic()
+        # Cancelled (a stop), handed back, or the lease lost, unless it ends otherwise.
+        outcome = "stopped"
         try:
-            await self._executor.run_claimed(call, job, self._retry_delay)
+            if await self._executor.run_claimed(call, job, self._retry_delay) is not None:
+                outcome = "succeeded"
         except errors.GatewayError as exc:
+            # A job cancelled by its owner ends its attempt with `Cancelled`: not a failure.
+            outcome = "stopped" if isinstance(exc, errors.Cancelled) else "failed"
             log.info("attempt %d of job %s failed: %s", job.attempts, job.id, exc.reason)
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.attempt(job.op, outcome, time.monotonic() - started)
 
     def _progress_recorder(self, claim: Claim) -> ProgressCallback:
         """Records an attempt's steps on its job (an event for watchers) under its claim; a
@@ -179,29 +196,40 @@ class OperationRunner:
         return record
 
     def _retry_delay(self, job: Job, error: BaseException) -> Retry | None:
-        return retry_delay(
+        retry = retry_delay(
             self._settings, job, error, self._rng, budget_refusal=self._budget_refusal
         )
+        # A counted retry after the last attempt fails the job instead (the store decides).
+        queued_again = retry is not None and (not retry.counted or job.attempts < job.max_attempts)
+        if queued_again and self._metrics is not None and isinstance(error, errors.GatewayError):
+            self._metrics.retried(job.op, error.reason)
+        return retry
 
     async def _call(self, job: Job) -> Call:
-        """The executor's call for a stored job: its validated request read back, run as its
-        owner (for a shared execution, the user who started it) at its tier."""
-        spec = operations.get(job.op)
-        contents = await asyncio.gather(*(self._blobs.get(d) for d in job.input_blobs))
-        request: Any = codec.from_json(
-            spec.request_type, job.input_json, dict(zip(job.input_blobs, contents, strict=True))
+        """The executor's call for a stored job (`stored_call`), its progress recorded."""
+        return await stored_call(
+            self._pipeline, self._blobs, job, self._progress_recorder(job.claim)
         )
-        principal = Principal(
-            user_id=job.charged_user or SHARED_USER,
-            tier=tier_of_priority(job.priority),
-            via="service",
-        )
-        call = self._pipeline.call(
-            job.op,
-            request,
-            principal,
-            request_id=f"job-{job.id}",
-            progress=self._progress_recorder(job.claim),
-        )
-        # The result is cached under the key the job was coalesced on.
-        return dataclasses.replace(call, key=job.dedupe_key, long_poll=False)
+
+
+async def stored_call(
+    pipeline: Pipeline, blobs: BlobStore, job: Job, progress: ProgressCallback | None = None
+) -> Call:
+    """The executor's call for a stored job: its validated request read back (its images from
+    `blobs`), run as its owner (for a shared execution, the user who started it) at its tier.
+
+    Raises `BlobError` (`BlobNotFound`), `codec.DecodeError` or `KeyError` for an input that
+    cannot be read back."""
+    spec = operations.get(job.op)
+    contents = await asyncio.gather(*(blobs.get(d) for d in job.input_blobs))
+    request: Any = codec.from_json(
+        spec.request_type, job.input_json, dict(zip(job.input_blobs, contents, strict=True))
+    )
+    principal = Principal(
+        user_id=job.charged_user or SHARED_USER,
+        tier=tier_of_priority(job.priority),
+        via="service",
+    )
+    call = pipeline.call(job.op, request, principal, request_id=f"job-{job.id}", progress=progress)
+    # The result is cached under the key the job was coalesced on.
+    return dataclasses.replace(call, key=job.dedupe_key, long_poll=False)

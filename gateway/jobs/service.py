@@ -19,7 +19,7 @@ from gateway import errors, operations
 from gateway.auth import Principal
 from gateway.execution.result_cache import load_result
 from gateway.operations import codec
-from gateway.store.base import Job, JobCursor, JobFilter, JobStatus, JobStore
+from gateway.store.base import Delivery, Job, JobCursor, JobFilter, JobStatus, JobStore
 from gateway.store.blobs import BlobError, BlobStore
 
 if TYPE_CHECKING:
@@ -89,14 +89,30 @@ class JobService:
         self._draining = executor.draining
 
     async def submit(
-        self, operation: str, request: Any, principal: Principal, *, idempotency_key: str = ""
+        self,
+        operation: str,
+        request: Any,
+        principal: Principal,
+        *,
+        idempotency_key: str = "",
+        delivery: Delivery = Delivery.INTERACTIVE,
     ) -> Submitted:
         """Queues `request` as a job of `principal` (or returns the job it joins or repeats),
-        after the same checks as an RPC's (`Pipeline.prepare`, then admission)."""
+        after the same checks as an RPC's (`Pipeline.prepare`, then admission), for the job
+        workers or (`delivery` BATCH, text operations only) for the batchers."""
+        if delivery is Delivery.BATCH and not operations.get(operation).batchable:
+            batchable = ", ".join(
+                sorted(name for name, spec in operations.OPERATIONS.items() if spec.batchable)
+            )
+            raise errors.InvalidArgument.field(
+                "delivery",
+                f"batch delivery is for the text operations ({batchable}); {operation} cannot "
+                "be batched: submit it for interactive delivery",
+            )
         prepared = self._pipeline.prepare(
             operation, request, principal, idempotency_key=idempotency_key
         )
-        joined = await self._pipeline.submit(prepared)
+        joined = await self._pipeline.submit(prepared, delivery=delivery)
         if joined.created and self._on_submit is not None:
             self._on_submit()
         return Submitted(await self._view(joined.job), joined.existing)

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -33,6 +34,9 @@ from gateway.limiter.checks import Check, LimiterBackendError, Rule, Verdict
 from gateway.limiter.fleet import ReplicaRegistry
 from gateway.limiter.local import NativeBackend
 from gateway.limiter.shared import RedisBackend, RedisClient
+
+if TYPE_CHECKING:
+    from gateway.telemetry.metrics import LimiterMetrics
 
 log = logging.getLogger("gateway.limiter")
 
@@ -117,7 +121,8 @@ class RateLimiter:
     """Admission and upstream limits for the pipeline, embedded or shared over Redis.
 
     `redis`: the shared backend's client (None: embedded). `clock` (integer nanoseconds) replaces
-    every clock, Redis `TIME` included, in tests.
+    every clock, Redis `TIME` included, in tests. `metrics` counts every decision and reports
+    the mode.
     """
 
     def __init__(
@@ -126,8 +131,10 @@ class RateLimiter:
         *,
         redis: RedisClient | None = None,
         clock: Callable[[], int] | None = None,
+        metrics: LimiterMetrics | None = None,
     ) -> None:
         self._settings = settings.limiter
+        self._metrics = metrics
         self._prefix = settings.limiter.key_prefix
         self._routes = _route_rules(settings)
         self._model_rules: dict[str, Rule | None] = {}
@@ -159,14 +166,18 @@ class RateLimiter:
                 breaker=self._breaker,
                 clock=clock,
             )
+        if metrics is not None:
+            metrics.watch(self, LimiterMode)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RateLimiter:
+    def from_settings(
+        cls, settings: Settings, *, metrics: LimiterMetrics | None = None
+    ) -> RateLimiter:
         """Shared over Redis when `limiter.redis_url` is set, embedded otherwise. Connects lazily:
         a Redis that is down at startup puts the limiter in its failure mode, not the gateway."""
         if settings.limiter.redis_url is None:
-            return cls(settings)
-        return cls(settings, redis=redis_client(settings))
+            return cls(settings, metrics=metrics)
+        return cls(settings, redis=redis_client(settings), metrics=metrics)
 
     async def start(self) -> None:
         """Loads the script into Redis; if Redis does not answer, starts in the failure mode
@@ -320,7 +331,14 @@ class RateLimiter:
 
     async def decide(self, checks: Sequence[Check], cost: int = 1) -> Verdict:
         """Decides one request against `checks`; raises `RateLimited` when any denies."""
-        verdict = await self._decide(checks, cost)
+        try:
+            verdict = await self._decide(checks, cost)
+        except Unavailable:
+            if self._metrics is not None:
+                self._metrics.unavailable(checks)
+            raise
+        if self._metrics is not None:
+            self._metrics.decided(verdict)
         if not verdict.allowed:
             raise _denial(verdict)
         return verdict

@@ -140,6 +140,9 @@ class OperationSpec(ABC, Generic[RequestT, ResultT]):
     model_kind: ClassVar[Literal["text", "image"]]
     request_type: ClassVar[type[Any]]
     result_type: ClassVar[type[Any]]
+    #: Whether its jobs may be delivered through the Gemini Batch API (`gateway.jobs.batcher`):
+    #: only a run that is one model call the batch's line answers whole.
+    batchable: ClassVar[bool] = False
 
     def __init__(
         self, *, prompt_version: str | None = None, schema_version: str | None = None
@@ -241,6 +244,8 @@ class StructuredOperation(OperationSpec[RequestT, ResultT], Generic[RequestT, An
     """
 
     model_kind = "text"
+    # One schema-constrained call: `model_request`, then `parse_answer` and `finish`.
+    batchable = True
     #: The instruction sent as `systemInstruction`.
     system_instruction: ClassVar[str]
     #: JSON Schema of the answer (the subset of `gateway.operations.schema`).

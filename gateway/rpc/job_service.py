@@ -4,7 +4,8 @@ Each operation's messages are converted by its binding (`gateway.rpc.bindings`):
 oneof case picks it, and a job's result and ListJobs' operation filter go through it.
 
 SubmitJob goes through the same pipeline checks as the unary RPCs (tier, validation, admission
-limit) and queues the job for the worker pool (`gateway.jobs`); the job joins the active one of
+limit) and queues the job for the worker pool (`gateway.jobs`), or with `delivery` BATCH for the
+batchers (`gateway.jobs.batcher`); the job joins the active one of
 an equal cacheable request, and an idempotency key returns the caller's earlier job. Every read
 is scoped to the caller: another user's job id answers NOT_FOUND, exactly as a missing one.
 RetryJob re-drives a dead letter: the owner's own, or any user's with the service token.
@@ -28,7 +29,7 @@ from gateway.auth import Principal
 from gateway.jobs.service import JobService, JobView
 from gateway.rpc import bindings, convert
 from gateway.rpc import context as request_context
-from gateway.store.base import JobCursor, JobFilter, JobStatus
+from gateway.store.base import Delivery, JobCursor, JobFilter, JobStatus
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -43,6 +44,19 @@ _STATUSES = {
     job_pb2.JOB_STATUS_FAILED: JobStatus.FAILED,
     job_pb2.JOB_STATUS_CANCELLED: JobStatus.CANCELLED,
 }
+
+
+_DELIVERIES = {
+    job_service_pb2.DELIVERY_UNSPECIFIED: Delivery.INTERACTIVE,
+    job_service_pb2.DELIVERY_INTERACTIVE: Delivery.INTERACTIVE,
+    job_service_pb2.DELIVERY_BATCH: Delivery.BATCH,
+}
+
+
+def _delivery(value: job_service_pb2.Delivery.ValueType) -> Delivery:
+    if value not in _DELIVERIES:
+        raise errors.InvalidArgument.field("delivery", f"is an unknown delivery ({value})")
+    return _DELIVERIES[value]
 
 
 def _principal() -> Principal:
@@ -122,7 +136,11 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 f"differs from {case}.idempotency_key; set one of them, or both to the same key",
             )
         submitted = await self._jobs.submit(
-            binding.name, binding.to_request(operation), principal, idempotency_key=key or inner
+            binding.name,
+            binding.to_request(operation),
+            principal,
+            idempotency_key=key or inner,
+            delivery=_delivery(request.delivery),
         )
         return job_service_pb2.SubmitJobResponse(
             job=_job(submitted.view), existing=submitted.existing

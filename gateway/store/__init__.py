@@ -2,8 +2,8 @@
 
 `create_store(settings)` picks the implementation: `MemoryStore` when `store.database_url` is
 unset, `PostgresStore` otherwise. Both implement `Store`, the union of `ResultStore`,
-`JobStore` and `UsageStore` (see `gateway.store.base` for the job model), with the same
-semantics. Blobs live in `gateway.store.blobs`; the request path
+`JobStore`, `BatchStore` and `UsageStore` (see `gateway.store.base` for the job model), with
+the same semantics. Blobs live in `gateway.store.blobs`; the request path
 (`gateway.execution.result_cache`) stores a typed operation result across the two. Schema,
 coalescing protocol and migrations: docs/storage.md; the PostgreSQL store's statements:
 `gateway/store/postgres/sql/queries.sql`.
@@ -15,8 +15,12 @@ from gateway.config import StoreSettings
 from gateway.store.base import (
     ACTIVE_STATUSES,
     AttemptError,
+    Batch,
+    BatchLost,
+    BatchStore,
     CachedResult,
     Claim,
+    Delivery,
     Job,
     JobError,
     JobProgress,
@@ -54,8 +58,12 @@ def create_store(settings: StoreSettings) -> Store:
 __all__ = [
     "ACTIVE_STATUSES",
     "AttemptError",
+    "Batch",
+    "BatchLost",
+    "BatchStore",
     "CachedResult",
     "Claim",
+    "Delivery",
     "Job",
     "JobError",
     "JobProgress",

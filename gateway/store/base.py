@@ -84,6 +84,19 @@ class JobStatus(StrEnum):
 ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 
+class Delivery(StrEnum):
+    """How a queued execution reaches the model: by the job workers, one call at a time, or
+    gathered with others of its model into a Gemini Batch API batch (`BatchStore`)."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+#: The lease of an execution inside a batch: the batch row's lease stands for it (any replica
+#: takes over a batch whose lease lapsed), so the execution's own never lapses (a century).
+BATCH_HOLD_S = 100 * 365 * 86400.0
+
+
 @dataclass(frozen=True, slots=True)
 class ResultRef:
     """Where a stored result lives.
@@ -280,6 +293,8 @@ class NewJob:
     #: Should the creator vanish first, it becomes due when the hold ends. 0: queued for the
     #: job workers at once (and every replica's workers are woken).
     hold_s: float = 0.0
+    #: A new execution is run by the job workers, or gathered into a batch.
+    delivery: Delivery = Delivery.INTERACTIVE
 
     def __post_init__(self) -> None:
         if not self.user_id:
@@ -342,6 +357,8 @@ class Job:
     result_cost_usd: float = 0.0
     #: A handle that joined a shared execution another user started: its owner paid nothing.
     coalesced: bool = False
+    #: How it reaches the model (for a handle: as its execution was created).
+    delivery: Delivery = Delivery.INTERACTIVE
     #: The fencing token of the execution's latest claim (0: never claimed; handles: 0).
     fence: int = 0
     #: The errors of its failed attempts, oldest first (a handle mirrors its execution's).
@@ -424,6 +441,49 @@ class LeaseLost(Exception):
         super().__init__(f"the lease on job {job_id} is lost (now {state})")
         self.job_id = job_id
         self.job = job
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A Gemini Batch API batch of executions of one model (`BatchStore`).
+
+    Its executions run while it lives, held by `holder` for `BATCH_HOLD_S`; the batch itself is
+    leased to the replica that submits and polls it (`locked_by` until `locked_until`, the
+    database's clock), and any replica takes it over once that lease lapses.
+    """
+
+    id: str
+    #: The model identity its executions run on (`Job.model`).
+    model: str
+    #: Its executions, in the order of the batch's lines once submitted.
+    job_ids: tuple[str, ...]
+    #: The Batch API's name for it once submitted (None before: a taker-over looks for it by
+    #: its display name, this id, before submitting it again).
+    name: str | None
+    locked_by: str
+    locked_until: datetime
+    #: How many replicas have held it (1: only the one that gathered it).
+    attempts: int
+    created_at: datetime
+    submitted_at: datetime | None = None
+
+    @property
+    def holder(self) -> str:
+        """The lease holder its executions name (`Job.locked_by`)."""
+        return batch_holder(self.id)
+
+
+def batch_holder(batch_id: str) -> str:
+    """The lease holder of the executions inside batch `batch_id`."""
+    return f"batch:{batch_id}"
+
+
+class BatchLost(Exception):
+    """A replica acted on a batch it no longer holds (taken over, or finished): it must stop."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"the lease on batch {batch_id} is lost (taken over or finished)")
+        self.batch_id = batch_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -790,6 +850,70 @@ class JobStore(Protocol):
         """
         ...
 
+    async def queue_depth(self) -> dict[tuple[JobStatus, str], int]:
+        """Active executions (handles not counted) by (status, operation), for metrics; pairs
+        with none are left out."""
+        ...
+
+
+class BatchStore(Protocol):
+    """Batches of executions delivered through the Batch API (`Delivery.BATCH`), and their
+    leases. Every call may raise `gateway.errors.Unavailable` when the backing database cannot
+    answer in time.
+
+    Executions of a batch are changed with the `JobStore` calls of a lease holder, as
+    `Batch.holder`: `complete_job`, `fail_job`, `defer_job` (and `LeaseLost` for one that was
+    cancelled meanwhile).
+    """
+
+    async def gather_batch(
+        self, worker_id: str, lease_s: float, limit: int, window_s: float
+    ) -> tuple[Batch, list[Job]] | None:
+        """Gathers a batch, when one is ready: the due queued executions delivered by batch of
+        the model whose oldest one has been due longest, highest priority first, then oldest,
+        up to `limit` (skipping rows another gatherer is taking), provided `limit` of them are
+        due or the oldest has been due for `window_s` seconds. Each starts an attempt held by
+        the new batch for `BATCH_HOLD_S`; the batch is leased to `worker_id` for `lease_s`.
+
+        Returns the batch and its executions (running), or None when none is ready. The job
+        workers' claims (`claim_batch`) never take executions delivered by batch.
+        """
+        ...
+
+    async def take_over_batches(self, worker_id: str, lease_s: float, limit: int) -> list[Batch]:
+        """Leases to `worker_id` up to `limit` batches whose lease lapsed (their replica
+        stopped), oldest lapse first; each one's `attempts` grows by one."""
+        ...
+
+    async def heartbeat_batch(
+        self,
+        batch_id: str,
+        worker_id: str,
+        lease_s: float,
+        *,
+        name: str | None = None,
+        job_ids: Sequence[str] | None = None,
+    ) -> Batch:
+        """Extends the batch's lease to now + `lease_s`, recording its Batch API `name` (and
+        the time it was submitted) and its executions in line order when given. `BatchLost`
+        when `worker_id` does not hold it."""
+        ...
+
+    async def record_batch_progress(self, batch: Batch, progress: JobProgress) -> int:
+        """Records `progress` on the batch's executions it still holds (an event for their
+        watchers); returns how many."""
+        ...
+
+    async def batch_executions(self, batch: Batch) -> list[Job]:
+        """The executions of `batch` as they are now, in its order (any status; one deleted
+        meanwhile is left out)."""
+        ...
+
+    async def finish_batch(self, batch_id: str, worker_id: str) -> None:
+        """Deletes a batch whose executions have all ended or left it. `BatchLost` when
+        `worker_id` does not hold it."""
+        ...
+
 
 class UsageStore(Protocol):
     """The usage ledger: every upstream attempt and every savings record (a cache hit or a
@@ -831,9 +955,9 @@ class UsageStore(Protocol):
         ...
 
 
-class Store(ResultStore, JobStore, UsageStore, Protocol):
-    """The results, jobs and usage the gateway keeps, and their connections; consumers that
-    use one of the three depend on its protocol alone."""
+class Store(ResultStore, JobStore, BatchStore, UsageStore, Protocol):
+    """The results, jobs, batches and usage the gateway keeps, and their connections;
+    consumers that use one of them depend on its protocol alone."""
 
     async def start(self) -> None:
         """Connects (best effort: a database that is down now is retried on later calls)."""

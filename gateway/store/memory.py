@@ -25,11 +25,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from gateway.model import UsageRecord
 from gateway.store.base import (
     ABANDONED_OUTCOME,
+    BATCH_HOLD_S,
     MAX_ERROR_HISTORY,
     NO_SPEND,
     AttemptError,
+    Batch,
+    BatchLost,
     CachedResult,
     Claim,
+    Delivery,
     Job,
     JobCursor,
     JobError,
@@ -45,6 +49,7 @@ from gateway.store.base import (
     UsageDay,
     UsageEntry,
     UsageTotals,
+    batch_holder,
     check_positive,
     check_same_request,
     check_same_sharing,
@@ -147,6 +152,7 @@ class MemoryStore:
         self._usage: deque[UsageEntry] = deque()
         #: The daily totals, in the order they were first folded (so oldest days first).
         self._usage_days: dict[DayKey, UsageTotals] = {}
+        self._batches: dict[str, Batch] = {}
 
     async def start(self) -> None:
         """Nothing to connect."""
@@ -249,6 +255,7 @@ class MemoryStore:
             completed_at=None,
             expires_at=None,
             started_by=new.user_id if new.shared else None,
+            delivery=new.delivery,
         )
         self._save(execution)
         self._publish_if_due(execution)
@@ -310,6 +317,10 @@ class MemoryStore:
         job = self._rescue(job, now) or job
         if job.status is not JobStatus.QUEUED or (job.run_after > now and not held):
             return None
+        return self._start_attempt(job, worker_id, lease_s, now)
+
+    def _start_attempt(self, job: Job, worker_id: str, lease_s: float, now: datetime) -> Job:
+        """A queued execution running its next attempt, held by `worker_id` for `lease_s`."""
         return self._change(
             job,
             status=JobStatus.RUNNING,
@@ -337,8 +348,8 @@ class MemoryStore:
         now = self._now()
         due = [
             job
-            for job in self._jobs.values()
-            if job.follows is None and job.status is JobStatus.QUEUED and job.run_after <= now
+            for job in self._due(now)
+            if job.delivery is Delivery.INTERACTIVE  # batch delivery is the batchers'
         ]
         due.sort(key=lambda job: (-job.priority, job.created_at))
         if caps:
@@ -350,6 +361,14 @@ class MemoryStore:
             assert taken is not None
             claimed.append(taken)
         return claimed
+
+    def _due(self, now: datetime) -> list[Job]:
+        """Queued executions due at `now`."""
+        return [
+            job
+            for job in self._jobs.values()
+            if job.follows is None and job.status is JobStatus.QUEUED and job.run_after <= now
+        ]
 
     def _within_caps(self, due: list[Job], caps: Mapping[int, int]) -> list[Job]:
         """The due executions `caps` lets run, in claim order (the rule of `Store.claim_batch`,
@@ -654,6 +673,121 @@ class MemoryStore:
                 self._delete(job.id)
                 purged[job.status] += 1
         return dict(purged)
+
+    async def queue_depth(self) -> dict[tuple[JobStatus, str], int]:
+        """See `Store.queue_depth` (the `queue_depth` statement's twin)."""
+        depth: Counter[tuple[JobStatus, str]] = Counter(
+            (job.status, job.op)
+            for job in self._jobs.values()
+            if job.active and job.follows is None
+        )
+        return dict(depth)
+
+    # -- batches -----------------------------------------------------------------------------
+
+    async def gather_batch(
+        self, worker_id: str, lease_s: float, limit: int, window_s: float
+    ) -> tuple[Batch, list[Job]] | None:
+        """See `Store.gather_batch` (the rule of the SQL store's gather_due)."""
+        check_positive("lease_s", lease_s)
+        check_positive("limit", limit)
+        now = self._now()
+        due = [job for job in self._due(now) if job.delivery is Delivery.BATCH]
+        if not due:
+            return None
+        model = min(due, key=lambda job: job.run_after).model
+        chosen = sorted(
+            (job for job in due if job.model == model),
+            key=lambda job: (-job.priority, job.created_at, job.id),
+        )[:limit]
+        oldest = min(job.run_after for job in chosen)
+        if len(chosen) < limit and oldest > now - timedelta(seconds=window_s):
+            return None
+        batch_id = str(uuid.uuid4())
+        holder = batch_holder(batch_id)
+        started = [self._start_attempt(job, holder, BATCH_HOLD_S, now) for job in chosen]
+        batch = Batch(
+            id=batch_id,
+            model=model,
+            job_ids=tuple(job.id for job in started),
+            name=None,
+            locked_by=worker_id,
+            locked_until=now + timedelta(seconds=lease_s),
+            attempts=1,
+            created_at=now,
+        )
+        self._batches[batch_id] = batch
+        return batch, started
+
+    async def take_over_batches(self, worker_id: str, lease_s: float, limit: int) -> list[Batch]:
+        """See `Store.take_over_batches`."""
+        check_positive("lease_s", lease_s)
+        check_positive("limit", limit)
+        now = self._now()
+        lapsed = sorted(
+            (b for b in self._batches.values() if b.locked_until < now),
+            key=lambda batch: batch.locked_until,
+        )[:limit]
+        taken = [
+            dataclasses.replace(
+                batch,
+                locked_by=worker_id,
+                locked_until=now + timedelta(seconds=lease_s),
+                attempts=batch.attempts + 1,
+            )
+            for batch in lapsed
+        ]
+        self._batches.update((batch.id, batch) for batch in taken)
+        return sorted(taken, key=lambda batch: batch.created_at)
+
+    def _held_batch(self, batch_id: str, worker_id: str) -> Batch:
+        parsed = parse_job_id(batch_id)
+        batch = None if parsed is None else self._batches.get(str(parsed))
+        if batch is None or batch.locked_by != worker_id:
+            raise BatchLost(batch_id)
+        return batch
+
+    async def heartbeat_batch(
+        self,
+        batch_id: str,
+        worker_id: str,
+        lease_s: float,
+        *,
+        name: str | None = None,
+        job_ids: Sequence[str] | None = None,
+    ) -> Batch:
+        """See `Store.heartbeat_batch`."""
+        check_positive("lease_s", lease_s)
+        batch = self._held_batch(batch_id, worker_id)
+        now = self._now()
+        batch = dataclasses.replace(
+            batch,
+            locked_until=now + timedelta(seconds=lease_s),
+            name=batch.name if name is None else name,
+            submitted_at=batch.submitted_at or (now if name is not None else None),
+            job_ids=batch.job_ids if job_ids is None else tuple(job_ids),
+        )
+        self._batches[batch.id] = batch
+        return batch
+
+    async def record_batch_progress(self, batch: Batch, progress: JobProgress) -> int:
+        """See `Store.record_batch_progress`."""
+        held = [
+            job
+            for job in map(self._lookup, batch.job_ids)
+            if job is not None and job.status is JobStatus.RUNNING and job.locked_by == batch.holder
+        ]
+        for job in held:
+            self._change(job, progress=progress)
+        return len(held)
+
+    async def batch_executions(self, batch: Batch) -> list[Job]:
+        """See `Store.batch_executions`."""
+        return [job for job in map(self._lookup, batch.job_ids) if job is not None]
+
+    async def finish_batch(self, batch_id: str, worker_id: str) -> None:
+        """See `Store.finish_batch`."""
+        del self._batches[self._held_batch(batch_id, worker_id).id]
 
     async def referenced_blobs(self, digests: Sequence[bytes]) -> set[bytes]:
         """See `Store.referenced_blobs`."""

@@ -21,12 +21,20 @@ LEASE_S = 0.05
 
 @contextlib.asynccontextmanager
 async def rescuing(
-    store: Store, blob_dir: Path, report: Callable[[bool], None]
+    store: Store,
+    blob_dir: Path,
+    report: Callable[[bool], None],
+    rescued: Callable[[int], None] | None = None,
 ) -> AsyncIterator[None]:
     """The rescue loop over `store`, every few milliseconds, until the block ends."""
     loop = asyncio.create_task(
         rescue_leases(
-            store, LocalBlobStore(blob_dir), batch=10, interval_s=0.02, report_health=report
+            store,
+            LocalBlobStore(blob_dir),
+            batch=10,
+            interval_s=0.02,
+            report_health=report,
+            rescued=rescued,
         )
     )
     try:
@@ -48,10 +56,13 @@ async def test_a_lapsed_lease_is_queued_again(tmp_path: Path) -> None:
         assert claimed.id == joined.job.id
         await asyncio.sleep(LEASE_S + 0.1)  # its holder is gone: the lease lapses
         health: list[bool] = []
-        async with rescuing(store, tmp_path / "blobs", health.append):
+        rescued: list[int] = []
+        async with rescuing(store, tmp_path / "blobs", health.append, rescued.append):
             await eventually(lambda: bool(health), "a round of the rescue loop")
         assert (await store.get_job(joined.job.id, "user-a")).status is JobStatus.QUEUED
         assert health[0] is True
+        # What each statement rescued (the metrics' count): the one lapsed lease, once.
+        assert rescued[0] == 1 and sum(rescued) == 1
     finally:
         await store.close()
 

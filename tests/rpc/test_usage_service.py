@@ -31,7 +31,7 @@ from gateway.config import AuthSettings, ExecutionSettings, Settings, Tier
 from gateway.emulator import EmulatorServer
 from gateway.rpc.usage_service import budget_status
 from gateway.usage_report import DEFAULT_RANGE
-from tests.fixtures.gateways import SERVICE_TOKEN, as_user, gateway_settings
+from tests.fixtures.gateways import SERVICE_TOKEN, as_user, eventually, gateway_settings
 from tests.fixtures.stores import store_settings
 from tests.fixtures.usage import written
 
@@ -131,9 +131,15 @@ async def test_a_user_sees_what_they_spent_and_what_the_cache_and_coalescing_sav
     alice = jwt_user("user-alice")
     first_day = datetime.now(UTC).date().isoformat()
     analysis = await client.analyze("vid-a", alice)
+    await client.running.server.executor.flush()  # the cache row is written
     repeat = await client.analyze("vid-a", alice)
-    emulator.set_knobs(latency_s=1.0)  # long enough for all three to join one piece of work
-    concepts = await asyncio.gather(*(client.suggest("vid-b", alice) for _ in range(3)))
+    # The first asks Gemini, slowly; the other two join it while it is in flight.
+    emulator.set_knobs(latency_s=3.0)
+    asked = emulator.stats().requests
+    first = asyncio.create_task(client.suggest("vid-b", alice))
+    await eventually(lambda: emulator.stats().requests > asked, "the first call upstream")
+    joined = await asyncio.gather(*(client.suggest("vid-b", alice) for _ in range(2)))
+    concepts = [await first, *joined]
     emulator.set_knobs(latency_s=0.0)
     await client.analyze("vid-c", as_user("user-bob"))  # someone else's
 
@@ -165,7 +171,7 @@ async def test_a_user_sees_what_they_spent_and_what_the_cache_and_coalescing_sav
     assert (savings[ANALYZE].cache_hits, savings[ANALYZE].coalesced_joins) == (1, 0)
     assert (savings[SUGGEST].cache_hits, savings[SUGGEST].coalesced_joins) == (0, 2)
     assert savings[SUGGEST].saved_usd == pytest.approx(2 * concepts_cost, abs=1e-9)
-    assert list(report.budgets) == []  # no budget reader wired in
+    assert list(report.budgets) == []  # no budget configured
 
     fleet = await client.get_usage(as_user("user-ops"), fleet=True)
 

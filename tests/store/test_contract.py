@@ -19,7 +19,9 @@ from gateway.config import UsageSettings
 from gateway.errors import AlreadyExists, Internal, NotFound, SafetyBlocked, Unavailable
 from gateway.model import CACHE_HIT, COALESCED, CallLabels, Usage, UsageRecord
 from gateway.store import (
+    BatchLost,
     Claim,
+    Delivery,
     Job,
     JobError,
     JobProgress,
@@ -731,6 +733,28 @@ async def test_a_burst_of_one_user_creates_one_job(replicas: tuple[Store, Store]
     assert len({o.job.id for o in outcomes}) == 1
 
 
+# -- queue depth -----------------------------------------------------------------------------
+
+
+async def test_queue_depth_counts_active_executions_by_status_and_operation(
+    store: Store,
+) -> None:
+    assert await store.queue_depth() == {}
+    # Two users on one shared execution: one execution, two handles (not counted).
+    await store.join_or_create_active_job(new_job(ALICE, "shared", shared=True))
+    await store.join_or_create_active_job(new_job(BOB, "shared", shared=True))
+    await store.join_or_create_active_job(new_job(ALICE, "a2", op="check_channel_consistency"))
+    await running(store, new_job(BOB, "b1"))
+    done = await running(store, new_job(BOB, "b2"))
+    await store.complete_job(done.claim, REF)
+
+    assert await store.queue_depth() == {
+        (JobStatus.QUEUED, "analyze_video"): 1,
+        (JobStatus.QUEUED, "check_channel_consistency"): 1,
+        (JobStatus.RUNNING, "analyze_video"): 1,
+    }
+
+
 # -- retention, usage ------------------------------------------------------------------------
 
 
@@ -779,6 +803,162 @@ async def test_usage_ledger(store: Store) -> None:
         await store.insert_usage(
             UsageRecord(CallLabels("analyze_video", ALICE, "job-7"), "m", 1, "ok", 0.1)
         )
+
+
+# -- batches (Batch API delivery) --------------------------------------------------------------
+
+#: A window no test waits out: only a full batch is gathered.
+LONG_WINDOW_S = 3600.0
+
+
+def batch_job(dedupe: str, **fields: Any) -> NewJob:
+    return new_job(dedupe=dedupe, delivery=Delivery.BATCH, **fields)
+
+
+async def test_batch_delivery_is_gathered_never_claimed_by_the_workers(store: Store) -> None:
+    first = (await store.join_or_create_active_job(batch_job("b1"))).job
+    second = (await store.join_or_create_active_job(batch_job("b2", priority=3))).job
+    interactive = (await store.join_or_create_active_job(new_job(dedupe="i"))).job
+    assert first.delivery is Delivery.BATCH and interactive.delivery is Delivery.INTERACTIVE
+
+    claimed = await store.claim_batch("w1", 10, LEASE_S)
+    assert [job.id for job in claimed] == [interactive.id]
+
+    gathered = await store.gather_batch("replica-a", LEASE_S, 2, LONG_WINDOW_S)
+    assert gathered is not None
+    batch, jobs = gathered
+    # Full, so sent without waiting for the window; highest priority first.
+    assert [job.id for job in jobs] == [second.id, first.id] == list(batch.job_ids)
+    assert (batch.model, batch.name, batch.locked_by, batch.attempts) == (
+        "gemini-test",
+        None,
+        "replica-a",
+        1,
+    )
+    for job in jobs:
+        assert (job.status, job.locked_by, job.attempts) == (JobStatus.RUNNING, batch.holder, 1)
+    assert await store.gather_batch("replica-a", LEASE_S, 2, LONG_WINDOW_S) is None
+
+
+async def test_a_batch_is_gathered_when_full_or_when_its_oldest_job_waited_the_window(
+    store: Store,
+) -> None:
+    job = (await store.join_or_create_active_job(batch_job("w"))).job
+    assert await store.gather_batch("w1", LEASE_S, 5, LONG_WINDOW_S) is None
+    gathered = await store.gather_batch("w1", LEASE_S, 5, 0.0)
+    assert gathered is not None and gathered[0].job_ids == (job.id,)
+
+
+async def test_a_batch_holds_one_model_the_one_waiting_longest(store: Store) -> None:
+    older = [
+        (await store.join_or_create_active_job(batch_job(f"a{i}", model="model-a"))).job
+        for i in range(2)
+    ]
+    newer = (await store.join_or_create_active_job(batch_job("b", model="model-b"))).job
+    first = await store.gather_batch("w1", LEASE_S, 10, 0.0)
+    second = await store.gather_batch("w1", LEASE_S, 10, 0.0)
+    assert first is not None and second is not None
+    assert (first[0].model, set(first[0].job_ids)) == ("model-a", {j.id for j in older})
+    assert (second[0].model, second[0].job_ids) == ("model-b", (newer.id,))
+
+
+async def test_concurrent_gathers_never_share_a_job(replicas: tuple[Store, Store]) -> None:
+    a, b = replicas
+    for i in range(6):
+        await a.join_or_create_active_job(batch_job(f"c{i}"))
+    gathered = await asyncio.gather(
+        a.gather_batch("replica-a", LEASE_S, 3, 0.0), b.gather_batch("replica-b", LEASE_S, 3, 0.0)
+    )
+    ids = [job_id for g in gathered if g is not None for job_id in g[0].job_ids]
+    assert len(ids) == len(set(ids)) == 6
+
+
+async def test_jobs_in_a_batch_outlive_rescue_and_end_through_the_batch(store: Store) -> None:
+    jobs = [(await store.join_or_create_active_job(batch_job(f"e{i}"))).job for i in range(3)]
+    gathered = await store.gather_batch("w1", LEASE_S, 3, 0.0)
+    assert gathered is not None
+    batch = gathered[0]
+    held = {job.id: Claim(job.id, batch.holder, job.fence) for job in gathered[1]}
+    done, retried, cancelled = (held[job.id] for job in jobs)
+
+    # The batch holds them: no rescue, no claim by a waiter on another replica.
+    assert await store.rescue_expired_leases(10) == 0
+    assert await store.claim_job(done.job_id, "w2", LEASE_S) is None
+
+    progress = JobProgress(0.0, "batch", "in batch batches/x: running")
+    assert await store.record_batch_progress(batch, progress) == 3
+    assert (await store.get_job(done.job_id, ALICE)).progress == progress
+
+    await store.cancel_job(cancelled.job_id, ALICE)
+    with pytest.raises(LeaseLost):  # a cancelled job's line is ignored
+        await store.complete_job(cancelled, REF)
+    assert (await store.complete_job(done, REF)).status is JobStatus.SUCCEEDED
+    error = JobError(Unavailable.reason, "the line failed")
+    again = await store.fail_job(retried, error, retry_after_s=0.0)
+    assert (again.status, again.delivery, again.attempts) == (JobStatus.QUEUED, Delivery.BATCH, 1)
+    assert await store.record_batch_progress(batch, progress) == 0
+
+    executions = await store.batch_executions(batch)
+    assert [(j.id, j.status) for j in executions] == [
+        (done.job_id, JobStatus.SUCCEEDED),
+        (retried.job_id, JobStatus.QUEUED),
+        (cancelled.job_id, JobStatus.CANCELLED),
+    ]
+
+
+async def test_a_batch_whose_lease_lapsed_is_taken_over(replicas: tuple[Store, Store]) -> None:
+    a, b = replicas
+    jobs = [(await a.join_or_create_active_job(batch_job(f"t{i}"))).job for i in range(2)]
+    gathered = await a.gather_batch("replica-a", SHORT_LEASE_S, 2, 0.0)
+    assert gathered is not None
+    batch = gathered[0]
+    assert await b.take_over_batches("replica-b", LEASE_S, 10) == []
+
+    async def taken() -> list[Any] | None:
+        return await b.take_over_batches("replica-b", LEASE_S, 10) or None
+
+    (taken_over,) = await eventually(taken)
+    assert (taken_over.id, taken_over.locked_by, taken_over.attempts) == (
+        batch.id,
+        "replica-b",
+        2,
+    )
+    with pytest.raises(BatchLost):
+        await a.heartbeat_batch(batch.id, "replica-a", LEASE_S)
+
+    order = (jobs[1].id, jobs[0].id)
+    named = await b.heartbeat_batch(
+        batch.id, "replica-b", LEASE_S, name="batches/abc", job_ids=order
+    )
+    assert (named.name, named.job_ids) == ("batches/abc", order)
+    assert named.submitted_at is not None
+    kept = await b.heartbeat_batch(batch.id, "replica-b", LEASE_S)
+    assert (kept.name, kept.job_ids, kept.submitted_at) == (
+        "batches/abc",
+        order,
+        named.submitted_at,
+    )
+    assert [job.id for job in await b.batch_executions(kept)] == list(order)
+
+    with pytest.raises(BatchLost):
+        await a.finish_batch(batch.id, "replica-a")
+    await b.finish_batch(batch.id, "replica-b")
+    with pytest.raises(BatchLost):
+        await b.finish_batch(batch.id, "replica-b")
+    assert await b.take_over_batches("replica-b", LEASE_S, 10) == []
+
+
+async def test_a_shared_execution_in_a_batch_ends_for_every_handle(store: Store) -> None:
+    mine = (await store.join_or_create_active_job(batch_job("s", shared=True))).job
+    theirs = (await store.join_or_create_active_job(batch_job("s", shared=True, user_id=BOB))).job
+    gathered = await store.gather_batch("w1", LEASE_S, 1, LONG_WINDOW_S)
+    assert gathered is not None
+    batch, (execution,) = gathered
+    assert execution.id == mine.execution_id == theirs.execution_id
+    assert (await store.get_job(theirs.id, BOB)).status is JobStatus.RUNNING
+    await store.complete_job(Claim(execution.id, batch.holder, execution.fence), REF)
+    for handle, user in ((mine, ALICE), (theirs, BOB)):
+        assert (await store.get_job(handle.id, user)).result == REF
 
 
 @pytest.fixture(params=["memory", "postgres"])

@@ -8,6 +8,7 @@ Every replica talks to the same schema. `PostgresStore` composes one room per co
 - `listener`: the one LISTEN connection, fanning job notifications out to any number of
   waiters in process (`ChangeHub`); while it is down, waiters poll.
 - `jobs`: the job state machine (coalescing, leases, batched inserts and completions).
+- `batches`: Batch API batches of executions, their gathering and leases.
 - `results`: the result cache rows. `usage`: the usage ledger.
 - `sql/queries.sql` (through `queries`): every statement, named and described, with named
   parameters.
@@ -32,6 +33,7 @@ from gateway.store.base import (
     ABANDONED_OUTCOME,
     MAX_ERROR_HISTORY,
     NO_SPEND,
+    Batch,
     CachedResult,
     Claim,
     Job,
@@ -50,6 +52,7 @@ from gateway.store.base import (
     UsageEntry,
 )
 from gateway.store.changes import DUE, ChangeHub
+from gateway.store.postgres.batches import PostgresBatches
 from gateway.store.postgres.jobs import PostgresJobs
 from gateway.store.postgres.listener import Listener, channel_name
 from gateway.store.postgres.pool import Pool, run_migrations
@@ -93,6 +96,8 @@ class PostgresStore:
         self.jobs = PostgresJobs(
             self._pool, queries, self._hub, settings, _advisory_key(f"{schema}.claim")
         )
+        #: Batches of executions delivered through the Batch API (`BatchStore`).
+        self.batches = PostgresBatches(self._pool, queries)
         #: The usage ledger (`UsageStore`).
         self.usage = PostgresUsage(self._pool, queries)
 
@@ -299,6 +304,48 @@ class PostgresStore:
         return await self.jobs.purge_finished_jobs(
             limit, finished_before_s=finished_before_s, statuses=statuses
         )
+
+    async def queue_depth(self) -> dict[tuple[JobStatus, str], int]:
+        """See `JobStore.queue_depth`."""
+        return await self.jobs.queue_depth()
+
+    # -- batches -----------------------------------------------------------------------------
+
+    async def gather_batch(
+        self, worker_id: str, lease_s: float, limit: int, window_s: float
+    ) -> tuple[Batch, list[Job]] | None:
+        """See `BatchStore.gather_batch`."""
+        return await self.batches.gather_batch(worker_id, lease_s, limit, window_s)
+
+    async def take_over_batches(self, worker_id: str, lease_s: float, limit: int) -> list[Batch]:
+        """See `BatchStore.take_over_batches`."""
+        return await self.batches.take_over_batches(worker_id, lease_s, limit)
+
+    async def heartbeat_batch(
+        self,
+        batch_id: str,
+        worker_id: str,
+        lease_s: float,
+        *,
+        name: str | None = None,
+        job_ids: Sequence[str] | None = None,
+    ) -> Batch:
+        """See `BatchStore.heartbeat_batch`."""
+        return await self.batches.heartbeat_batch(
+            batch_id, worker_id, lease_s, name=name, job_ids=job_ids
+        )
+
+    async def record_batch_progress(self, batch: Batch, progress: JobProgress) -> int:
+        """See `BatchStore.record_batch_progress`."""
+        return await self.batches.record_batch_progress(batch, progress)
+
+    async def batch_executions(self, batch: Batch) -> list[Job]:
+        """See `BatchStore.batch_executions`."""
+        return await self.batches.batch_executions(batch)
+
+    async def finish_batch(self, batch_id: str, worker_id: str) -> None:
+        """See `BatchStore.finish_batch`."""
+        await self.batches.finish_batch(batch_id, worker_id)
 
     # -- usage ledger ------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from gateway.store.base import (
     NO_SPEND,
     AttemptError,
     Claim,
+    Delivery,
     Job,
     JobCursor,
     JobError,
@@ -162,9 +163,22 @@ def _job(row: Record) -> Job:
         cached=row["cached"],
         result_cost_usd=float(row["result_cost_usd"]),
         coalesced=row["coalesced"],
+        delivery=Delivery(row.get("delivery") or Delivery.INTERACTIVE),
         fence=row.get("fence") or 0,
         error_history=tuple(AttemptError.from_json(e) for e in json.loads(history or "[]")),
     )
+
+
+#: A job row as a `Job`, for the other modules of this package.
+job_from_row = _job
+
+
+async def mirror_shared(conn: Connection, queries: Queries, rows: Sequence[Record]) -> None:
+    """Copies the changes of shared executions among `rows` (those without an owner) to their
+    handles, in the caller's transaction."""
+    shared = [row["id"] for row in rows if row["user_id"] is None]
+    if shared:
+        await conn.fetch(*queries("mirror", execution_ids=shared))
 
 
 class PostgresJobs:
@@ -198,9 +212,7 @@ class PostgresJobs:
 
     async def _mirror(self, conn: Connection, rows: Sequence[Record]) -> None:
         """Copies shared executions' changes (those without an owner) to their handles."""
-        shared = [row["id"] for row in rows if row["user_id"] is None]
-        if shared:
-            await conn.fetch(*self._q("mirror", execution_ids=shared))
+        await mirror_shared(conn, self._q, rows)
 
     async def join_or_create_active_job(self, new: NewJob) -> JoinOutcome:
         """See `JobStore.join_or_create_active_job`.
@@ -259,6 +271,7 @@ class PostgresJobs:
             priorities=[n.priority for n in news],
             max_attempts=[n.max_attempts for n in news],
             hold_s=[float(n.hold_s) for n in news],
+            deliveries=[n.delivery.value for n in news],
         )
         rows = await self._pool.run(lambda c: c.fetch(*statement))
         created = {row["id"]: _job(row) for row in rows}
@@ -295,6 +308,7 @@ class PostgresJobs:
                 max_attempts=new.max_attempts,
                 hold_s=float(new.hold_s),
                 started_by=new.user_id if new.shared else None,
+                delivery=new.delivery.value,
             )
         )
         created = row is not None
@@ -785,3 +799,9 @@ class PostgresJobs:
             )
         rows = await self._pool.run(lambda c: c.fetch(*statement))
         return dict(Counter(JobStatus(row["status"]) for row in rows))
+
+    async def queue_depth(self) -> dict[tuple[JobStatus, str], int]:
+        """See `JobStore.queue_depth`."""
+        statement = self._q("queue_depth")
+        rows = await self._pool.run(lambda c: c.fetch(*statement))
+        return {(JobStatus(row["status"]), row["op"]): row["executions"] for row in rows}

@@ -115,6 +115,24 @@ class Pool:
             except UNREACHABLE_OR_SLOW:
                 pool.terminate()
 
+    @property
+    def circuit_open(self) -> bool:
+        """Whether calls fail at once right now, after a connection failure (metrics)."""
+        return asyncio.get_running_loop().time() < self._retry_at
+
+    def connections(self) -> tuple[int, int]:
+        """The pool's connections (in use, idle) right now; none before it is opened."""
+        pool = self._pool
+        if pool is None:
+            return 0, 0
+        idle = pool.get_idle_size()
+        return pool.get_size() - idle, idle
+
+    @property
+    def max_connections(self) -> int:
+        """Most connections the pool opens."""
+        return self._settings.pool_max_size
+
     def unavailable(self, detail: str) -> errors.Unavailable:
         """The error of a store call that cannot be served now, saying why."""
         return errors.Unavailable(

@@ -188,14 +188,14 @@ WHERE follows = :execution_id AND user_id = :user_id AND status IN ('queued', 'r
 -- Creates a queued execution, or nothing when it conflicts (an active execution of its dedupe
 -- key, or its idempotency key taken). :user_id is NULL for a shared execution, whose
 -- :started_by is the user whose request created it. It is due :hold_s seconds from now (a
--- hold: its creator claims it first).
+-- hold: its creator claims it first). :delivery is 'interactive' or 'batch'.
 WITH j AS (
     INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
         dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, started_by,
-        run_after)
+        run_after, delivery)
     VALUES (:job_id, :user_id, :op, 'queued', :input_json, :input_blobs, :dedupe_key,
         :idempotency_key, :request_hash, :model, :priority, :max_attempts, :started_by,
-        now() + make_interval(secs => :hold_s))
+        now() + make_interval(secs => :hold_s), :delivery)
     ON CONFLICT DO NOTHING
     RETURNING *)
 SELECT j.*, {job_events}, {due_wake} FROM j;
@@ -204,23 +204,24 @@ SELECT j.*, {job_events}, {due_wake} FROM j;
 -- Creates many executions of their own at once (concurrent calls batched), skipping each that
 -- conflicts: those take the one-by-one path. Every parameter is an array with one element per
 -- execution; :input_blobs holds each execution's input blob digests concatenated (32 bytes
--- each: arrays of arrays cannot be unnested); :hold_s as in insert_execution. Nobody can be
--- watching a new job yet: no events.
+-- each: arrays of arrays cannot be unnested); :hold_s and :deliveries as :hold_s and :delivery
+-- in insert_execution. Nobody can be watching a new job yet: no events.
 WITH j AS (
     INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
-        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, run_after)
+        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, run_after,
+        delivery)
     SELECT n.id, n.user_id, n.op, 'queued', n.input_json::json,
         ARRAY(SELECT substring(n.input_blobs FROM 1 + 32 * k FOR 32)
             FROM generate_series(0, octet_length(n.input_blobs) / 32 - 1) AS k
             ORDER BY k),
         n.dedupe_key, n.idempotency_key, n.request_hash, n.model, n.priority,
-        n.max_attempts, now() + make_interval(secs => n.hold_s)
+        n.max_attempts, now() + make_interval(secs => n.hold_s), n.delivery
     FROM unnest(:job_ids::uuid[], :user_ids::text[], :ops::text[], :input_jsons::text[],
         :input_blobs::bytea[], :dedupe_keys::bytea[], :idempotency_keys::text[],
         :request_hashes::bytea[], :models::text[], :priorities::int[], :max_attempts::int[],
-        :hold_s::float8[])
+        :hold_s::float8[], :deliveries::text[])
         AS n(id, user_id, op, input_json, input_blobs, dedupe_key, idempotency_key,
-            request_hash, model, priority, max_attempts, hold_s)
+            request_hash, model, priority, max_attempts, hold_s, delivery)
     ON CONFLICT DO NOTHING
     RETURNING *)
 SELECT j.*, {due_wake} FROM j;
@@ -233,11 +234,11 @@ INSERT INTO {schema}.ai_jobs (id, user_id, follows, op, status, input_json,
     input_blobs, idempotency_key, request_hash, model, priority, attempts,
     max_attempts, run_after, progress, result_json, result_blob, result_blobs,
     error_reason, error_message, errors, started_at, completed_at, expires_at, coalesced,
-    {spend_columns})
+    delivery, {spend_columns})
 SELECT :job_id, :user_id, e.id, e.op, e.status, :input_json, :input_blobs, :idempotency_key,
     :request_hash, e.model, :priority, e.attempts, e.max_attempts, e.run_after, e.progress,
     e.result_json, e.result_blob, e.result_blobs, e.error_reason, e.error_message, e.errors,
-    e.started_at, e.completed_at, e.expires_at, :coalesced,
+    e.started_at, e.completed_at, e.expires_at, :coalesced, e.delivery,
     e.prompt_tokens, e.cached_prompt_tokens, e.output_tokens, e.thinking_tokens,
     e.image_output_tokens, e.total_tokens, e.cost_usd, e.upstream_calls, e.cached,
     e.result_cost_usd
@@ -293,12 +294,14 @@ SELECT j.*, {job_events} FROM j;
 
 -- claim_batch --
 -- Starts an attempt of up to :limit due queued executions, highest priority then oldest;
--- rows another runner is claiming are skipped, not waited for.
+-- rows another runner is claiming are skipped, not waited for. Executions delivered by batch
+-- are left to the batchers (gather_due).
 WITH j AS (
     {start_attempt}
     FROM (
         SELECT id FROM {schema}.ai_jobs
         WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
+            AND delivery = 'interactive'
         ORDER BY priority DESC, created_at LIMIT :limit FOR UPDATE SKIP LOCKED
     ) due
     WHERE t.id = due.id
@@ -315,10 +318,11 @@ SELECT pg_advisory_xact_lock(:key);
 -- at a time after the row (:after_priority, :after_created_at, :after_id) (all NULL: from the
 -- first), choosing in Python which fit under their owners' caps (a shared execution's owner
 -- being the user who started it). Rows skipped for a cap stay queued; they are locked only
--- until the claim commits.
+-- until the claim commits. Executions delivered by batch are left to the batchers.
 SELECT id, coalesce(user_id, started_by) AS user_id, priority, created_at
 FROM {schema}.ai_jobs
 WHERE status = 'queued' AND follows IS NULL AND run_after <= now()
+    AND delivery = 'interactive'
     AND (:after_priority::int IS NULL OR (priority < :after_priority
         OR (priority = :after_priority
             AND (created_at, id) > (:after_created_at::timestamptz, :after_id::uuid))))
@@ -519,6 +523,85 @@ DELETE FROM {schema}.ai_jobs WHERE id IN (
         AND (:statuses::text[] IS NULL OR status = ANY(:statuses::text[]))
     ORDER BY completed_at LIMIT :limit FOR UPDATE SKIP LOCKED)
 RETURNING status;
+
+-- queue_depth --
+-- Active executions (handles not counted) by status and operation, for metrics. Read through
+-- the partial indexes on queued and on running executions: cheap however many finished jobs
+-- are kept.
+SELECT status, op, count(*) AS executions FROM {schema}.ai_jobs
+WHERE status IN ('queued', 'running') AND follows IS NULL
+GROUP BY status, op;
+
+
+-- gather_due --
+-- A batch ready to gather: up to :limit due queued executions delivered by batch, of the
+-- model whose oldest due one has been due longest, highest priority then oldest (rows another
+-- gatherer is taking are skipped), locked until the gather commits; none unless :limit are due
+-- or the oldest of them has been due for :window_s seconds.
+WITH due AS (
+    SELECT t.id, t.run_after FROM {schema}.ai_jobs t
+    WHERE t.status = 'queued' AND t.follows IS NULL AND t.delivery = 'batch'
+        AND t.run_after <= now()
+        AND t.model = (
+            SELECT o.model FROM {schema}.ai_jobs o
+            WHERE o.status = 'queued' AND o.follows IS NULL AND o.delivery = 'batch'
+                AND o.run_after <= now()
+            ORDER BY o.run_after LIMIT 1)
+    ORDER BY t.priority DESC, t.created_at, t.id LIMIT :limit FOR UPDATE SKIP LOCKED)
+SELECT id FROM due
+WHERE (SELECT count(*) FROM due) >= :limit
+    OR (SELECT min(run_after) FROM due) <= now() - make_interval(secs => :window_s);
+
+-- gather_start --
+-- Starts an attempt of each gathered execution :job_ids, held by its batch (:worker_id is the
+-- batch's holder, :lease_s its hold).
+WITH j AS (
+    {start_attempt}
+    WHERE t.id = ANY(:job_ids::uuid[]) AND t.status = 'queued'
+    RETURNING t.*)
+SELECT j.*, {job_events} FROM j;
+
+-- insert_batch --
+-- A gathered batch of :job_ids (model :model), leased to :worker_id for :lease_s seconds.
+INSERT INTO {schema}.ai_batches (id, model, job_ids, locked_by, locked_until)
+VALUES (:batch_id, :model, :job_ids, :worker_id, now() + make_interval(secs => :lease_s))
+RETURNING *;
+
+-- take_over_batches --
+-- Leases to :worker_id for :lease_s seconds up to :limit batches whose lease lapsed, oldest
+-- lapse first (rows another replica is taking are skipped).
+UPDATE {schema}.ai_batches b SET
+    locked_by = :worker_id, locked_until = now() + make_interval(secs => :lease_s),
+    attempts = b.attempts + 1
+FROM (
+    SELECT id FROM {schema}.ai_batches WHERE locked_until < now()
+    ORDER BY locked_until LIMIT :limit FOR UPDATE SKIP LOCKED
+) lapsed
+WHERE b.id = lapsed.id
+RETURNING b.*;
+
+-- heartbeat_batch --
+-- Extends the lease of a batch :worker_id holds; records its Batch API :name (and when it was
+-- submitted) and its executions in line order :job_ids, when not NULL.
+UPDATE {schema}.ai_batches SET
+    locked_until = now() + make_interval(secs => :lease_s),
+    submitted_at = CASE WHEN :name::text IS NOT NULL THEN coalesce(submitted_at, now())
+        ELSE submitted_at END,
+    name = coalesce(:name::text, name), job_ids = coalesce(:job_ids::uuid[], job_ids)
+WHERE id = :batch_id AND locked_by = :worker_id
+RETURNING *;
+
+-- batch_progress --
+-- Records :progress (JSON) on the executions :job_ids still running held by :holder.
+WITH j AS (
+    UPDATE {schema}.ai_jobs SET progress = :progress::jsonb, event_seq = event_seq + 1
+    WHERE id = ANY(:job_ids::uuid[]) AND status = 'running' AND locked_by = :holder
+    RETURNING *)
+SELECT j.*, {job_events} FROM j;
+
+-- finish_batch --
+-- Deletes batch :batch_id if :worker_id holds it.
+DELETE FROM {schema}.ai_batches WHERE id = :batch_id AND locked_by = :worker_id;
 
 
 -- insert_usage --

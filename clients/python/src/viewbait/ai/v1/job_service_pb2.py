@@ -27,37 +27,39 @@ from viewbait.ai.v1 import job_pb2 as viewbait_dot_ai_dot_v1_dot_job__pb2
 from viewbait.ai.v1 import operations_pb2 as viewbait_dot_ai_dot_v1_dot_operations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n viewbait/ai/v1/job_service.proto\x12\x0eviewbait.ai.v1\x1a\x1bviewbait/ai/v1/common.proto\x1a\x18viewbait/ai/v1/job.proto\x1a\x1fviewbait/ai/v1/operations.proto\"\xbf\x03\n\x10SubmitJobRequest\x12\x46\n\x12generate_thumbnail\x18\x01 \x01(\x0b\x32(.viewbait.ai.v1.GenerateThumbnailRequestH\x00\x12<\n\ranalyze_video\x18\x02 \x01(\x0b\x32#.viewbait.ai.v1.AnalyzeVideoRequestH\x00\x12U\n\x1asuggest_thumbnail_concepts\x18\x03 \x01(\x0b\x32/.viewbait.ai.v1.SuggestThumbnailConceptsRequestH\x00\x12S\n\x19\x63ompute_attention_heatmap\x18\x04 \x01(\x0b\x32..viewbait.ai.v1.ComputeAttentionHeatmapRequestH\x00\x12S\n\x19\x63heck_channel_consistency\x18\x05 \x01(\x0b\x32..viewbait.ai.v1.CheckChannelConsistencyRequestH\x00\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\tB\x0b\n\toperation\"G\n\x11SubmitJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x0eGetJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"F\n\x10WatchJobResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x03job\x18\x02 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x11\x43\x61ncelJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\"\xab\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x08statuses\x18\x03 \x03(\x0e\x32\x19.viewbait.ai.v1.JobStatus\x12-\n\noperations\x18\x04 \x03(\x0e\x32\x19.viewbait.ai.v1.Operation\x12\x15\n\rerror_reasons\x18\x05 \x03(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.viewbait.ai.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fRetryJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"E\n\x10RetryJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\x12\x0f\n\x07retried\x18\x02 \x01(\x08\x32\xe8\x03\n\nJobService\x12P\n\tSubmitJob\x12 .viewbait.ai.v1.SubmitJobRequest\x1a!.viewbait.ai.v1.SubmitJobResponse\x12G\n\x06GetJob\x12\x1d.viewbait.ai.v1.GetJobRequest\x1a\x1e.viewbait.ai.v1.GetJobResponse\x12O\n\x08WatchJob\x12\x1f.viewbait.ai.v1.WatchJobRequest\x1a .viewbait.ai.v1.WatchJobResponse0\x01\x12P\n\tCancelJob\x12 .viewbait.ai.v1.CancelJobRequest\x1a!.viewbait.ai.v1.CancelJobResponse\x12M\n\x08ListJobs\x12\x1f.viewbait.ai.v1.ListJobsRequest\x1a .viewbait.ai.v1.ListJobsResponse\x12M\n\x08RetryJob\x12\x1f.viewbait.ai.v1.RetryJobRequest\x1a .viewbait.ai.v1.RetryJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n viewbait/ai/v1/job_service.proto\x12\x0eviewbait.ai.v1\x1a\x1bviewbait/ai/v1/common.proto\x1a\x18viewbait/ai/v1/job.proto\x1a\x1fviewbait/ai/v1/operations.proto\"\xeb\x03\n\x10SubmitJobRequest\x12\x46\n\x12generate_thumbnail\x18\x01 \x01(\x0b\x32(.viewbait.ai.v1.GenerateThumbnailRequestH\x00\x12<\n\ranalyze_video\x18\x02 \x01(\x0b\x32#.viewbait.ai.v1.AnalyzeVideoRequestH\x00\x12U\n\x1asuggest_thumbnail_concepts\x18\x03 \x01(\x0b\x32/.viewbait.ai.v1.SuggestThumbnailConceptsRequestH\x00\x12S\n\x19\x63ompute_attention_heatmap\x18\x04 \x01(\x0b\x32..viewbait.ai.v1.ComputeAttentionHeatmapRequestH\x00\x12S\n\x19\x63heck_channel_consistency\x18\x05 \x01(\x0b\x32..viewbait.ai.v1.CheckChannelConsistencyRequestH\x00\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12*\n\x08\x64\x65livery\x18\x07 \x01(\x0e\x32\x18.viewbait.ai.v1.DeliveryB\x0b\n\toperation\"G\n\x11SubmitJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\x12\x10\n\x08\x65xisting\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x0eGetJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\"9\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"F\n\x10WatchJobResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x03job\x18\x02 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x11\x43\x61ncelJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\"\xab\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x08statuses\x18\x03 \x03(\x0e\x32\x19.viewbait.ai.v1.JobStatus\x12-\n\noperations\x18\x04 \x03(\x0e\x32\x19.viewbait.ai.v1.Operation\x12\x15\n\rerror_reasons\x18\x05 \x03(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.viewbait.ai.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fRetryJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"E\n\x10RetryJobResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.viewbait.ai.v1.Job\x12\x0f\n\x07retried\x18\x02 \x01(\x08*R\n\x08\x44\x65livery\x12\x18\n\x14\x44\x45LIVERY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45LIVERY_INTERACTIVE\x10\x01\x12\x12\n\x0e\x44\x45LIVERY_BATCH\x10\x02\x32\xe8\x03\n\nJobService\x12P\n\tSubmitJob\x12 .viewbait.ai.v1.SubmitJobRequest\x1a!.viewbait.ai.v1.SubmitJobResponse\x12G\n\x06GetJob\x12\x1d.viewbait.ai.v1.GetJobRequest\x1a\x1e.viewbait.ai.v1.GetJobResponse\x12O\n\x08WatchJob\x12\x1f.viewbait.ai.v1.WatchJobRequest\x1a .viewbait.ai.v1.WatchJobResponse0\x01\x12P\n\tCancelJob\x12 .viewbait.ai.v1.CancelJobRequest\x1a!.viewbait.ai.v1.CancelJobResponse\x12M\n\x08ListJobs\x12\x1f.viewbait.ai.v1.ListJobsRequest\x1a .viewbait.ai.v1.ListJobsResponse\x12M\n\x08RetryJob\x12\x1f.viewbait.ai.v1.RetryJobRequest\x1a .viewbait.ai.v1.RetryJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'viewbait.ai.v1.job_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DELIVERY']._serialized_start=1374
+  _globals['_DELIVERY']._serialized_end=1456
   _globals['_SUBMITJOBREQUEST']._serialized_start=141
-  _globals['_SUBMITJOBREQUEST']._serialized_end=588
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=590
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=661
-  _globals['_GETJOBREQUEST']._serialized_start=663
-  _globals['_GETJOBREQUEST']._serialized_end=694
-  _globals['_GETJOBRESPONSE']._serialized_start=696
-  _globals['_GETJOBRESPONSE']._serialized_end=746
-  _globals['_WATCHJOBREQUEST']._serialized_start=748
-  _globals['_WATCHJOBREQUEST']._serialized_end=805
-  _globals['_WATCHJOBRESPONSE']._serialized_start=807
-  _globals['_WATCHJOBRESPONSE']._serialized_end=877
-  _globals['_CANCELJOBREQUEST']._serialized_start=879
-  _globals['_CANCELJOBREQUEST']._serialized_end=913
-  _globals['_CANCELJOBRESPONSE']._serialized_start=915
-  _globals['_CANCELJOBRESPONSE']._serialized_end=968
-  _globals['_LISTJOBSREQUEST']._serialized_start=971
-  _globals['_LISTJOBSREQUEST']._serialized_end=1142
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1144
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1222
-  _globals['_RETRYJOBREQUEST']._serialized_start=1224
-  _globals['_RETRYJOBREQUEST']._serialized_end=1257
-  _globals['_RETRYJOBRESPONSE']._serialized_start=1259
-  _globals['_RETRYJOBRESPONSE']._serialized_end=1328
-  _globals['_JOBSERVICE']._serialized_start=1331
-  _globals['_JOBSERVICE']._serialized_end=1819
+  _globals['_SUBMITJOBREQUEST']._serialized_end=632
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=634
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=705
+  _globals['_GETJOBREQUEST']._serialized_start=707
+  _globals['_GETJOBREQUEST']._serialized_end=738
+  _globals['_GETJOBRESPONSE']._serialized_start=740
+  _globals['_GETJOBRESPONSE']._serialized_end=790
+  _globals['_WATCHJOBREQUEST']._serialized_start=792
+  _globals['_WATCHJOBREQUEST']._serialized_end=849
+  _globals['_WATCHJOBRESPONSE']._serialized_start=851
+  _globals['_WATCHJOBRESPONSE']._serialized_end=921
+  _globals['_CANCELJOBREQUEST']._serialized_start=923
+  _globals['_CANCELJOBREQUEST']._serialized_end=957
+  _globals['_CANCELJOBRESPONSE']._serialized_start=959
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1012
+  _globals['_LISTJOBSREQUEST']._serialized_start=1015
+  _globals['_LISTJOBSREQUEST']._serialized_end=1186
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1188
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1266
+  _globals['_RETRYJOBREQUEST']._serialized_start=1268
+  _globals['_RETRYJOBREQUEST']._serialized_end=1301
+  _globals['_RETRYJOBRESPONSE']._serialized_start=1303
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1372
+  _globals['_JOBSERVICE']._serialized_start=1459
+  _globals['_JOBSERVICE']._serialized_end=1947
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from viewbait.ai.v1 import common_pb2 as _common_pb2
 from viewbait.ai.v1 import job_pb2 as _job_pb2
 from viewbait.ai.v1 import operations_pb2 as _operations_pb2
@@ -21,6 +22,42 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Delivery:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Delivery.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_UNSPECIFIED: _Delivery.ValueType  # 0
+    """Not set: DELIVERY_INTERACTIVE."""
+    DELIVERY_INTERACTIVE: _Delivery.ValueType  # 1
+    """A job worker calls the model as soon as the job is due, at interactive prices."""
+    DELIVERY_BATCH: _Delivery.ValueType  # 2
+    """The job is gathered with other queued jobs of its model into one Gemini Batch API request,
+    billed at batch prices (half the interactive ones), and ends when its line of the batch's
+    answer comes back: usually within minutes, at most about a day. While it waits its progress
+    stage is "batch". Only the text operations can be batched (AnalyzeVideo,
+    SuggestThumbnailConcepts, ComputeAttentionHeatmap, CheckChannelConsistency):
+    GenerateThumbnail with it is INVALID_ARGUMENT. A result already cached answers at once.
+    """
+
+class Delivery(_Delivery, metaclass=_DeliveryEnumTypeWrapper):
+    """How a job's model call is made."""
+
+DELIVERY_UNSPECIFIED: Delivery.ValueType  # 0
+"""Not set: DELIVERY_INTERACTIVE."""
+DELIVERY_INTERACTIVE: Delivery.ValueType  # 1
+"""A job worker calls the model as soon as the job is due, at interactive prices."""
+DELIVERY_BATCH: Delivery.ValueType  # 2
+"""The job is gathered with other queued jobs of its model into one Gemini Batch API request,
+billed at batch prices (half the interactive ones), and ends when its line of the batch's
+answer comes back: usually within minutes, at most about a day. While it waits its progress
+stage is "batch". Only the text operations can be batched (AnalyzeVideo,
+SuggestThumbnailConcepts, ComputeAttentionHeatmap, CheckChannelConsistency):
+GenerateThumbnail with it is INVALID_ARGUMENT. A result already cached answers at once.
+"""
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
 @_typing.final
 class SubmitJobRequest(_message.Message):
     """Input of SubmitJob."""
@@ -33,12 +70,17 @@ class SubmitJobRequest(_message.Message):
     COMPUTE_ATTENTION_HEATMAP_FIELD_NUMBER: _builtins.int
     CHECK_CHANNEL_CONSISTENCY_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Optional key, unique per user: submitting again with the key of an earlier job (active or
     finished, for as long as the job is kept) returns that job instead of creating another; the
     same key with a different request is refused (ALREADY_EXISTS). Up to 128 characters. An embedded
     GenerateThumbnailRequest's own key counts as this one when this one is empty; if both are set
     they must be equal (INVALID_ARGUMENT otherwise).
+    """
+    delivery: Global___Delivery.ValueType
+    """How the job's model call is made; unset means DELIVERY_INTERACTIVE. A job that joins an
+    equal active job (or repeats an idempotency key) shares that job, however it is delivered.
     """
     @_builtins.property
     def generate_thumbnail(self) -> _operations_pb2.GenerateThumbnailRequest:
@@ -69,10 +111,11 @@ class SubmitJobRequest(_message.Message):
         compute_attention_heatmap: _operations_pb2.ComputeAttentionHeatmapRequest | None = ...,
         check_channel_consistency: _operations_pb2.CheckChannelConsistencyRequest | None = ...,
         idempotency_key: _builtins.str = ...,
+        delivery: Global___Delivery.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["analyze_video", b"analyze_video", "check_channel_consistency", b"check_channel_consistency", "compute_attention_heatmap", b"compute_attention_heatmap", "generate_thumbnail", b"generate_thumbnail", "operation", b"operation", "suggest_thumbnail_concepts", b"suggest_thumbnail_concepts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyze_video", b"analyze_video", "check_channel_consistency", b"check_channel_consistency", "compute_attention_heatmap", b"compute_attention_heatmap", "generate_thumbnail", b"generate_thumbnail", "idempotency_key", b"idempotency_key", "operation", b"operation", "suggest_thumbnail_concepts", b"suggest_thumbnail_concepts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyze_video", b"analyze_video", "check_channel_consistency", b"check_channel_consistency", "compute_attention_heatmap", b"compute_attention_heatmap", "delivery", b"delivery", "generate_thumbnail", b"generate_thumbnail", "idempotency_key", b"idempotency_key", "operation", b"operation", "suggest_thumbnail_concepts", b"suggest_thumbnail_concepts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["generate_thumbnail", "analyze_video", "suggest_thumbnail_concepts", "compute_attention_heatmap", "check_channel_consistency"]  # noqa: Y015
     _WhichOneofArgType_operation: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015

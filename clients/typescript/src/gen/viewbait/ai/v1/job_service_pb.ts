@@ -4,8 +4,8 @@
 // @generated from file viewbait/ai/v1/job_service.proto (package viewbait.ai.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Operation } from "./common_pb.js";
 import { file_viewbait_ai_v1_common } from "./common_pb.js";
 import type { Job, JobStatus } from "./job_pb.js";
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file viewbait/ai/v1/job_service.proto.
  */
 export const file_viewbait_ai_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("CiB2aWV3YmFpdC9haS92MS9qb2Jfc2VydmljZS5wcm90bxIOdmlld2JhaXQuYWkudjEivwMKEFN1Ym1pdEpvYlJlcXVlc3QSRgoSZ2VuZXJhdGVfdGh1bWJuYWlsGAEgASgLMigudmlld2JhaXQuYWkudjEuR2VuZXJhdGVUaHVtYm5haWxSZXF1ZXN0SAASPAoNYW5hbHl6ZV92aWRlbxgCIAEoCzIjLnZpZXdiYWl0LmFpLnYxLkFuYWx5emVWaWRlb1JlcXVlc3RIABJVChpzdWdnZXN0X3RodW1ibmFpbF9jb25jZXB0cxgDIAEoCzIvLnZpZXdiYWl0LmFpLnYxLlN1Z2dlc3RUaHVtYm5haWxDb25jZXB0c1JlcXVlc3RIABJTChljb21wdXRlX2F0dGVudGlvbl9oZWF0bWFwGAQgASgLMi4udmlld2JhaXQuYWkudjEuQ29tcHV0ZUF0dGVudGlvbkhlYXRtYXBSZXF1ZXN0SAASUwoZY2hlY2tfY2hhbm5lbF9jb25zaXN0ZW5jeRgFIAEoCzIuLnZpZXdiYWl0LmFpLnYxLkNoZWNrQ2hhbm5lbENvbnNpc3RlbmN5UmVxdWVzdEgAEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCUILCglvcGVyYXRpb24iRwoRU3VibWl0Sm9iUmVzcG9uc2USIAoDam9iGAEgASgLMhMudmlld2JhaXQuYWkudjEuSm9iEhAKCGV4aXN0aW5nGAIgASgIIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjIKDkdldEpvYlJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLnZpZXdiYWl0LmFpLnYxLkpvYiI5Cg9XYXRjaEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIkYKEFdhdGNoSm9iUmVzcG9uc2USEAoIc2VxdWVuY2UYASABKAQSIAoDam9iGAIgASgLMhMudmlld2JhaXQuYWkudjEuSm9iIiIKEENhbmNlbEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIjUKEUNhbmNlbEpvYlJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLnZpZXdiYWl0LmFpLnYxLkpvYiKrAQoPTGlzdEpvYnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEisKCHN0YXR1c2VzGAMgAygOMhkudmlld2JhaXQuYWkudjEuSm9iU3RhdHVzEi0KCm9wZXJhdGlvbnMYBCADKA4yGS52aWV3YmFpdC5haS52MS5PcGVyYXRpb24SFQoNZXJyb3JfcmVhc29ucxgFIAMoCSJOChBMaXN0Sm9ic1Jlc3BvbnNlEiEKBGpvYnMYASADKAsyEy52aWV3YmFpdC5haS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiEKD1JldHJ5Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiRQoQUmV0cnlKb2JSZXNwb25zZRIgCgNqb2IYASABKAsyEy52aWV3YmFpdC5haS52MS5Kb2ISDwoHcmV0cmllZBgCIAEoCDLoAwoKSm9iU2VydmljZRJQCglTdWJtaXRKb2ISIC52aWV3YmFpdC5haS52MS5TdWJtaXRKb2JSZXF1ZXN0GiEudmlld2JhaXQuYWkudjEuU3VibWl0Sm9iUmVzcG9uc2USRwoGR2V0Sm9iEh0udmlld2JhaXQuYWkudjEuR2V0Sm9iUmVxdWVzdBoeLnZpZXdiYWl0LmFpLnYxLkdldEpvYlJlc3BvbnNlEk8KCFdhdGNoSm9iEh8udmlld2JhaXQuYWkudjEuV2F0Y2hKb2JSZXF1ZXN0GiAudmlld2JhaXQuYWkudjEuV2F0Y2hKb2JSZXNwb25zZTABElAKCUNhbmNlbEpvYhIgLnZpZXdiYWl0LmFpLnYxLkNhbmNlbEpvYlJlcXVlc3QaIS52aWV3YmFpdC5haS52MS5DYW5jZWxKb2JSZXNwb25zZRJNCghMaXN0Sm9icxIfLnZpZXdiYWl0LmFpLnYxLkxpc3RKb2JzUmVxdWVzdBogLnZpZXdiYWl0LmFpLnYxLkxpc3RKb2JzUmVzcG9uc2USTQoIUmV0cnlKb2ISHy52aWV3YmFpdC5haS52MS5SZXRyeUpvYlJlcXVlc3QaIC52aWV3YmFpdC5haS52MS5SZXRyeUpvYlJlc3BvbnNlYgZwcm90bzM", [file_viewbait_ai_v1_common, file_viewbait_ai_v1_job, file_viewbait_ai_v1_operations]);
+  fileDesc("CiB2aWV3YmFpdC9haS92MS9qb2Jfc2VydmljZS5wcm90bxIOdmlld2JhaXQuYWkudjEi6wMKEFN1Ym1pdEpvYlJlcXVlc3QSRgoSZ2VuZXJhdGVfdGh1bWJuYWlsGAEgASgLMigudmlld2JhaXQuYWkudjEuR2VuZXJhdGVUaHVtYm5haWxSZXF1ZXN0SAASPAoNYW5hbHl6ZV92aWRlbxgCIAEoCzIjLnZpZXdiYWl0LmFpLnYxLkFuYWx5emVWaWRlb1JlcXVlc3RIABJVChpzdWdnZXN0X3RodW1ibmFpbF9jb25jZXB0cxgDIAEoCzIvLnZpZXdiYWl0LmFpLnYxLlN1Z2dlc3RUaHVtYm5haWxDb25jZXB0c1JlcXVlc3RIABJTChljb21wdXRlX2F0dGVudGlvbl9oZWF0bWFwGAQgASgLMi4udmlld2JhaXQuYWkudjEuQ29tcHV0ZUF0dGVudGlvbkhlYXRtYXBSZXF1ZXN0SAASUwoZY2hlY2tfY2hhbm5lbF9jb25zaXN0ZW5jeRgFIAEoCzIuLnZpZXdiYWl0LmFpLnYxLkNoZWNrQ2hhbm5lbENvbnNpc3RlbmN5UmVxdWVzdEgAEhcKD2lkZW1wb3RlbmN5X2tleRgGIAEoCRIqCghkZWxpdmVyeRgHIAEoDjIYLnZpZXdiYWl0LmFpLnYxLkRlbGl2ZXJ5QgsKCW9wZXJhdGlvbiJHChFTdWJtaXRKb2JSZXNwb25zZRIgCgNqb2IYASABKAsyEy52aWV3YmFpdC5haS52MS5Kb2ISEAoIZXhpc3RpbmcYAiABKAgiHwoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiMgoOR2V0Sm9iUmVzcG9uc2USIAoDam9iGAEgASgLMhMudmlld2JhaXQuYWkudjEuSm9iIjkKD1dhdGNoSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiRgoQV2F0Y2hKb2JSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoBBIgCgNqb2IYAiABKAsyEy52aWV3YmFpdC5haS52MS5Kb2IiIgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiNQoRQ2FuY2VsSm9iUmVzcG9uc2USIAoDam9iGAEgASgLMhMudmlld2JhaXQuYWkudjEuSm9iIqsBCg9MaXN0Sm9ic1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS52aWV3YmFpdC5haS52MS5Kb2JTdGF0dXMSLQoKb3BlcmF0aW9ucxgEIAMoDjIZLnZpZXdiYWl0LmFpLnYxLk9wZXJhdGlvbhIVCg1lcnJvcl9yZWFzb25zGAUgAygJIk4KEExpc3RKb2JzUmVzcG9uc2USIQoEam9icxgBIAMoCzITLnZpZXdiYWl0LmFpLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIQoPUmV0cnlKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSJFChBSZXRyeUpvYlJlc3BvbnNlEiAKA2pvYhgBIAEoCzITLnZpZXdiYWl0LmFpLnYxLkpvYhIPCgdyZXRyaWVkGAIgASgIKlIKCERlbGl2ZXJ5EhgKFERFTElWRVJZX1VOU1BFQ0lGSUVEEAASGAoUREVMSVZFUllfSU5URVJBQ1RJVkUQARISCg5ERUxJVkVSWV9CQVRDSBACMugDCgpKb2JTZXJ2aWNlElAKCVN1Ym1pdEpvYhIgLnZpZXdiYWl0LmFpLnYxLlN1Ym1pdEpvYlJlcXVlc3QaIS52aWV3YmFpdC5haS52MS5TdWJtaXRKb2JSZXNwb25zZRJHCgZHZXRKb2ISHS52aWV3YmFpdC5haS52MS5HZXRKb2JSZXF1ZXN0Gh4udmlld2JhaXQuYWkudjEuR2V0Sm9iUmVzcG9uc2USTwoIV2F0Y2hKb2ISHy52aWV3YmFpdC5haS52MS5XYXRjaEpvYlJlcXVlc3QaIC52aWV3YmFpdC5haS52MS5XYXRjaEpvYlJlc3BvbnNlMAESUAoJQ2FuY2VsSm9iEiAudmlld2JhaXQuYWkudjEuQ2FuY2VsSm9iUmVxdWVzdBohLnZpZXdiYWl0LmFpLnYxLkNhbmNlbEpvYlJlc3BvbnNlEk0KCExpc3RKb2JzEh8udmlld2JhaXQuYWkudjEuTGlzdEpvYnNSZXF1ZXN0GiAudmlld2JhaXQuYWkudjEuTGlzdEpvYnNSZXNwb25zZRJNCghSZXRyeUpvYhIfLnZpZXdiYWl0LmFpLnYxLlJldHJ5Sm9iUmVxdWVzdBogLnZpZXdiYWl0LmFpLnYxLlJldHJ5Sm9iUmVzcG9uc2ViBnByb3RvMw", [file_viewbait_ai_v1_common, file_viewbait_ai_v1_job, file_viewbait_ai_v1_operations]);
 
 /**
  * Input of SubmitJob.
@@ -83,6 +83,14 @@ export type SubmitJobRequest = Message<"viewbait.ai.v1.SubmitJobRequest"> & {
    * @generated from field: string idempotency_key = 6;
    */
   idempotencyKey: string;
+
+  /**
+   * How the job's model call is made; unset means DELIVERY_INTERACTIVE. A job that joins an
+   * equal active job (or repeats an idempotency key) shares that job, however it is delivered.
+   *
+   * @generated from field: viewbait.ai.v1.Delivery delivery = 7;
+   */
+  delivery: Delivery;
 };
 
 /**
@@ -392,6 +400,45 @@ export type RetryJobResponse = Message<"viewbait.ai.v1.RetryJobResponse"> & {
  */
 export const RetryJobResponseSchema: GenMessage<RetryJobResponse> = /*@__PURE__*/
   messageDesc(file_viewbait_ai_v1_job_service, 11);
+
+/**
+ * How a job's model call is made.
+ *
+ * @generated from enum viewbait.ai.v1.Delivery
+ */
+export enum Delivery {
+  /**
+   * Not set: DELIVERY_INTERACTIVE.
+   *
+   * @generated from enum value: DELIVERY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A job worker calls the model as soon as the job is due, at interactive prices.
+   *
+   * @generated from enum value: DELIVERY_INTERACTIVE = 1;
+   */
+  INTERACTIVE = 1,
+
+  /**
+   * The job is gathered with other queued jobs of its model into one Gemini Batch API request,
+   * billed at batch prices (half the interactive ones), and ends when its line of the batch's
+   * answer comes back: usually within minutes, at most about a day. While it waits its progress
+   * stage is "batch". Only the text operations can be batched (AnalyzeVideo,
+   * SuggestThumbnailConcepts, ComputeAttentionHeatmap, CheckChannelConsistency):
+   * GenerateThumbnail with it is INVALID_ARGUMENT. A result already cached answers at once.
+   *
+   * @generated from enum value: DELIVERY_BATCH = 2;
+   */
+  BATCH = 2,
+}
+
+/**
+ * Describes the enum viewbait.ai.v1.Delivery.
+ */
+export const DeliverySchema: GenEnum<Delivery> = /*@__PURE__*/
+  enumDesc(file_viewbait_ai_v1_job_service, 0);
 
 /**
  * Submits, follows, cancels and lists background jobs.
