@@ -125,6 +125,13 @@ def _spend(row: Record) -> JobSpend:
     return JobSpend(usage_of(row), float(row["cost_usd"]), row["upstream_calls"])
 
 
+def _history(text: str | None) -> tuple[AttemptError, ...]:
+    """A job row's error history (most rows have none: not parsed then)."""
+    if not text or text == "[]":
+        return ()
+    return tuple(AttemptError.from_json(entry) for entry in json.loads(text))
+
+
 def _job(row: Record) -> Job:
     error = None
     if row["error_reason"] is not None:
@@ -165,7 +172,7 @@ def _job(row: Record) -> Job:
         coalesced=row["coalesced"],
         delivery=Delivery(row.get("delivery") or Delivery.INTERACTIVE),
         fence=row.get("fence") or 0,
-        error_history=tuple(AttemptError.from_json(e) for e in json.loads(history or "[]")),
+        error_history=_history(history),
     )
 
 
