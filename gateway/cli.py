@@ -15,7 +15,7 @@ from gateway.config import (
     gemini_backend,
     load_settings,
 )
-from gateway.telemetry import configure_logging
+from gateway.telemetry.logs import configure_logging
 
 _PROG = "viewbait-gateway"
 
