@@ -123,9 +123,17 @@ class ExecutionStats:
     write_failures: int = 0
 
 
-def idempotency_flight_key(user_id: str, idempotency_key: str) -> bytes:
-    """The single-flight key of a user's idempotency key (never equal to a cache key)."""
-    return derive_key([("idempotency_user", user_id), ("idempotency_key", idempotency_key)])
+def idempotency_flight_key(user_id: str, idempotency_key: str, request_hash: bytes) -> bytes:
+    """The single-flight key of a user's idempotency key used for one request (never equal to
+    a cache key). The request is part of it: a concurrent call reusing the key for another
+    request must reach the store, which refuses it, not join the first request's flight."""
+    return derive_key(
+        [
+            ("idempotency_user", user_id),
+            ("idempotency_key", idempotency_key),
+            ("request_hash", request_hash.hex()),
+        ]
+    )
 
 
 def _request_hash(call: Call, text: str) -> bytes:
@@ -201,7 +209,8 @@ class Executor:
             # Concurrent misses share one store lookup too, not only the work behind it.
             return await self._share(call, key, lambda: self._look_up_or_coalesce(call, key))
         if call.idempotency_key is not None:
-            flight_key = idempotency_flight_key(call.user_id, call.idempotency_key)
+            request_hash = _request_hash(call, codec.to_json(call.request))
+            flight_key = idempotency_flight_key(call.user_id, call.idempotency_key, request_hash)
             return await self._share(call, flight_key, lambda: self._coalesce(call, flight_key))
         return await call.run("", call.deadline)
 

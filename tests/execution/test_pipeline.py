@@ -397,6 +397,22 @@ async def test_an_idempotency_key_replays_the_first_generation(
         await generate(pipeline, "a different prompt", "retry-1")
 
 
+async def test_one_idempotency_key_sent_at_once_with_two_requests_answers_the_second_already_exists(
+    store: Store, make_pipeline: MakePipeline, emulator: EmulatorServer
+) -> None:
+    emulator.set_knobs(latency_s=SLOW_S)
+    pipeline = make_pipeline(store)
+    first = asyncio.create_task(generate(pipeline, "a treehouse at dusk", "both-1"))
+    await eventually(lambda: calls(emulator) == 1, "the first upstream call")
+
+    with pytest.raises(errors.AlreadyExists):
+        await generate(pipeline, "a different prompt", "both-1")
+    same = await generate(pipeline, "a treehouse at dusk", "both-1")
+
+    assert (await first).result == same.result
+    assert calls(emulator) == 1
+
+
 async def test_a_retry_joins_the_generation_its_lost_caller_started(
     store: Store, make_pipeline: MakePipeline, emulator: EmulatorServer
 ) -> None:
