@@ -190,6 +190,10 @@ class NewJob:
     #: Should the creator vanish first, it becomes due when the hold ends. 0: queued for the
     #: job workers at once (and every replica's workers are woken).
     hold_s: float = 0.0
+    #: The W3C trace context (`traceparent`, `tracestate`) of the span that asked for the job,
+    #: so its claim and runs, on any replica, join that trace; None outside a trace.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def __post_init__(self) -> None:
         if not self.user_id:
@@ -243,6 +247,10 @@ class Job:
     #: For a shared execution: the user whose request created it (None for every other row, and
     #: on shared executions from before this was recorded).
     started_by: str | None = None
+    #: The trace context of the request that created the row (`NewJob.traceparent`); None for
+    #: rows created outside a trace, or before it was recorded.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     @property
     def charged_user(self) -> str | None:

@@ -181,6 +181,8 @@ class MemoryStore:
             completed_at=None,
             expires_at=None,
             started_by=new.user_id if new.shared else None,
+            traceparent=new.traceparent,
+            tracestate=new.tracestate,
         )
         self._save(execution)
         self._publish_if_due(execution)
@@ -206,6 +208,8 @@ class MemoryStore:
             heartbeat_at=None,
             event_seq=1,
             created_at=self._now(),
+            traceparent=new.traceparent,
+            tracestate=new.tracestate,
             **mirrored,
         )
         self._save(handle)

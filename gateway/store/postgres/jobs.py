@@ -119,6 +119,8 @@ def _job(row: Record) -> Job:
         completed_at=row["completed_at"],
         expires_at=row["expires_at"],
         started_by=row.get("started_by"),
+        traceparent=row.get("traceparent"),
+        tracestate=row.get("tracestate"),
     )
 
 
@@ -214,6 +216,8 @@ class PostgresJobs:
             priorities=[n.priority for n in news],
             max_attempts=[n.max_attempts for n in news],
             hold_s=[float(n.hold_s) for n in news],
+            traceparents=[n.traceparent for n in news],
+            tracestates=[n.tracestate for n in news],
         )
         rows = await self._pool.run(lambda c: c.fetch(*statement))
         created = {row["id"]: _job(row) for row in rows}
@@ -250,6 +254,8 @@ class PostgresJobs:
                 max_attempts=new.max_attempts,
                 hold_s=float(new.hold_s),
                 started_by=new.user_id if new.shared else None,
+                traceparent=new.traceparent,
+                tracestate=new.tracestate,
             )
         )
         created = row is not None
@@ -280,6 +286,8 @@ class PostgresJobs:
                 request_hash=new.request_hash,
                 priority=new.priority,
                 execution_id=row["id"],
+                traceparent=new.traceparent,
+                tracestate=new.tracestate,
             )
         )
         if handle is None:

@@ -96,14 +96,15 @@ WHERE follows = :execution_id AND user_id = :user_id AND status IN ('queued', 'r
 -- Creates a queued execution, or nothing when it conflicts (an active execution of its dedupe
 -- key, or its idempotency key taken). :user_id is NULL for a shared execution, whose
 -- :started_by is the user whose request created it. It is due :hold_s seconds from now (a
--- hold: its creator claims it first).
+-- hold: its creator claims it first). :traceparent and :tracestate: the creating request's
+-- trace context (NULL outside a trace).
 WITH j AS (
     INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
         dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, started_by,
-        run_after)
+        run_after, traceparent, tracestate)
     VALUES (:job_id, :user_id, :op, 'queued', :input_json, :input_blobs, :dedupe_key,
         :idempotency_key, :request_hash, :model, :priority, :max_attempts, :started_by,
-        now() + make_interval(secs => :hold_s))
+        now() + make_interval(secs => :hold_s), :traceparent, :tracestate)
     ON CONFLICT DO NOTHING
     RETURNING *)
 SELECT j.*, {job_events}, {due_wake} FROM j;
@@ -112,38 +113,41 @@ SELECT j.*, {job_events}, {due_wake} FROM j;
 -- Creates many executions of their own at once (concurrent calls batched), skipping each that
 -- conflicts: those take the one-by-one path. Every parameter is an array with one element per
 -- execution; :input_blobs holds each execution's input blob digests concatenated (32 bytes
--- each: arrays of arrays cannot be unnested); :hold_s as in insert_execution. Nobody can be
--- watching a new job yet: no events.
+-- each: arrays of arrays cannot be unnested); :hold_s, :traceparents and :tracestates as in
+-- insert_execution. Nobody can be watching a new job yet: no events.
 WITH j AS (
     INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
-        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, run_after)
+        dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, run_after,
+        traceparent, tracestate)
     SELECT n.id, n.user_id, n.op, 'queued', n.input_json::json,
         ARRAY(SELECT substring(n.input_blobs FROM 1 + 32 * k FOR 32)
             FROM generate_series(0, octet_length(n.input_blobs) / 32 - 1) AS k
             ORDER BY k),
         n.dedupe_key, n.idempotency_key, n.request_hash, n.model, n.priority,
-        n.max_attempts, now() + make_interval(secs => n.hold_s)
+        n.max_attempts, now() + make_interval(secs => n.hold_s), n.traceparent, n.tracestate
     FROM unnest(:job_ids::uuid[], :user_ids::text[], :ops::text[], :input_jsons::text[],
         :input_blobs::bytea[], :dedupe_keys::bytea[], :idempotency_keys::text[],
         :request_hashes::bytea[], :models::text[], :priorities::int[], :max_attempts::int[],
-        :hold_s::float8[])
+        :hold_s::float8[], :traceparents::text[], :tracestates::text[])
         AS n(id, user_id, op, input_json, input_blobs, dedupe_key, idempotency_key,
-            request_hash, model, priority, max_attempts, hold_s)
+            request_hash, model, priority, max_attempts, hold_s, traceparent, tracestate)
     ON CONFLICT DO NOTHING
     RETURNING *)
 SELECT j.*, {due_wake} FROM j;
 
 -- insert_handle --
 -- A user's handle on the shared execution :execution_id, mirroring its state; nothing when
--- the user's concurrent request added one first (or took the idempotency key).
+-- the user's concurrent request added one first (or took the idempotency key). It keeps its
+-- own request's trace context (:traceparent, :tracestate).
 INSERT INTO {schema}.ai_jobs (id, user_id, follows, op, status, input_json,
     input_blobs, idempotency_key, request_hash, model, priority, attempts,
     max_attempts, run_after, progress, result_json, result_blob, result_blobs,
-    error_reason, error_message, started_at, completed_at, expires_at)
+    error_reason, error_message, started_at, completed_at, expires_at, traceparent,
+    tracestate)
 SELECT :job_id, :user_id, e.id, e.op, e.status, :input_json, :input_blobs, :idempotency_key,
     :request_hash, e.model, :priority, e.attempts, e.max_attempts, e.run_after, e.progress,
     e.result_json, e.result_blob, e.result_blobs, e.error_reason, e.error_message,
-    e.started_at, e.completed_at, e.expires_at
+    e.started_at, e.completed_at, e.expires_at, :traceparent, :tracestate
 FROM {schema}.ai_jobs e WHERE e.id = :execution_id
 ON CONFLICT DO NOTHING
 RETURNING *;
