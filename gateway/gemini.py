@@ -67,6 +67,7 @@ from gateway.model import (
     UsageRecord,
     UsageSink,
 )
+from gateway.telemetry import tracing
 from gateway.usage import PriceBook
 
 log = logging.getLogger(__name__)
@@ -492,6 +493,7 @@ class GeminiClient:
             usage=usage or Usage(),
             cost_usd=cost,
         )
+        tracing.upstream_attempt(record)
         try:
             await self._sink.record(record)
         except Exception:

@@ -33,6 +33,7 @@ from gateway.model import (
 )
 from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
 from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, JoinOutcome
+from gateway.telemetry import tracing
 
 
 class _GuardedClient:
@@ -172,8 +173,10 @@ class Pipeline:
                 f"is {len(idempotency_key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_CHARS}",
             )
         policy = self._settings.policy(operation)
-        require_tier(principal, policy.tiers, operation)
-        validated = operations.get(operation).validate(request, self._settings.bounds)
+        tracing.annotate("viewbait.operation", operation)
+        with tracing.leaf("validate", {"viewbait.operation": operation}):
+            require_tier(principal, policy.tiers, operation)
+            validated = operations.get(operation).validate(request, self._settings.bounds)
         return Prepared(operation, validated, principal, idempotency_key)
 
     @overload
@@ -247,7 +250,8 @@ class Pipeline:
 
     async def _admit(self, prepared: Prepared) -> None:
         principal = prepared.principal
-        await self._limiter.admit(prepared.operation, principal.user_id, principal.tier)
+        with tracing.leaf("admit", {"viewbait.operation": prepared.operation}):
+            await self._limiter.admit(prepared.operation, principal.user_id, principal.tier)
 
     def call(
         self,
@@ -355,7 +359,9 @@ class Pipeline:
             inputs,
             calls=spec.upstream_calls(validated),
         )
-        result = await spec.run(validated, client, ctx)
+        attributes = {"viewbait.operation": spec.name, "viewbait.job_id": job_id}
+        with tracing.stage("operation.run", attributes):
+            result = await spec.run(validated, client, ctx)
         return Outcome(result=result, model=identity, spend=spend)
 
 
