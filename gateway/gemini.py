@@ -20,7 +20,8 @@
   listeners (the health service) hear of every change; `check_credentials` asks Gemini
   (`models.get`) without waiting for traffic.
 - Usage: every attempt, failed or not, is handed to the `UsageSink` as a `UsageRecord` with its
-  tokens by kind and cost (`gateway.usage.PriceBook`).
+  tokens by kind and cost (`gateway.usage.PriceBook`), and becomes the attempt's span
+  (`gateway.telemetry.tracing.upstream_attempt`).
 """
 
 from __future__ import annotations
