@@ -31,7 +31,7 @@ from typing import Final
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -89,13 +89,20 @@ class Recorder:
                 trace_id, random_id = above.trace_id, above.trace_flags.random_trace_id
             else:
                 trace_id, random_id = self._ids.generate_trace_id(), self._random_ids
-            decided = self._sampler.should_sample(parent, trace_id, name, kind, attributes)
-            sampled = decided.decision is Decision.RECORD_AND_SAMPLE
+            if self._sampler is DEFAULT_ON:
+                # The default sampler's answer, without the call: sampled unless a remote
+                # parent was not, the parent's trace state kept.
+                sampled = not above.is_valid or above.trace_flags.sampled
+                state = above.trace_state if above.is_valid else None
+            else:
+                decided = self._sampler.should_sample(parent, trace_id, name, kind, attributes)
+                sampled = decided.decision is Decision.RECORD_AND_SAMPLE
+                # The built-in samplers add no attributes of their own (they echo the span's).
+                state = decided.trace_state
             bits = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
             if random_id:
                 bits |= TraceFlags.RANDOM_TRACE_ID
-            # The built-in samplers add no attributes of their own (they echo the span's).
-            flags, state = TraceFlags(bits), decided.trace_state
+            flags = TraceFlags(bits)
         context = SpanContext(
             trace_id, self._ids.generate_span_id(), False, trace_flags=flags, trace_state=state
         )

@@ -431,3 +431,48 @@ def test_otel_values_it_honours_pass() -> None:
     assert tracing.environment_problems(env) == []
     # Tracing off: nothing it would export with is checked.
     assert tracing.environment_problems({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}) == []
+
+
+@pytest.mark.parametrize(
+    ("sampler", "flags", "recorded"),
+    [
+        (None, "01", True),
+        (None, "00", False),
+        ("always_off", "01", False),
+        ("always_on", "00", True),
+        ("parentbased_traceidratio", "01", True),
+    ],
+)
+async def test_the_sampler_decides_once_per_trace_and_spans_below_follow(
+    sampler: str | None,
+    flags: str,
+    recorded: bool,
+    otlp_receiver: OtlpReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in otlp_receiver.env("in-process").items():
+        monkeypatch.setenv(name, value)
+    if sampler is not None:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")  # read by the ratio samplers only
+    _, trace_id, caller_span = new_traceparent()
+    tracing.acquire()
+    try:
+        rpc = tracing.start_rpc(
+            RPC_SPAN, "req-sampled", f"00-{trace_id}-{caller_span}-{flags}", None
+        )
+        assert rpc is not None
+        with tracing.leaf("validate") as validate:
+            pass
+        traceparent, _ = tracing.current_traceparent()
+        rpc.end(0, "OK")
+    finally:
+        await tracing.release()  # flushes what was recorded
+
+    assert rpc.span.get_span_context().trace_flags.sampled is recorded
+    # The trace goes on through jobs with the decision in its flags.
+    span_id = f"{rpc.span.get_span_context().span_id:016x}"
+    assert traceparent == f"00-{trace_id}-{span_id}-{'01' if recorded else '00'}"
+    assert validate.get_span_context().trace_flags.sampled is recorded
+    received = sorted(span.name for span in otlp_receiver.spans(trace_id))
+    assert received == (sorted([RPC_SPAN, "validate"]) if recorded else [])
