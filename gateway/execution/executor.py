@@ -582,10 +582,11 @@ class Executor:
         """The writes of `_write`, under a span of their own."""
         attributes: tracing.Attributes = {
             "viewbait.operation": call.spec.name,
-            "viewbait.job_id": job_id or "",
             "viewbait.cache_write": cache,
         }
-        with tracing.leaf("store.write", attributes):
+        with tracing.leaf("store.write", attributes) as span:
+            if job_id is not None:
+                span.set_attribute("viewbait.job_id", job_id)
             if cache and call.key is not None and call.ttl_s > 0:
                 ref = await self._cache.put(
                     call.spec,
