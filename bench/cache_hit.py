@@ -6,7 +6,9 @@ The gateway does everything a hit needs: authentication, validation, the admissi
 the per-user limits lifted: one benchmark user sends far more than any limit allows), the cache
 key (native SHA-256), the lookup and the response. It runs once with the embedded store and once
 with PostgreSQL (a fresh schema), where the in-process hot copy answers repeated hits without a
-database round trip.
+database round trip. A third gateway (embedded store) runs with OpenTelemetry tracing on, its
+OTLP endpoint a loopback port where no collector listens: every span is made and queued for
+export, and the export fails (the worst case: spans cost their making and are then dropped).
 
 Targets: closed-loop throughput at concurrency 64 >= 0.7x the anchor; open loop at 1,000
 requests/s: p99 within 1 ms of the anchor's p99.
@@ -36,6 +38,7 @@ from _rpc_harness import (
     open_loop,
     percentile,
     store_env,
+    tracing_env,
     unlimited_policies_env,
 )
 
@@ -90,12 +93,19 @@ async def main(seconds: float, rate: float, concurrency: int, database_url: str)
             shared = await fleet.gateway(
                 "postgres", url, {**unlimited_policies_env(), **store_env(database_url, schema)}
             )
-            for port in (embedded, shared):
+            traced = await fleet.gateway(
+                "tracing", url, {**unlimited_policies_env(), **tracing_env()}
+            )
+            for port in (embedded, shared, traced):
                 await call_once(port)  # the miss that fills the cache
                 hit = await call_once(port)
                 assert hit.metadata.cached, "the second call should be a cache hit"
             bare = await fleet.bare_server(hit)
-            for name, port in (("embedded store", embedded), ("PostgreSQL store", shared)):
+            for name, port in (
+                ("embedded store", embedded),
+                ("PostgreSQL store", shared),
+                ("embedded store, tracing on, no collector reachable", traced),
+            ):
                 met = await _measure(name, port, bare, seconds, rate, concurrency) and met
     return 0 if met else 1
 
