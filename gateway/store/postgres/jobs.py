@@ -154,6 +154,8 @@ def _job(row: Record) -> Job:
         result_cost_usd=float(row["result_cost_usd"]),
         coalesced=row["coalesced"],
         delivery=Delivery(row.get("delivery") or Delivery.INTERACTIVE),
+        traceparent=row.get("traceparent"),
+        tracestate=row.get("tracestate"),
     )
 
 
@@ -260,6 +262,8 @@ class PostgresJobs:
             max_attempts=[n.max_attempts for n in news],
             hold_s=[float(n.hold_s) for n in news],
             deliveries=[n.delivery.value for n in news],
+            traceparents=[n.traceparent for n in news],
+            tracestates=[n.tracestate for n in news],
         )
         rows = await self._pool.run(lambda c: c.fetch(*statement))
         created = {row["id"]: _job(row) for row in rows}
@@ -297,6 +301,8 @@ class PostgresJobs:
                 hold_s=float(new.hold_s),
                 started_by=new.user_id if new.shared else None,
                 delivery=new.delivery.value,
+                traceparent=new.traceparent,
+                tracestate=new.tracestate,
             )
         )
         created = row is not None
@@ -328,6 +334,8 @@ class PostgresJobs:
                 priority=new.priority,
                 execution_id=row["id"],
                 coalesced=not created,
+                traceparent=new.traceparent,
+                tracestate=new.tracestate,
             )
         )
         if handle is None:
