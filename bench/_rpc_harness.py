@@ -14,6 +14,9 @@
   `set_emulator_latency(url, s)`: its added latency (its admin routes).
 - `unlimited_policies_env()` lifts the per-user rate limits (the benchmarks drive one user far
   past any sane limit; they measure the request path, not the limiter).
+- `tracing_env()` turns OpenTelemetry tracing on, exporting to a loopback port where no
+  collector listens (gateways get no `OTEL_*` variable from this process's environment
+  otherwise).
 - `closed_loop(port, seconds, concurrency)` and `open_loop(port, rate, seconds)`: AnalyzeVideo
   load from this process, returning requests per second and latencies in ms.
 - `fresh_schema(url)`: a PostgreSQL schema of its own for a run, dropped afterwards.
@@ -129,7 +132,9 @@ class Fleet:
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
         ready = workdir / "ready.json"
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("VIEWBAIT_")}
+        environment = {
+            k: v for k, v in os.environ.items() if not k.startswith(("VIEWBAIT_", "OTEL_"))
+        }
         environment.update(
             {
                 "VIEWBAIT_SERVER__PORT": "0",
@@ -210,6 +215,15 @@ def unlimited_policies_env(**ttl_by_operation: int) -> dict[str, str]:
         "VIEWBAIT_POLICIES": json.dumps(policies),
         "VIEWBAIT_LIMITER__MODELS": json.dumps(dict.fromkeys(defaults.limiter.models)),
         "VIEWBAIT_LIMITER__MODEL_DEFAULT": "null",
+    }
+
+
+def tracing_env() -> dict[str, str]:
+    """Environment that turns tracing on, every span exported over OTLP/gRPC to a loopback port
+    where nothing listens (so every export fails and its spans are dropped)."""
+    return {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{testing_postgres.free_port()}",
+        "OTEL_SERVICE_NAME": "viewbait-gateway-bench",
     }
 
 

@@ -6,9 +6,11 @@ The gateway does everything a hit needs: authentication, validation, the admissi
 the per-user limits lifted: one benchmark user sends far more than any limit allows), the cache
 key (native SHA-256), the lookup and the response. It runs once with the embedded store and once
 with PostgreSQL (a fresh schema), where the in-process hot copy answers repeated hits without a
-database round trip, and once more with the embedded store and Prometheus metrics on (every RPC,
-cache hit and limiter decision counted), scraped every `--scrape-interval` seconds while it is
-measured, as Prometheus would.
+database round trip, then with the embedded store and the observability a deployment turns on:
+Prometheus metrics (every RPC, cache hit and limiter decision counted, scraped every
+`--scrape-interval` seconds while measured, as Prometheus would), OpenTelemetry tracing with its
+OTLP endpoint a loopback port where no collector listens (every span made and queued for export,
+the export failing: spans cost their making and are then dropped), and both at once.
 
 Targets: closed-loop throughput at concurrency 64 >= 0.7x the anchor; open loop at 1,000
 requests/s: p99 within 1 ms of the anchor's p99.
@@ -43,6 +45,7 @@ from _rpc_harness import (
     open_loop,
     percentile,
     store_env,
+    tracing_env,
     unlimited_policies_env,
 )
 
@@ -155,13 +158,25 @@ async def main(
             shared = await fleet.gateway(
                 "postgres", url, {**unlimited_policies_env(), **store_env(database_url, schema)}
             )
-            metrics_port = free_port()
+            metrics_port, both_port = free_port(), free_port()
             metered = await fleet.gateway(
                 "metrics",
                 url,
                 {**unlimited_policies_env(), "VIEWBAIT_METRICS__PORT": str(metrics_port)},
             )
-            for port in (embedded, shared, metered):
+            traced = await fleet.gateway(
+                "tracing", url, {**unlimited_policies_env(), **tracing_env()}
+            )
+            observed = await fleet.gateway(
+                "metrics+tracing",
+                url,
+                {
+                    **unlimited_policies_env(),
+                    **tracing_env(),
+                    "VIEWBAIT_METRICS__PORT": str(both_port),
+                },
+            )
+            for port in (embedded, shared, metered, traced, observed):
                 await call_once(port)  # the miss that fills the cache
                 hit = await call_once(port)
                 assert hit.metadata.cached, "the second call should be a cache hit"
@@ -170,6 +185,12 @@ async def main(
                 ("embedded store", embedded, None),
                 ("PostgreSQL store", shared, None),
                 ("embedded store, metrics on", metered, metrics_port),
+                ("embedded store, tracing on, no collector reachable", traced, None),
+                (
+                    "embedded store, metrics + tracing on, no collector reachable",
+                    observed,
+                    both_port,
+                ),
             )
             for name, port, scraped in configurations:
                 async with _scraping(scraped, scrape_interval_s) as sizes:
@@ -179,17 +200,19 @@ async def main(
                         f"  /metrics scraped {len(sizes)} times while measured (every "
                         f"{scrape_interval_s:g} s), {max(sizes):,} bytes at most"
                     )
-            # Like with like: the same store, metrics off and on, in alternating rounds; the
-            # server's CPU time per request moves less with the machine's load than req/s.
-            on, off = _Side(fleet.pids[metered]), _Side(fleet.pids[embedded])
-            async with _scraping(metrics_port, scrape_interval_s):
+            # Like with like: the same store, metrics + tracing off and on, in alternating
+            # rounds; the server's CPU time per request moves less with the machine's load
+            # than req/s.
+            on, off = _Side(fleet.pids[observed]), _Side(fleet.pids[embedded])
+            async with _scraping(both_port, scrape_interval_s):
                 for _ in range(ROUNDS):
-                    for side, port in ((on, metered), (off, embedded)):
+                    for side, port in ((on, observed), (off, embedded)):
                         await side.measure(port, seconds, concurrency)
             print(
-                f"\nmetrics on vs off (embedded store), closed loop, concurrency {concurrency}: "
-                f"on {on.rps:,.0f} req/s, off {off.rps:,.0f} req/s, ratio {on.rps / off.rps:.2f}x; "
-                f"server CPU per request: on {on.cpu_us:.0f} µs, off {off.cpu_us:.0f} µs"
+                f"\nmetrics + tracing on vs off (embedded store), closed loop, concurrency "
+                f"{concurrency}: on {on.rps:,.0f} req/s, off {off.rps:,.0f} req/s, ratio "
+                f"{on.rps / off.rps:.2f}x; server CPU per request: on {on.cpu_us:.0f} µs, "
+                f"off {off.cpu_us:.0f} µs"
             )
     return 0 if met else 1
 

@@ -17,6 +17,7 @@ from gateway.config import (
     load_settings,
 )
 from gateway.jobs.commands import add_jobs_command, run_jobs
+from gateway.telemetry import tracing
 from gateway.telemetry.logs import configure_logging
 
 _PROG = "viewbait-gateway"
@@ -49,7 +50,7 @@ def _run(*, listen: bool) -> int:
 
 def _problems(settings: Settings, *, listen: bool) -> list[str]:
     """Everything `serve` (`listen`) or `worker` would refuse to start with."""
-    problems = deployment_problems(settings, listen=listen)
+    problems = deployment_problems(settings, listen=listen) + tracing.environment_problems()
     if not listen and settings.store.database_url is None:
         problems.append(
             "worker: no database configured; set VIEWBAIT_STORE__DATABASE_URL (workers without "

@@ -20,7 +20,8 @@
   listeners (the health service) hear of every change; `check_credentials` asks Gemini
   (`models.get`) without waiting for traffic.
 - Usage: every attempt, failed or not, is handed to the `UsageSink` as a `UsageRecord` with its
-  tokens by kind and cost (`gateway.usage.PriceBook`), and to the caller's `on_attempt`.
+  tokens by kind and cost (`gateway.usage.PriceBook`), to the caller's `on_attempt`, and
+  becomes the attempt's span (`gateway.telemetry.tracing.upstream_attempt`).
 - Batch API (`gateway.model.BatchClient`): create a batch of inline requests, get it (its
   lines read by the same rules as interactive answers, priced at batch prices), cancel it,
   find it by display name. One attempt per call: the batcher (`gateway.jobs.batcher`) polls
@@ -75,6 +76,7 @@ from gateway.model import (
     UsageRecord,
     UsageSink,
 )
+from gateway.telemetry import tracing
 from gateway.usage import PriceBook
 
 log = logging.getLogger(__name__)
@@ -514,6 +516,7 @@ class GeminiClient:
             usage=usage or Usage(),
             cost_usd=cost,
         )
+        tracing.upstream_attempt(record)
         try:
             await self._sink.record(record)
         except Exception:

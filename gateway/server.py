@@ -6,7 +6,8 @@ set it calls real Gemini. Settings unsafe to serve with are refused before anyth
 (`gateway.config.deployment_problems`), and the listener is bound first, so a port in use ends
 start-up before any backend is touched. With `VIEWBAIT_STORE__DATABASE_URL` set, results, jobs
 and the usage ledger live in PostgreSQL, shared by every replica; each replica also runs the
-periodic cleanup of expired rows and the rescue of executions whose lease lapsed.
+periodic cleanup of expired rows and the rescue of executions whose lease lapsed. The standard
+`OTEL_*` variables turn on OpenTelemetry tracing (`gateway.telemetry.tracing`), flushed at stop.
 `viewbait-gateway worker` runs the same runtime without the gRPC listener: job workers and
 maintenance only. With `VIEWBAIT_METRICS__PORT` set, either serves Prometheus metrics of its own
 on that port (`gateway.telemetry.metrics`).
@@ -73,6 +74,7 @@ from gateway.store import Store, create_store
 from gateway.store.blobs import BlobStore, create_blob_store
 from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
+from gateway.telemetry import tracing
 from gateway.telemetry.metrics import (
     GatewayMetrics,
     MetricsServer,
@@ -380,6 +382,7 @@ class GatewayServer:
         the port cannot be bound. Whatever else fails stops what had started, then raises.
         """
         check_deployment(self.settings, listen=self._listen)
+        tracing.check_environment()
         if self._listen:
             _check_port_free(self.settings.server.host, self.settings.server.port)
         async with contextlib.AsyncExitStack() as stack:
@@ -390,6 +393,9 @@ class GatewayServer:
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         """Start-up, in the order the cleanups on `stack` undo it."""
+        # Released last, after everything that makes spans has stopped: the last are flushed.
+        tracing.acquire()
+        stack.push_async_callback(tracing.release)
         settings = self._with_local_auth(self.settings)
         if settings.metrics.port is not None:
             self._metrics = GatewayMetrics.from_settings(settings)

@@ -91,6 +91,7 @@ from gateway.store.base import (
     Store,
 )
 from gateway.store.blobs import BlobError, BlobStore
+from gateway.telemetry import tracing
 
 if TYPE_CHECKING:
     from gateway.telemetry.metrics import ExecutionMetrics
@@ -248,6 +249,7 @@ class Executor:
                 self.stats.hot_hits += 1
                 if self._metrics is not None:
                     self._metrics.of(call.spec.name).hot_hits.inc()
+                tracing.annotate("viewbait.cache", "hot_hit")
                 return Outcome(
                     entry.result,
                     entry.model,
@@ -293,10 +295,13 @@ class Executor:
         try:
             hit = await self._stored(call, key)
         except errors.Unavailable as exc:
+            tracing.annotate("viewbait.cache", "store_unavailable")
             return await self._without_store(call, exc)
         if hit is not None:
+            tracing.annotate("viewbait.cache", "store_hit")
             return hit
         self.stats.misses += 1
+        tracing.annotate("viewbait.cache", "miss")
         return await self._coalesce(call, key)
 
     async def cached(self, call: Call) -> Outcome[Any] | None:
@@ -316,7 +321,7 @@ class Executor:
 
     async def _stored(self, call: Call, key: bytes) -> Outcome[Any] | None:
         """The store's cache entry for `key` (copied into the hot copy), or None."""
-        hit = await self._cache.get(call.spec, key)
+        hit = await self._look_up(call, key)
         if hit is None:
             return None
         self.stats.store_hits += 1
@@ -332,6 +337,13 @@ class Executor:
         return Outcome(
             hit.result, hit.entry.model, Spend(), cached=True, saved_usd=hit.entry.cost_usd
         )
+
+    async def _look_up(self, call: Call, key: bytes) -> CacheHit[Any] | None:
+        """The store's cache entry for `key`, or None (a span of its own)."""
+        with tracing.leaf("cache.lookup", {"viewbait.operation": call.spec.name}) as span:
+            hit = await self._cache.get(call.spec, key)
+            span.set_attribute("viewbait.cache", "miss" if hit is None else "store_hit")
+            return hit
 
     async def _share(
         self, call: Call, flight_key: bytes, work: Callable[[], Awaitable[Outcome[Any]]]
@@ -354,6 +366,7 @@ class Executor:
             # work runs on its starter's budgets): this caller's own budgets decide afresh.
             return await self._share(call, flight_key, work)
         if joined:
+            tracing.annotate("viewbait.coalesced", True)
             return dataclasses.replace(
                 outcome, spend=Spend(), coalesced=True, saved_usd=outcome.result_cost_usd
             )
@@ -404,7 +417,7 @@ class Executor:
         try:
             for _ in range(MAX_EXECUTIONS):
                 try:
-                    joined = await self._store.join_or_create_active_job(new)
+                    joined = await self._join(call, new)
                 except errors.Unavailable as exc:
                     return await self._without_store(call, exc)
                 self._jobs[flight_key] = joined.job
@@ -419,16 +432,28 @@ class Executor:
             "the work for this request was abandoned several times in a row; retry", retry_after_s=1
         )
 
+    async def _join(self, call: Call, new: NewJob) -> JoinOutcome:
+        """Joins or creates the active job of `new` (a span of its own: the coalescing)."""
+        with tracing.leaf("coalesce", {"viewbait.operation": call.spec.name}) as span:
+            joined = await self._store.join_or_create_active_job(new)
+            span.set_attribute("viewbait.job_id", joined.job.id)
+            span.set_attribute("viewbait.job_created", joined.created)
+            return joined
+
     async def _put_inputs(self, user_id: str, images: dict[bytes, bytes]) -> None:
         """Writes a request's images, after charging them to the user's blob write limit."""
-        if self._blob_quota is not None:
-            await self._blob_quota(user_id, sum(len(data) for data in images.values()))
-        await asyncio.gather(*(self._blobs.put(data, digest) for digest, data in images.items()))
+        with tracing.leaf("store.put_inputs", {"viewbait.blobs": len(images)}):
+            if self._blob_quota is not None:
+                await self._blob_quota(user_id, sum(len(data) for data in images.values()))
+            await asyncio.gather(
+                *(self._blobs.put(data, digest) for digest, data in images.items())
+            )
 
     def _new_job(self, call: Call) -> NewJob:
         """The job row for a request (its images as references; the caller writes them)."""
         text = codec.to_json(call.request)
         images = codec.collect_blobs(call.request)
+        traceparent, tracestate = tracing.current_traceparent()
         return NewJob(
             user_id=call.user_id,
             op=call.spec.name,
@@ -442,6 +467,8 @@ class Executor:
             priority=call.priority,
             max_attempts=self._settings.max_attempts,
             delivery=call.delivery,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
 
     async def _see_through(
@@ -461,9 +488,11 @@ class Executor:
                 return await self._finished(call, job)
             if claim or job.status is JobStatus.QUEUED:
                 try:
-                    claimed = await self._store.claim_job(
-                        job.execution_id, self.worker_id, self._settings.lease_s, held=held
-                    )
+                    with tracing.leaf("job.claim", {"viewbait.job_id": job.execution_id}) as span:
+                        claimed = await self._store.claim_job(
+                            job.execution_id, self.worker_id, self._settings.lease_s, held=held
+                        )
+                        span.set_attribute("viewbait.claimed", claimed is not None)
                 except errors.Unavailable as exc:
                     return await self._without_store(call, exc)
                 held = False
@@ -477,9 +506,10 @@ class Executor:
                     return await self._run(call, claimed)
             seq = job.event_seq
             try:
-                job = await self._store.wait_for_job_change(
-                    job.id, call.user_id, seq, self._settings.lease_s / 2
-                )
+                with tracing.leaf("job.wait", {"viewbait.job_id": job.execution_id}):
+                    job = await self._store.wait_for_job_change(
+                        job.id, call.user_id, seq, self._settings.lease_s / 2
+                    )
             except errors.NotFound:
                 return None
             except errors.Unavailable as exc:
@@ -546,7 +576,7 @@ class Executor:
         images = codec.collect_blobs(call.request)
         if images:
             await self._put_inputs(call.user_id, images)
-        return await self._store.join_or_create_active_job(self._new_job(call))
+        return await self._join(call, self._new_job(call))
 
     async def _run(
         self,
@@ -622,7 +652,7 @@ class Executor:
     async def _recheck(self, call: Call, key: bytes) -> CacheHit[Any] | None:
         """The cache, read again by the runner before it pays for the work."""
         try:
-            return await self._cache.get(call.spec, key)
+            return await self._look_up(call, key)
         except errors.Unavailable:
             return None
 
@@ -696,6 +726,47 @@ class Executor:
         holder hears of a lost claim (`LeaseLost`) and of a store that did not answer
         (`Unavailable`), to try again."""
         try:
+            await self._store_result(
+                call, claim, encoded, model, cache=cache, cost=cost, spend=spend, cached=cached
+            )
+        except LeaseLost as lost:
+            if cache and call.key is not None:
+                self.hot.discard(call.key)
+            if external:
+                raise
+            report_loss(lost, answered=True)
+        except errors.Unavailable as exc:
+            self.stats.write_failures += 1
+            if external:
+                raise
+            if claim is not None:
+                log.warning(
+                    "the result of job %s was not stored (%s); its lease will lapse and the "
+                    "next request recomputes it",
+                    claim.job_id,
+                    exc.message,
+                )
+
+    async def _store_result(
+        self,
+        call: Call,
+        claim: Claim | None,
+        encoded: EncodedResult,
+        model: str,
+        *,
+        cache: bool,
+        cost: float,
+        spend: Spend | None,
+        cached: bool,
+    ) -> None:
+        """The writes of `_write`, under a span of their own."""
+        attributes: tracing.Attributes = {
+            "viewbait.operation": call.spec.name,
+            "viewbait.cache_write": cache,
+        }
+        with tracing.leaf("store.write", attributes) as span:
+            if claim is not None:
+                span.set_attribute("viewbait.job_id", claim.job_id)
             if cache and call.key is not None and call.ttl_s > 0:
                 ref = await self._cache.put(
                     call.spec,
@@ -716,23 +787,6 @@ class Executor:
                     spend=job_spend(spend),
                     cached=cached,
                     result_cost_usd=cost,
-                )
-        except LeaseLost as lost:
-            if cache and call.key is not None:
-                self.hot.discard(call.key)
-            if external:
-                raise
-            report_loss(lost, answered=True)
-        except errors.Unavailable as exc:
-            self.stats.write_failures += 1
-            if external:
-                raise
-            if claim is not None:
-                log.warning(
-                    "the result of job %s was not stored (%s); its lease will lapse and the "
-                    "next request recomputes it",
-                    claim.job_id,
-                    exc.message,
                 )
 
     def hand_back(self, claim: Claim) -> None:

@@ -37,6 +37,7 @@ from gateway.model import (
 )
 from gateway.operations.base import OperationSpec, ProgressCallback, RunContext
 from gateway.store.base import MAX_IDEMPOTENCY_KEY_CHARS, Claim, Delivery, JoinOutcome
+from gateway.telemetry import tracing
 
 
 class _GuardedClient:
@@ -207,8 +208,10 @@ class Pipeline:
                 f"is {len(idempotency_key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_CHARS}",
             )
         policy = self._settings.policy(operation)
-        require_tier(principal, policy.tiers, operation)
-        validated = operations.get(operation).validate(request, self._settings.bounds)
+        tracing.annotate("viewbait.operation", operation)
+        with tracing.leaf("validate", {"viewbait.operation": operation}):
+            require_tier(principal, policy.tiers, operation)
+            validated = operations.get(operation).validate(request, self._settings.bounds)
         return Prepared(operation, validated, principal, idempotency_key)
 
     @overload
@@ -284,7 +287,8 @@ class Pipeline:
 
     async def _admit(self, prepared: Prepared) -> None:
         principal = prepared.principal
-        await self._limiter.admit(prepared.operation, principal.user_id, principal.tier)
+        with tracing.leaf("admit", {"viewbait.operation": prepared.operation}):
+            await self._limiter.admit(prepared.operation, principal.user_id, principal.tier)
 
     def call(
         self,
@@ -376,13 +380,14 @@ class Pipeline:
         """One run of the spec against `model` (the name Gemini is asked for), metered into
         `spend` and limited; the outcome names `identity` (`Settings.model_identity`). Its usage
         records name the execution it runs for and the fencing token of `claim`."""
+        job_id = "" if claim is None else claim.job_id
         ctx = RunContext(
             user_id=principal.user_id,
             model=model,
             labels=CallLabels(
                 operation=spec.name,
                 user_id=principal.user_id,
-                job_id="" if claim is None else claim.job_id,
+                job_id=job_id,
                 request_id=request_id,
                 fence=None if claim is None else claim.fence,
             ),
@@ -403,8 +408,10 @@ class Pipeline:
             calls=calls,
             budget=budget,
         )
+        attributes = {"viewbait.operation": spec.name, "viewbait.job_id": job_id}
         try:
-            result = await spec.run(validated, client, ctx)
+            with tracing.stage("operation.run", attributes):
+                result = await spec.run(validated, client, ctx)
         finally:
             if budget is not None:
                 await asyncio.shield(budget.close())

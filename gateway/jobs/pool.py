@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Protocol
 
 from gateway import errors
 from gateway.config import JobSettings, Tier
 from gateway.jobs.priority import tier_of_priority
 from gateway.store.base import Claim, Job, JobStore
+from gateway.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ class WorkerPool:
             free = settings.workers - len(self._running)
             claimed: list[Job] = []
             if free > 0:
+                started = time.monotonic()
                 claim = asyncio.ensure_future(
                     runner.store.claim_batch(
                         runner.worker_id,
@@ -143,6 +146,7 @@ class WorkerPool:
                     # A bug here must not silently end job processing on this replica.
                     log.exception("claiming jobs failed; trying again at the next poll")
                 for job in claimed:
+                    tracing.job_claimed(job, time.monotonic() - started)
                     self._spawn(job)
             if claimed and len(claimed) == min(free, settings.claim_batch):
                 continue  # a full batch: more may be due

@@ -42,6 +42,7 @@ from gateway.operations import codec
 from gateway.operations.base import ProgressCallback, ProgressEvent, ProgressKind
 from gateway.store.base import Claim, Job, JobError, JobStore, LeaseLost
 from gateway.store.blobs import BlobError, BlobNotFound, BlobStore
+from gateway.telemetry import tracing
 
 if TYPE_CHECKING:
     # Only a type here: the pipeline imports the job priorities of this package (and so this
@@ -131,7 +132,12 @@ class OperationRunner:
         self._executor.hand_back(claim)
 
     async def run(self, job: Job) -> None:
-        """One attempt of a claimed job; its end is recorded in the store by the executor."""
+        """One attempt of a claimed job; its end is recorded in the store by the executor.
+        Traced as a child of the request that created the job (`tracing.job_run`)."""
+        with tracing.job_run(job):
+            await self._run(job)
+
+    async def _run(self, job: Job) -> None:
         try:
             call = await self._call(job)
         except asyncio.CancelledError:
@@ -164,6 +170,7 @@ class OperationRunner:
         except errors.GatewayError as exc:
             # A job cancelled by its owner ends its attempt with `Cancelled`: not a failure.
             outcome = "stopped" if isinstance(exc, errors.Cancelled) else "failed"
+            tracing.failed(exc)
             log.info("attempt %d of job %s failed: %s", job.attempts, job.id, exc.reason)
         except Exception:
             outcome = "failed"

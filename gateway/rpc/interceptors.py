@@ -1,6 +1,7 @@
 """Server interceptors, each doing one job, in the order they wrap an RPC (outermost first):
 
-1. `RequestContextInterceptor`: request id (from `x-request-id` or new) and deadline into context.
+1. `RequestContextInterceptor`: request id (from `x-request-id` or new) and deadline into context,
+   and the RPC's span, its parent the caller's W3C `traceparent` (`gateway.telemetry.tracing`).
 2. `LoggingInterceptor`: one structured log line per RPC with its outcome and duration, and the
    same outcome and duration counted in the RPC metrics (one layer, not two: every call pays for
    each layer it passes).
@@ -27,6 +28,7 @@ from gateway import errors
 from gateway.auth import Authenticator
 from gateway.rpc import context as request_context
 from gateway.rpc.status import to_rpc_status
+from gateway.telemetry import tracing
 
 if TYPE_CHECKING:
     from gateway.telemetry.metrics import RpcMetrics
@@ -120,39 +122,76 @@ def _metadata(ctx: aio.ServicerContext[Any, Any]) -> list[tuple[str, str | bytes
 
 
 class RequestContextInterceptor(_WrappingInterceptor):
-    """Binds a `RequestContext` (request id, deadline) for the RPC's duration."""
+    """Binds a `RequestContext` (request id, deadline) and the RPC's span for the RPC's
+    duration; the span ends with the RPC's status."""
 
     def _context(
         self, method: str, ctx: aio.ServicerContext[Any, Any]
-    ) -> request_context.RequestContext:
+    ) -> tuple[request_context.RequestContext, tracing.RpcSpan | None]:
         request_id = ""
+        traceparent = tracestate = None
         for key, value in _metadata(ctx):
-            if key == "x-request-id" and isinstance(value, str):
+            if not isinstance(value, str):
+                continue
+            if key == "x-request-id":
                 request_id = value.strip()[:_MAX_REQUEST_ID]
+            elif key == "traceparent":
+                traceparent = value
+            elif key == "tracestate":
+                tracestate = value
         remaining = ctx.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        return request_context.RequestContext(
+        rc = request_context.RequestContext(
             method=method, request_id=request_id or uuid.uuid4().hex, deadline=deadline
         )
+        return rc, tracing.start_rpc(method, rc.request_id, traceparent, tracestate)
 
     async def unary(
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
     ) -> Any:
-        token = request_context.bind(self._context(method, ctx))
+        rc, span = self._context(method, ctx)
+        token = request_context.bind(rc)
+        error: BaseException | None = None
         try:
             return await inner(request, ctx)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            if span is not None:
+                _end_span(span, ctx, error)
             request_context.unbind(token)
 
     async def stream(
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: StreamBehavior
     ) -> AsyncIterator[Any]:
-        token = request_context.bind(self._context(method, ctx))
+        rc, span = self._context(method, ctx)
+        token = request_context.bind(rc)
+        error: BaseException | None = None
         try:
             async for item in inner(request, ctx):
                 yield item
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            if span is not None:
+                _end_span(span, ctx, error)
             request_context.unbind(token)
+
+
+def _end_span(
+    span: tracing.RpcSpan, ctx: aio.ServicerContext[Any, Any], error: BaseException | None
+) -> None:
+    code = _final_code(ctx, error)
+    span.end(code.value[0], code.name, error)
+
+
+def _final_code(ctx: aio.ServicerContext[Any, Any], error: BaseException | None) -> grpc.StatusCode:
+    """The status an RPC ended with: the one it was aborted with, else what grpc makes of
+    how its behaviour ended."""
+    code: object = ctx.code()
+    return code if isinstance(code, grpc.StatusCode) else _unaborted_code(ctx, error)
 
 
 def _unaborted_code(
@@ -185,9 +224,7 @@ class LoggingInterceptor(_WrappingInterceptor):
         if not logging_rpcs and metrics is None:
             return  # nothing to build: this is on every RPC's path
         rc = request_context.current()
-        code: object = ctx.code()
-        if not isinstance(code, grpc.StatusCode):
-            code = _unaborted_code(ctx, error)
+        code = _final_code(ctx, error)
         elapsed = time.monotonic() - rc.started
         if metrics is not None:
             metrics.finished(rc.method, code, elapsed)

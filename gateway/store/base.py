@@ -295,6 +295,10 @@ class NewJob:
     hold_s: float = 0.0
     #: A new execution is run by the job workers, or gathered into a batch.
     delivery: Delivery = Delivery.INTERACTIVE
+    #: The W3C trace context (`traceparent`, `tracestate`) of the span that asked for the job,
+    #: so its claim and runs, on any replica, join that trace; None outside a trace.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def __post_init__(self) -> None:
         if not self.user_id:
@@ -359,6 +363,10 @@ class Job:
     coalesced: bool = False
     #: How it reaches the model (for a handle: as its execution was created).
     delivery: Delivery = Delivery.INTERACTIVE
+    #: The trace context of the request that created the row (`NewJob.traceparent`); None for
+    #: rows created outside a trace, or before it was recorded.
+    traceparent: str | None = None
+    tracestate: str | None = None
     #: The fencing token of the execution's latest claim (0: never claimed; handles: 0).
     fence: int = 0
     #: The errors of its failed attempts, oldest first (a handle mirrors its execution's).

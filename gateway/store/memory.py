@@ -256,6 +256,8 @@ class MemoryStore:
             expires_at=None,
             started_by=new.user_id if new.shared else None,
             delivery=new.delivery,
+            traceparent=new.traceparent,
+            tracestate=new.tracestate,
         )
         self._save(execution)
         self._publish_if_due(execution)
@@ -283,6 +285,8 @@ class MemoryStore:
             event_seq=1,
             created_at=self._now(),
             coalesced=coalesced,
+            traceparent=new.traceparent,
+            tracestate=new.tracestate,
             **mirrored,
         )
         self._save(handle)

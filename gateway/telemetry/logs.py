@@ -1,7 +1,9 @@
 """Structured logging (one JSON object per line by default).
 
 Fields passed through `extra=` (request_id, rpc_method, user_id, job_id...) become keys of the
-object, so logs can be filtered by request or job without parsing messages.
+object, so logs can be filtered by request or job without parsing messages. A line logged within
+a trace (an RPC's, a job run's, or the caller's `traceparent` with tracing off) carries
+`trace_id` and `span_id`, so a request's lines are found from its trace and the other way round.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from gateway.telemetry import tracing
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -27,6 +31,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # Formatted in the logging call, so in the context (and the span) of whoever logged.
+        ids = tracing.log_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         for key, value in vars(record).items():
             if key not in _STANDARD and value is not None:
                 entry[key] = value

@@ -250,6 +250,38 @@ async def test_handles_follow_the_execution_to_its_result(store: Store) -> None:
         assert done.event_seq == 4  # created, running, progress, succeeded
 
 
+async def test_a_job_keeps_the_trace_context_of_the_request_that_created_it(
+    store: Store,
+) -> None:
+    alice_trace = {"traceparent": f"00-{'a' * 32}-{'1' * 16}-01", "tracestate": "vendor=alpha"}
+    bob_trace = {"traceparent": f"00-{'b' * 32}-{'2' * 16}-01", "tracestate": None}
+    own = (await store.join_or_create_active_job(new_job(ALICE, "own", **alice_trace))).job
+    together = await store.join_or_create_active_jobs(
+        [new_job(BOB, "together", **bob_trace), new_job(BOB, "untraced")]
+    )
+    shared = (await store.join_or_create_active_job(new_job(ALICE, shared=True, **alice_trace))).job
+    handle = (await store.join_or_create_active_job(new_job(BOB, shared=True, **bob_trace))).job
+
+    def trace_of(job: Job) -> dict[str, str | None]:
+        return {"traceparent": job.traceparent, "tracestate": job.tracestate}
+
+    assert trace_of(await store.get_job(own.id, ALICE)) == alice_trace
+    assert [trace_of(outcome.job) for outcome in together] == [
+        bob_trace,
+        {"traceparent": None, "tracestate": None},
+    ]
+    assert trace_of(await store.get_job(handle.id, BOB)) == bob_trace
+    # What a worker claims carries the trace of the request that created the execution.
+    claimed = await store.claim_job(shared.execution_id, "w1", LEASE_S)
+    assert claimed is not None and trace_of(claimed) == alice_trace
+    batch = await store.claim_batch("w2", 10, LEASE_S)
+    assert {job.id: trace_of(job)["traceparent"] for job in batch} == {
+        own.id: alice_trace["traceparent"],
+        together[0].job.id: bob_trace["traceparent"],
+        together[1].job.id: None,
+    }
+
+
 async def test_cancelling_a_handle_detaches_only_its_owner(store: Store) -> None:
     alice = (await store.join_or_create_active_job(new_job(ALICE, shared=True))).job
     bob = (await store.join_or_create_active_job(new_job(BOB, shared=True))).job

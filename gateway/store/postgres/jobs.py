@@ -171,6 +171,8 @@ def _job(row: Record) -> Job:
         result_cost_usd=float(row["result_cost_usd"]),
         coalesced=row["coalesced"],
         delivery=Delivery(row.get("delivery") or Delivery.INTERACTIVE),
+        traceparent=row.get("traceparent"),
+        tracestate=row.get("tracestate"),
         fence=row.get("fence") or 0,
         error_history=_history(history),
     )
@@ -279,6 +281,8 @@ class PostgresJobs:
             max_attempts=[n.max_attempts for n in news],
             hold_s=[float(n.hold_s) for n in news],
             deliveries=[n.delivery.value for n in news],
+            traceparents=[n.traceparent for n in news],
+            tracestates=[n.tracestate for n in news],
         )
         rows = await self._pool.run(lambda c: c.fetch(*statement))
         created = {row["id"]: _job(row) for row in rows}
@@ -316,6 +320,8 @@ class PostgresJobs:
                 hold_s=float(new.hold_s),
                 started_by=new.user_id if new.shared else None,
                 delivery=new.delivery.value,
+                traceparent=new.traceparent,
+                tracestate=new.tracestate,
             )
         )
         created = row is not None
@@ -347,6 +353,8 @@ class PostgresJobs:
                 priority=new.priority,
                 execution_id=row["id"],
                 coalesced=not created,
+                traceparent=new.traceparent,
+                tracestate=new.tracestate,
             )
         )
         if handle is None:

@@ -188,14 +188,15 @@ WHERE follows = :execution_id AND user_id = :user_id AND status IN ('queued', 'r
 -- Creates a queued execution, or nothing when it conflicts (an active execution of its dedupe
 -- key, or its idempotency key taken). :user_id is NULL for a shared execution, whose
 -- :started_by is the user whose request created it. It is due :hold_s seconds from now (a
--- hold: its creator claims it first). :delivery is 'interactive' or 'batch'.
+-- hold: its creator claims it first). :delivery is 'interactive' or 'batch'. :traceparent and
+-- :tracestate: the creating request's trace context (NULL outside a trace).
 WITH j AS (
     INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
         dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, started_by,
-        run_after, delivery)
+        run_after, delivery, traceparent, tracestate)
     VALUES (:job_id, :user_id, :op, 'queued', :input_json, :input_blobs, :dedupe_key,
         :idempotency_key, :request_hash, :model, :priority, :max_attempts, :started_by,
-        now() + make_interval(secs => :hold_s), :delivery)
+        now() + make_interval(secs => :hold_s), :delivery, :traceparent, :tracestate)
     ON CONFLICT DO NOTHING
     RETURNING *)
 SELECT j.*, {job_events}, {due_wake} FROM j;
@@ -204,24 +205,26 @@ SELECT j.*, {job_events}, {due_wake} FROM j;
 -- Creates many executions of their own at once (concurrent calls batched), skipping each that
 -- conflicts: those take the one-by-one path. Every parameter is an array with one element per
 -- execution; :input_blobs holds each execution's input blob digests concatenated (32 bytes
--- each: arrays of arrays cannot be unnested); :hold_s and :deliveries as :hold_s and :delivery
--- in insert_execution. Nobody can be watching a new job yet: no events.
+-- each: arrays of arrays cannot be unnested); :hold_s, :deliveries, :traceparents and
+-- :tracestates as in insert_execution. Nobody can be watching a new job yet: no events.
 WITH j AS (
     INSERT INTO {schema}.ai_jobs (id, user_id, op, status, input_json, input_blobs,
         dedupe_key, idempotency_key, request_hash, model, priority, max_attempts, run_after,
-        delivery)
+        delivery, traceparent, tracestate)
     SELECT n.id, n.user_id, n.op, 'queued', n.input_json::json,
         ARRAY(SELECT substring(n.input_blobs FROM 1 + 32 * k FOR 32)
             FROM generate_series(0, octet_length(n.input_blobs) / 32 - 1) AS k
             ORDER BY k),
         n.dedupe_key, n.idempotency_key, n.request_hash, n.model, n.priority,
-        n.max_attempts, now() + make_interval(secs => n.hold_s), n.delivery
+        n.max_attempts, now() + make_interval(secs => n.hold_s), n.delivery, n.traceparent,
+        n.tracestate
     FROM unnest(:job_ids::uuid[], :user_ids::text[], :ops::text[], :input_jsons::text[],
         :input_blobs::bytea[], :dedupe_keys::bytea[], :idempotency_keys::text[],
         :request_hashes::bytea[], :models::text[], :priorities::int[], :max_attempts::int[],
-        :hold_s::float8[], :deliveries::text[])
+        :hold_s::float8[], :deliveries::text[], :traceparents::text[], :tracestates::text[])
         AS n(id, user_id, op, input_json, input_blobs, dedupe_key, idempotency_key,
-            request_hash, model, priority, max_attempts, hold_s, delivery)
+            request_hash, model, priority, max_attempts, hold_s, delivery, traceparent,
+            tracestate)
     ON CONFLICT DO NOTHING
     RETURNING *)
 SELECT j.*, {due_wake} FROM j;
@@ -229,17 +232,18 @@ SELECT j.*, {due_wake} FROM j;
 -- insert_handle --
 -- A user's handle on the shared execution :execution_id, mirroring its state; nothing when
 -- the user's concurrent request added one first (or took the idempotency key). :coalesced:
--- the user joined an execution another user started.
+-- the user joined an execution another user started. It keeps its own request's trace
+-- context (:traceparent, :tracestate).
 INSERT INTO {schema}.ai_jobs (id, user_id, follows, op, status, input_json,
     input_blobs, idempotency_key, request_hash, model, priority, attempts,
     max_attempts, run_after, progress, result_json, result_blob, result_blobs,
     error_reason, error_message, errors, started_at, completed_at, expires_at, coalesced,
-    delivery, {spend_columns})
+    delivery, traceparent, tracestate, {spend_columns})
 SELECT :job_id, :user_id, e.id, e.op, e.status, :input_json, :input_blobs, :idempotency_key,
     :request_hash, e.model, :priority, e.attempts, e.max_attempts, e.run_after, e.progress,
     e.result_json, e.result_blob, e.result_blobs, e.error_reason, e.error_message, e.errors,
-    e.started_at, e.completed_at, e.expires_at, :coalesced, e.delivery,
-    e.prompt_tokens, e.cached_prompt_tokens, e.output_tokens, e.thinking_tokens,
+    e.started_at, e.completed_at, e.expires_at, :coalesced, e.delivery, :traceparent,
+    :tracestate, e.prompt_tokens, e.cached_prompt_tokens, e.output_tokens, e.thinking_tokens,
     e.image_output_tokens, e.total_tokens, e.cost_usd, e.upstream_calls, e.cached,
     e.result_cost_usd
 FROM {schema}.ai_jobs e WHERE e.id = :execution_id
