@@ -199,7 +199,9 @@ def _build_recorder(chosen: list[str]) -> Recorder:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            exporter = OTLPSpanExporter()
+            from gateway.telemetry.export import OutageGuard
+
+            exporter = OutageGuard(OTLPSpanExporter())
         else:
             exporter = ConsoleSpanExporter()
         processor = BatchSpanProcessor(exporter)

@@ -27,9 +27,12 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExportResult
 from viewbait.ai.v1 import (
     gateway_service_pb2,
     gateway_service_pb2_grpc,
@@ -42,6 +45,8 @@ from viewbait.ai.v1 import (
 from gateway.cli import main as cli_main
 from gateway.emulator import EmulatorServer
 from gateway.telemetry import tracing
+from gateway.telemetry.export import OutageGuard
+from gateway.testing.postgres import free_port
 from tests.fixtures.gateways import SERVICE_TOKEN, as_user, eventually
 from tests.fixtures.stores import DATABASE_URL
 
@@ -476,3 +481,47 @@ async def test_the_sampler_decides_once_per_trace_and_spans_below_follow(
     assert validate.get_span_context().trace_flags.sampled is recorded
     received = sorted(span.name for span in otlp_receiver.spans(trace_id))
     assert received == (sorted([RPC_SPAN, "validate"]) if recorded else [])
+
+
+# -- a collector that does not answer ----------------------------------------------------------
+
+
+def _finished_spans(count: int) -> list[ReadableSpan]:
+    """`count` ended spans of the SDK's own making (what the batch processor hands over)."""
+    provider = TracerProvider(shutdown_on_exit=False)
+    tracer = provider.get_tracer("test")
+    spans = []
+    for n in range(count):
+        span = tracer.start_span(f"span-{n}")
+        span.end()
+        assert isinstance(span, ReadableSpan)
+        spans.append(span)
+    return spans
+
+
+def test_while_the_collector_is_down_batches_are_dropped_unsent_until_it_answers_again(
+    otlp_receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The receiver's port, closed for now: an endpoint where no collector listens.
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    now = [1_000_000.0]
+    down = OutageGuard(OTLPSpanExporter(endpoint=endpoint, timeout=1), clock=lambda: now[0])
+    batch = _finished_spans(3)
+
+    assert down.export(batch) is SpanExportResult.FAILURE  # tried, refused
+    assert down.export(batch) is SpanExportResult.FAILURE  # within the quiet second: dropped
+    assert down.dropped == 6
+    warnings = [r for r in caplog.records if r.name == "gateway.telemetry.tracing"]
+    assert [r.levelname for r in warnings] == ["WARNING"]
+
+    # The quiet period over, the next batch is tried again; here the collector answers.
+    up = OutageGuard(
+        OTLPSpanExporter(endpoint=f"http://127.0.0.1:{otlp_receiver.port}", timeout=5),
+        clock=lambda: now[0],
+    )
+    assert up.export(batch) is SpanExportResult.SUCCESS and up.dropped == 0
+    now[0] += 1.5
+    assert down.export(batch) is SpanExportResult.FAILURE and down.dropped == 9
+    assert down.export(batch) is SpanExportResult.FAILURE and down.dropped == 12
+    down.shutdown()
+    up.shutdown()
