@@ -29,7 +29,7 @@ from gateway.auth import Principal
 from gateway.jobs.service import JobService, JobView
 from gateway.rpc import bindings, convert
 from gateway.rpc import context as request_context
-from gateway.store.base import Delivery, JobCursor, JobFilter, JobStatus
+from gateway.store.base import Delivery, JobCursor, JobFilter, JobStatus, parse_job_id
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -72,17 +72,19 @@ def encode_page_token(cursor: JobCursor) -> str:
 
 
 def decode_page_token(token: str) -> JobCursor:
-    """Inverse of `encode_page_token`; `InvalidArgument` for anything it did not make."""
+    """Inverse of `encode_page_token`; `InvalidArgument` naming `page_token` for anything it
+    did not make (a forged or garbled token never reaches the store)."""
+    refused = errors.InvalidArgument.field(
+        "page_token", "is not a token this service gave out; pass next_page_token as is"
+    )
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         created, job_id = json.loads(raw)
         cursor = JobCursor(datetime.fromisoformat(created), str(job_id))
     except (ValueError, TypeError, binascii.Error):
-        raise errors.InvalidArgument.field(
-            "page_token", "is not a token this service gave out; pass next_page_token as is"
-        ) from None
-    if cursor.created_at.tzinfo is None:
-        raise errors.InvalidArgument.field("page_token", "is not a token this service gave out")
+        raise refused from None
+    if cursor.created_at.tzinfo is None or parse_job_id(cursor.job_id) is None:
+        raise refused
     return cursor
 
 

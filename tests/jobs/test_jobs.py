@@ -9,6 +9,9 @@ a test needs it to (cancel, watch, list); another gateway on the same database r
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -307,10 +310,21 @@ async def test_list_jobs_filters_and_pages_newest_first(
     assert [j.id for j in queued_videos.jobs] == [ids[4], ids[3], ids[2], ids[0]]
     for bad in (
         {"page_token": "not-a-token"},
+        # Well-formed tokens of the right shape that this service never gave out: a cursor whose
+        # job id is no UUID, one whose time has no zone, one that is not a pair.
+        {"page_token": forged_page_token(["2026-01-01T00:00:00+00:00", "not-a-job-id"])},
+        {"page_token": forged_page_token(["2026-01-01T00:00:00", str(uuid.uuid4())])},
+        {"page_token": forged_page_token({"created": 1})},
         {"page_size": 101},
         {"statuses": [job_pb2.JOB_STATUS_UNSPECIFIED]},
     ):
         assert await status_code(jobs.list(**bad)) is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def forged_page_token(value: object) -> str:
+    """A page token spelled the way the service spells its own, around `value`."""
+    text = json.dumps(value, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 async def test_an_upstream_503_is_retried_with_backoff(
