@@ -266,9 +266,16 @@ class Executor:
                 )
             return answer
         if call.idempotency_key is not None:
-            request_hash = _request_hash(call, codec.to_json(call.request))
-            flight_key = idempotency_flight_key(call.user_id, call.idempotency_key, request_hash)
-            return await self._share(call, flight_key, lambda: self._coalesce(call, flight_key))
+            # The job row is built once: its request hash keys the flight, and the flight's
+            # work inserts it (no second encoding and hash of the request).
+            new = self._new_job(call)
+            assert new.request_hash is not None
+            flight_key = idempotency_flight_key(
+                call.user_id, call.idempotency_key, new.request_hash
+            )
+            return await self._share(
+                call, flight_key, lambda: self._coalesce(call, flight_key, new)
+            )
         return await call.run(None, call.deadline, Spend())
 
     async def _record_saving(self, call: Call, outcome: Outcome[Any], job_id: str = "") -> None:
@@ -403,13 +410,16 @@ class Executor:
 
     # -- coalescing across replicas ----------------------------------------------------------
 
-    async def _coalesce(self, call: Call, flight_key: bytes) -> Outcome[Any]:
+    async def _coalesce(
+        self, call: Call, flight_key: bytes, new_job: NewJob | None = None
+    ) -> Outcome[Any]:
         """This replica's shared work for a key: join or create the active execution and see it
-        through (run it, or follow whoever runs it)."""
+        through (run it, or follow whoever runs it). `new_job`: the call's job row, when the
+        caller built it already (`_new_job`)."""
         # This replica claims what it creates at once: the row is held from every replica's
         # job workers for one lease (they would race it for the claim, and find no input: the
         # images are written when the run has passed its upstream limits).
-        new = dataclasses.replace(self._new_job(call), hold_s=self._settings.lease_s)
+        new = dataclasses.replace(new_job or self._new_job(call), hold_s=self._settings.lease_s)
         # Its images are written once the run has passed the upstream limits (whichever
         # replica runs it: a waiter that takes over writes them itself).
         images = codec.collect_blobs(call.request)
