@@ -17,6 +17,7 @@ tests read the span trees back from what it received.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,7 +47,6 @@ from gateway.cli import main as cli_main
 from gateway.emulator import EmulatorServer
 from gateway.telemetry import tracing
 from gateway.telemetry.export import OutageGuard
-from gateway.testing.postgres import free_port
 from tests.fixtures.gateways import SERVICE_TOKEN, as_user, eventually
 from tests.fixtures.stores import DATABASE_URL
 
@@ -85,10 +85,18 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._lock = threading.Lock()
         self._spans: list[ReceivedSpan] = []
         self.port = 0
+        #: Export calls received, answered or refused.
+        self.calls = 0
+        #: While set, every export is refused UNAVAILABLE (a collector that is down).
+        self.refusing = False
 
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        with self._lock:
+            self.calls += 1
+        if self.refusing:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is down")
         received = []
         for resource_spans in request.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
@@ -502,26 +510,34 @@ def _finished_spans(count: int) -> list[ReadableSpan]:
 def test_while_the_collector_is_down_batches_are_dropped_unsent_until_it_answers_again(
     otlp_receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The receiver's port, closed for now: an endpoint where no collector listens.
-    endpoint = f"http://127.0.0.1:{free_port()}"
+    caplog.set_level(logging.INFO, logger="gateway.telemetry.tracing")
     now = [1_000_000.0]
-    down = OutageGuard(OTLPSpanExporter(endpoint=endpoint, timeout=1), clock=lambda: now[0])
+    endpoint = f"http://127.0.0.1:{otlp_receiver.port}"
+    guard = OutageGuard(OTLPSpanExporter(endpoint=endpoint, timeout=1), clock=lambda: now[0])
     batch = _finished_spans(3)
+    otlp_receiver.refusing = True
 
-    assert down.export(batch) is SpanExportResult.FAILURE  # tried, refused
-    assert down.export(batch) is SpanExportResult.FAILURE  # within the quiet second: dropped
-    assert down.dropped == 6
+    assert guard.export(batch) is SpanExportResult.FAILURE  # sent, refused
+    sent = otlp_receiver.calls
+    assert sent > 0
+    assert guard.export(batch) is SpanExportResult.FAILURE  # within the quiet second
+    assert otlp_receiver.calls == sent  # dropped unsent
+    assert guard.dropped == 6
     warnings = [r for r in caplog.records if r.name == "gateway.telemetry.tracing"]
     assert [r.levelname for r in warnings] == ["WARNING"]
 
-    # The quiet period over, the next batch is tried again; here the collector answers.
-    up = OutageGuard(
-        OTLPSpanExporter(endpoint=f"http://127.0.0.1:{otlp_receiver.port}", timeout=5),
-        clock=lambda: now[0],
-    )
-    assert up.export(batch) is SpanExportResult.SUCCESS and up.dropped == 0
-    now[0] += 1.5
-    assert down.export(batch) is SpanExportResult.FAILURE and down.dropped == 9
-    assert down.export(batch) is SpanExportResult.FAILURE and down.dropped == 12
-    down.shutdown()
-    up.shutdown()
+    now[0] += 1.5  # the quiet period over: the next batch is sent again, and still refused
+    assert guard.export(batch) is SpanExportResult.FAILURE
+    assert otlp_receiver.calls > sent and guard.dropped == 9
+    sent = otlp_receiver.calls
+    now[0] += 1.5  # the second quiet period is 2 s
+    assert guard.export(batch) is SpanExportResult.FAILURE
+    assert otlp_receiver.calls == sent and guard.dropped == 12
+
+    otlp_receiver.refusing = False  # the collector is back
+    now[0] += 1.0
+    assert guard.export(batch) is SpanExportResult.SUCCESS and guard.dropped == 0
+    assert otlp_receiver.calls > sent
+    said = [r.levelname for r in caplog.records if r.name == "gateway.telemetry.tracing"]
+    assert said == ["WARNING", "INFO"]  # one line when it went, one when it came back
+    guard.shutdown()
