@@ -27,7 +27,9 @@ async def test_the_worker_mode_runs_jobs_and_hands_them_back_on_sigterm(
     emulator: EmulatorServer,
     tmp_path: Path,
 ) -> None:
-    store = store_settings(pg_schema, migrate_on_start=True)
+    # The submit runs while a worker process starts up on the same cores: the store's time
+    # limit is a generous one (the fixtures' 1 s is for calls on an otherwise idle machine).
+    store = store_settings(pg_schema, migrate_on_start=True, command_timeout_s=10.0)
     # Submits only: the job can run nowhere but in a worker process.
     submitting = Jobs(await start_gateway(settings(emulator, tmp_path, store, workers=0)))
     env = {
