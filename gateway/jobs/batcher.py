@@ -472,7 +472,7 @@ class Batcher:
         except errors.UpstreamBadResponse as bad:
             await self._fail_attempt(batch, job, bad)
             return
-        result = await asyncio.to_thread(spec.finish, call.request, answer)
+        result = await spec.complete(call.request, answer)
         spend = Spend(line.usage, line.cost_usd, 1)
         try:
             await self._executor.keep_for(

@@ -261,6 +261,11 @@ class StructuredOperation(OperationSpec[RequestT, ResultT], Generic[RequestT, An
         """The result built from a checked answer."""
         return cast(ResultT, answer)
 
+    async def complete(self, request: RequestT, answer: AnswerT) -> ResultT:
+        """`finish`, where it should run: on the event loop unless a spec with real work to do
+        (rendering) sends it elsewhere. Interactive runs and batch lines both finish here."""
+        return self.finish(request, answer)
+
     def model_request(self, request: RequestT, model: str) -> ModelRequest:
         """The model request for a validated request."""
         return ModelRequest(
@@ -304,5 +309,5 @@ class StructuredOperation(OperationSpec[RequestT, ResultT], Generic[RequestT, An
         )
 
     async def run(self, request: RequestT, client: ModelClient, ctx: RunContext) -> ResultT:
-        """`ask`, then `finish`."""
-        return self.finish(request, await self.ask(request, client, ctx))
+        """`ask`, then `complete`."""
+        return await self.complete(request, await self.ask(request, client, ctx))

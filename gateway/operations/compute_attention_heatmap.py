@@ -7,17 +7,16 @@ depends only on the image, so the key is global: (image SHA-256, width, height).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway import native
 from gateway.config import InputBounds, Scope
-from gateway.model import Blob, ModelClient, Part
+from gateway.model import Blob, Part
 from gateway.operations import prompts, render
 from gateway.operations import schema as s
-from gateway.operations.base import DEFAULT_BOUNDS, RunContext, StructuredOperation
+from gateway.operations.base import DEFAULT_BOUNDS, StructuredOperation
 from gateway.operations.images import Image, ImageInput
 from gateway.operations.keys import KeyFields
 from gateway.operations.validation import Violations
@@ -146,13 +145,12 @@ class ComputeAttentionHeatmap(
             Part(text=f"Where will viewers look on this {image.width}x{image.height} thumbnail?"),
         )
 
-    async def run(
-        self, request: ComputeAttentionHeatmapRequest, client: ModelClient, ctx: RunContext
+    async def complete(
+        self, request: ComputeAttentionHeatmapRequest, answer: AttentionAnswer
     ) -> AttentionHeatmap:
-        """Asks for the regions, then renders the overlay off the event loop."""
-        answer = await self.ask(request, client, ctx)
-        # Rendering is milliseconds of numpy and zlib, which release the GIL: keep the loop free.
-        return await asyncio.to_thread(self.finish, request, answer)
+        """Renders the overlay off the event loop, in the renderer's bounded pool."""
+        # Milliseconds of numpy and zlib for a 1280x720 thumbnail, which release the GIL.
+        return await render.in_pool(self.finish, request, answer)
 
     def finish(
         self, request: ComputeAttentionHeatmapRequest, answer: AttentionAnswer

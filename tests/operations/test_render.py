@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
+import time
+import tracemalloc
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from PIL import Image as PILImage
 
 from gateway import native
-from gateway.operations.render import encode_indexed_png, heat_field, render_overlay_png
+from gateway.operations.render import (
+    BAND_PIXELS,
+    RENDER_WORKERS,
+    band_rows,
+    encode_indexed_png,
+    heat_field,
+    in_pool,
+    render_overlay_png,
+)
 
 
 @dataclass(frozen=True)
@@ -86,3 +99,58 @@ def test_encoder_refuses_bad_input() -> None:
         encode_indexed_png(np.zeros((2, 2, 2), np.uint8), rgb, alpha)
     with pytest.raises(ValueError):
         heat_field([], 0, 10)
+
+
+def palette_indices(png: bytes) -> npt.NDArray[np.uint8]:
+    """The palette index of every pixel of an indexed PNG."""
+    with PILImage.open(io.BytesIO(png)) as picture:
+        assert picture.mode == "P"
+        return np.asarray(picture)
+
+
+@pytest.mark.parametrize("weight", [0.4, 1.7])
+def test_a_banded_overlay_is_the_whole_field_rendered(weight: float) -> None:
+    # 3000 columns: 349 rows a band, so 1000 rows are 3 bands, the last one short. With weights
+    # summing past 1 the peak (in the last band) scales every band.
+    width, height = 3000, 1000
+    assert band_rows(width) < height
+    spots = [Spot(0.3, 0.1, 0.2, 0.2, weight), Spot(0.7, 0.9, 0.3, 0.1, weight)]
+    expected = np.rint(heat_field(spots, width, height) * 255.0).astype(np.uint8)
+    rendered = palette_indices(render_overlay_png(spots, width, height))
+    assert np.array_equal(rendered, expected)
+    assert rendered.max() == (255 if weight > 1 else round(weight * 255))
+
+
+def test_a_4096_square_overlay_renders_in_bounded_memory() -> None:
+    # The whole field at once took about 200 MB of numpy arrays for this overlay; band by band
+    # it takes a few bands' worth whatever the thumbnail's size.
+    spots = [Spot(0.1 * i + 0.05, 0.5, 0.2, 0.3, 0.1 * (i + 1)) for i in range(10)]
+    tracemalloc.start()
+    try:
+        png = render_overlay_png(spots, 4096, 4096)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decode(png).size == (4096, 4096)
+    assert peak < 16 * BAND_PIXELS + 2 * len(png), f"peak {peak / 1e6:.1f} MB"
+
+
+async def test_renders_run_in_a_bounded_pool_of_their_own() -> None:
+    seen: set[str] = set()
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def render() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            seen.add(threading.current_thread().name)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+
+    await asyncio.gather(*(in_pool(render) for _ in range(4 * RENDER_WORKERS)))
+    assert most <= RENDER_WORKERS
+    assert seen and all(name.startswith("viewbait-render") for name in seen)
