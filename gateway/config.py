@@ -461,6 +461,13 @@ class StoreSettings(BaseModel):
     failed_job_retention_s: float = Field(default=30 * 86400.0, gt=0)
     #: How long a cancelled job is kept after it was cancelled.
     cancelled_job_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    #: The embedded store (no database): bytes of result-cache rows it keeps in memory, least
+    #: recently used evicted first; a row larger than this is served but not kept. 0 keeps none.
+    embedded_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    #: The embedded store: raw usage-ledger rows it keeps in memory; older rows are folded into
+    #: their daily totals at once (which GetUsage still counts). The daily totals are bounded
+    #: by the same count.
+    embedded_usage_max_rows: int = Field(default=10_000, ge=1)
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> StoreSettings:

@@ -70,7 +70,7 @@ from gateway.rpc.interceptors import (
 )
 from gateway.rpc.job_service import JobServicer
 from gateway.rpc.usage_service import UsageServicer
-from gateway.store import Store, create_store
+from gateway.store import MemoryStore, Store, create_store
 from gateway.store.blobs import BlobStore, create_blob_store
 from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
@@ -277,6 +277,9 @@ class GatewayServer:
 
             assert isinstance(store, PostgresStore)
             metrics.store.watch(store.pool)
+        elif metrics is not None:
+            assert isinstance(store, MemoryStore)
+            metrics.store.watch_embedded(store)
         limiter = self._limiter = RateLimiter.from_settings(
             settings, metrics=None if metrics is None else metrics.limiter
         )

@@ -49,6 +49,8 @@ def create_store(settings: StoreSettings) -> Store:
             job_retention_s=settings.job_retention_s,
             failed_job_retention_s=settings.failed_job_retention_s,
             cancelled_job_retention_s=settings.cancelled_job_retention_s,
+            usage_rows_kept=settings.embedded_usage_max_rows,
+            results_max_bytes=settings.embedded_cache_max_bytes,
         )
     from gateway.store.postgres import PostgresStore
 

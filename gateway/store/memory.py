@@ -4,20 +4,32 @@ Same semantics as `PostgresStore` (one contract test suite runs against both), f
 replica without a database. Every method runs without awaiting between its reads and writes, so
 each is atomic on the event loop, as a transaction is in PostgreSQL. Nothing survives a restart.
 
-The usage ledger is the one place this store differs by design: it keeps only the most recent
-`USAGE_ROWS_KEPT` rows, so a long-running embedded gateway's memory stays bounded. An older row
-is folded into the daily totals at once instead of waiting for the roll-up, so the totals stay
-whole, but `list_usage` of a job whose calls have aged out returns fewer rows, or none, and a
-range that starts or ends inside such a day counts the day whole. The daily totals are bounded
-by the same number of entries (the oldest dropped first, besides their retention).
+Two places differ by design, so a long-running embedded gateway's memory stays bounded:
+
+- The result cache holds at most `results_max_bytes` (`result_row_bytes` counts a row: its key,
+  inline JSON and blob references, and `RESULT_ROW_OVERHEAD` for the objects that hold them;
+  blobs live in the blob store, not here). Past it, the least recently used rows are evicted (a
+  hit refreshes a row); an evicted row is a miss, and its blobs go with the next blob
+  collection once no job references them either. A row larger than the whole budget is not
+  kept at all: `put_result` answers it as stored (the caller serves the result) and a later
+  request computes it again.
+- The usage ledger keeps only the most recent `usage_rows_kept` rows. An older row is folded
+  into the daily totals at once instead of waiting for the roll-up, so the totals stay whole,
+  but `list_usage` of a job whose calls have aged out returns fewer rows, or none, and a range
+  that starts or ends inside such a day counts the day whole. The daily totals (per day, user,
+  operation and model) are bounded by the same number of entries: past it the least recently
+  folded one leaves its user's reports but is added to the fleet's total of its day, operation
+  and model, so fleet reports stay whole (those fleet totals are bounded the same way, besides
+  their retention).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, time, timedelta
@@ -60,6 +72,7 @@ from gateway.store.base import (
     redrive_refused,
     usage_job_id,
 )
+from gateway.store.blobs.base import DIGEST_SIZE
 from gateway.store.changes import DUE, ChangeHub, wait_for_change
 
 #: Fields a handle copies from the execution it follows.
@@ -87,6 +100,14 @@ _POLL_INTERVAL_S = 60.0
 #: are folded into the daily totals as new ones arrive. The daily totals keep as many entries.
 USAGE_ROWS_KEPT = 10_000
 
+#: Bytes of cache rows the embedded store keeps by default (`store.embedded_cache_max_bytes`).
+RESULTS_MAX_BYTES = 64 * 1024 * 1024
+
+#: What one cache row costs besides its key, JSON and digests: the row and reference objects,
+#: their two datetimes, tuples and the dict slot (about 450 bytes measured with tracemalloc on
+#: CPython 3.11, rounded up).
+RESULT_ROW_OVERHEAD = 512
+
 #: A daily total's identity: (UTC day, user, operation, model).
 DayKey = tuple[date, str, str, str]
 
@@ -103,6 +124,13 @@ def usage_day(at: datetime) -> date:
 def day_start(day: date) -> datetime:
     """Midnight UTC at the start of `day`."""
     return datetime.combine(day, time(), UTC)
+
+
+def result_row_bytes(key: bytes, ref: ResultRef) -> int:
+    """What the embedded cache counts a row as (see the module docstring)."""
+    digests = len(ref.blobs) + (ref.json_blob is not None)
+    inline = 0 if ref.json is None else sys.getsizeof(ref.json)
+    return RESULT_ROW_OVERHEAD + len(key) + inline + DIGEST_SIZE * digests
 
 
 def sum_by_day(
@@ -126,9 +154,12 @@ class MemoryStore:
         failed_job_retention_s: float = 30 * 86400,
         cancelled_job_retention_s: float = 7 * 86400,
         usage_rows_kept: int = USAGE_ROWS_KEPT,
+        results_max_bytes: int = RESULTS_MAX_BYTES,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         check_positive("usage_rows_kept", usage_rows_kept)
+        if results_max_bytes < 0:
+            raise ValueError("results_max_bytes must not be negative")
         #: How long a finished job is kept, by the status it finished with.
         self._retention = {
             JobStatus.SUCCEEDED: timedelta(seconds=job_retention_s),
@@ -137,7 +168,13 @@ class MemoryStore:
         }
         self._now = clock
         self._hub = ChangeHub()
-        self._results: dict[bytes, CachedResult] = {}
+        #: The cache rows, least recently used first, and what they count as in all.
+        self._results: OrderedDict[bytes, CachedResult] = OrderedDict()
+        self._results_max_bytes = results_max_bytes
+        self.result_bytes = 0
+        #: Rows evicted to stay within the budget, and rows too large for it (never kept).
+        self.results_evicted = 0
+        self.results_refused = 0
         self._jobs: dict[str, Job] = {}
         #: Dedupe key -> id of the active execution holding it.
         self._active: dict[bytes, str] = {}
@@ -150,8 +187,13 @@ class MemoryStore:
         #: rescued after their lease lapsed): their ledger rows read abandoned.
         self._lost_claims: dict[str, set[int]] = {}
         self._usage: deque[UsageEntry] = deque()
+        #: Raw ledger rows folded into their daily totals early, for the bound.
+        self.usage_rows_folded = 0
         #: The daily totals, in the order they were first folded (so oldest days first).
         self._usage_days: dict[DayKey, UsageTotals] = {}
+        #: Daily totals dropped from `_usage_days` for its bound, summed over their users per
+        #: (UTC day, operation, model): fleet reports still count them (bounded the same way).
+        self._fleet_days: dict[tuple[date, str, str], UsageTotals] = {}
         self._batches: dict[str, Batch] = {}
 
     async def start(self) -> None:
@@ -166,8 +208,11 @@ class MemoryStore:
     async def get_result(self, key: bytes) -> CachedResult | None:
         """See `Store.get_result`."""
         entry = self._results.get(key)
-        if entry is None or entry.expires_at <= self._now():
+        if entry is None:
             return None
+        if entry.expires_at <= self._now():
+            return None  # the maintenance loop purges it (`purge_expired_results`)
+        self._results.move_to_end(key)
         return entry
 
     async def put_result(
@@ -189,8 +234,33 @@ class MemoryStore:
         now = self._now()
         expires = now + timedelta(seconds=ttl_s)
         entry = CachedResult(key, op, scope, model, ref, now, expires, cost_usd)
+        # A new result replaces the old one under its key, whether or not it is kept.
+        self._drop_result(key)
+        size = result_row_bytes(key, ref)
+        if size > self._results_max_bytes:
+            self.results_refused += 1
+            return entry
         self._results[key] = entry
+        self.result_bytes += size
+        while self.result_bytes > self._results_max_bytes:
+            self._drop_result(next(iter(self._results)))
+            self.results_evicted += 1
         return entry
+
+    def _drop_result(self, key: bytes) -> None:
+        entry = self._results.pop(key, None)
+        if entry is not None:
+            self.result_bytes -= result_row_bytes(key, entry.ref)
+
+    @property
+    def results_max_bytes(self) -> int:
+        """The cache's budget in bytes."""
+        return self._results_max_bytes
+
+    @property
+    def result_count(self) -> int:
+        """Cache rows held now (expired ones not purged yet included)."""
+        return len(self._results)
 
     async def purge_expired_results(self, limit: int) -> int:
         """See `Store.purge_expired_results`."""
@@ -198,7 +268,7 @@ class MemoryStore:
         now = self._now()
         expired = [k for k, e in self._results.items() if e.expires_at <= now][:limit]
         for key in expired:
-            del self._results[key]
+            self._drop_result(key)
         return len(expired)
 
     # -- jobs --------------------------------------------------------------------------------
@@ -912,6 +982,7 @@ class MemoryStore:
         self._usage.extend(rows)
         while len(self._usage) > self._usage_rows_kept:
             self._fold(self._usage.popleft())
+            self.usage_rows_folded += 1
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:
         """See `Store.list_usage`."""
@@ -935,14 +1006,17 @@ class MemoryStore:
             if (user_id is None or e.record.labels.user_id == user_id)
             and start <= e.created_at < end
         )
-        daily = (
+        daily = [
             (day, op, model, totals)
             for (day, user, op, model), totals in self._usage_days.items()
             if (user_id is None or user == user_id)
-            and usage_day(start) <= day
-            and day_start(day) < end
-        )
-        return sum_by_day([*raw, *daily])
+        ]
+        if user_id is None:
+            daily += [
+                (day, op, model, totals) for (day, op, model), totals in self._fleet_days.items()
+            ]
+        covered = (row for row in daily if usage_day(start) <= row[0] and day_start(row[0]) < end)
+        return sum_by_day([*raw, *covered])
 
     async def roll_up_usage(self, before: date, limit: int) -> int:
         """See `Store.roll_up_usage`."""
@@ -964,7 +1038,10 @@ class MemoryStore:
         old = [key for key in self._usage_days if key[0] < before][:limit]
         for key in old:
             del self._usage_days[key]
-        return len(old)
+        fleet = [key for key in self._fleet_days if key[0] < before][: limit - len(old)]
+        for fleet_key in fleet:
+            del self._fleet_days[fleet_key]
+        return len(old) + len(fleet)
 
     def _fold(self, entry: UsageEntry) -> None:
         """Adds a raw row to its daily total (it leaves the raw ledger)."""
@@ -980,7 +1057,19 @@ class MemoryStore:
         # Re-inserted at the end: the first entries stay the least recently folded.
         self._usage_days[key] = totals if earlier is None else earlier + totals
         while len(self._usage_days) > self._usage_rows_kept:
-            del self._usage_days[next(iter(self._usage_days))]
+            oldest = next(iter(self._usage_days))
+            dropped = self._usage_days.pop(oldest)
+            day, _, op, model = oldest
+            fleet = (day, op, model)
+            summed = self._fleet_days.pop(fleet, None)
+            self._fleet_days[fleet] = dropped if summed is None else summed + dropped
+            while len(self._fleet_days) > self._usage_rows_kept:
+                del self._fleet_days[next(iter(self._fleet_days))]
+
+    @property
+    def usage_row_count(self) -> int:
+        """Raw ledger rows held now."""
+        return len(self._usage)
 
     def usage_entries(self) -> list[UsageEntry]:
         """Every raw ledger row kept, oldest first: the embedded ledger is readable in process

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import grpc
@@ -38,10 +38,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from gateway.budgets import BudgetReader, BudgetState
 from gateway.errors import Unavailable
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from gateway.limiter import LimiterMode, RateLimiter
     from gateway.limiter.checks import Check, Verdict
     from gateway.store.base import JobStore
+    from gateway.store.memory import MemoryStore
     from gateway.store.postgres.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -457,11 +460,15 @@ class JobMetrics:
 
 
 class StoreMetrics:
-    """The PostgreSQL store's circuit and connection pool, read at every scrape (the embedded
-    store has neither: nothing is exported for it)."""
+    """The PostgreSQL store's circuit and connection pool, or the embedded store's bounded
+    memory (its result cache and usage ledger), read at every scrape."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
+
+    def watch_embedded(self, store: MemoryStore) -> None:
+        """Reads the embedded `store`'s bounds at every scrape."""
+        self._registry.register(_EmbeddedStoreCollector(store))
 
     def watch(self, pool: Pool) -> None:
         """Reads `pool` at every scrape."""
@@ -484,6 +491,52 @@ class StoreMetrics:
             "Most connections the store's pool opens",
             registry=registry,
         ).set_function(lambda: pool.max_connections)
+
+
+class _EmbeddedStoreCollector(Collector):
+    """What the embedded store holds against its bounds (`gateway.store.memory`)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        store = self._store
+        yield GaugeMetricFamily(
+            "viewbait_store_embedded_cache_bytes",
+            "Bytes of result-cache rows the embedded store holds (as its budget counts them)",
+            value=store.result_bytes,
+        )
+        yield GaugeMetricFamily(
+            "viewbait_store_embedded_cache_max_bytes",
+            "The embedded store's result-cache budget (VIEWBAIT_STORE__EMBEDDED_CACHE_MAX_BYTES)",
+            value=store.results_max_bytes,
+        )
+        yield GaugeMetricFamily(
+            "viewbait_store_embedded_cache_rows",
+            "Result-cache rows the embedded store holds",
+            value=store.result_count,
+        )
+        yield CounterMetricFamily(
+            "viewbait_store_embedded_cache_evictions",
+            "Result-cache rows the embedded store evicted (least recently used) for its budget",
+            value=store.results_evicted,
+        )
+        yield CounterMetricFamily(
+            "viewbait_store_embedded_cache_refused",
+            "Results larger than the embedded store's whole cache budget (served, not kept)",
+            value=store.results_refused,
+        )
+        yield GaugeMetricFamily(
+            "viewbait_store_embedded_usage_rows",
+            "Raw usage-ledger rows the embedded store holds (at most "
+            "VIEWBAIT_STORE__EMBEDDED_USAGE_MAX_ROWS)",
+            value=store.usage_row_count,
+        )
+        yield CounterMetricFamily(
+            "viewbait_store_embedded_usage_folded_rows",
+            "Raw usage-ledger rows the embedded store folded into daily totals for its bound",
+            value=store.usage_rows_folded,
+        )
 
 
 class BudgetMetrics:
