@@ -90,6 +90,10 @@ class GeminiSettings(BaseModel):
     max_attempts: int = Field(default=4, ge=1, le=10)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=20.0, gt=0)
+    #: Longest wait before a retry that Gemini's RetryInfo may ask for within one call; a call
+    #: asked to wait longer (or past its deadline) ends at once with the upstream error and
+    #: Gemini's delay as its retry-after.
+    retry_delay_max_s: float = Field(default=60.0, gt=0, le=3600)
     #: Per-attempt timeout when the caller gave no deadline.
     attempt_timeout_s: float = Field(default=120.0, gt=0)
     #: How often the health probe asks Gemini whether it accepts the API key (`models.get`),
@@ -516,6 +520,11 @@ class ExecutionSettings(BaseModel):
     lease_s: float = Field(default=30.0, gt=0, le=3600)
     #: Attempts an execution gets (a takeover after a lapsed lease is an attempt).
     max_attempts: int = Field(default=3, ge=1, le=10)
+    #: Longest one run of an operation may take, its Gemini attempts and their retries
+    #: included: the deadline of work no caller's deadline bounds (job attempts, shared work a
+    #: caller may leave, runs for callers that set no deadline). A run cut short fails
+    #: DEADLINE_EXCEEDED, which a job retries like any retryable failure.
+    run_timeout_s: float = Field(default=600.0, gt=0, le=86400)
     #: With the store unavailable, run cacheable operations anyway, uncached and coalesced only
     #: within this replica (true), or answer UNAVAILABLE (false). Requests with an idempotency
     #: key always answer UNAVAILABLE then: without the store a retry could run twice.

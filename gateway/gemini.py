@@ -7,7 +7,9 @@
   no automatic stream continuation); the policy below is the only one.
 - Retries: 429, 408, 500, 502, 503, 504, timeouts, connection errors and unreadable bodies,
   up to `GeminiSettings.max_attempts`, with exponential backoff and full jitter, never sooner
-  than Google's `RetryInfo.retryDelay`. 400/401/403/404 and safety blocks are final.
+  than Google's `RetryInfo.retryDelay`. 400/401/403/404 and safety blocks are final. A
+  `retryDelay` longer than `retry_delay_max_s`, or one that does not fit before the deadline,
+  is not slept: the call ends at once with the upstream error, that delay its retry-after.
 - Deadlines: `deadline` is an absolute `time.monotonic()` instant. Each attempt gets the time
   that is left (capped by `attempt_timeout_s`) as its timeout; no attempt starts, and no
   backoff sleeps, past the deadline. A timed-out attempt is cancelled, which closes its
@@ -302,9 +304,9 @@ class GeminiClient:
                     usage=usage,
                     cost=self._prices.cost_usd(request.model, usage) if usage else 0.0,
                 )
-                delay = self._retry_delay(failure, attempt, deadline)
+                delay, why_not = self._retry_delay(failure, attempt, deadline)
                 if delay is None:
-                    raise self._final_error(failure, attempt) from None
+                    raise self._final_error(failure, why_not) from None
                 log.warning(
                     "Gemini attempt %d/%d (%s, model %s) failed: %s; retrying in %.2fs",
                     attempt,
@@ -443,20 +445,30 @@ class GeminiClient:
             return _Failure(UpstreamRejected(message), retryable=False)
         return _Failure(UpstreamUnavailable(message), retryable=False)
 
-    def _retry_delay(self, failure: _Failure, attempt: int, deadline: float | None) -> float | None:
-        """Seconds to wait before the next attempt, or None to stop now."""
-        if not failure.retryable or attempt >= self._settings.max_attempts:
-            return None
+    def _retry_delay(
+        self, failure: _Failure, attempt: int, deadline: float | None
+    ) -> tuple[float | None, str]:
+        """Seconds to wait before the next attempt, or None to stop now, with why not."""
+        settings = self._settings
+        if not failure.retryable:
+            return None, ""
+        if attempt >= settings.max_attempts:
+            return None, f"after {attempt} attempts"
+        asked = failure.server_delay_s
+        if asked is not None and asked > settings.retry_delay_max_s:
+            # Sleeping that long would hold the caller (or a job worker) for nothing: the
+            # caller hears at once when to come back.
+            return None, f"after {attempt} attempt(s); Gemini asks to wait {asked:g}s"
         delay = backoff.next_delay(
             attempt,
-            initial_s=self._settings.backoff_initial_s,
-            max_s=self._settings.backoff_max_s,
-            server_delay_s=failure.server_delay_s,
+            initial_s=settings.backoff_initial_s,
+            max_s=settings.backoff_max_s,
+            server_delay_s=asked,
             rng=self._rng,
         )
         if deadline is not None and time.monotonic() + delay >= deadline:
-            return None
-        return delay
+            return None, f"after {attempt} attempt(s); the deadline leaves no time for another"
+        return delay, ""
 
     def _refused_retry(
         self, failure: _Failure, attempts: int, refused: GatewayError
@@ -474,14 +486,10 @@ class GeminiClient:
         final.metadata["retry_refused_by"] = refused.reason
         return final
 
-    def _final_error(self, failure: _Failure, attempts: int) -> GatewayError:
+    def _final_error(self, failure: _Failure, why: str) -> GatewayError:
         error = failure.error
         if not failure.retryable:
             return error
-        if attempts >= self._settings.max_attempts:
-            why = f"after {attempts} attempts"
-        else:
-            why = f"after {attempts} attempt(s); the deadline leaves no time for another"
         final = type(error)(f"{error.message}, {why}", retry_after_s=error.retry_after_s)
         final.metadata.update(error.metadata)
         return final

@@ -307,6 +307,27 @@ async def test_retry_info_delay_beyond_the_deadline_stops_at_once(
     assert emulator.stats().requests == 1
 
 
+async def test_a_retry_delay_beyond_the_maximum_is_not_slept_even_without_a_deadline(
+    emulator: EmulatorServer, usage_sink: UsageCollector, gemini_settings: GeminiSettings
+) -> None:
+    """Gemini says "come back in an hour": nothing bounds this call but the maximum wait, and
+    it ends at once, telling its caller when to come back."""
+    settings = gemini_settings.model_copy(update={"retry_delay_max_s": 10})
+    emulator.inject("rate_limited", count=5, retry_delay_s=3600)
+    async with GeminiClient(settings, usage_sink=usage_sink) as client:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await client.generate(text_request(), labels=LABELS)
+    assert caught.value.retry_after_s == 3600
+    assert "429" in caught.value.message and "3600s" in caught.value.message
+    assert emulator.stats().requests == 1
+    # Within the maximum, the same delay is waited out and the call retried.
+    emulator.reset()
+    emulator.inject("rate_limited", count=1, retry_delay_s=0.05)
+    async with GeminiClient(settings, usage_sink=usage_sink) as client:
+        response = await client.generate(text_request(), labels=LABELS)
+    assert response.attempts == 2
+
+
 def test_backoff_is_full_jitter_and_never_undercuts_retry_info() -> None:
     rng = random.Random(3)
     delays = [

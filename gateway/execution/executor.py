@@ -37,6 +37,12 @@ uncached, coalesced within this replica, when `run_uncached_on_store_failure` al
 answers UNAVAILABLE; a request with an idempotency key always answers UNAVAILABLE then (a retry
 could run twice). Results are written (blobs, cache row, job) after the callers have their
 answer; a failed write is logged and costs at most a later recomputation.
+
+Deadlines: every run has one. Work that outlives its callers (an execution any caller may
+leave, a job attempt, a run without the store) gets `run_timeout_s` from its start; a run that
+is one caller's alone (no cache key, no idempotency key) gets the caller's deadline, or
+`run_timeout_s` when that is sooner or the caller set none. Gemini's retries and their waits stay
+within it (`gateway.gemini`).
 """
 
 from __future__ import annotations
@@ -276,7 +282,7 @@ class Executor:
             return await self._share(
                 call, flight_key, lambda: self._coalesce(call, flight_key, new)
             )
-        return await call.run(None, call.deadline, Spend())
+        return await call.run(None, self._run_deadline(call.deadline), Spend())
 
     async def _record_saving(self, call: Call, outcome: Outcome[Any], job_id: str = "") -> None:
         """Records in the usage ledger an answer that took its result from the cache, or from
@@ -621,7 +627,8 @@ class Executor:
         # This run's upstream spend, known even when it fails (its execution keeps it).
         spend = Spend()
         lease = HeldLease(self._store, claim, self._settings.lease_s)
-        work = asyncio.ensure_future(call.run(claim, None, spend))
+        # The work outlives its callers (any of them may leave): its own deadline bounds it.
+        work = asyncio.ensure_future(call.run(claim, self._run_deadline(), spend))
         lease.attach(work)
         self._leases[claim.job_id] = lease
         keeper = asyncio.ensure_future(lease.keep())
@@ -866,9 +873,15 @@ class Executor:
         self.stats.uncached += 1
         # No job row refers to the images: nothing to write.
         call.inputs.arm(None)
-        outcome = await call.run(None, None, Spend())
+        outcome = await call.run(None, self._run_deadline(), Spend())
         self._keep(call, None, outcome)
         return outcome
+
+    def _run_deadline(self, caller: float | None = None) -> float:
+        """The deadline of a run starting now: `run_timeout_s` from now, or the caller's
+        (`time.monotonic()`) when that is sooner and the run is the caller's alone."""
+        own = time.monotonic() + self._settings.run_timeout_s
+        return own if caller is None else min(caller, own)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
