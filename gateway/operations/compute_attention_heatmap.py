@@ -15,7 +15,7 @@ from enum import StrEnum
 from gateway import native
 from gateway.config import InputBounds, Scope
 from gateway.model import Blob, ModelClient, Part
-from gateway.operations import prompts, render
+from gateway.operations import prompts
 from gateway.operations import schema as s
 from gateway.operations.base import DEFAULT_BOUNDS, RunContext, StructuredOperation
 from gateway.operations.images import Image, ImageInput
@@ -159,6 +159,9 @@ class ComputeAttentionHeatmap(
     ) -> AttentionHeatmap:
         """Renders the overlay at the thumbnail's size."""
         image = request.image.verified
+        # Imported on first use: numpy is heavy, and only this operation needs it.
+        from gateway.operations import render
+
         png = render.render_overlay_png(answer.regions, image.width, image.height)
         overlay = Image(png, "png", image.width, image.height, native.sha256(png))
         return AttentionHeatmap(answer.regions, overlay)
