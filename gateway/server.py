@@ -29,7 +29,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -54,9 +54,8 @@ from gateway.config import (
     gemini_backend,
     is_loopback,
 )
-from gateway.emulator import EmulatorServer
+from gateway.deferred_client import DeferredClient, import_in_thread
 from gateway.execution import Executor, Pipeline
-from gateway.gemini import GeminiClient
 from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
 from gateway.jobs.batcher import Batcher
 from gateway.limiter import LimiterMode, RateLimiter
@@ -75,12 +74,12 @@ from gateway.store.blobs import BlobStore, create_blob_store
 from gateway.store.ledger import StoreUsageSink
 from gateway.store.maintenance import run_cleanup
 from gateway.telemetry import tracing
-from gateway.telemetry.metrics import (
-    GatewayMetrics,
-    MetricsServer,
-    refresh_forever,
-)
 from gateway.usage_report import UsageReporter
+
+if TYPE_CHECKING:
+    from gateway.emulator import EmulatorServer
+    from gateway.gemini import GeminiClient
+    from gateway.telemetry.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.server")
 
@@ -134,7 +133,9 @@ class GatewayServer:
         self._server: aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._emulator: EmulatorServer | None = None
-        self._client: GeminiClient | None = None
+        #: The model client's modules, importing in the background since start-up began.
+        self._prefetch: asyncio.Future[list[None]] | None = None
+        self._client: DeferredClient | None = None
         self._limiter: RateLimiter | None = None
         self._budgets: Budgets | None = None
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -227,15 +228,37 @@ class GatewayServer:
         )
         return settings.model_copy(update={"auth": auth})
 
-    async def _with_backend(self, settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
-        """Settings with the model backend resolved: the in-process emulator started and its
-        URL and key filled in when it answers, so its answers carry the emulator marker."""
-        gemini = settings.gemini
+    def _with_backend(self, settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
+        """Settings with the model backend resolved; the modules the model client needs start
+        loading in the background now (see `gateway.deferred_client`), and the in-process
+        emulator of local mode, when there is one, is stopped after everything that calls it."""
         backend = gemini_backend(settings)
         if backend is Backend.EMULATOR:
+            stack.push_async_callback(self._stop_emulator)
+        modules = ["gateway.gemini"]
+        if backend is Backend.EMULATOR:
+            modules.append("gateway.emulator")
+        self._prefetch = asyncio.ensure_future(
+            asyncio.gather(*(import_in_thread(module) for module in modules))
+        )
+        gemini = settings.gemini.model_copy(update={"backend": backend})
+        return settings.model_copy(update={"gemini": gemini})
+
+    async def _stop_emulator(self) -> None:
+        if self._emulator is not None:
+            await self._emulator.stop()
+
+    async def _load_client(self, settings: Settings, usage: StoreUsageSink) -> GeminiClient:
+        """The Gemini client (in local mode, calling the in-process emulator, started first so
+        that its answers carry the emulator marker)."""
+        assert self._prefetch is not None
+        await self._prefetch
+        gemini = settings.gemini
+        if gemini.backend is Backend.EMULATOR:
+            from gateway.emulator import EmulatorServer
+
             self._emulator = EmulatorServer.from_settings(settings.emulator)
             await self._emulator.start()
-            stack.push_async_callback(self._emulator.stop)
             log.warning(
                 "using the built-in OFFLINE GEMINI EMULATOR, not Gemini; answers are synthetic "
                 "and cached apart from Gemini's",
@@ -247,8 +270,11 @@ class GatewayServer:
                     "api_key": SecretStr(self._emulator.api_key),
                 }
             )
-        gemini = gemini.model_copy(update={"backend": backend})
-        return settings.model_copy(update={"gemini": gemini})
+        from gateway.gemini import GeminiClient
+
+        return GeminiClient(
+            gemini, usage_sink=usage, batch_price_factor=settings.batch.price_factor
+        )
 
     async def _build_runtime(
         self, settings: Settings, stack: contextlib.AsyncExitStack
@@ -291,11 +317,9 @@ class GatewayServer:
         # Beside the limiter, on its Redis connection and breaker; closed before it.
         budgets = self._budgets = Budgets.beside(settings, limiter, clock=self._clock)
         stack.push_async_callback(budgets.aclose)
-        client = self._client = GeminiClient(
-            settings.gemini, usage_sink=usage, batch_price_factor=settings.batch.price_factor
-        )
+        client = self._client = DeferredClient(lambda: self._load_client(settings, usage))
+        client.start()
         stack.push_async_callback(client.aclose)
-        client.prepare()
         client.add_credentials_listener(
             lambda refused: self._component_changed(UPSTREAM_HEALTH_SERVICE, not refused)
         )
@@ -401,6 +425,10 @@ class GatewayServer:
         stack.push_async_callback(tracing.release)
         settings = self._with_local_auth(self.settings)
         if settings.metrics.port is not None:
+            # Imported only when metrics are on: prometheus-client and its HTTP server are not
+            # on the start-up path of a replica that serves none.
+            from gateway.telemetry.metrics import GatewayMetrics
+
             self._metrics = GatewayMetrics.from_settings(settings)
             if self._listen:
                 self._metrics.rpc.declare(_method_paths())
@@ -413,7 +441,7 @@ class GatewayServer:
         if self._metrics is not None:
             # Served until the very end: a scrape during the drain sees it.
             await self._serve_metrics(self._metrics, settings, stack)
-        settings = await self._with_backend(settings, stack)
+        settings = self._with_backend(settings, stack)
         pipeline, jobs = await self._build_runtime(settings, stack)
         limiter, client, workers = self._limiter, self._client, self._workers
         assert limiter is not None and client is not None and workers is not None
@@ -431,6 +459,8 @@ class GatewayServer:
         if server is not None:
             await self._start_grpc(server, settings, pipeline, jobs)
             stack.push_async_callback(self._drain, server)
+        # Answering already; started once the model client is loaded too.
+        await client.loaded()
         # Undone first: callers see NOT_SERVING, and the executor hands work back rather than
         # failing it, before anything is torn down.
         stack.push_async_callback(self._begin_shutdown)
@@ -459,6 +489,8 @@ class GatewayServer:
         """Starts `/metrics` on its own port (a port in use ends start-up, like the gRPC one)."""
         host, port = settings.metrics.host, settings.metrics.port
         assert port is not None
+        from gateway.telemetry.metrics import MetricsServer
+
         http = MetricsServer(metrics, host, port)
         try:
             self.metrics_port = await http.start()
@@ -502,6 +534,8 @@ class GatewayServer:
                 )
             )
         if self._metrics is not None:
+            from gateway.telemetry.metrics import refresh_forever
+
             refresh = refresh_forever(
                 self._metrics, store, self._budgets, settings.metrics.refresh_interval_s
             )

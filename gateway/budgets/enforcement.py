@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from gateway.budgets import BudgetState
 from gateway.budgets.backend import BudgetBackendError, Change, Hold
@@ -44,14 +45,16 @@ from gateway.budgets.embedded import EmbeddedBackend
 from gateway.budgets.estimate import Estimator, to_nano, to_usd
 from gateway.budgets.keys import model_budget_key, user_budget_key
 from gateway.budgets.periods import Period, PeriodKind, period_of
-from gateway.budgets.shared import RedisBudgetBackend
 from gateway.config import FailureMode, Settings, Tier
 from gateway.errors import BudgetExceeded, GatewayError, Unavailable
 from gateway.limiter import RateLimiter
 from gateway.limiter.breaker import CircuitBreaker
-from gateway.limiter.shared import RedisClient
 from gateway.model import ModelRequest
 from gateway.usage import PriceBook
+
+if TYPE_CHECKING:
+    from gateway.budgets.shared import RedisBudgetBackend
+    from gateway.limiter.shared import RedisClient
 
 log = logging.getLogger("gateway.budgets")
 
@@ -174,13 +177,14 @@ class Budgets:
         self._breaker = breaker
         self._replicas = replicas
         self._embedded = EmbeddedBackend(clock=self._clock)
-        self._shared = (
-            None
-            if redis is None
-            else RedisBudgetBackend(
+        self._shared: RedisBudgetBackend | None = None
+        if redis is not None:
+            # Imported with Redis configured only (redis-py is heavy to import).
+            from gateway.budgets.shared import RedisBudgetBackend
+
+            self._shared = RedisBudgetBackend(
                 redis, timeout_s=settings.limiter.command_timeout_s, breaker=breaker
             )
-        )
         #: The `local` failure mode's state; started afresh after every outage.
         self._fallback = EmbeddedBackend(clock=self._clock)
         self._degraded = False

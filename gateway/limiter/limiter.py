@@ -21,21 +21,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from gateway.config import FailureMode, RateLimit, Settings, Tier
 from gateway.errors import RateLimited, Unavailable
 from gateway.limiter import keys
 from gateway.limiter.breaker import CircuitBreaker
 from gateway.limiter.checks import Check, LimiterBackendError, Rule, Verdict
-from gateway.limiter.fleet import ReplicaRegistry
 from gateway.limiter.local import NativeBackend
-from gateway.limiter.shared import RedisBackend, RedisClient
 
 if TYPE_CHECKING:
+    from gateway.limiter.fleet import ReplicaRegistry
+    from gateway.limiter.shared import RedisBackend, RedisClient
     from gateway.telemetry.metrics import LimiterMetrics
 
 log = logging.getLogger("gateway.limiter")
@@ -93,6 +88,11 @@ def redis_client(settings: Settings) -> RedisClient:
     """A Redis (or Redis Cluster) client for the limiter: a short connect timeout, no retries of
     its own, and no per-read timeouts, because every call already runs under one deadline of
     `command_timeout_s` (`RedisBackend`), which covers connecting, sending and reading."""
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     limiter = settings.limiter
     if limiter.redis_url is None:
         raise ValueError("limiter.redis_url is not set")
@@ -154,6 +154,11 @@ class RateLimiter:
         self._shared: RedisBackend | None = None
         self._registry: ReplicaRegistry | None = None
         if redis is not None:
+            # Imported with Redis configured only: redis-py is not on an embedded replica's
+            # start-up path.
+            from gateway.limiter.fleet import ReplicaRegistry
+            from gateway.limiter.shared import RedisBackend
+
             self._registry = ReplicaRegistry(
                 redis,
                 settings.limiter.key_prefix,

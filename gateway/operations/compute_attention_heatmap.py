@@ -14,7 +14,7 @@ from enum import StrEnum
 from gateway import native
 from gateway.config import InputBounds, Scope
 from gateway.model import Blob, Part
-from gateway.operations import prompts, render
+from gateway.operations import prompts
 from gateway.operations import schema as s
 from gateway.operations.base import DEFAULT_BOUNDS, StructuredOperation
 from gateway.operations.images import Image, ImageInput
@@ -150,12 +150,17 @@ class ComputeAttentionHeatmap(
     ) -> AttentionHeatmap:
         """Renders the overlay off the event loop, in the renderer's bounded pool."""
         # Milliseconds of numpy and zlib for a 1280x720 thumbnail, which release the GIL.
+        # Imported on first use: numpy is heavy, and only this operation needs it.
+        from gateway.operations import render
+
         return await render.in_pool(self.finish, request, answer)
 
     def finish(
         self, request: ComputeAttentionHeatmapRequest, answer: AttentionAnswer
     ) -> AttentionHeatmap:
         """Renders the overlay at the thumbnail's size."""
+        from gateway.operations import render
+
         image = request.image.verified
         png = render.render_overlay_png(answer.regions, image.width, image.height)
         overlay = Image(png, "png", image.width, image.height, native.sha256(png))
