@@ -30,6 +30,7 @@ __all__ = [
     "ImageError",
     "ImageInfo",
     "canonical_json",
+    "canonical_json_field",
     "canonical_json_sha256",
     "canonical_json_sha256_field",
     "inspect_image",
@@ -52,9 +53,14 @@ def inspect_image_field(
         raise InvalidArgument.field(field, str(exc)) from None
 
 
-def canonical_json_sha256_field(text: str | bytes, field: str) -> bytes:
-    """`canonical_json_sha256` for a request field: bad JSON becomes `InvalidArgument` naming it."""
+def canonical_json_field(text: str | bytes, field: str) -> str:
+    """`canonical_json` for a request field: bad JSON becomes `InvalidArgument` naming it."""
     try:
-        return canonical_json_sha256(text)
+        return canonical_json(text)
     except ValueError as exc:
         raise InvalidArgument.field(field, f"not acceptable JSON: {exc}") from None
+
+
+def canonical_json_sha256_field(text: str | bytes, field: str) -> bytes:
+    """`canonical_json_sha256` for a request field: bad JSON becomes `InvalidArgument` naming it."""
+    return sha256(canonical_json_field(text, field).encode("utf-8"))

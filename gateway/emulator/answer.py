@@ -146,9 +146,11 @@ def synthesize(
     *,
     image_bytes: Sequence[bytes] = (),
     invalid: bool = False,
+    scripted: str | None = None,
 ) -> Answer:
     """The answer to `request`. `image_bytes` are the PNGs to return (see `image_plan`);
-    `invalid` makes the text deliberately fail the response schema (a truncated JSON document).
+    `invalid` makes the text deliberately fail the response schema (a truncated JSON document);
+    `scripted` is the answer text to send instead of a synthetic one.
     """
     rng = random.Random(seed)
     prompt_tokens, prompt_details = prompt_usage(request, seed)
@@ -164,7 +166,9 @@ def synthesize(
     if not image_capable(request.model):
         answer.thoughts_tokens = rng.randint(40, 400)
 
-    if request.response_schema is not None or invalid:
+    if scripted is not None:
+        text = scripted
+    elif request.response_schema is not None or invalid:
         schema = request.response_schema or {"type": "object", "properties": {"answer": {}}}
         text = json.dumps(value_for_schema(schema, rng), ensure_ascii=False)
         if invalid:

@@ -43,6 +43,9 @@ class FaultKind(StrEnum):
     IMAGE_SAFETY = "image_safety"
     #: HTTP 200, finishReason STOP, but the answer text does not satisfy the response schema.
     INVALID_ANSWER = "invalid_answer"
+    #: HTTP 200, finishReason STOP, with the rule's `text` as the answer text: a scripted answer
+    #: (say JSON that fits the schema but breaks a rule of the result, as a real model's may).
+    SCRIPTED_ANSWER = "scripted_answer"
 
 
 class FaultRule(BaseModel):
@@ -65,6 +68,8 @@ class FaultRule(BaseModel):
     retry_delay_s: float = Field(default=2.0, ge=0.0)
     #: promptFeedback.blockReason for kind "prompt_blocked".
     block_reason: str = "SAFETY"
+    #: The answer text for kind "scripted_answer".
+    text: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FaultRule:
@@ -72,6 +77,8 @@ class FaultRule(BaseModel):
             raise ValueError("a fault rule needs exactly one of 'count' or 'rate'")
         if self.kind is FaultKind.ERROR and self.code is None:
             raise ValueError("a fault of kind 'error' needs an HTTP 'code'")
+        if (self.kind is FaultKind.SCRIPTED_ANSWER) != (self.text is not None):
+            raise ValueError("a 'text' goes with a fault of kind 'scripted_answer', and only there")
         return self
 
     def matches(self, model: str, stream: bool) -> bool:

@@ -240,7 +240,7 @@ class EmulatorServer:
         """Adds a fault rule, by default "the next request fails this way".
 
         `count=None` with `rate=0.3` fires at random instead; other options are `FaultRule`
-        fields (`model`, `stream`, `code`, `retry_delay_s`, `block_reason`).
+        fields (`model`, `stream`, `code`, `retry_delay_s`, `block_reason`, `text`).
         """
         if options.get("rate") is not None:
             count = None
@@ -463,7 +463,11 @@ class EmulatorServer:
             plan = answers.image_plan(parsed, seed)
             images = [await asyncio.to_thread(answers.render_image, plan)] if plan else []
             result = answers.synthesize(
-                parsed, seed, image_bytes=images, invalid=kind is FaultKind.INVALID_ANSWER
+                parsed,
+                seed,
+                image_bytes=images,
+                invalid=kind is FaultKind.INVALID_ANSWER,
+                scripted=fault.text if fault is not None else None,
             )
 
         if not parsed.stream:

@@ -7,7 +7,8 @@ both dialects Gemini accepts: `responseJsonSchema` (JSON Schema: lowercase or ar
 int64 bounds sent as strings). It is generic on purpose: nothing here knows any operation.
 
 Not honoured (Gemini does not promise them either): `pattern`, `multipleOf`, `uniqueItems`,
-`minProperties`/`maxProperties`, `not`, `if`/`then`/`else`.
+`minProperties`/`maxProperties`, `not`, `if`/`then`/`else`. A string whose description asks for
+a "#RRGGBB" colour gets one (a model reads the description; words there would be no colour).
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ class _Generator:
             text = f"2026-0{self._rng.randint(1, 9)}-1{self._rng.randint(0, 9)}"
         elif fmt == "time":
             text = f"1{self._rng.randint(0, 9)}:{self._rng.randint(10, 59)}:00"
+        elif "#RRGGBB" in str(schema.get("description", "")):
+            text = f"#{self._rng.randrange(1 << 24):06X}"
         else:
             label = name.replace("_", " ").strip() or "text"
             text = f"{label}: {words(self._rng, self._rng.randint(3, 9))}"

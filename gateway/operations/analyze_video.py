@@ -1,13 +1,18 @@
 """AnalyzeVideo: a structured analysis of a YouTube video, for thumbnail design.
 
 Gemini watches the video itself (the watch URL goes in as `fileData`); the creator's title and
-description are optional hints. The cache key is (user, video id): the analysis is about the
-video, so hints do not enter the key, and a user who re-asks with other hints gets the cached
-analysis until its TTL ends.
+description are optional hints. The cache key is (user, video id, title, description): the hints
+shape the prompt, so they shape the analysis, and a key without them would answer a request with
+new hints (a creator who fixed the title) with the analysis of the old ones for the whole TTL,
+and under a `global` scope would serve one user's description-steered analysis to everyone.
+Requests that repeat their hints, as a web app re-asking about one video does, still hit.
+
+Hook moments reach the caller in timeline order whatever order the model listed them in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -97,7 +102,8 @@ class AnalyzeVideo(StructuredOperation[AnalyzeVideoRequest, VideoAnalysis, Video
 
     name = "analyze_video"
     PROMPT_VERSION = "1"
-    SCHEMA_VERSION = "1"
+    # 2: hook moments sorted by time, strings trimmed (results cached before are not served).
+    SCHEMA_VERSION = "2"
     default_scope = Scope.USER
     request_type = AnalyzeVideoRequest
     result_type = VideoAnalysis
@@ -126,8 +132,18 @@ class AnalyzeVideo(StructuredOperation[AnalyzeVideoRequest, VideoAnalysis, Video
         return AnalyzeVideoRequest(video_id, title, description)
 
     def key_fields(self, request: AnalyzeVideoRequest) -> KeyFields:
-        """(video id); the user comes from the scope."""
-        return [("video_id", request.video_id)]
+        """(video id, title, description): everything the prompt is made of. The user comes from
+        the scope."""
+        return [
+            ("video_id", request.video_id),
+            ("title", request.title),
+            ("description", request.description),
+        ]
+
+    def normalise(self, answer: VideoAnalysis) -> VideoAnalysis:
+        """Hook moments in timeline order (equal timestamps keep the model's order)."""
+        moments = tuple(sorted(answer.hook_moments, key=lambda moment: moment.timestamp_s))
+        return dataclasses.replace(answer, hook_moments=moments)
 
     def prompt_parts(self, request: AnalyzeVideoRequest) -> Sequence[Part]:
         """The video first (Gemini reads media best before the question), then the hints."""

@@ -39,6 +39,7 @@ from gateway.model import (
 from gateway.operations import codec, schema
 from gateway.operations.images import Image
 from gateway.operations.keys import KeyFields, derive_key
+from gateway.operations.normalise import RuleBroken
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -238,9 +239,11 @@ class StructuredOperation(OperationSpec[RequestT, ResultT], Generic[RequestT, An
     """An operation that asks a text model for one JSON answer conforming to a schema.
 
     Subclasses give the system instruction, the user turn (`prompt_parts`), the response schema
-    and its typed form (`answer_type`), and `finish` turns the answer into the result (the
-    identity unless overridden). Every rule an answer must meet is stated in the schema, so the
-    model is steered by exactly the rules the parser enforces.
+    and its typed form (`answer_type`), `normalise` brings a checked answer to the rules the proto
+    documents for its result (see `gateway.operations.normalise`), and `finish` turns the answer
+    into the result (the identity unless overridden). Every rule an answer must meet is stated in
+    the schema (in its descriptions where JSON Schema has no keyword for it, like a sum or an
+    order), so the model is steered by exactly the rules the parser enforces.
     """
 
     model_kind = "text"
@@ -256,6 +259,13 @@ class StructuredOperation(OperationSpec[RequestT, ResultT], Generic[RequestT, An
     @abstractmethod
     def prompt_parts(self, request: RequestT) -> Sequence[Part]:
         """The user turn for a validated request."""
+
+    def normalise(self, answer: AnswerT) -> AnswerT:
+        """`answer` (which fits the schema) made to meet every rule the proto documents for the
+        result, where that keeps its meaning (scale, order, canonical spelling); raises
+        `RuleBroken` where it cannot. The one place an operation repairs model output; the
+        identity unless overridden."""
+        return answer
 
     def finish(self, request: RequestT, answer: AnswerT) -> ResultT:
         """The result built from a checked answer."""
@@ -277,24 +287,34 @@ class StructuredOperation(OperationSpec[RequestT, ResultT], Generic[RequestT, An
         )
 
     def parse_answer(self, text: str, finish_reason: str = "STOP") -> AnswerT:
-        """The model's JSON text as a typed, checked answer.
+        """The model's JSON text as a typed, checked, normalised answer.
 
-        Raises `UpstreamBadResponse` when the text is not JSON or does not satisfy the schema;
-        nothing is clamped or repaired. Messages give the place and the rule, never the raw text.
+        Every string loses its surrounding whitespace first (so a required string of spaces is
+        as missing as an empty one). Raises `UpstreamBadResponse` when the text is not JSON, does
+        not satisfy the schema, or breaks a documented rule `normalise` cannot repair; an answer
+        outside the schema is never clamped into it. Messages give the place and the rule, never
+        the raw text.
         """
         ended = "" if finish_reason in ("STOP", "") else f" (finish reason {finish_reason})"
         try:
-            data = codec.loads_strict(text)
-        except ValueError:
+            data = _trimmed(codec.loads_strict(text))
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than json reads
             raise UpstreamBadResponse(
                 f"the model's answer for {self.name} is not valid JSON{ended}"
             ) from None
         try:
             schema.validate(data, self.response_schema)
-            return cast(AnswerT, codec.from_jsonable(self.answer_type, data))
+            answer = cast(AnswerT, codec.from_jsonable(self.answer_type, data))
         except (schema.SchemaMismatch, codec.DecodeError) as exc:
             raise UpstreamBadResponse(
                 f"the model's answer for {self.name} does not fit its schema at "
+                f"{exc.path}: {exc.problem}{ended}"
+            ) from None
+        try:
+            return self.normalise(answer)
+        except RuleBroken as exc:
+            raise UpstreamBadResponse(
+                f"the model's answer for {self.name} breaks a rule of its result at "
                 f"{exc.path}: {exc.problem}{ended}"
             ) from None
 
@@ -311,3 +331,14 @@ class StructuredOperation(OperationSpec[RequestT, ResultT], Generic[RequestT, An
     async def run(self, request: RequestT, client: ModelClient, ctx: RunContext) -> ResultT:
         """`ask`, then `complete`."""
         return await self.complete(request, await self.ask(request, client, ctx))
+
+
+def _trimmed(data: Any) -> Any:
+    """Parsed JSON with every string (not object keys) stripped of surrounding whitespace."""
+    if isinstance(data, str):
+        return data.strip()
+    if isinstance(data, list):
+        return [_trimmed(item) for item in data]
+    if isinstance(data, dict):
+        return {key: _trimmed(value) for key, value in data.items()}
+    return data

@@ -3,10 +3,13 @@
 The caller sends the target thumbnail and 1 to 12 reference thumbnails as bytes. The key carries
 `refs_hash`, a digest of the sorted reference digests, so reordering references changes neither
 the key nor (because validation sorts them the same way) the prompt.
+
+The summary reaches the caller as one line (the proto promises a one-line judgement).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,6 +21,7 @@ from gateway.operations import schema as s
 from gateway.operations.base import DEFAULT_BOUNDS, StructuredOperation
 from gateway.operations.images import ImageInput
 from gateway.operations.keys import KeyFields, multiset_digest
+from gateway.operations.normalise import one_line
 from gateway.operations.validation import Violations
 
 
@@ -69,6 +73,7 @@ class ChannelConsistency:
     #: 0 to 100.
     score: int
     verdict: Verdict
+    #: One line.
     summary: str
     findings: ConsistencyFindings
 
@@ -115,7 +120,8 @@ class CheckChannelConsistency(
 
     name = "check_channel_consistency"
     PROMPT_VERSION = "1"
-    SCHEMA_VERSION = "1"
+    # 2: the summary is one line, strings trimmed.
+    SCHEMA_VERSION = "2"
     default_scope = Scope.USER
     request_type = CheckChannelConsistencyRequest
     result_type = ChannelConsistency
@@ -159,6 +165,10 @@ class CheckChannelConsistency(
             ("target_hash", request.target.verified.sha256),
             ("refs_hash", multiset_digest([ref.verified.sha256 for ref in request.references])),
         ]
+
+    def normalise(self, answer: ChannelConsistency) -> ChannelConsistency:
+        """The summary on one line (line breaks and runs of spaces become one space)."""
+        return dataclasses.replace(answer, summary=one_line(answer.summary))
 
     def prompt_parts(self, request: CheckChannelConsistencyRequest) -> Sequence[Part]:
         """Each reference under a label, then the target, then the question."""

@@ -3,10 +3,15 @@
 Gemini names the regions that draw attention (weighted, in normalized coordinates); the gateway
 renders the overlay itself (`gateway.operations.render`) at the thumbnail's pixel size. The result
 depends only on the image, so the key is global: (image SHA-256, width, height).
+
+Weights are shares of the viewer's attention: the caller gets them summing to at most 1.0 (scaled
+down in proportion when the model's add up to more), as float32 values, and regions strongest
+first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,6 +24,7 @@ from gateway.operations import schema as s
 from gateway.operations.base import DEFAULT_BOUNDS, StructuredOperation
 from gateway.operations.images import Image, ImageInput
 from gateway.operations.keys import KeyFields
+from gateway.operations.normalise import shares
 from gateway.operations.validation import Violations
 
 
@@ -51,7 +57,7 @@ class AttentionRegion:
 
     label: str
     element: AttentionElement
-    #: Share of attention, 0..1.
+    #: Share of attention, 0..1; the weights of one answer sum to at most 1.0.
     weight: float
     x: float
     y: float
@@ -61,7 +67,7 @@ class AttentionRegion:
 
 @dataclass(frozen=True, slots=True)
 class AttentionAnswer:
-    """The model's answer: the regions, most attention first."""
+    """The model's answer: the regions, most attention first (once normalised)."""
 
     regions: tuple[AttentionRegion, ...]
 
@@ -90,7 +96,10 @@ RESPONSE_SCHEMA = s.obj(
                 {
                     "label": s.string("What is there, in a few words.", max_length=80),
                     "element": s.enum("The kind of element.", [e.value for e in AttentionElement]),
-                    "weight": _fraction("Share of the viewer's attention, 0 to 1."),
+                    "weight": _fraction(
+                        "Share of the viewer's attention, 0 to 1; the weights of all regions "
+                        "add up to at most 1."
+                    ),
                     "x": _fraction("Horizontal position of the attention peak."),
                     "y": _fraction("Vertical position of the attention peak."),
                     "width": _fraction("Width of the region's box.", minimum=0.01),
@@ -111,7 +120,8 @@ class ComputeAttentionHeatmap(
 
     name = "compute_attention_heatmap"
     PROMPT_VERSION = "1"
-    SCHEMA_VERSION = "1"
+    # 2: weights scaled to sum to at most 1.0, regions sorted, strings trimmed.
+    SCHEMA_VERSION = "2"
     default_scope = Scope.GLOBAL
     request_type = ComputeAttentionHeatmapRequest
     result_type = AttentionHeatmap
@@ -143,6 +153,18 @@ class ComputeAttentionHeatmap(
         return (
             Part(blob=Blob(image.data, image.mime_type)),
             Part(text=f"Where will viewers look on this {image.width}x{image.height} thumbnail?"),
+        )
+
+    def normalise(self, answer: AttentionAnswer) -> AttentionAnswer:
+        """Regions strongest first (equal weights keep the model's order), their weights as
+        shares summing to at most 1.0 in that order (`normalise.shares`, which keeps it)."""
+        regions = sorted(answer.regions, key=lambda region: -region.weight)
+        weights = shares([region.weight for region in regions], "$.regions[{}].weight")
+        return AttentionAnswer(
+            tuple(
+                dataclasses.replace(region, weight=weight)
+                for region, weight in zip(regions, weights, strict=True)
+            )
         )
 
     async def complete(

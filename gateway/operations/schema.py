@@ -3,6 +3,8 @@
 Response schemas are sent to Gemini as `responseJsonSchema` and checked again here when the answer
 comes back: structured output makes a conforming answer likely, not certain, and an answer outside
 the schema (a missing field, a weight of 1.3, an eleventh topic) is a bad response, never clamped.
+Rules a schema cannot state (sums, orders, spellings) are each operation's `normalise`
+(`gateway.operations.normalise`).
 
 Only the keywords in `KEYWORDS` are allowed. `check_schema` refuses anything else, so a schema can
 never carry a constraint that Gemini would see but this validator would silently skip. `pattern`

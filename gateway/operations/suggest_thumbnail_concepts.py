@@ -1,12 +1,17 @@
 """SuggestThumbnailConcepts: 3 to 6 thumbnail concepts from a video and its channel analytics.
 
 The analytics (views, impressions, CTR, average view duration, traffic sources...) arrive as a JSON
-object in text; the key carries its canonical hash (RFC 8785, computed natively), so key order,
-whitespace and number spelling do not split the cache. The model also watches the video itself.
+object in text. Validation rewrites it in its canonical form (RFC 8785, computed natively), which
+is what the model reads and what the key carries the hash of: key order, whitespace and number
+spelling split neither the cache nor the prompt, and the key covers everything the prompt is made
+of. The model also watches the video itself.
+
+Palette colours reach the caller as "#RRGGBB" (uppercase), whatever CSS form the model used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +22,7 @@ from gateway.operations import prompts
 from gateway.operations import schema as s
 from gateway.operations.base import DEFAULT_BOUNDS, StructuredOperation
 from gateway.operations.keys import KeyFields
+from gateway.operations.normalise import css_hex
 from gateway.operations.validation import Violations
 
 _ANALYTICS_FIELD = "analytics_json"
@@ -28,7 +34,8 @@ class SuggestThumbnailConceptsRequest:
 
     #: YouTube video id: 11 characters of `A-Z a-z 0-9 _ -`.
     video_id: str
-    #: A JSON object as text, e.g. `{"views": 1200, "ctr": 0.041, "traffic_sources": {...}}`.
+    #: A JSON object as text, e.g. `{"views": 1200, "ctr": 0.041, "traffic_sources": {...}}`;
+    #: canonical (RFC 8785) once validated.
     analytics_json: str
 
 
@@ -40,7 +47,7 @@ class ThumbnailConcept:
     headline_text: str
     #: Layout: subject, placement, framing, background.
     composition: str
-    #: Colours, as hex codes or short names, dominant first.
+    #: Colours as "#RRGGBB" (uppercase hex digits), dominant first.
     palette: tuple[str, ...]
     #: The emotion the thumbnail should trigger.
     emotion: str
@@ -71,9 +78,7 @@ RESPONSE_SCHEMA = s.obj(
                     ),
                     "palette": s.array(
                         "Colours, dominant first.",
-                        s.string(
-                            "A colour as a hex code (#RRGGBB) or a short name.", max_length=40
-                        ),
+                        s.string("A colour as a hex code, #RRGGBB.", max_length=40),
                         min_items=2,
                         max_items=5,
                     ),
@@ -97,8 +102,10 @@ class SuggestThumbnailConcepts(
     """The SuggestThumbnailConcepts operation spec."""
 
     name = "suggest_thumbnail_concepts"
-    PROMPT_VERSION = "1"
-    SCHEMA_VERSION = "1"
+    # 2: the analytics are given in their canonical form.
+    PROMPT_VERSION = "2"
+    # 2: palette colours are "#RRGGBB" only, strings trimmed.
+    SCHEMA_VERSION = "2"
     default_scope = Scope.USER
     request_type = SuggestThumbnailConceptsRequest
     result_type = ThumbnailConcepts
@@ -114,10 +121,12 @@ class SuggestThumbnailConcepts(
     def validate(
         self, request: SuggestThumbnailConceptsRequest, bounds: InputBounds = DEFAULT_BOUNDS
     ) -> SuggestThumbnailConceptsRequest:
-        """Checks the video id and that the analytics are a bounded JSON object."""
+        """Checks the video id and that the analytics are a bounded JSON object, and rewrites the
+        analytics in their canonical form."""
         v = Violations()
         v.video_id("video_id", request.video_id)
         size = len(request.analytics_json.encode("utf-8", "surrogatepass"))
+        canonical = None
         if size > bounds.max_analytics_json_bytes:
             v.add(
                 _ANALYTICS_FIELD,
@@ -125,14 +134,24 @@ class SuggestThumbnailConcepts(
             )
         else:
             # The native canonicalizer is the one JSON reader the key relies on, so it judges.
-            parsed = v.attempt(
-                lambda: native.canonical_json_sha256_field(request.analytics_json, _ANALYTICS_FIELD)
+            canonical = v.attempt(
+                lambda: native.canonical_json_field(request.analytics_json, _ANALYTICS_FIELD)
             )
-            # Valid JSON whose first significant character is "{" is an object.
-            if parsed is not None and not request.analytics_json.lstrip().startswith("{"):
+            # Canonical JSON of an object starts with "{" (nothing else does).
+            if canonical is not None and not canonical.startswith("{"):
                 v.add(_ANALYTICS_FIELD, "must be a JSON object")
+            # The model reads the canonical form, which spells some numbers longer ("1e20").
+            elif (
+                canonical is not None and len(canonical.encode()) > bounds.max_analytics_json_bytes
+            ):
+                v.add(
+                    _ANALYTICS_FIELD,
+                    f"is {len(canonical.encode())} bytes in canonical JSON form (numbers written "
+                    f"out in full); the limit is {bounds.max_analytics_json_bytes} bytes",
+                )
         v.raise_if_any()
-        return request
+        assert canonical is not None
+        return SuggestThumbnailConceptsRequest(request.video_id, canonical)
 
     def key_fields(self, request: SuggestThumbnailConceptsRequest) -> KeyFields:
         """(video id, canonical hash of the analytics)."""
@@ -144,8 +163,23 @@ class SuggestThumbnailConcepts(
             ),
         ]
 
+    def normalise(self, answer: ThumbnailConcepts) -> ThumbnailConcepts:
+        """Every palette colour as "#RRGGBB" (names, rgb() and short hex converted)."""
+        return ThumbnailConcepts(
+            tuple(
+                dataclasses.replace(
+                    concept,
+                    palette=tuple(
+                        css_hex(colour, f"$.concepts[{i}].palette[{j}]")
+                        for j, colour in enumerate(concept.palette)
+                    ),
+                )
+                for i, concept in enumerate(answer.concepts)
+            )
+        )
+
     def prompt_parts(self, request: SuggestThumbnailConceptsRequest) -> Sequence[Part]:
-        """The video, then the analytics as quoted data."""
+        """The video, then the (canonical) analytics as quoted data."""
         return (
             Part(file=FileRef(prompts.youtube_watch_url(request.video_id))),
             Part(

@@ -272,6 +272,26 @@ async def test_safety_faults(emulator: EmulatorServer) -> None:
     assert "content" not in refused["candidates"][0]
 
 
+async def test_a_scripted_answer_is_sent_as_the_answer_text(emulator: EmulatorServer) -> None:
+    scripted = json.dumps({"regions": [{"weight": 1.9}]})
+    emulator.inject("scripted_answer", text=scripted)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    config = {"responseMimeType": "application/json", "responseJsonSchema": schema}
+    body = {**user({"text": "x"}), "generationConfig": config}
+    status, answer = await call(emulator, body)
+    assert status == 200, answer
+    assert answer["candidates"][0]["content"]["parts"] == [{"text": scripted}]
+    assert answer["candidates"][0]["finishReason"] == "STOP"
+    _, events = await call(emulator, body, method="streamGenerateContent", query="?alt=sse")
+    streamed = "".join(p["text"] for e in events for p in e["candidates"][0]["content"]["parts"])
+    assert json.loads(streamed) != json.loads(scripted), "the rule was spent: synthetic again"
+    assert emulator.stats().count(outcome="scripted_answer") == 1
+    with pytest.raises(ValueError, match="text"):
+        emulator.inject("scripted_answer")
+    with pytest.raises(ValueError, match="text"):
+        emulator.inject("invalid_answer", text="{}")
+
+
 async def test_admin_routes_drive_knobs_and_counters(emulator: EmulatorServer) -> None:
     admin = f"{emulator.base_url}/_emulator"
     async with aiohttp.ClientSession() as session:

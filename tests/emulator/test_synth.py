@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import jsonschema
@@ -72,6 +73,12 @@ def test_generated_values_validate_against_the_json_schema(
 ) -> None:
     value = value_for_schema(schema, random.Random(seed))
     jsonschema.validate(value, schema, cls=jsonschema.Draft202012Validator)
+
+
+@given(seed=st.integers(min_value=0, max_value=2**64 - 1))
+def test_a_string_described_as_a_hex_colour_is_one(seed: int) -> None:
+    schema = {"type": "string", "description": "A colour as a hex code, #RRGGBB.", "maxLength": 9}
+    assert re.fullmatch(r"#[0-9A-F]{6}", value_for_schema(schema, random.Random(seed)))
 
 
 def test_same_seed_same_value_and_different_seeds_differ() -> None:

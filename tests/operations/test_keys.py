@@ -12,14 +12,17 @@ from typing import Any
 import pytest
 
 from gateway.config import Scope
+from gateway.model import ModelRequest
 from gateway.operations import (
     ANALYZE_VIDEO,
     CHECK_CHANNEL_CONSISTENCY,
     COMPUTE_ATTENTION_HEATMAP,
     GENERATE_THUMBNAIL,
+    OPERATIONS,
     SUGGEST_THUMBNAIL_CONCEPTS,
 )
 from gateway.operations.analyze_video import AnalyzeVideo, AnalyzeVideoRequest
+from gateway.operations.base import StructuredOperation
 from gateway.operations.check_channel_consistency import CheckChannelConsistencyRequest
 from gateway.operations.compute_attention_heatmap import (
     ComputeAttentionHeatmap,
@@ -33,6 +36,43 @@ from gateway.operations.suggest_thumbnail_concepts import SuggestThumbnailConcep
 MakeImage = Callable[..., bytes]
 VIDEO_ID = "dQw4w9WgXcQ"
 MODEL = "gemini-3.6-flash"
+STRUCTURED = [s for s in OPERATIONS.values() if isinstance(s, StructuredOperation)]
+
+
+def _variations(name: str, make_image: MakeImage) -> list[Any]:
+    """Raw requests of one operation: some equal in what the model reads, some not."""
+    if name == "analyze_video":
+        return [
+            AnalyzeVideoRequest(VIDEO_ID),
+            AnalyzeVideoRequest(VIDEO_ID, "Title"),
+            AnalyzeVideoRequest(VIDEO_ID, " Title "),
+            AnalyzeVideoRequest(VIDEO_ID, "Title", "Description"),
+            AnalyzeVideoRequest(VIDEO_ID, "", "Title"),
+            AnalyzeVideoRequest("aaaaaaaaaaa", "Title"),
+        ]
+    if name == "suggest_thumbnail_concepts":
+        return [
+            SuggestThumbnailConceptsRequest(VIDEO_ID, '{"views": 10, "ctr": 0.05}'),
+            SuggestThumbnailConceptsRequest(VIDEO_ID, '{"ctr":5e-2,"views":10.0}'),
+            SuggestThumbnailConceptsRequest(VIDEO_ID, '{"ctr": 0.06, "views": 10}'),
+            SuggestThumbnailConceptsRequest("aaaaaaaaaaa", '{"views": 10, "ctr": 0.05}'),
+        ]
+    images = [make_image(color=(i * 40, 9, 9)) for i in range(3)]
+    if name == "compute_attention_heatmap":
+        return [
+            ComputeAttentionHeatmapRequest(ImageInput(images[0])),
+            ComputeAttentionHeatmapRequest(ImageInput(images[0], "image/png")),
+            ComputeAttentionHeatmapRequest(ImageInput(images[1])),
+            ComputeAttentionHeatmapRequest(ImageInput(make_image("PNG", (36, 64)))),
+        ]
+    assert name == "check_channel_consistency"
+    target, *refs = (ImageInput(image) for image in images)
+    return [
+        CheckChannelConsistencyRequest(target, (refs[0], refs[1]), VIDEO_ID),
+        CheckChannelConsistencyRequest(target, (refs[1], refs[0]), VIDEO_ID),
+        CheckChannelConsistencyRequest(target, (refs[0],), VIDEO_ID),
+        CheckChannelConsistencyRequest(refs[0], (target, refs[1]), VIDEO_ID),
+    ]
 
 
 def analyze_key(spec: Any = ANALYZE_VIDEO, user: str = "user-1", model: str = MODEL) -> bytes:
@@ -78,11 +118,13 @@ def test_key_golden_value() -> None:
             for name, tag, value in [
                 (b"operation", b"s", b"analyze_video"),
                 (b"prompt_version", b"s", b"1"),
-                (b"schema_version", b"s", b"1"),
+                (b"schema_version", b"s", b"2"),
                 (b"model", b"s", MODEL.encode()),
                 (b"scope", b"s", b"user"),
                 (b"user", b"s", b"user-1"),
                 (b"video_id", b"s", VIDEO_ID.encode()),
+                (b"title", b"s", b"A title"),
+                (b"description", b"s", b""),
             ]
         )
     ).digest()
@@ -121,18 +163,44 @@ def test_multiset_digest_ignores_order_but_counts_duplicates() -> None:
 # --- what goes into a key --------------------------------------------------------------------
 
 
-def test_equal_inputs_give_equal_keys_and_hints_do_not_split_analyses() -> None:
+def test_equal_inputs_give_equal_keys_and_every_prompt_input_splits_analyses() -> None:
+    def key(request: AnalyzeVideoRequest, scope: Scope = Scope.USER) -> bytes | None:
+        return ANALYZE_VIDEO.cache_key(ANALYZE_VIDEO.validate(request), "user-1", MODEL, scope)
+
     assert analyze_key() == analyze_key()
-    other_hints = ANALYZE_VIDEO.validate(AnalyzeVideoRequest(VIDEO_ID, "Other", "desc"))
-    assert ANALYZE_VIDEO.cache_key(other_hints, "user-1", MODEL) == analyze_key()
-    other_video = ANALYZE_VIDEO.validate(AnalyzeVideoRequest("aaaaaaaaaaa"))
-    assert ANALYZE_VIDEO.cache_key(other_video, "user-1", MODEL) != analyze_key()
+    # Surrounding whitespace is trimmed before the prompt is built, so it is not a new input.
+    assert key(AnalyzeVideoRequest(VIDEO_ID, "  A title\n")) == analyze_key()
+    # Title and description shape the prompt, so they shape the key, under either scope: a new
+    # hint is never answered with the analysis another hint produced.
+    for scope in Scope:
+        base = key(AnalyzeVideoRequest(VIDEO_ID, "A title"), scope)
+        assert key(AnalyzeVideoRequest(VIDEO_ID, "Other title"), scope) != base
+        assert key(AnalyzeVideoRequest(VIDEO_ID, "A title", "desc"), scope) != base
+        assert key(AnalyzeVideoRequest(VIDEO_ID), scope) != base
+        assert key(AnalyzeVideoRequest("aaaaaaaaaaa", "A title"), scope) != base
+    # Fields stay apart: moving text from title to description is another request.
+    assert key(AnalyzeVideoRequest(VIDEO_ID, "ab", "")) != key(
+        AnalyzeVideoRequest(VIDEO_ID, "a", "b")
+    )
+
+
+@pytest.mark.parametrize("spec", STRUCTURED, ids=lambda s: s.name)
+def test_every_input_the_model_reads_is_in_the_key(spec: Any, make_image: MakeImage) -> None:
+    # Two validated requests whose model requests differ never share a key: the key is a function
+    # of everything the prompt is made of (checked on each operation's own variations).
+    requests = [spec.validate(r) for r in _variations(spec.name, make_image)]
+    by_key: dict[bytes, ModelRequest] = {}
+    for request in requests:
+        key = spec.cache_key(request, "user-1", MODEL, Scope.GLOBAL)
+        sent = spec.model_request(request, MODEL)
+        assert by_key.setdefault(key, sent) == sent
+    assert len(by_key) > 1
 
 
 def test_prompt_or_schema_version_bump_or_model_change_changes_the_key() -> None:
     base = analyze_key()
-    assert analyze_key(AnalyzeVideo(prompt_version="2")) != base
-    assert analyze_key(AnalyzeVideo(schema_version="2")) != base
+    assert analyze_key(AnalyzeVideo(prompt_version="next")) != base
+    assert analyze_key(AnalyzeVideo(schema_version="next")) != base
     assert analyze_key(model="gemini-3.6-pro") != base
     assert analyze_key(AnalyzeVideo()) == base
 

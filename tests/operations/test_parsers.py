@@ -1,4 +1,5 @@
-"""Parsers: model JSON text becomes a typed result or an UpstreamBadResponse; nothing is clamped."""
+"""Parsers: model JSON text becomes a typed result or an UpstreamBadResponse; nothing outside the
+schema is clamped into it. (What a parser repairs inside the schema: test_normalisation.py.)"""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ VALID: dict[str, dict[str, Any]] = {
             {
                 "headline_text": f"Built in {n} days",
                 "composition": "Face left, treehouse right.",
-                "palette": ["#FF8800", "navy"],
+                "palette": ["#FF8800", "#000080"],
                 "emotion": "awe",
                 "rationale": "CTR is low on browse traffic; a clear result helps.",
             }
@@ -65,7 +66,7 @@ VALID: dict[str, dict[str, Any]] = {
             {
                 "label": "face",
                 "element": "face",
-                "weight": 0.6,
+                "weight": 0.5,
                 "x": 0.3,
                 "y": 0.4,
                 "width": 0.2,
@@ -74,7 +75,7 @@ VALID: dict[str, dict[str, Any]] = {
             {
                 "label": "headline",
                 "element": "text",
-                "weight": 0.4,
+                "weight": 0.25,
                 "x": 0.75,
                 "y": 0.2,
                 "width": 0.4,
@@ -220,7 +221,7 @@ def test_text_that_is_not_a_json_answer_is_a_bad_response(spec: Any, text: str) 
 
 
 def test_nan_and_repeated_keys_are_refused() -> None:
-    data = json.dumps(VALID["compute_attention_heatmap"]).replace("0.6", "NaN", 1)
+    data = json.dumps(VALID["compute_attention_heatmap"]).replace("0.5", "NaN", 1)
     with pytest.raises(UpstreamBadResponse, match="not valid JSON"):
         parse(COMPUTE_ATTENTION_HEATMAP, data)
     text = json.dumps(VALID["check_channel_consistency"])

@@ -58,14 +58,18 @@ def test_analysis_puts_the_video_first_and_asks_for_the_schema() -> None:
     assert "Creator-supplied" not in texts(sent), "absent hints are not mentioned"
 
 
-def test_concepts_send_the_video_and_the_analytics() -> None:
-    analytics = '{"ctr": 0.02, "traffic_sources": {"browse": 0.7}}'
-    request = SUGGEST_THUMBNAIL_CONCEPTS.validate(
-        SuggestThumbnailConceptsRequest(VIDEO_ID, analytics)
-    )
-    sent = SUGGEST_THUMBNAIL_CONCEPTS.model_request(request, "m")
+def test_concepts_send_the_video_and_the_canonical_analytics() -> None:
+    def sent_for(analytics: str) -> ModelRequest:
+        request = SUGGEST_THUMBNAIL_CONCEPTS.validate(
+            SuggestThumbnailConceptsRequest(VIDEO_ID, analytics)
+        )
+        return SUGGEST_THUMBNAIL_CONCEPTS.model_request(request, "m")
+
+    sent = sent_for('{"traffic_sources": {"browse": 0.70}, "ctr": 2e-2}')
     assert sent.parts[0].file is not None and VIDEO_ID in sent.parts[0].file.uri
-    assert json.dumps(analytics) in texts(sent)
+    # The model reads the canonical form the key hashes: another spelling is the same prompt.
+    assert json.dumps('{"ctr":0.02,"traffic_sources":{"browse":0.7}}') in texts(sent)
+    assert sent_for(' {"ctr": 0.02,\n "traffic_sources": {"browse": 7e-1}}') == sent
 
 
 def test_heatmap_sends_the_image_with_its_sniffed_type(make_image: MakeImage) -> None:

@@ -81,9 +81,22 @@ def test_analyze_refuses_nul_in_text() -> None:
 # --- SuggestThumbnailConcepts ----------------------------------------------------------------
 
 
-def test_suggest_accepts_an_analytics_object() -> None:
+def test_suggest_accepts_an_analytics_object_in_its_canonical_form() -> None:
     request = SuggestThumbnailConceptsRequest(VIDEO_ID, ' {"views": 10, "ctr": 0.05} ')
-    assert SUGGEST_THUMBNAIL_CONCEPTS.validate(request) == request
+    assert SUGGEST_THUMBNAIL_CONCEPTS.validate(request) == SuggestThumbnailConceptsRequest(
+        VIDEO_ID, '{"ctr":0.05,"views":10}'
+    )
+
+
+def test_suggest_bounds_the_canonical_analytics_the_model_reads_too() -> None:
+    # 4 characters that canonical JSON writes as 21: the bound holds for what the model reads.
+    text = "{" + ",".join(f'"{i:02d}":1e20' for i in range(30)) + "}"
+    assert len(text) <= 400
+    bounds = InputBounds(max_analytics_json_bytes=400)
+    with pytest.raises(InvalidArgument) as info:
+        SUGGEST_THUMBNAIL_CONCEPTS.validate(SuggestThumbnailConceptsRequest(VIDEO_ID, text), bounds)
+    assert "canonical JSON form" in info.value.violations[0].description
+    assert info.value.violations[0].field == "analytics_json"
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "42", '"views"', "null", "true"])

@@ -10,6 +10,7 @@ from gateway.operations.compute_attention_heatmap import (
     AttentionHeatmap,
     ComputeAttentionHeatmapRequest,
 )
+from gateway.operations.normalise import unit_span
 from gateway.rpc import convert
 from gateway.rpc.bindings.base import UnaryBinding
 
@@ -30,18 +31,13 @@ def to_request(
     return ComputeAttentionHeatmapRequest(image=convert.image_input(message.image))
 
 
-def _clip(low: float, high: float) -> tuple[float, float]:
-    low, high = max(0.0, low), min(1.0, high)
-    return low, max(0.0, high - low)
-
-
 def to_result(result: AttentionHeatmap) -> operations_pb2.AttentionHeatmap:
     """ComputeAttentionHeatmap's result; regions centred on their peak become boxes clipped to
-    the image."""
+    the image (in float32, so x + width <= 1.0 holds for what the client reads)."""
     regions = []
     for r in result.regions:
-        x, width = _clip(r.x - r.width / 2, r.x + r.width / 2)
-        y, height = _clip(r.y - r.height / 2, r.y + r.height / 2)
+        x, width = unit_span(r.x - r.width / 2, r.x + r.width / 2)
+        y, height = unit_span(r.y - r.height / 2, r.y + r.height / 2)
         regions.append(
             operations_pb2.AttentionRegion(
                 label=r.label,

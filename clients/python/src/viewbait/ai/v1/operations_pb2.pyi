@@ -6,6 +6,17 @@ JobService.SubmitJob (run in the background); results appear in unary responses 
 
 Bounds (text lengths, image sizes, counts) are server configuration; a request outside one is
 refused with INVALID_ARGUMENT and a google.rpc.BadRequest naming every bad field at once.
+
+Every result satisfies the rules documented on its fields (ranges, orders, sums, formats,
+counts). The gateway brings the model's answer to them where that keeps its meaning (it scales,
+sorts and respells), and treats an answer it cannot repair as a bad upstream answer: it asks the
+model once more, then fails with UNAVAILABLE, reason UPSTREAM_BAD_RESPONSE. Text in results has
+no leading or trailing whitespace, and text fields not documented as possibly empty never are.
+
+Caching: a result is cached under the model, the prompt and schema versions and every request
+field the model reads (images by their SHA-256), per user or, where the operation's policy says
+`global`, shared by every user. No request field is a hint the cache ignores: two requests share
+a cached result only when the model would have been asked the same thing.
 """
 
 from collections import abc as _abc
@@ -289,7 +300,12 @@ Global___GenerateThumbnailResult: _TypeAlias = GenerateThumbnailResult  # noqa: 
 
 @_typing.final
 class AnalyzeVideoRequest(_message.Message):
-    """Input of AnalyzeVideo: understand what a YouTube video is about and what makes it watchable."""
+    """Input of AnalyzeVideo: understand what a YouTube video is about and what makes it watchable.
+
+    The cache key is all three fields (surrounding whitespace trimmed): title and description steer
+    the analysis, so a request with other hints is analysed afresh, never answered with an analysis
+    another title or description produced.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -326,7 +342,7 @@ class HookMoment(_message.Message):
     TIMESTAMP_SECONDS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     timestamp_seconds: _builtins.float
-    """Offset from the start of the video, in seconds."""
+    """Offset from the start of the video, in seconds: from 0 to 86,400."""
     description: _builtins.str
     """What happens there and why it holds attention."""
     def __init__(
@@ -363,15 +379,15 @@ class VideoAnalysis(_message.Message):
     """The video's tone, e.g. "energetic and humorous"."""
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The main topics, most important first."""
+        """The main topics, most important first; 1 to 10."""
 
     @_builtins.property
     def hook_moments(self) -> _containers.RepeatedCompositeFieldContainer[Global___HookMoment]:
-        """Moments that hook viewers, in timeline order."""
+        """Moments that hook viewers, in timeline order (timestamps never decrease); 1 to 8."""
 
     @_builtins.property
     def recommended_thumbnail_elements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Elements a thumbnail for this video should show, most important first."""
+        """Elements a thumbnail for this video should show, most important first; 1 to 8."""
 
     def __init__(
         self,
@@ -403,8 +419,9 @@ class SuggestThumbnailConceptsRequest(_message.Message):
     """The YouTube video id: 11 characters of A-Z, a-z, 0-9, '_' or '-'. Required."""
     analytics_json: _builtins.str
     """The video's analytics as JSON text (any object the web app has: views, retention, CTR...).
-    The server hashes its canonical form, so key order, whitespace and number spelling do not
-    defeat the cache. Required; must be valid JSON.
+    The server rewrites it in its canonical form (RFC 8785), which is what the model reads and
+    what the cache key hashes, so key order, whitespace and number spelling change neither the
+    answer nor the cache entry. Required; must be a JSON object.
     """
     def __init__(
         self,
@@ -441,7 +458,9 @@ class ThumbnailConcept(_message.Message):
     """Why this concept should work for this video's audience and numbers."""
     @_builtins.property
     def palette(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Colours to use, as CSS hex strings like "#FF3B30", dominant first."""
+        """Colours to use, dominant first; 2 to 5. Each is "#RRGGBB" with uppercase hex digits, like
+        "#FF3B30" (colour names, rgb() and 3-digit codes the model gives are converted to this form).
+        """
 
     def __init__(
         self,
@@ -557,7 +576,9 @@ class AttentionRegion(_message.Message):
     label: _builtins.str
     """What the region shows, e.g. "face", "headline text"."""
     weight: _builtins.float
-    """Share of attention it draws, from 0.0 to 1.0; weights of one heatmap sum to at most 1.0."""
+    """Share of attention it draws, from 0.0 to 1.0; weights of one heatmap sum to at most 1.0
+    (the model's weights are scaled down in proportion when they add up to more).
+    """
     element: Global___AttentionElement.ValueType
     """What kind of element it is."""
     @_builtins.property
@@ -590,7 +611,7 @@ class AttentionHeatmap(_message.Message):
     HEATMAP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttentionRegion]:
-        """Attention regions, strongest first."""
+        """Attention regions, strongest first (weights never increase); 1 to 10."""
 
     @_builtins.property
     def heatmap(self) -> _common_pb2.OutputImage:
@@ -695,7 +716,9 @@ class ChannelConsistency(_message.Message):
     verdict: Global___ConsistencyVerdict.ValueType
     """The overall call."""
     summary: _builtins.str
-    """A one-line judgement a creator can read, e.g. "on brand apart from the font"."""
+    """A one-line judgement a creator can read, e.g. "on brand apart from the font"; no line
+    breaks.
+    """
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsistencyFinding]:
         """One finding per dimension, in the order of ConsistencyDimension."""

@@ -6,6 +6,17 @@ JobService.SubmitJob (run in the background); results appear in unary responses 
 
 Bounds (text lengths, image sizes, counts) are server configuration; a request outside one is
 refused with INVALID_ARGUMENT and a google.rpc.BadRequest naming every bad field at once.
+
+Every result satisfies the rules documented on its fields (ranges, orders, sums, formats,
+counts). The gateway brings the model's answer to them where that keeps its meaning (it scales,
+sorts and respells), and treats an answer it cannot repair as a bad upstream answer: it asks the
+model once more, then fails with UNAVAILABLE, reason UPSTREAM_BAD_RESPONSE. Text in results has
+no leading or trailing whitespace, and text fields not documented as possibly empty never are.
+
+Caching: a result is cached under the model, the prompt and schema versions and every request
+field the model reads (images by their SHA-256), per user or, where the operation's policy says
+`global`, shared by every user. No request field is a hint the cache ignores: two requests share
+a cached result only when the model would have been asked the same thing.
 """
 
 from collections import abc as _abc
