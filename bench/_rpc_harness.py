@@ -12,8 +12,9 @@
 - `emulator_calls(url)`: how many generate requests the emulator served (`emulator_stats(url)`:
   all its counters, batches included), and
   `set_emulator_latency(url, s)`: its added latency (its admin routes).
-- `unlimited_policies_env()` lifts the per-user rate limits (the benchmarks drive one user far
-  past any sane limit; they measure the request path, not the limiter).
+- `unlimited_policies_env()` lifts the per-user rate limits and the caps on RPCs in flight (the
+  benchmarks drive one user far past any sane limit; they measure the request path, not the
+  limiter).
 - `tracing_env()` turns OpenTelemetry tracing on, exporting to a loopback port where no
   collector listens (gateways get no `OTEL_*` variable from this process's environment
   otherwise).
@@ -45,7 +46,7 @@ from typing import Any
 from grpc import aio
 from viewbait.ai.v1 import gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
 
-from gateway.config import Settings
+from gateway.config import Settings, Tier
 from gateway.testing import postgres as testing_postgres
 
 SERVICE_TOKEN = "bench-service-token-0123456789"
@@ -201,8 +202,9 @@ def set_emulator_latency(emulator_url: str, latency_s: float) -> None:
 
 
 def unlimited_policies_env(**ttl_by_operation: int) -> dict[str, str]:
-    """Environment that removes every per-user and per-model rate limit (and optionally sets
-    operations' cache TTLs, e.g. `analyze_video=0` turns its cache off)."""
+    """Environment that removes every per-user and per-model rate limit and every cap on RPCs
+    in flight (and optionally sets operations' cache TTLs, e.g. `analyze_video=0` turns its
+    cache off)."""
     # Tables merge over the defaults: every entry is lifted by name.
     defaults = Settings()
     lifted = {"admission": None, "upstream": None}
@@ -215,7 +217,18 @@ def unlimited_policies_env(**ttl_by_operation: int) -> dict[str, str]:
         "VIEWBAIT_POLICIES": json.dumps(policies),
         "VIEWBAIT_LIMITER__MODELS": json.dumps(dict.fromkeys(defaults.limiter.models)),
         "VIEWBAIT_LIMITER__MODEL_DEFAULT": "null",
+        **UNLIMITED_EDGE_ENV,
     }
+
+
+#: Environment that lifts the read limits and the caps on RPCs in flight (a part of
+#: `unlimited_policies_env`; a gateway older than these settings refuses it).
+UNLIMITED_EDGE_ENV = {
+    "VIEWBAIT_READ_LIMITS": json.dumps(dict.fromkeys(tier.value for tier in Tier)),
+    "VIEWBAIT_CONCURRENCY__MAX_RPCS_IN_FLIGHT": str(10**9),
+    "VIEWBAIT_CONCURRENCY__USER_RPCS": json.dumps(dict.fromkeys(tier.value for tier in Tier)),
+    "VIEWBAIT_CONCURRENCY__USER_STREAMS": json.dumps(dict.fromkeys(tier.value for tier in Tier)),
+}
 
 
 def tracing_env() -> dict[str, str]:

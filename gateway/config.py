@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     SecretStr,
     ValidationError,
     field_validator,
@@ -172,15 +173,17 @@ class RouteLimits(BaseModel):
     upstream: RateLimit | None = None
 
 
+def _per_minute(rate_burst: tuple[int, int]) -> RateLimit:
+    """`rate` per minute, `burst` at once."""
+    return RateLimit(rate=rate_burst[0], period_s=60, burst=rate_burst[1])
+
+
 def _default_route_limits() -> dict[Tier, RouteLimits]:
     # Admission is flood protection and counts cheap answers too; upstream protects spend, so it
     # is the tighter of the two. Upstream bursts cover two GenerateThumbnail requests at max
     # variations (a generation and a retry).
     def per_minute(admission: tuple[int, int], upstream: tuple[int, int]) -> RouteLimits:
-        return RouteLimits(
-            admission=RateLimit(rate=admission[0], period_s=60, burst=admission[1]),
-            upstream=RateLimit(rate=upstream[0], period_s=60, burst=upstream[1]),
-        )
+        return RouteLimits(admission=_per_minute(admission), upstream=_per_minute(upstream))
 
     return {
         Tier.FREE: per_minute((30, 10), (10, 8)),
@@ -188,6 +191,59 @@ def _default_route_limits() -> dict[Tier, RouteLimits]:
         Tier.ADVANCED: per_minute((120, 40), (60, 32)),
         Tier.PRO: per_minute((300, 60), (120, 64)),
     }
+
+
+class ReadLimits(BaseModel):
+    """The rate limits of one tier on the JobService reads, per user. None: not limited."""
+
+    model_config = ConfigDict(frozen=True)
+
+    get_job: RateLimit | None = None
+    list_jobs: RateLimit | None = None
+    watch_job: RateLimit | None = None
+    cancel_job: RateLimit | None = None
+
+
+def _default_read_limits() -> dict[Tier, ReadLimits]:
+    # A read costs a store lookup, not a model call: looser than admission. GetJob is what a
+    # client polls (once a second stays well inside every tier); ListJobs pages through the
+    # store, WatchJob opens a stream (reopened after a broken connection) and CancelJob writes.
+    def per_minute(get: tuple[int, int], other: tuple[int, int]) -> ReadLimits:
+        return ReadLimits(
+            get_job=_per_minute(get),
+            list_jobs=_per_minute(other),
+            watch_job=_per_minute(other),
+            cancel_job=_per_minute(other),
+        )
+
+    return {
+        Tier.FREE: per_minute((120, 30), (30, 10)),
+        Tier.STARTER: per_minute((240, 60), (60, 20)),
+        Tier.ADVANCED: per_minute((480, 120), (120, 40)),
+        Tier.PRO: per_minute((1200, 200), (300, 60)),
+    }
+
+
+class ConcurrencySettings(BaseModel):
+    """Caps on RPCs in flight on this replica (see `gateway.limiter.concurrency`), decided from
+    the metadata before a request is read: a refusal is RESOURCE_EXHAUSTED with a retry-after.
+    Health checking and reflection are neither counted nor refused."""
+
+    #: RPCs of the gateway's services in flight on this replica, open streams included; a new
+    #: one beyond it is shed (`OVERLOADED`) before the process degrades.
+    max_rpcs_in_flight: int = Field(default=2000, ge=1)
+    #: Most RPCs one user has in flight on this replica, by tier (a tier left out is uncapped).
+    user_rpcs: dict[Tier, PositiveInt] = Field(
+        default_factory=lambda: {Tier.FREE: 8, Tier.STARTER: 16, Tier.ADVANCED: 32, Tier.PRO: 64}
+    )
+    #: Most WatchJob and GenerateThumbnail streams one user has open on this replica, by tier
+    #: (a tier left out is uncapped); they count in `user_rpcs` too.
+    user_streams: dict[Tier, PositiveInt] = Field(
+        default_factory=lambda: {Tier.FREE: 4, Tier.STARTER: 8, Tier.ADVANCED: 16, Tier.PRO: 32}
+    )
+    #: The retry-after a refusal by any of these caps carries: a hint, as a slot frees when
+    #: another RPC ends.
+    retry_after_s: float = Field(default=1.0, gt=0, le=60)
 
 
 class RoutePolicy(BaseModel):
@@ -746,6 +802,10 @@ class Settings(BaseSettings):
     bounds: InputBounds = Field(default_factory=InputBounds)
     #: Operation name -> policy.
     policies: dict[str, RoutePolicy] = Field(default_factory=_default_policies)
+    #: Per-user rate limits on the JobService reads, by tier.
+    read_limits: dict[Tier, ReadLimits] = Field(default_factory=_default_read_limits)
+    #: Caps on RPCs in flight: per replica, per user, and per user's open streams.
+    concurrency: ConcurrencySettings = Field(default_factory=ConcurrencySettings)
     #: Rate-limit backend and fault handling (the limits themselves are in `policies`).
     limiter: LimiterSettings = Field(default_factory=LimiterSettings)
     #: Result cache, jobs and usage ledger (PostgreSQL or embedded), and the blob store.

@@ -108,6 +108,33 @@ class RateLimited(GatewayError):
     retryable = True
 
 
+class ConcurrencyLimited(GatewayError):
+    """A cap on RPCs in flight refused a new one before its request was read; one frees as
+    soon as another RPC ends, so `retry_after_s` is a hint. Subclasses say which cap."""
+
+    reason = "CONCURRENCY_LIMITED"
+    retryable = True
+
+
+class Overloaded(ConcurrencyLimited):
+    """The replica has as many RPCs in flight as it takes (load shedding)."""
+
+    reason = "OVERLOADED"
+
+
+class TooManyConcurrentRpcs(ConcurrencyLimited):
+    """The caller has as many RPCs in flight on this replica as the tier allows."""
+
+    reason = "TOO_MANY_CONCURRENT_RPCS"
+
+
+class TooManyStreams(ConcurrencyLimited):
+    """The caller has as many WatchJob and GenerateThumbnail streams open on this replica as
+    the tier allows."""
+
+    reason = "TOO_MANY_STREAMS"
+
+
 class BudgetExceeded(GatewayError):
     """A spend budget refused an upstream attempt. `retry_after_s` is when the refusing
     budget's period resets (None when the request's estimate exceeds the whole budget: only a

@@ -59,11 +59,13 @@ from gateway.execution import Executor, Pipeline
 from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
 from gateway.jobs.batcher import Batcher
 from gateway.limiter import LimiterMode, RateLimiter
+from gateway.limiter.concurrency import InFlight
 from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
 from gateway.rpc.interceptors import (
     AuthInterceptor,
     ErrorMappingInterceptor,
+    InFlightInterceptor,
     LoggingInterceptor,
     RequestContextInterceptor,
 )
@@ -131,6 +133,8 @@ class GatewayServer:
         self.metrics_port = 0
         self._metrics: GatewayMetrics | None = None
         self._server: aio.Server | None = None
+        #: The RPCs in flight on this replica and their caps (counted by the listener).
+        self._in_flight = InFlight(settings.concurrency)
         self._health = health.aio.HealthServicer()
         self._emulator: EmulatorServer | None = None
         #: The model client's modules, importing in the background since start-up began.
@@ -186,6 +190,11 @@ class GatewayServer:
     def executor(self) -> Executor | None:
         """The cache and coalescing layer once started (its `stats` say what it did)."""
         return self._executor
+
+    @property
+    def in_flight(self) -> InFlight:
+        """The RPCs of the gateway's services in flight on this replica, by user."""
+        return self._in_flight
 
     @property
     def limiter(self) -> RateLimiter | None:
@@ -346,7 +355,7 @@ class GatewayServer:
         workers = self._workers = WorkerPool(settings.jobs, runner)
         if settings.jobs.workers > 0:
             self._batcher = Batcher(settings, pipeline, blobs, client, usage, budgets)
-        return pipeline, JobService(pipeline, blobs, on_submit=workers.wake)
+        return pipeline, JobService(pipeline, blobs, on_submit=workers.wake, limiter=limiter)
 
     def _bind(self, settings: Settings) -> aio.Server:
         """The gRPC server with its interceptors and its listening port (bound now, so a port in
@@ -370,6 +379,7 @@ class GatewayServer:
                 RequestContextInterceptor(),
                 LoggingInterceptor(None if self._metrics is None else self._metrics.rpc),
                 ErrorMappingInterceptor(),
+                InFlightInterceptor(self._in_flight),
                 AuthInterceptor(Authenticator(settings.auth)),
             ],
             options=options,

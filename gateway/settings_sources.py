@@ -43,13 +43,22 @@ CONFIG_FILE_VAR = "VIEWBAIT_CONFIG_FILE"
 #: Accepted as a synonym of `VIEWBAIT_GEMINI__API_KEY` (the spelling operators tend to type).
 GEMINI_API_KEY_ALIAS = "VIEWBAIT_GEMINI_API_KEY"
 
+#: Tables where a null value removes the default entry (a model without a price or a limit
+#: of its own, a tier without a running cap, read limits or concurrency caps).
+REMOVABLE = frozenset(
+    {
+        "gemini.prices",
+        "limiter.models",
+        "jobs.running_caps",
+        "read_limits",
+        "concurrency.user_rpcs",
+        "concurrency.user_streams",
+    }
+)
 #: Dotted paths of table-valued settings whose partial overrides merge over the defaults.
-MERGED = frozenset({"policies", "gemini.prices", "limiter.models", "jobs.running_caps"})
+MERGED = frozenset({"policies"}) | REMOVABLE
 #: Tables whose keys are fixed by the defaults (an unknown key is a typo, not a new entry).
 CLOSED = frozenset({"policies"})
-#: Tables where a null value removes the default entry (a model without a price or a limit
-#: of its own, a tier without a running cap).
-REMOVABLE = frozenset({"gemini.prices", "limiter.models", "jobs.running_caps"})
 
 
 class ConfigError(Exception):

@@ -118,6 +118,31 @@ def test_the_file_and_the_environment_merge_over_the_defaults(
     assert settings.jobs.running_caps == {Tier.STARTER: 2, Tier.ADVANCED: 4, Tier.PRO: 20}
 
 
+def test_read_limits_and_concurrency_caps_merge_over_the_defaults(
+    env: pytest.MonkeyPatch,
+) -> None:
+    env.setenv(
+        "VIEWBAIT_READ_LIMITS",
+        '{"free": {"get_job": {"rate": 7}, "cancel_job": null}, "pro": null}',
+    )
+    env.setenv("VIEWBAIT_CONCURRENCY__USER_RPCS", '{"free": 3, "pro": null}')
+    env.setenv("VIEWBAIT_CONCURRENCY__MAX_RPCS_IN_FLIGHT", "50")
+    settings = load_settings()
+    defaults = Settings()
+
+    free, default_free = settings.read_limits[Tier.FREE], defaults.read_limits[Tier.FREE]
+    assert free.get_job is not None and default_free.get_job is not None
+    assert (free.get_job.rate, free.get_job.burst) == (7, default_free.get_job.burst)
+    assert free.cancel_job is None  # lifted
+    assert free.list_jobs == default_free.list_jobs
+    assert Tier.PRO not in settings.read_limits  # the tier's reads are not limited
+    assert settings.read_limits[Tier.STARTER] == defaults.read_limits[Tier.STARTER]
+    caps = settings.concurrency
+    assert caps.max_rpcs_in_flight == 50
+    assert caps.user_rpcs == {Tier.FREE: 3, Tier.STARTER: 16, Tier.ADVANCED: 32}
+    assert caps.user_streams == defaults.concurrency.user_streams
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "needle"),
     [
@@ -130,6 +155,8 @@ def test_the_file_and_the_environment_merge_over_the_defaults(
             "limiter.models.m.period_s",
         ),
         ("VIEWBAIT_JOBS__RUNNING_CAPS", '{"gold": 1}', "jobs.running_caps"),
+        ("VIEWBAIT_READ_LIMITS", '{"pro": {"get_jobs": null}}', "read_limits.pro.get_job"),
+        ("VIEWBAIT_CONCURRENCY__USER_STREAMS", '{"pro": 0}', "USER_STREAMS__PRO"),
         ("VIEWBAIT_POLICIES", "{not json", "VIEWBAIT_POLICIES is not valid JSON"),
     ],
 )

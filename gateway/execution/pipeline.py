@@ -1,9 +1,12 @@
 """The shared life of one operation request, whatever the feature.
 
-`prepare` (tier check, validate, once) -> `run` or `submit`: admission limit -> result cache,
+The cheapest checks that can refuse a request come first, the work that costs CPU, disk or
+money last: `prepare` (idempotency key, tier, the sizes the message states) -> `run` or
+`submit`: admission limit -> validation (images sniffed and hashed, once) -> result cache,
 single-flight, cross-replica coalescing (`gateway.execution.executor`) -> run the spec against
-the model (each model call passes the upstream limits first) -> result with its usage and cost,
-or a pending job handle.
+the model (each model call passes the upstream limits first; input images are written to the
+blob store only after that) -> result with its usage and cost, or a pending job handle.
+Authentication comes before all of it, at the edge (`gateway.rpc.edge`).
 
 Every RPC and the job workers go through here, so specs and servicers stay unaware of caching
 and coalescing.
@@ -155,11 +158,12 @@ class _GuardedClient:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A request `Pipeline.prepare` checked: its operation, the validated request, the caller
-    and the caller's idempotency key ("" for none)."""
+    """A request `Pipeline.prepare` checked: its operation, the request, the caller and the
+    caller's idempotency key ("" for none)."""
 
     operation: str
-    #: `validate`'s output (images sniffed and hashed).
+    #: The request as sent, its sizes checked (`OperationSpec.check_sizes`); `run` and `submit`
+    #: validate it after admission.
     request: Any
     principal: Principal
     idempotency_key: str = ""
@@ -196,9 +200,10 @@ class Pipeline:
     def prepare(
         self, operation: str, request: Any, principal: Principal, *, idempotency_key: str = ""
     ) -> Prepared:
-        """Checks the idempotency key, the caller's tier and the request; returns the checked
-        request for `run` or `submit`, which take it as it is (nothing is validated or hashed
-        twice).
+        """Checks what refuses a request before anything is spent on it: the idempotency key,
+        the caller's tier and the sizes the request's message states (`check_sizes`: nothing is
+        sniffed or hashed); returns the request for `run` or `submit`, which admit it, then
+        validate it in full.
 
         Raises `InvalidArgument` or `PermissionDenied`; nothing has been spent or written then.
         """
@@ -209,10 +214,16 @@ class Pipeline:
             )
         policy = self._settings.policy(operation)
         tracing.annotate("viewbait.operation", operation)
+        require_tier(principal, policy.tiers, operation)
+        operations.get(operation).check_sizes(request, self._settings.bounds)
+        return Prepared(operation, request, principal, idempotency_key)
+
+    def validate(self, prepared: Prepared) -> Any:
+        """The prepared request validated in full (`OperationSpec.validate`: images sniffed and
+        hashed); raises `InvalidArgument`."""
+        operation = prepared.operation
         with tracing.leaf("validate", {"viewbait.operation": operation}):
-            require_tier(principal, policy.tiers, operation)
-            validated = operations.get(operation).validate(request, self._settings.bounds)
-        return Prepared(operation, validated, principal, idempotency_key)
+            return operations.get(operation).validate(prepared.request, self._settings.bounds)
 
     @overload
     async def run(
@@ -245,18 +256,19 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         long_poll: bool = True,
     ) -> Outcome[Any] | Pending:
-        """Runs one prepared request end to end, after the admission limit.
+        """Runs one prepared request end to end: the admission limit, validation, then the
+        work.
 
         With `long_poll` (unary RPCs) a request still running after the configured long-poll
         window (bounded by `deadline`) answers `Pending`; otherwise it waits for the result.
         A non-empty idempotency key makes a repeat of the request return (or join) the first.
         Raises `RateLimited` (with the retry-after) when the caller is over the route's
-        admission limit; a refused request has cost nothing upstream.
+        admission limit; a refused request has cost nothing upstream, nor been hashed.
         """
         await self._admit(prepared)
         call = self.call(
             prepared.operation,
-            prepared.request,
+            self.validate(prepared),
             prepared.principal,
             request_id=request_id,
             progress=progress,
@@ -270,7 +282,7 @@ class Pipeline:
         self, prepared: Prepared, *, delivery: Delivery = Delivery.INTERACTIVE
     ) -> JoinOutcome:
         """Queues a prepared request as a job for the workers (or, `delivery` BATCH, for the
-        batchers), after the admission limit (exactly the checks `run` makes).
+        batchers), after the admission limit and validation (exactly the checks `run` makes).
 
         Returns the caller's job: an earlier one with the same idempotency key, the active job
         with the same cache key (joined), or a new queued one (`created`).
@@ -278,7 +290,7 @@ class Pipeline:
         await self._admit(prepared)
         call = self.call(
             prepared.operation,
-            prepared.request,
+            self.validate(prepared),
             prepared.principal,
             idempotency_key=prepared.idempotency_key,
             long_poll=False,

@@ -1,8 +1,10 @@
 """The job service: what JobService's RPCs mean, without the wire.
 
 Submitting goes through the pipeline (the same checks as an inline request) and wakes this
-replica's workers; every read is scoped to the caller (another user's job is as missing as a
-job that never was), and a succeeded job is answered with its result read back from the store.
+replica's workers; every read (GetJob, ListJobs, WatchJob, CancelJob) first passes the caller's
+rate limit on it (`Settings.read_limits`), is scoped to the caller (another user's job is as
+missing as a job that never was), and a succeeded job is answered with its result read back
+from the store.
 Retrying re-drives a dead letter (`JobStore.retry_job`): the owner's own job, or any user's for
 the trusted backend (the service token). The gRPC servicer (`gateway.rpc.job_service`) only
 converts messages and calls this.
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     # Only a type here: the pipeline imports the job priorities of this package (and so this
     # module imports the execution package's modules, never the package itself).
     from gateway.execution.pipeline import Pipeline
+    from gateway.limiter import RateLimiter
 
 #: How long one store wait of a watch lasts before it looks again (a quiet job).
 WATCH_WAIT_S = 30.0
@@ -69,7 +72,8 @@ class JobPage:
 class JobService:
     """Background jobs for authenticated callers, over the pipeline's job store.
 
-    `on_submit` is called when a submit queued a new job (the local workers' wake-up).
+    `on_submit` is called when a submit queued a new job (the local workers' wake-up);
+    `limiter` enforces the read limits (None: reads are not limited).
     """
 
     def __init__(
@@ -77,12 +81,14 @@ class JobService:
         pipeline: Pipeline,
         blobs: BlobStore,
         on_submit: Callable[[], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         executor = pipeline.executor
         self._pipeline = pipeline
         self._store: JobStore = executor.store
         self._blobs = blobs
         self._on_submit = on_submit
+        self._limiter = limiter
         self._attempt_budget = executor.max_attempts
         #: Set when the replica starts draining: watches end at once with `Unavailable` (to be
         #: resumed on another replica) instead of holding the drain for its whole grace.
@@ -117,13 +123,20 @@ class JobService:
             self._on_submit()
         return Submitted(await self._view(joined.job), joined.existing)
 
-    async def get(self, job_id: str, user_id: str) -> JobView:
-        """The caller's job with its result; `NotFound` for anyone else's."""
-        return await self._view(await self._store.get_job(job_id, user_id))
+    async def _admit_read(self, rpc: str, caller: Principal) -> None:
+        """Charges a read to the caller's limit on it; raises `RateLimited` when denied."""
+        if self._limiter is not None:
+            await self._limiter.admit_read(rpc, caller.user_id, caller.tier)
 
-    async def cancel(self, job_id: str, user_id: str) -> JobView:
+    async def get(self, job_id: str, caller: Principal) -> JobView:
+        """The caller's job with its result; `NotFound` for anyone else's."""
+        await self._admit_read("get_job", caller)
+        return await self._view(await self._store.get_job(job_id, caller.user_id))
+
+    async def cancel(self, job_id: str, caller: Principal) -> JobView:
         """Cancels the caller's job (a finished one is answered as it is)."""
-        return await self._view(await self._store.cancel_job(job_id, user_id))
+        await self._admit_read("cancel_job", caller)
+        return await self._view(await self._store.cancel_job(job_id, caller.user_id))
 
     async def retry(self, job_id: str, principal: Principal) -> Retried:
         """Re-drives the job if it is a dead letter, with a fresh attempt budget, and wakes this
@@ -135,11 +148,13 @@ class JobService:
         return Retried(await self._view(redrive.job), redrive.redriven)
 
     async def watch(
-        self, job_id: str, user_id: str, after_sequence: int
+        self, job_id: str, caller: Principal, after_sequence: int
     ) -> AsyncIterator[tuple[int, JobView]]:
         """(sequence, job) for every change of the caller's job after `after_sequence`, the
         result with the last; ends when the job does, or with `Unavailable` once this replica
         drains."""
+        await self._admit_read("watch_job", caller)
+        user_id = caller.user_id
         seen = after_sequence
         job = await self._store.get_job(job_id, user_id)
         while True:
@@ -151,11 +166,12 @@ class JobService:
             job = await self._wait_unless_draining(job_id, user_id, seen)
 
     async def page(
-        self, user_id: str, which: JobFilter, size: int, after: JobCursor | None
+        self, caller: Principal, which: JobFilter, size: int, after: JobCursor | None
     ) -> JobPage:
         """Up to `size` of the caller's jobs that `which` selects, after `after`."""
+        await self._admit_read("list_jobs", caller)
         # One more than asked tells whether another page follows.
-        jobs = await self._store.list_jobs(user_id, which, size + 1, after)
+        jobs = await self._store.list_jobs(caller.user_id, which, size + 1, after)
         page = jobs[:size]
         following = None
         if len(jobs) > size:

@@ -4,7 +4,8 @@ A Redis Cluster runs a script only if all its keys hash to one slot, and the slo
 hash tag (`{...}`) is the slot of the tag alone. A request needs two kinds of decisions:
 
 - **admission** (every request): one key per user and route, tagged by the user:
-  `{<prefix>:u:<user>}:a:<route>`. One key, so one slot; users spread over the cluster.
+  `{<prefix>:u:<user>}:a:<route>`. One key, so one slot; users spread over the cluster. The
+  JobService reads are limited the same way, per user and RPC: `{<prefix>:u:<user>}:r:<rpc>`.
 - **upstream** (every Gemini call): the user's upstream limit on the route *and* the fleet-wide
   limit of the model, which every user shares. Both must be decided atomically (a denial by the
   model limit must not charge the user's), so both live under the model's tag:
@@ -45,6 +46,11 @@ def upstream_key(prefix: str, model: str, user_id: str, route_id: str) -> str:
 def model_key(prefix: str, model: str) -> str:
     """The key of the fleet-wide limit on calls to one model."""
     return f"{{{prefix}:m:{key_part(model)}}}:all"
+
+
+def read_key(prefix: str, user_id: str, rpc: str) -> str:
+    """The key of one user's rate limit on one JobService read (tagged by the user)."""
+    return f"{{{prefix}:u:{key_part(user_id)}}}:r:{key_part(rpc)}"
 
 
 def blob_bytes_key(prefix: str, user_id: str) -> str:

@@ -84,6 +84,19 @@ def _route_rules(settings: Settings) -> dict[tuple[str, Tier], _RouteRules]:
     return compiled
 
 
+def _read_rules(settings: Settings) -> dict[tuple[str, Tier], Rule]:
+    """Every (JobService read, tier) pair's rule, compiled once (RPC names as in `ReadLimits`)."""
+    compiled: dict[tuple[str, Tier], Rule] = {}
+    for tier, limits in settings.read_limits.items():
+        for rpc in type(limits).model_fields:
+            name = "".join(word.title() for word in rpc.split("_"))  # get_job -> GetJob
+            where = f"{name} limit of the {tier.value} tier"
+            rule = _rule(getattr(limits, rpc), "read", where)
+            if rule is not None:
+                compiled[rpc, tier] = rule
+    return compiled
+
+
 def redis_client(settings: Settings) -> RedisClient:
     """A Redis (or Redis Cluster) client for the limiter: a short connect timeout, no retries of
     its own, and no per-read timeouts, because every call already runs under one deadline of
@@ -137,6 +150,7 @@ class RateLimiter:
         self._metrics = metrics
         self._prefix = settings.limiter.key_prefix
         self._routes = _route_rules(settings)
+        self._reads = _read_rules(settings)
         self._model_rules: dict[str, Rule | None] = {}
         # Costs are KiB: the GCRA state stays in the same integer range as request counts.
         self._blob_rule = _rule(
@@ -298,6 +312,15 @@ class RateLimiter:
             return None
         key = keys.admission_key(self._prefix, user_id, rules.route_id)
         return await self.decide([Check(key, rules.admission)])
+
+    async def admit_read(self, rpc: str, user_id: str, tier: Tier) -> Verdict | None:
+        """Charges one JobService read (`rpc`: `get_job`, `list_jobs`, `watch_job`,
+        `cancel_job`) of `user_id` to its limit for `tier`; raises `RateLimited` when denied,
+        returns None when the tier has no limit on it."""
+        rule = self._reads.get((rpc, tier))
+        if rule is None:
+            return None
+        return await self.decide([Check(keys.read_key(self._prefix, user_id, rpc), rule)])
 
     async def check_upstream(
         self, operation: str, user_id: str, tier: Tier, model: str, calls: int = 1

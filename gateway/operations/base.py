@@ -2,6 +2,8 @@
 
 An operation spec holds everything that differs between AI features and nothing that does not:
 
+- `check_sizes(request, bounds)`: what the message says of the request's size (its images' byte
+  sizes), checked without reading any content: the pipeline runs it before the admission limit.
 - `validate(request, bounds)`: bounded, sniffed inputs; returns the canonical request or raises
   `InvalidArgument` with one `FieldViolation` per bad field. It writes nothing anywhere.
 - `cache_key(request, user_id, model, scope)`: SHA-256 over an unambiguous encoding of the
@@ -37,9 +39,10 @@ from gateway.model import (
     generate_parsed,
 )
 from gateway.operations import codec, schema
-from gateway.operations.images import Image
+from gateway.operations.images import Image, ImageInput
 from gateway.operations.keys import KeyFields, derive_key
 from gateway.operations.normalise import RuleBroken
+from gateway.operations.validation import Violations
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -157,6 +160,23 @@ class OperationSpec(ABC, Generic[RequestT, ResultT]):
             f"{type(self).__name__}(prompt_version={self.prompt_version!r}, "
             f"schema_version={self.schema_version!r})"
         )
+
+    def input_images(self, request: RequestT) -> Sequence[tuple[str, ImageInput]]:
+        """The images a request carries, by field path (`references[2].image`); none unless
+        the operation takes images."""
+        return ()
+
+    def check_sizes(self, request: RequestT, bounds: InputBounds = DEFAULT_BOUNDS) -> None:
+        """Checks the byte size of every image of the request and their total, from the message
+        alone (nothing is sniffed or hashed): cheap enough to run before the admission limit,
+        so an oversized request costs neither a rate-limit decision nor a hash. `validate`
+        checks them again, with everything else.
+
+        Raises `InvalidArgument` naming each image over a bound.
+        """
+        v = Violations()
+        v.image_sizes(self.input_images(request), bounds)
+        v.raise_if_any()
 
     @abstractmethod
     def validate(self, request: RequestT, bounds: InputBounds = DEFAULT_BOUNDS) -> RequestT:

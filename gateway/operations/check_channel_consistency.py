@@ -134,6 +134,13 @@ class CheckChannelConsistency(
         "and make every suggestion concrete.",
     )
 
+    def input_images(self, request: CheckChannelConsistencyRequest) -> list[tuple[str, ImageInput]]:
+        """The target, then the references."""
+        return [
+            ("target", request.target),
+            *((f"references[{i}]", ref) for i, ref in enumerate(request.references)),
+        ]
+
     def validate(
         self, request: CheckChannelConsistencyRequest, bounds: InputBounds = DEFAULT_BOUNDS
     ) -> CheckChannelConsistencyRequest:
@@ -146,13 +153,7 @@ class CheckChannelConsistency(
             minimum=1,
             maximum=bounds.max_consistency_references,
         )
-        target, *references = v.images(
-            [
-                ("target", request.target),
-                *((f"references[{i}]", ref) for i, ref in enumerate(request.references)),
-            ],
-            bounds,
-        )
+        target, *references = v.images(self.input_images(request), bounds)
         v.raise_if_any()
         # The key ignores reference order, so the prompt must too.
         ordered = tuple(sorted(references, key=lambda ref: ref.verified.sha256))

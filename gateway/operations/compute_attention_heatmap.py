@@ -133,12 +133,16 @@ class ComputeAttentionHeatmap(
         "objects, logos) with their share of attention and their position in the image.",
     )
 
+    def input_images(self, request: ComputeAttentionHeatmapRequest) -> list[tuple[str, ImageInput]]:
+        """The thumbnail."""
+        return [("image", request.image)]
+
     def validate(
         self, request: ComputeAttentionHeatmapRequest, bounds: InputBounds = DEFAULT_BOUNDS
     ) -> ComputeAttentionHeatmapRequest:
         """Sniffs and bounds the thumbnail."""
         v = Violations()
-        (image,) = v.images([("image", request.image)], bounds)
+        (image,) = v.images(self.input_images(request), bounds)
         v.raise_if_any()
         return ComputeAttentionHeatmapRequest(image)
 

@@ -144,6 +144,10 @@ class GenerateThumbnail(OperationSpec[GenerateThumbnailRequest, GeneratedThumbna
         json_answer=False,
     )
 
+    def input_images(self, request: GenerateThumbnailRequest) -> list[tuple[str, ImageInput]]:
+        """The reference images."""
+        return [(f"references[{i}].image", ref.image) for i, ref in enumerate(request.references)]
+
     def validate(
         self, request: GenerateThumbnailRequest, bounds: InputBounds = DEFAULT_BOUNDS
     ) -> GenerateThumbnailRequest:
@@ -160,10 +164,7 @@ class GenerateThumbnail(OperationSpec[GenerateThumbnailRequest, GeneratedThumbna
             _member(v, f"references[{i}].role", ReferenceRole, ref.role, optional=False)
             for i, ref in enumerate(request.references)
         ]
-        images = v.images(
-            [(f"references[{i}].image", ref.image) for i, ref in enumerate(request.references)],
-            bounds,
-        )
+        images = v.images(self.input_images(request), bounds)
         v.raise_if_any()
         references = tuple(
             ReferenceImage(image, role)

@@ -81,6 +81,11 @@ class ImageInput:
         return self.sniffed
 
 
+def image_too_large(size: int, max_bytes: int) -> str:
+    """What is wrong with an image of `size` bytes, over the limit of `max_bytes`."""
+    return f"image is {size} bytes; the limit is {max_bytes} bytes"
+
+
 def sniff_input(item: ImageInput, field: str, *, max_bytes: int, max_side: int) -> ImageInput:
     """Checks one uploaded image and returns it with `sniffed` filled.
 
@@ -90,9 +95,7 @@ def sniff_input(item: ImageInput, field: str, *, max_bytes: int, max_side: int) 
     """
     data_field = f"{field}.data"
     if len(item.data) > max_bytes:
-        raise InvalidArgument.field(
-            data_field, f"image is {len(item.data)} bytes; the limit is {max_bytes} bytes"
-        )
+        raise InvalidArgument.field(data_field, image_too_large(len(item.data), max_bytes))
     image = Image.from_info(
         item.data, native.inspect_image_field(item.data, data_field, max_side=max_side)
     )

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from gateway.config import InputBounds
 from gateway.errors import FieldViolation, InvalidArgument
-from gateway.operations.images import ImageInput, sniff_input
+from gateway.operations.images import ImageInput, image_too_large, sniff_input
 
 T = TypeVar("T")
 
@@ -74,6 +74,30 @@ class Violations:
                 bound = f"between {minimum} and {maximum}"
             self.add(field, f"has {len(items)} items; send {bound}")
 
+    def _total_within(self, items: Sequence[tuple[str, ImageInput]], bounds: InputBounds) -> bool:
+        """Checks the images' total size; records the image that crosses the bound."""
+        running = 0
+        for field, item in items:
+            running += len(item.data)
+            if running > bounds.max_total_image_bytes:
+                self.add(
+                    f"{field}.data",
+                    "the images of this request add up to more than "
+                    f"{bounds.max_total_image_bytes} bytes, the limit",
+                )
+                return False
+        return True
+
+    def image_sizes(self, items: Sequence[tuple[str, ImageInput]], bounds: InputBounds) -> None:
+        """Checks the byte size of every image of a request (field path, image) and their total,
+        without reading their contents."""
+        if self._total_within(items, bounds):
+            for field, item in items:
+                if len(item.data) > bounds.max_image_bytes:
+                    self.add(
+                        f"{field}.data", image_too_large(len(item.data), bounds.max_image_bytes)
+                    )
+
     def images(
         self, items: Sequence[tuple[str, ImageInput]], bounds: InputBounds
     ) -> list[ImageInput]:
@@ -82,17 +106,9 @@ class Violations:
         Returns the images with `sniffed` filled, in order; a bad one comes back unchanged (its
         violation is recorded, and `raise_if_any` will refuse the request).
         """
-        running = 0
-        for field, item in items:
-            running += len(item.data)
-            if running > bounds.max_total_image_bytes:
-                # Checked before sniffing: hashing an oversized request is wasted work.
-                self.add(
-                    f"{field}.data",
-                    "the images of this request add up to more than "
-                    f"{bounds.max_total_image_bytes} bytes, the limit",
-                )
-                return [item for _, item in items]
+        if not self._total_within(items, bounds):
+            # Checked before sniffing: hashing an oversized request is wasted work.
+            return [item for _, item in items]
         checked: list[ImageInput] = []
         for field, item in items:
             try:

@@ -94,7 +94,8 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
         joining it if it still runs.
         """
         rc, principal = _caller()
-        # Refuse bad input and missing tiers before the stream starts.
+        # The tier and the sizes are checked before the stream starts; the rest of validation
+        # follows admission inside the run, and refuses before the first message too.
         binding = bindings.GENERATE_THUMBNAIL
         prepared = self._pipeline.prepare(
             binding.name,

@@ -1,15 +1,21 @@
 """Server interceptors, each doing one job, in the order they wrap an RPC (outermost first):
 
-1. `RequestContextInterceptor`: request id (from `x-request-id` or new) and deadline into context,
-   and the RPC's span, its parent the caller's W3C `traceparent` (`gateway.telemetry.tracing`).
+1. `RequestContextInterceptor`: request id (from `x-request-id` or new), deadline and the caller
+   into context, and the RPC's span, its parent the caller's W3C `traceparent`
+   (`gateway.telemetry.tracing`).
 2. `LoggingInterceptor`: one structured log line per RPC with its outcome and duration, and the
    same outcome and duration counted in the RPC metrics (one layer, not two: every call pays for
    each layer it passes).
 3. `ErrorMappingInterceptor`: domain errors to gRPC statuses through the single table.
-4. `AuthInterceptor`: authenticates the caller; nothing unauthenticated reaches a servicer.
+4. `InFlightInterceptor`: caps the RPCs in flight, on the replica and per user (load shedding).
+5. `AuthInterceptor`: authenticates the caller; nothing unauthenticated reaches a servicer.
+
+The last two decide at `intercept_service`, from the metadata alone, before grpc reads the
+request (`gateway.rpc.edge`): authentication first, then the caps. What they refuse never costs
+the receiving and parsing of its message, yet passes the first three like any other RPC.
 
 They apply to the gateway's own services (`/viewbait.`); health checking and reflection pass
-through untouched so probes need no credentials.
+through untouched so probes need no credentials and are never shed.
 """
 
 from __future__ import annotations
@@ -26,12 +32,16 @@ from grpc import aio
 
 from gateway import errors
 from gateway.auth import Authenticator
+from gateway.limiter.concurrency import InFlight
 from gateway.rpc import context as request_context
+from gateway.rpc import edge
 from gateway.rpc.status import to_rpc_status
 from gateway.telemetry import tracing
 
 if TYPE_CHECKING:
     from gateway.telemetry.metrics import RpcMetrics
+
+    _Handler = grpc.RpcMethodHandler[Any, Any]
 
 log = logging.getLogger("gateway.rpc")
 
@@ -41,53 +51,70 @@ StreamBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[An
 _OWN_SERVICES = "/viewbait."
 _MAX_REQUEST_ID = 128
 
+#: (request streaming, response streaming) -> the attribute of a handler's behaviour, and how
+#: to build a handler of that kind.
+_KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., _Handler]]] = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    # Only refusals decided at the edge (`gateway.rpc.edge`): the request is never read.
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
 
-class _WrappingInterceptor(aio.ServerInterceptor):
-    """Wraps the unary-unary and unary-stream behaviours of the gateway's own RPCs.
+
+class _GatewayInterceptor(aio.ServerInterceptor):
+    """Intercepts the RPCs of the gateway's own services; the others pass untouched."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(_OWN_SERVICES):
+            return handler
+        return self.handle(handler, handler_call_details)
+
+    def handle(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
+        """The handler an RPC of the gateway's services runs with (override)."""
+        raise NotImplementedError
+
+
+class _WrappingInterceptor(_GatewayInterceptor):
+    """Wraps the behaviours of the gateway's own RPCs.
 
     grpc asks every interceptor for every RPC; the wrapped handler of a method is built once and
-    reused while the handler below it stays the same (it does: handlers are registered once).
+    reused while the handler below it stays the same (it does: handlers are registered once,
+    and an edge refusal is one shared handler per response kind, kept apart).
     """
 
     def __init__(self) -> None:
         #: Method -> (the handler below, its wrapped handler).
-        self._wrapped: dict[
-            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
-        ] = {}
+        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
+        #: Method -> (the edge refusal below, its wrapped handler).
+        self._refusals: dict[str, tuple[_Handler, _Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or not method.startswith(_OWN_SERVICES):
-            return handler
+    def handle(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
+        method: str = details.method
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
+        cache = self._refusals if handler.request_streaming else self._wrapped
+        known = cache.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
         wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
+        cache[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(
-        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        if handler.unary_unary is not None:
-            # grpc.aio hands coroutine behaviours to aio servers; the stubs only know sync ones.
-            inner_unary = cast(UnaryBehavior, handler.unary_unary)
-
-            async def unary(request: Any, ctx: aio.ServicerContext[Any, Any]) -> Any:
-                return await self.unary(method, request, ctx, inner_unary)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_stream = cast(StreamBehavior, handler.unary_stream)
+    def _wrap(self, method: str, handler: _Handler) -> _Handler:
+        """`handler` with its behaviour passed through `unary` or `stream` (a streamed
+        request, an edge refusal's, goes through as the `request`, untouched)."""
+        attribute, build = _KINDS[handler.request_streaming, handler.response_streaming]
+        behaviour = getattr(handler, attribute)
+        wrapped: Callable[..., Any]
+        if handler.response_streaming:
+            inner_stream = cast(StreamBehavior, behaviour)
 
             async def stream(
                 request: Any, ctx: aio.ServicerContext[Any, Any]
@@ -95,24 +122,27 @@ class _WrappingInterceptor(aio.ServerInterceptor):
                 async for item in self.stream(method, request, ctx, inner_stream):
                     yield item
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+            wrapped = stream
+        else:
+            # grpc.aio hands coroutine behaviours to aio servers; the stubs only know sync ones.
+            inner_unary = cast(UnaryBehavior, behaviour)
 
-    async def before(self, method: str, ctx: aio.ServicerContext[Any, Any]) -> None:
-        """Runs before the RPC's behaviour (override)."""
+            async def unary(request: Any, ctx: aio.ServicerContext[Any, Any]) -> Any:
+                return await self.unary(method, request, ctx, inner_unary)
+
+            wrapped = unary
+        return build(wrapped, handler.request_deserializer, handler.response_serializer)
 
     async def unary(
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
     ) -> Any:
-        await self.before(method, ctx)
+        """Runs a unary-response behaviour (override)."""
         return await inner(request, ctx)
 
     async def stream(
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: StreamBehavior
     ) -> AsyncIterator[Any]:
-        await self.before(method, ctx)
+        """Runs a streamed-response behaviour (override)."""
         async for item in inner(request, ctx):
             yield item
 
@@ -122,8 +152,8 @@ def _metadata(ctx: aio.ServicerContext[Any, Any]) -> list[tuple[str, str | bytes
 
 
 class RequestContextInterceptor(_WrappingInterceptor):
-    """Binds a `RequestContext` (request id, deadline) and the RPC's span for the RPC's
-    duration; the span ends with the RPC's status."""
+    """Binds a `RequestContext` (request id, deadline, the caller authenticated at the edge)
+    and the RPC's span for the RPC's duration; the span ends with the RPC's status."""
 
     def _context(
         self, method: str, ctx: aio.ServicerContext[Any, Any]
@@ -142,7 +172,10 @@ class RequestContextInterceptor(_WrappingInterceptor):
         remaining = ctx.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         rc = request_context.RequestContext(
-            method=method, request_id=request_id or uuid.uuid4().hex, deadline=deadline
+            method=method,
+            request_id=request_id or uuid.uuid4().hex,
+            deadline=deadline,
+            principal=edge.caller(),
         )
         return rc, tracing.start_rpc(method, rc.request_id, traceparent, tracestate)
 
@@ -298,15 +331,44 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
             await self._abort(ctx, exc)
 
 
-class AuthInterceptor(_WrappingInterceptor):
-    """Authenticates every RPC of the gateway's services before its servicer runs."""
+class AuthInterceptor(_GatewayInterceptor):
+    """Authenticates every RPC of the gateway's services from its metadata, before grpc reads
+    its request: a caller without acceptable credentials is refused (UNAUTHENTICATED) without
+    its message ever being received. The caller reaches the servicers through the request
+    context (`gateway.rpc.edge.caller`, bound by `RequestContextInterceptor`)."""
 
     def __init__(self, authenticator: Authenticator) -> None:
-        super().__init__()
         self._authenticator = authenticator
 
-    async def before(self, method: str, ctx: aio.ServicerContext[Any, Any]) -> None:
-        principal = self._authenticator.authenticate(
-            [(k, v) for k, v in _metadata(ctx) if isinstance(v, str)]
-        )
-        request_context.current().principal = principal
+    def handle(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
+        try:
+            principal = self._authenticator.authenticate(details.invocation_metadata)
+        except Exception as exc:
+            # Reported by the error mapping like any other error (a bug below as INTERNAL).
+            return edge.refuse(handler, exc)
+        edge.admit(principal)
+        return handler
+
+
+class InFlightInterceptor(_GatewayInterceptor):
+    """Caps the RPCs in flight (`gateway.limiter.concurrency.InFlight`): on the replica, per
+    user, and per user's open streams. Decided after authentication and before grpc reads the
+    request; a refused RPC is RESOURCE_EXHAUSTED with a retry-after. The slot an RPC takes is
+    given back when the RPC's task ends, however it ends (even before its request arrived)."""
+
+    def __init__(self, caps: InFlight) -> None:
+        self._caps = caps
+
+    def handle(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
+        principal = edge.caller()
+        if principal is None:
+            return handler  # refused by authentication: nothing runs, nothing to count
+        caps, user_id, stream = self._caps, principal.user_id, handler.response_streaming
+        try:
+            caps.acquire(user_id, principal.tier, stream=stream)
+        except errors.ConcurrencyLimited as exc:
+            return edge.refuse(handler, exc)
+        task = asyncio.current_task()
+        assert task is not None, "grpc.aio runs every RPC in a task of its own"
+        task.add_done_callback(lambda _: caps.release(user_id, stream=stream))
+        return handler

@@ -151,14 +151,14 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def GetJob(
         self, request: job_service_pb2.GetJobRequest, context: Context
     ) -> job_service_pb2.GetJobResponse:
-        view = await self._jobs.get(convert.job_id(request.job_id), _principal().user_id)
+        view = await self._jobs.get(convert.job_id(request.job_id), _principal())
         return job_service_pb2.GetJobResponse(job=_job(view))
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         changes = self._jobs.watch(
-            convert.job_id(request.job_id), _principal().user_id, request.after_sequence
+            convert.job_id(request.job_id), _principal(), request.after_sequence
         )
         async for sequence, view in changes:
             yield job_service_pb2.WatchJobResponse(sequence=sequence, job=_job(view))
@@ -166,7 +166,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: Context
     ) -> job_service_pb2.CancelJobResponse:
-        view = await self._jobs.cancel(convert.job_id(request.job_id), _principal().user_id)
+        view = await self._jobs.cancel(convert.job_id(request.job_id), _principal())
         return job_service_pb2.CancelJobResponse(job=_job(view))
 
     async def RetryJob(
@@ -184,7 +184,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
                 "page_size", f"is {size}; the limit is {MAX_PAGE_SIZE}"
             )
         after = decode_page_token(request.page_token) if request.page_token else None
-        page = await self._jobs.page(_principal().user_id, _job_filter(request), size, after)
+        page = await self._jobs.page(_principal(), _job_filter(request), size, after)
         token = "" if page.next_after is None else encode_page_token(page.next_after)
         return job_service_pb2.ListJobsResponse(
             jobs=[bindings.job(job) for job in page.jobs], next_page_token=token

@@ -401,7 +401,7 @@ async def test_the_same_request_has_different_keys_emulated_and_real(
         executor = Executor(settings.execution, MemoryStore(), LocalBlobStore(tmp_path / name))
         pipeline = Pipeline(settings, gemini_client, RateLimiter(settings), executor)
         prepared = pipeline.prepare("analyze_video", ANALYSIS, principal())
-        calls[name] = pipeline.call("analyze_video", prepared.request, principal())
+        calls[name] = pipeline.call("analyze_video", pipeline.validate(prepared), principal())
 
     assert calls["real"].key is not None and calls["emulated"].key is not None
     assert calls["real"].key != calls["emulated"].key

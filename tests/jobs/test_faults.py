@@ -137,7 +137,10 @@ async def test_a_killed_worker_loses_its_jobs_to_the_others_only_once_its_leases
     # Fixtures in this order: the replicas stop before the proxies, the emulator and the schema.
     store, audit = await audited_schema(pg_schema)
     # Submits only; the worker processes run everything.
-    front = Jobs(await start_gateway(settings(emulator, tmp_path, store, workers=0)))
+    # `settle` polls every job's GetJob far faster than a client would: no read limits.
+    front = Jobs(
+        await start_gateway(settings(emulator, tmp_path, store, workers=0, read_limits={}))
+    )
     env = worker_env(
         emulator.api_key,
         pg_schema,
@@ -374,6 +377,7 @@ async def test_jobs_back_off_through_a_429_storm_and_finish_after_it(
             running_caps={},
         ),
         execution=ExecutionSettings(max_attempts=STORM_MAX_ATTEMPTS),
+        read_limits={},  # `settle` polls GetJob far faster than a client would
     )
     gateway = await start_gateway(with_gemini_url(base, await upstream.proxy("gateway")))
     jobs = Jobs(gateway)
