@@ -137,8 +137,6 @@ class GatewayServer:
         self._in_flight = InFlight(settings.concurrency)
         self._health = health.aio.HealthServicer()
         self._emulator: EmulatorServer | None = None
-        #: The model client's modules, importing in the background since start-up began.
-        self._prefetch: asyncio.Future[list[None]] | None = None
         self._client: DeferredClient | None = None
         self._limiter: RateLimiter | None = None
         self._budgets: Budgets | None = None
@@ -238,18 +236,11 @@ class GatewayServer:
         return settings.model_copy(update={"auth": auth})
 
     def _with_backend(self, settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
-        """Settings with the model backend resolved; the modules the model client needs start
-        loading in the background now (see `gateway.deferred_client`), and the in-process
-        emulator of local mode, when there is one, is stopped after everything that calls it."""
+        """Settings with the model backend resolved; the in-process emulator of local mode,
+        when there is one, is stopped after everything that calls it."""
         backend = gemini_backend(settings)
         if backend is Backend.EMULATOR:
             stack.push_async_callback(self._stop_emulator)
-        modules = ["gateway.gemini"]
-        if backend is Backend.EMULATOR:
-            modules.append("gateway.emulator")
-        self._prefetch = asyncio.ensure_future(
-            asyncio.gather(*(import_in_thread(module) for module in modules))
-        )
         gemini = settings.gemini.model_copy(update={"backend": backend})
         return settings.model_copy(update={"gemini": gemini})
 
@@ -260,10 +251,9 @@ class GatewayServer:
     async def _load_client(self, settings: Settings, usage: StoreUsageSink) -> GeminiClient:
         """The Gemini client (in local mode, calling the in-process emulator, started first so
         that its answers carry the emulator marker)."""
-        assert self._prefetch is not None
-        await self._prefetch
         gemini = settings.gemini
         if gemini.backend is Backend.EMULATOR:
+            await import_in_thread("gateway.emulator")
             from gateway.emulator import EmulatorServer
 
             self._emulator = EmulatorServer.from_settings(settings.emulator)
@@ -326,8 +316,9 @@ class GatewayServer:
         # Beside the limiter, on its Redis connection and breaker; closed before it.
         budgets = self._budgets = Budgets.beside(settings, limiter, clock=self._clock)
         stack.push_async_callback(budgets.aclose)
+        # Loaded once the listener answers (or when a model call needs it first): importing
+        # google-genai in a thread still takes the GIL from the start-up beside it.
         client = self._client = DeferredClient(lambda: self._load_client(settings, usage))
-        client.start()
         stack.push_async_callback(client.aclose)
         client.add_credentials_listener(
             lambda refused: self._component_changed(UPSTREAM_HEALTH_SERVICE, not refused)
@@ -470,6 +461,7 @@ class GatewayServer:
             await self._start_grpc(server, settings, pipeline, jobs)
             stack.push_async_callback(self._drain, server)
         # Answering already; started once the model client is loaded too.
+        client.start()
         await client.loaded()
         # Undone first: callers see NOT_SERVING, and the executor hands work back rather than
         # failing it, before anything is torn down.

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Sequence
-
-import numpy as np
 
 
 class RuleBroken(ValueError):
@@ -34,17 +33,31 @@ class RuleBroken(ValueError):
 # --- weights: shares of one whole, as protobuf floats -----------------------------------------
 
 
+_FLOAT32 = struct.Struct("<f")
+_BITS32 = struct.Struct("<I")
+
+
 def float32(value: float) -> float:
-    """`value` rounded to the nearest float32 (what a protobuf `float` field carries)."""
-    return float(np.float32(value))
+    """`value` rounded to the nearest float32 (what a protobuf `float` field carries); past the
+    float32 range, infinity of its sign."""
+    try:
+        return float(_FLOAT32.unpack(_FLOAT32.pack(value))[0])
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _float32_step_down(single: float) -> float:
+    """The float32 just below the float32 value `single` (finite)."""
+    if single == 0.0:
+        return -float(_FLOAT32.unpack(_BITS32.pack(1))[0])
+    bits = _BITS32.unpack(_FLOAT32.pack(single))[0]
+    return float(_FLOAT32.unpack(_BITS32.pack(bits - 1 if single > 0 else bits + 1))[0])
 
 
 def _float32_down(value: float) -> float:
     """The largest float32 not above `value`."""
-    nearest = np.float32(value)
-    if float(nearest) > value:
-        nearest = np.nextafter(nearest, np.float32(-math.inf))
-    return float(nearest)
+    nearest = float32(value)
+    return _float32_step_down(nearest) if nearest > value else nearest
 
 
 def sums_within_one(weights: Sequence[float]) -> bool:
@@ -52,11 +65,13 @@ def sums_within_one(weights: Sequence[float]) -> bool:
     in doubles (JavaScript, Python) and left to right in float32 (C++ `float`, numpy float32)."""
     if math.fsum(weights) > 1.0:
         return False
-    double, single = 0.0, np.float32(0.0)
+    double = single = 0.0
     for weight in weights:
         double += weight
-        single = np.float32(single + np.float32(weight))
-    return double <= 1.0 and float(single) <= 1.0
+        # Two float32 values add exactly enough in a double (53 >= 2 * 24 + 2 bits) that
+        # rounding the double sum gives float32 addition's own result.
+        single = float32(single + float32(weight))
+    return double <= 1.0 and single <= 1.0
 
 
 def shares(weights: Sequence[float], path: str) -> tuple[float, ...]:
@@ -91,7 +106,7 @@ def unit_span(start: float, end: float) -> tuple[float, float]:
     offset = float32(min(max(start, 0.0), 1.0))
     length = max(_float32_down(min(end, 1.0) - offset), 0.0)
     while not sums_within_one((offset, length)):
-        length = float(np.nextafter(np.float32(length), np.float32(0.0)))
+        length = max(_float32_step_down(length), 0.0)
     return offset, length
 
 
