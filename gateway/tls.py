@@ -118,16 +118,16 @@ def load_material(tls: TlsSettings) -> TlsMaterial:
     assert tls.cert_file is not None and tls.key_file is not None
     problems: list[str] = []
     chain = _read("tls.cert_file", tls.cert_file, problems)
+    certificates = (
+        [] if chain is None else _certificates("tls.cert_file", tls.cert_file, chain, problems)
+    )
     key_pem = _read("tls.key_file", tls.key_file, problems)
+    key = None if key_pem is None else _private_key(tls.key_file, key_pem, problems)
     client_ca = None
     if tls.client_ca_file is not None:
         client_ca = _read("tls.client_ca_file", tls.client_ca_file, problems)
         if client_ca is not None:
             _certificates("tls.client_ca_file", tls.client_ca_file, client_ca, problems)
-    certificates = (
-        [] if chain is None else _certificates("tls.cert_file", tls.cert_file, chain, problems)
-    )
-    key = None if key_pem is None else _private_key(tls.key_file, key_pem, problems)
     if certificates and key is not None:
         leaf = certificates[0]
         if _public_der(leaf.public_key()) != _public_der(key.public_key()):

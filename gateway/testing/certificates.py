@@ -146,17 +146,47 @@ class Authority:
         return self._issue(common_name, (), ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
+@dataclass(frozen=True, slots=True)
+class CertificateFiles:
+    """A CA, a loopback server certificate and a client certificate it signed, as files."""
+
+    authority: Authority
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    #: The server certificate's serial number.
+    server_serial: int
+
+
+def write_certificates(directory: Path, common_name: str = "ViewBait test CA") -> CertificateFiles:
+    """Makes a CA and the certificates it signs and writes them into `directory` (created):
+    `ca.pem`, `server.pem`, `server.key`, `client.pem`, `client.key`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = Authority(common_name)
+    server = authority.issue_server()
+    server_cert, server_key = server.write(directory / "server.pem", directory / "server.key")
+    client_cert, client_key = authority.issue_client().write(
+        directory / "client.pem", directory / "client.key"
+    )
+    return CertificateFiles(
+        authority=authority,
+        ca=authority.write(directory / "ca.pem"),
+        server_cert=server_cert,
+        server_key=server_key,
+        client_cert=client_cert,
+        client_key=client_key,
+        server_serial=server.serial,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Writes a CA, a loopback server certificate and a client certificate into a directory."""
     parser = argparse.ArgumentParser(prog="python -m gateway.testing.certificates")
     parser.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
-    directory: Path = args.directory
-    directory.mkdir(parents=True, exist_ok=True)
-    authority = Authority()
-    authority.write(directory / "ca.pem")
-    authority.issue_server().write(directory / "server.pem", directory / "server.key")
-    authority.issue_client().write(directory / "client.pem", directory / "client.key")
+    write_certificates(args.directory)
     return 0
 
 
