@@ -10,7 +10,9 @@ periodic cleanup of expired rows and the rescue of executions whose lease lapsed
 `OTEL_*` variables turn on OpenTelemetry tracing (`gateway.telemetry.tracing`), flushed at stop.
 `viewbait-gateway worker` runs the same runtime without the gRPC listener: job workers and
 maintenance only. With `VIEWBAIT_METRICS__PORT` set, either serves Prometheus metrics of its own
-on that port (`gateway.telemetry.metrics`).
+on that port (`gateway.telemetry.metrics`). With `VIEWBAIT_TLS__CERT_FILE` and
+`VIEWBAIT_TLS__KEY_FILE` the gRPC listener serves TLS (mutual with `VIEWBAIT_TLS__CLIENT_CA_FILE`),
+its certificate re-read when the files change (`gateway.tls`); the metrics port stays plain HTTP.
 
 Start-up registers each cleanup on one `contextlib.AsyncExitStack` as it creates the resource,
 so a stop undoes start-up in reverse by construction, and a start that fails half-way stops what
