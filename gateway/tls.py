@@ -163,9 +163,9 @@ def tls_problems(tls: TlsSettings) -> list[str]:
     return []
 
 
-def _stamp(path: str) -> _Stamp:
+def _stamp(path: Path) -> _Stamp:
     try:
-        info = Path(path).stat()
+        info = path.stat()
     except OSError as exc:
         return f"{type(exc).__name__}: {exc.strerror}"
     return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
@@ -178,7 +178,9 @@ class CertificateWatcher:
         """Reads the files now; raises `ConfigError` when they cannot be served."""
         self._tls = tls
         self._paths = [
-            path for path in (tls.cert_file, tls.key_file, tls.client_ca_file) if path is not None
+            Path(path)
+            for path in (tls.cert_file, tls.key_file, tls.client_ca_file)
+            if path is not None
         ]
         # Stamped before reading: a change while reading shows as a change on the next check.
         self._stamps = self._stamp_all()
