@@ -24,7 +24,15 @@ from pydantic import SecretStr
 from viewbait.ai.v1 import operations_pb2, usage_service_pb2
 from viewbait_gateway_client import GatewayClient, GatewayError, TlsConfig
 
-from gateway.config import AuthSettings, ServerSettings, Settings, TlsSettings
+from gateway.config import (
+    AuthSettings,
+    Backend,
+    GeminiSettings,
+    ServerSettings,
+    Settings,
+    StoreSettings,
+    TlsSettings,
+)
 from gateway.server import LOCAL_DEV_SERVICE_TOKEN, GatewayServer
 from gateway.testing.certificates import Authority, CertificateFiles, write_certificates
 
@@ -56,7 +64,7 @@ def tls_settings(pki: CertificateFiles, *, mutual: bool = False) -> TlsSettings:
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Callable[[TlsSettings], Any]]:
+async def start(tmp_path: Path) -> AsyncIterator[Callable[[TlsSettings], Any]]:
     """`await start(tls)`: an in-process gateway in local mode serving TLS as `tls` says."""
     started: list[GatewayServer] = []
 
@@ -65,6 +73,7 @@ async def start() -> AsyncIterator[Callable[[TlsSettings], Any]]:
             Settings(
                 server=ServerSettings(host="127.0.0.1", port=0, shutdown_grace_s=0.5),
                 auth=AuthSettings(service_token=SecretStr(SERVICE_TOKEN)),
+                store=StoreSettings(blob_dir=str(tmp_path / "blobs")),
                 tls=tls,
             )
         )
@@ -118,6 +127,26 @@ def served_serial(port: int, ca: bytes) -> int:
 
 
 # --- TLS ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["cleartext", "tls"])
+async def test_cleartext_beyond_loopback_is_warned_about(
+    pki: CertificateFiles, caplog: pytest.LogCaptureFixture, secured: bool, tmp_path: Path
+) -> None:
+    server = GatewayServer(
+        Settings(
+            server=ServerSettings(host="0.0.0.0", port=0, shutdown_grace_s=0.5),
+            auth=AuthSettings(service_token=SecretStr(SERVICE_TOKEN)),
+            gemini=GeminiSettings(backend=Backend.EMULATOR),
+            store=StoreSettings(blob_dir=str(tmp_path / "blobs")),
+            tls=tls_settings(pki) if secured else TlsSettings(),
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="gateway.server"):
+        await server.start()
+        await server.stop(grace=0.5)
+    warned = "serving cleartext gRPC on 0.0.0.0" in caplog.text
+    assert warned is not secured
 
 
 async def test_the_python_client_calls_over_tls_trusting_the_ca(
