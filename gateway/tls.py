@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -48,15 +48,29 @@ class TlsMaterial:
     private_key: bytes
     #: CA certificates of client certificates (None: clients present none).
     client_ca: bytes | None
-    #: The leaf certificate's subject, serial number and end of validity (for the logs).
+    #: The leaf certificate's subject, serial number and validity (for the logs).
     subject: str
     serial: int
+    not_before: datetime
     not_after: datetime
 
     def certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
         """What grpc serves the handshakes with."""
         return grpc.ssl_server_certificate_configuration(
             [(self.private_key, self.chain)], root_certificates=self.client_ca
+        )
+
+    def validity_problem(self, now: datetime) -> str | None:
+        """Why clients will refuse the certificate at `now` (expired or not yet valid), if so."""
+        if now > self.not_after:
+            when = f"expired at {self.not_after.isoformat()}"
+        elif now < self.not_before:
+            when = f"is not valid before {self.not_before.isoformat()}"
+        else:
+            return None
+        return (
+            f"the certificate of {env_name('tls.cert_file')} ({self.subject}, serial "
+            f"{self.serial:x}) {when}: clients will refuse it; replace the files"
         )
 
     def describe(self) -> dict[str, object]:
@@ -147,6 +161,7 @@ def load_material(tls: TlsSettings) -> TlsMaterial:
         client_ca=client_ca,
         subject=leaf.subject.rfc4514_string(),
         serial=leaf.serial_number,
+        not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
     )
 
@@ -171,6 +186,14 @@ def _stamp(path: Path) -> _Stamp:
     return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
+def _warn_if_invalid(material: TlsMaterial) -> None:
+    # Served all the same: refusing to serve would not help clients that refuse it anyway, and
+    # a replica that keeps its listener picks up the replacement without a restart.
+    problem = material.validity_problem(datetime.now(UTC))
+    if problem is not None:
+        log.warning("%s", problem)
+
+
 class CertificateWatcher:
     """The listener's certificate, re-read when its files change (see the module docstring)."""
 
@@ -185,6 +208,7 @@ class CertificateWatcher:
         # Stamped before reading: a change while reading shows as a change on the next check.
         self._stamps = self._stamp_all()
         self._material = load_material(tls)
+        _warn_if_invalid(self._material)
         self._lock = threading.Lock()
         #: How many times a changed set of files was taken into use.
         self.reloads = 0
@@ -247,6 +271,7 @@ class CertificateWatcher:
             material.serial,
             extra=material.describe(),
         )
+        _warn_if_invalid(material)
         return material.certificate_configuration()
 
 

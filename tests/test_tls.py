@@ -5,6 +5,7 @@ tests/rpc/test_tls.py."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
 
@@ -234,3 +235,35 @@ def test_an_ec_key_in_traditional_form_loads(files: CertificateFiles, tmp_path: 
         )
     )
     assert load_material(tls(files, key_file=traditional)).serial == files.server_serial
+
+
+@pytest.mark.parametrize(
+    ("valid_from", "said"),
+    [
+        (-datetime.timedelta(days=3), "expired at"),
+        (datetime.timedelta(days=2), "is not valid before"),
+    ],
+    ids=["expired", "not yet valid"],
+)
+def test_a_certificate_out_of_its_validity_is_served_with_a_warning(
+    files: CertificateFiles,
+    caplog: pytest.LogCaptureFixture,
+    valid_from: datetime.timedelta,
+    said: str,
+) -> None:
+    watcher = CertificateWatcher(tls(files))
+    assert not caplog.records
+    issued = files.authority.issue_server(valid_from=valid_from)
+    issued.write(files.server_cert, files.server_key)
+
+    with caplog.at_level(logging.WARNING, logger="gateway.tls"):
+        assert watcher.fetch() is not None
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    subject = f"(CN=127.0.0.1, serial {issued.serial:x})"
+    assert f"the certificate of VIEWBAIT_TLS__CERT_FILE {subject} {said}" in warning
+    assert watcher.material.serial == issued.serial
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gateway.tls"):
+        CertificateWatcher(tls(files))
+    assert said in caplog.text

@@ -1,7 +1,8 @@
 """Certificates for tests of TLS: a throwaway CA, and server and client certificates it signs.
 
 Keys are ECDSA P-256 (quick to make); certificates are valid from an hour ago for a day, so
-clock skew between the machine's processes does not matter. `python -m
+clock skew between the machine's processes does not matter (a server certificate's start can be
+moved, to make one expired or not yet valid). `python -m
 gateway.testing.certificates DIR` writes a CA, a server certificate for 127.0.0.1 and localhost
 and a client certificate into DIR (`ca.pem`, `server.pem`, `server.key`, `client.pem`,
 `client.key`), for tests outside Python (the TypeScript client's).
@@ -42,17 +43,21 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    valid_from: datetime.timedelta = -datetime.timedelta(hours=1),
+    valid_for: datetime.timedelta = datetime.timedelta(days=1, hours=1),
 ) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
+    start = datetime.datetime.now(datetime.UTC) + valid_from
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(start)
+        .not_valid_after(start + valid_for)
     )
 
 
@@ -122,10 +127,14 @@ class Authority:
         return path
 
     def _issue(
-        self, common_name: str, names: Sequence[str], usage: x509.ObjectIdentifier
+        self,
+        common_name: str,
+        names: Sequence[str],
+        usage: x509.ObjectIdentifier,
+        valid_from: datetime.timedelta,
     ) -> Issued:
         key = _key()
-        builder = _builder(_name(common_name), self._name, key.public_key())
+        builder = _builder(_name(common_name), self._name, key.public_key(), valid_from)
         if names:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([_san(name) for name in names]), critical=False
@@ -137,13 +146,21 @@ class Authority:
         )
         return Issued(certificate, _key_pem(key))
 
-    def issue_server(self, names: Sequence[str] = LOOPBACK_NAMES) -> Issued:
-        """A server certificate for `names` (IP addresses and DNS names)."""
-        return self._issue(names[0], names, ExtendedKeyUsageOID.SERVER_AUTH)
+    def issue_server(
+        self,
+        names: Sequence[str] = LOOPBACK_NAMES,
+        *,
+        valid_from: datetime.timedelta = -datetime.timedelta(hours=1),
+    ) -> Issued:
+        """A server certificate for `names` (IP addresses and DNS names), valid for a day from
+        `valid_from` after now (a test of an expired one passes minus two days)."""
+        return self._issue(names[0], names, ExtendedKeyUsageOID.SERVER_AUTH, valid_from)
 
     def issue_client(self, common_name: str = "viewbait-backend") -> Issued:
         """A client certificate (for mutual TLS)."""
-        return self._issue(common_name, (), ExtendedKeyUsageOID.CLIENT_AUTH)
+        return self._issue(
+            common_name, (), ExtendedKeyUsageOID.CLIENT_AUTH, -datetime.timedelta(hours=1)
+        )
 
 
 @dataclass(frozen=True, slots=True)
