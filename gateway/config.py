@@ -421,6 +421,45 @@ class ServerSettings(BaseModel):
     log_level: str = "INFO"
 
 
+class TlsSettings(BaseModel):
+    """TLS on the gRPC listener (see `gateway.tls`): off unless `cert_file` and `key_file` are
+    set. The files are re-read when they change, on the next handshake, without a restart.
+    Only the gRPC listener is covered: the metrics endpoint stays plain HTTP."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: PEM certificate chain the listener presents, leaf first (intermediates after it).
+    cert_file: str | None = Field(default=None, min_length=1)
+    #: PEM private key of the leaf certificate, unencrypted (PKCS#8 or traditional).
+    key_file: str | None = Field(default=None, min_length=1)
+    #: PEM CA certificates that sign client certificates. Set: mutual TLS, every client must
+    #: present a certificate one of them signed, or the handshake fails.
+    client_ca_file: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        cert, key = env_name("tls.cert_file"), env_name("tls.key_file")
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = key if self.key_file is None else cert
+            raise ValueError(f"{cert} and {key} go together: set {missing} too, or unset both")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError(
+                f"{env_name('tls.client_ca_file')} asks for client certificates, which needs "
+                f"TLS on the listener: set {cert} and {key} too, or unset it"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the listener serves TLS."""
+        return self.cert_file is not None
+
+    @property
+    def mutual(self) -> bool:
+        """Whether clients must present a certificate (mutual TLS)."""
+        return self.client_ca_file is not None
+
+
 class InputBounds(BaseModel):
     """Limits on what a request may carry, checked by each operation's `validate` before any work.
 
@@ -822,6 +861,8 @@ class Settings(BaseSettings):
     usage: UsageSettings = Field(default_factory=UsageSettings)
     #: Prometheus metrics on their own HTTP port (off unless a port is set).
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    #: TLS (and mutual TLS) on the gRPC listener, off unless a certificate is set.
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -963,6 +1004,10 @@ def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]
             f"no authentication configured: set {env_name('auth.service_token')} and/or "
             f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')}"
         )
+    if listen and settings.tls.enabled:
+        from gateway.tls import tls_problems  # it imports this module
+
+        problems.extend(tls_problems(settings.tls))
     problems.extend(_unsatisfiable_limits(settings))
     from gateway.budgets.checks import budget_problems  # it imports this module
 

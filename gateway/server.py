@@ -10,7 +10,9 @@ periodic cleanup of expired rows and the rescue of executions whose lease lapsed
 `OTEL_*` variables turn on OpenTelemetry tracing (`gateway.telemetry.tracing`), flushed at stop.
 `viewbait-gateway worker` runs the same runtime without the gRPC listener: job workers and
 maintenance only. With `VIEWBAIT_METRICS__PORT` set, either serves Prometheus metrics of its own
-on that port (`gateway.telemetry.metrics`).
+on that port (`gateway.telemetry.metrics`). With `VIEWBAIT_TLS__CERT_FILE` and
+`VIEWBAIT_TLS__KEY_FILE` the gRPC listener serves TLS (mutual with `VIEWBAIT_TLS__CLIENT_CA_FILE`),
+its certificate re-read when the files change (`gateway.tls`); the metrics port stays plain HTTP.
 
 Start-up registers each cleanup on one `contextlib.AsyncExitStack` as it creates the resource,
 so a stop undoes start-up in reverse by construction, and a start that fails half-way stops what
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
     from gateway.emulator import EmulatorServer
     from gateway.gemini import GeminiClient
     from gateway.telemetry.metrics import GatewayMetrics
+    from gateway.tls import CertificateWatcher
 
 log = logging.getLogger("gateway.server")
 
@@ -133,6 +136,8 @@ class GatewayServer:
         self.metrics_port = 0
         self._metrics: GatewayMetrics | None = None
         self._server: aio.Server | None = None
+        #: The listener's TLS certificate, re-read when its files change (None: cleartext).
+        self._tls: CertificateWatcher | None = None
         #: The RPCs in flight on this replica and their caps (counted by the listener).
         self._in_flight = InFlight(settings.concurrency)
         self._health = health.aio.HealthServicer()
@@ -209,6 +214,11 @@ class GatewayServer:
     def metrics(self) -> GatewayMetrics | None:
         """This process's Prometheus metrics once started (None: `metrics.port` unset)."""
         return self._metrics
+
+    @property
+    def tls(self) -> CertificateWatcher | None:
+        """The listener's TLS certificate and its reloads (None: the listener is cleartext)."""
+        return self._tls
 
     @property
     def emulator(self) -> EmulatorServer | None:
@@ -377,7 +387,10 @@ class GatewayServer:
         )
         address = f"{server_settings.host}:{server_settings.port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if self._tls is not None:
+                self.port = server.add_secure_port(address, self._tls.credentials())
+            else:
+                self.port = server.add_insecure_port(address)
         except RuntimeError:
             self.port = 0
         if self.port == 0:
@@ -413,6 +426,11 @@ class GatewayServer:
         tracing.check_environment()
         if self._listen:
             _check_port_free(self.settings.server.host, self.settings.server.port)
+            if self.settings.tls.enabled:
+                # Read (and checked) before anything starts; imported only when TLS is on.
+                from gateway.tls import CertificateWatcher
+
+                self._tls = CertificateWatcher(self.settings.tls)
         async with contextlib.AsyncExitStack() as stack:
             await self._start(stack)
             # Started: the cleanups now belong to `stop`.
@@ -475,8 +493,17 @@ class GatewayServer:
                     "port": self.port,
                     "limiter_mode": limiter.mode.value,
                     "backend": settings.gemini.backend,
+                    "tls": _tls_mode(settings),
+                    **({} if self._tls is None else self._tls.material.describe()),
                 },
             )
+            if self._tls is None and not is_loopback(server_settings.host):
+                log.warning(
+                    "serving cleartext gRPC on %s: credentials cross the network readable; set "
+                    "VIEWBAIT_TLS__CERT_FILE and VIEWBAIT_TLS__KEY_FILE unless TLS ends in front "
+                    "of the gateway",
+                    server_settings.host,
+                )
         else:
             log.info(
                 "working without a listener",
@@ -658,6 +685,12 @@ def _method_paths() -> list[str]:
     return [
         f"/{service.full_name}/{method.name}" for service in _SERVICES for method in service.methods
     ]
+
+
+def _tls_mode(settings: Settings) -> str:
+    """How the listener is secured, for the logs: "mutual", "tls" or "off"."""
+    tls = settings.tls
+    return "mutual" if tls.mutual else "tls" if tls.enabled else "off"
 
 
 def _limiter_serves(mode: LimiterMode) -> bool:

@@ -23,6 +23,7 @@ from gateway.config import (
     gemini_backend,
     load_settings,
 )
+from gateway.testing.certificates import write_certificates
 
 
 @pytest.fixture
@@ -223,3 +224,36 @@ def test_an_empty_table_is_refused_as_it_would_change_nothing(env: pytest.Monkey
     # Lifting by name works.
     env.setenv("VIEWBAIT_JOBS__RUNNING_CAPS", '{"free": null, "pro": null}')
     assert set(load_settings().jobs.running_caps) == {Tier.STARTER, Tier.ADVANCED}
+
+
+def test_tls_is_off_by_default(env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert not settings.tls.enabled and not settings.tls.mutual
+
+
+def test_tls_files_are_read_from_the_environment(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    files = write_certificates(tmp_path)
+    env.setenv("VIEWBAIT_TLS__CERT_FILE", str(files.server_cert))
+    env.setenv("VIEWBAIT_TLS__KEY_FILE", str(files.server_key))
+    env.setenv("VIEWBAIT_TLS__CLIENT_CA_FILE", str(files.ca))
+    settings = load_settings()
+    assert settings.tls.enabled and settings.tls.mutual
+    assert deployment_problems(settings) == []
+
+
+def test_a_tls_certificate_without_its_key_is_refused(env: pytest.MonkeyPatch) -> None:
+    (problem,) = refusal(VIEWBAIT_TLS__CERT_FILE="/etc/gateway/tls.crt")
+    assert "set VIEWBAIT_TLS__KEY_FILE too" in problem
+    (problem,) = refusal(VIEWBAIT_TLS__KEY_FILE="/etc/gateway/tls.key")
+    assert "set VIEWBAIT_TLS__CERT_FILE too" in problem
+
+
+def test_a_client_ca_without_tls_is_refused(env: pytest.MonkeyPatch) -> None:
+    (problem,) = refusal(VIEWBAIT_TLS__CLIENT_CA_FILE="/etc/gateway/clients.pem")
+    assert "VIEWBAIT_TLS__CLIENT_CA_FILE asks for client certificates" in problem
+    assert "set VIEWBAIT_TLS__CERT_FILE and VIEWBAIT_TLS__KEY_FILE" in problem
+
+
+def test_a_misspelled_tls_setting_is_refused(env: pytest.MonkeyPatch) -> None:
+    (problem,) = refusal(VIEWBAIT_TLS__CERTFILE="/etc/gateway/tls.crt")
+    assert problem.endswith("did you mean VIEWBAIT_TLS__CERT_FILE?")

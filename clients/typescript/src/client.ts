@@ -7,6 +7,7 @@ import { GatewayService } from "./gen/viewbait/ai/v1/gateway_service_pb.js";
 import type { Job } from "./gen/viewbait/ai/v1/job_pb.js";
 import { JobService, type WatchJobResponse } from "./gen/viewbait/ai/v1/job_service_pb.js";
 import { UsageService } from "./gen/viewbait/ai/v1/usage_service_pb.js";
+import { tlsSessionOptions, type TlsOptions } from "./tls.js";
 import {
   awaitJob,
   followJob,
@@ -20,6 +21,12 @@ import {
 export interface GatewayClientOptions extends Credentials {
   /** The gateway's address, e.g. "http://127.0.0.1:50051" (cleartext HTTP/2) or "https://...". */
   baseUrl: string;
+  /**
+   * TLS settings for an "https://" `baseUrl`: the CA to trust (`ca`), the client certificate of
+   * mutual TLS (`cert`, `key`), the name the certificate must carry (`serverName`). Without it an
+   * "https://" URL trusts Node's bundled roots.
+   */
+  tls?: TlsOptions | undefined;
 }
 
 /** Typed clients for the gateway's services, sharing one transport. */
@@ -75,7 +82,12 @@ export function createGatewayClient(options: GatewayClientOptions): GatewayClien
     }
     return next(request);
   };
-  const transport = createGrpcTransport({ baseUrl: options.baseUrl, interceptors: [authenticate] });
+  const nodeOptions = tlsSessionOptions(options.baseUrl, options.tls);
+  const transport = createGrpcTransport({
+    baseUrl: options.baseUrl,
+    interceptors: [authenticate],
+    ...(nodeOptions === undefined ? {} : { nodeOptions }),
+  });
   const jobs = createClient(JobService, transport);
   return {
     gateway: createClient(GatewayService, transport),

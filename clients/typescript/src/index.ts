@@ -1,7 +1,7 @@
 /**
  * TypeScript client of the ViewBait AI Gateway (Node.js, server side only): typed gRPC clients
- * for GatewayService, JobService and UsageService, credentials, decoded errors, and jobs followed
- * to their end across broken streams (`runJob`, `awaitJob`). The generated messages and
+ * for GatewayService, JobService and UsageService, credentials, TLS options, decoded errors, and
+ * jobs followed to their end across broken streams (`runJob`, `awaitJob`). The generated messages and
  * schemas are re-exported: build requests with `create(AnalyzeVideoRequestSchema, {...})` from
  * "@bufbuild/protobuf".
  */
@@ -34,6 +34,7 @@ export {
   type RunJobOptions,
   type SubmitJobInit,
 } from "./jobs.js";
+export { tlsSessionOptions, type TlsOptions } from "./tls.js";
 export { Code, ConnectError } from "@connectrpc/connect";
 export * from "./gen/viewbait/ai/v1/common_pb.js";
 export * from "./gen/viewbait/ai/v1/gateway_service_pb.js";

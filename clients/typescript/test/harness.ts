@@ -57,7 +57,7 @@ export function userJwt(
 
 /** A running gateway subprocess. */
 export interface GatewayProcess {
-  /** "http://127.0.0.1:<port>" (a worker has no listener: port 0). */
+  /** "http://127.0.0.1:<port>", "https://..." when it serves TLS (a worker has no listener: port 0). */
   baseUrl: string;
   port: number;
   /** Its in-process emulator's base URL (knobs at `/_emulator/...`). */
@@ -110,8 +110,9 @@ export async function startGateway(
       await sleep(50);
     }
     const ready = JSON.parse(readFileSync(readyFile, "utf8")) as { port: number; emulator_url: string | null };
+    const scheme = options.env?.["VIEWBAIT_TLS__CERT_FILE"] === undefined ? "http" : "https";
     return {
-      baseUrl: `http://127.0.0.1:${ready.port}`,
+      baseUrl: `${scheme}://127.0.0.1:${ready.port}`,
       port: ready.port,
       emulatorUrl: ready.emulator_url ?? "",
       output: () => output,
@@ -175,5 +176,34 @@ export function freshSchema(): { name: string; drop(): void } {
       const result = spawnSync(PYTHON, ["-c", script, DATABASE_URL, name], { encoding: "utf8" });
       if (result.status !== 0) throw new Error(`could not drop schema ${name}: ${result.stderr}`);
     },
+  };
+}
+
+/** Certificates made for a test by `python -m gateway.testing.certificates`, as PEM file paths. */
+export interface Certificates {
+  /** The CA that signed the others. */
+  ca: string;
+  /** The gateway's certificate (for 127.0.0.1 and localhost) and key. */
+  serverCert: string;
+  serverKey: string;
+  /** A client certificate and key for mutual TLS. */
+  clientCert: string;
+  clientKey: string;
+  /** Deletes the files. */
+  remove(): void;
+}
+
+/** A fresh CA with a server and a client certificate, in a temporary directory. */
+export function makeCertificates(): Certificates {
+  const dir = mkdtempSync(join(tmpdir(), "viewbait-tls-"));
+  const result = spawnSync(PYTHON, ["-m", "gateway.testing.certificates", dir], { cwd: root, encoding: "utf8" });
+  if (result.status !== 0) throw new Error(`could not make certificates: ${result.stderr}`);
+  return {
+    ca: join(dir, "ca.pem"),
+    serverCert: join(dir, "server.pem"),
+    serverKey: join(dir, "server.key"),
+    clientCert: join(dir, "client.pem"),
+    clientKey: join(dir, "client.key"),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
   };
 }

@@ -1,7 +1,7 @@
 """Async Python client of the ViewBait AI Gateway.
 
 The generated messages and stubs live in `viewbait.ai.v1` (same distribution); this package adds
-credentials, typed methods, decoded errors, and jobs followed to their end (`run_job`,
+credentials, TLS, typed methods, decoded errors, and jobs followed to their end (`run_job`,
 `await_job`) across broken streams.
 """
 
@@ -29,6 +29,7 @@ from viewbait_gateway_client.jobs import (
     RetryHook,
     final_job,
 )
+from viewbait_gateway_client.tls import TlsConfig
 
 __all__ = [
     "AUTHORIZATION_KEY",
@@ -46,6 +47,7 @@ __all__ = [
     "JobCancelledError",
     "JobFailedError",
     "RetryHook",
+    "TlsConfig",
     "call_metadata",
     "credential_metadata",
     "decode_status",

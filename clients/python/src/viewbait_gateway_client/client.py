@@ -25,6 +25,7 @@ from viewbait_gateway_client import jobs
 from viewbait_gateway_client.credentials import Metadata, call_metadata, credential_metadata
 from viewbait_gateway_client.errors import GatewayError
 from viewbait_gateway_client.jobs import DEFAULT_BACKOFF, Backoff, RetryHook
+from viewbait_gateway_client.tls import TlsConfig
 
 _Req = TypeVar("_Req", bound=Message)
 _Resp = TypeVar("_Resp", bound=Message)
@@ -57,18 +58,26 @@ class GatewayClient:
         token: str | None = None,
         user_id: str | None = None,
         tier: str | None = None,
+        tls: TlsConfig | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        """Opens a channel to `target` ("host:port"): TLS with `credentials`, else cleartext."""
+        """Opens a channel to `target` ("host:port"): TLS as `tls` says (the CA to trust, a
+        client certificate for mutual TLS, the server name), or with ready-made `credentials`;
+        cleartext without either."""
+        if tls is not None and credentials is not None:
+            raise ValueError("give tls or credentials, not both")
         self._token = token
         self._metadata: Metadata = credential_metadata(token, user_id=user_id, tier=tier)
         self._owns_channel = True
         channel_options = [
             ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+            *(() if tls is None else tls.channel_options()),
             *options,  # later entries win
         ]
+        if tls is not None:
+            credentials = tls.credentials()
         self._channel = (
             aio.secure_channel(target, credentials, channel_options)
             if credentials is not None
