@@ -6,8 +6,10 @@ maps the domain errors it raises. Two mechanisms, usable together:
 - **user JWTs** as Supabase issues them (`authorization: Bearer <jwt>`), verified with an HS256
   secret or with the RS256/ES256 public key of a JWKS file picked by `kid`. The user id is `sub`,
   the tier comes from a configured claim path. Tier headers sent alongside a JWT are ignored.
-- **a service token** for the trusted backend (`authorization: Bearer <service token>`), which
-  then names the end user in `x-viewbait-user-id` and their tier in `x-viewbait-tier`.
+- **service tokens** for trusted backends (`authorization: Bearer <service token>`), which
+  then name the end user in `x-viewbait-user-id` and their tier in `x-viewbait-tier`. Several
+  named tokens are accepted at once (rotation); the principal carries the name of the one used,
+  for logs and traces, never the token.
 
 Every failure is `Unauthenticated` with a message that says what to fix; no message ever contains
 the credential or a configured secret.
@@ -62,6 +64,8 @@ class Principal:
     user_id: str
     tier: Tier
     via: Via
+    #: The name of the service token the call came with (`via` service), for logs and traces.
+    service_token: str | None = None
 
 
 class Authenticator:
@@ -73,11 +77,10 @@ class Authenticator:
 
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
-        self._service_digest = (
-            _digest(settings.service_token.get_secret_value())
-            if settings.service_token is not None
-            else None
-        )
+        self._service_digests = [
+            (name, _digest(token.get_secret_value()))
+            for name, token in sorted(settings.named_service_tokens().items())
+        ]
         self._hs256_key = (
             settings.jwt_secret.get_secret_value().encode()
             if settings.jwt_secret is not None
@@ -85,14 +88,15 @@ class Authenticator:
         )
         self._jwks = load_jwks(Path(settings.jwks_file)) if settings.jwks_file else {}
         if (
-            self._service_digest is None
+            not self._service_digests
             and self._hs256_key is None
             and not self._jwks
             and not settings.allow_anonymous
         ):
             raise ValueError(
-                "authentication is not configured: set auth.service_token, auth.jwt_secret or "
-                "auth.jwks_file (or auth.allow_anonymous for local development)"
+                "authentication is not configured: set auth.service_token (or "
+                "auth.service_tokens), auth.jwt_secret or auth.jwks_file (or "
+                "auth.allow_anonymous for local development)"
             )
         self._tier_path = _claim_path(settings.tier_claim)
         self._required_claims = ["exp", "sub"]
@@ -113,13 +117,24 @@ class Authenticator:
                 "JWT or the service token"
             )
         credential = _bearer_credential(authorization)
-        # Compare fixed-size digests so that neither the content nor the length of the service
-        # token leaks through timing.
-        if self._service_digest is not None and hmac.compare_digest(
-            _digest(credential), self._service_digest
-        ):
-            return _service_principal(headers)
+        name = self._service_token_name(credential)
+        if name is not None:
+            return _service_principal(headers, name)
         return self._jwt_principal(credential)
+
+    def _service_token_name(self, credential: str) -> str | None:
+        """The name of the service token `credential` is, or None.
+
+        Fixed-size digests are compared, against every token and without stopping at a match,
+        so neither the content nor the length of any token, nor which one matched, shows in
+        the time taken.
+        """
+        digest = _digest(credential)
+        matched = None
+        for name, expected in self._service_digests:
+            if hmac.compare_digest(digest, expected) and matched is None:
+                matched = name
+        return matched
 
     def _jwt_principal(self, token: str) -> Principal:
         if self._hs256_key is None and not self._jwks:
@@ -362,8 +377,9 @@ def mint_dev_jwt(
     return jwt.encode(claims, key, algorithm="HS256")
 
 
-def _service_principal(headers: Mapping[str, list[str]]) -> Principal:
-    """The end user the trusted backend names in metadata."""
+def _service_principal(headers: Mapping[str, list[str]], token_name: str) -> Principal:
+    """The end user the trusted backend (with the service token `token_name`) names in
+    metadata."""
     user_id = _single(headers, USER_ID_HEADER)
     if user_id is None or not user_id.strip():
         raise Unauthenticated(
@@ -380,6 +396,7 @@ def _service_principal(headers: Mapping[str, list[str]]) -> Principal:
         _checked_user_id(user_id, f"the {USER_ID_HEADER} header"),
         _parse_tier(tier, f"the {TIER_HEADER} header"),
         "service",
+        token_name,
     )
 
 

@@ -12,6 +12,7 @@ callers on a public listener, no authentication, budgets that cannot work as mea
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -345,6 +346,13 @@ class LimiterSettings(BaseModel):
         return self.models.get(model, self.model_default)
 
 
+#: The name `auth.service_token` is accepted (and logged) under.
+DEFAULT_SERVICE_TOKEN = "default"
+#: Service token names appear in logs and traces: short, plain, no separators.
+SERVICE_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SERVICE_TOKEN_NAME_RULE = "1 to 64 letters, digits and . _ -, starting with a letter or digit"
+
+
 class AuthSettings(BaseModel):
     """How callers authenticate (see `gateway.auth`).
 
@@ -356,8 +364,12 @@ class AuthSettings(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     #: Shared secret of the trusted backend; with it, `x-viewbait-user-id` / `x-viewbait-tier` say
-    #: who the call is for.
+    #: who the call is for. Accepted as the service token named `default`.
     service_token: SecretStr | None = None
+    #: Named service tokens, name -> token, all accepted at once (rotation without a flag day:
+    #: add the new token, move the backends to it, remove the old one). Each works like
+    #: `service_token`; the name of the one a call used is logged with it, never the token.
+    service_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     #: HS256 secret that signs user JWTs (Supabase's "JWT secret").
     jwt_secret: SecretStr | None = None
     #: Path of a JWKS JSON file with the RS256/ES256 public keys of user JWTs, chosen by `kid`.
@@ -383,6 +395,45 @@ class AuthSettings(BaseModel):
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("auth.service_token must be at least 16 characters")
         return value
+
+    @field_validator("service_tokens")
+    @classmethod
+    def _service_tokens_named_and_strong(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, token in tokens.items():
+            if not SERVICE_TOKEN_NAME.fullmatch(name):
+                raise ValueError(
+                    f"service token name {name[:64]!r} must be {SERVICE_TOKEN_NAME_RULE}"
+                )
+            if len(token.get_secret_value()) < 16:
+                raise ValueError(f"auth.service_tokens.{name} must be at least 16 characters")
+        return tokens
+
+    @model_validator(mode="after")
+    def _service_tokens_distinct(self) -> AuthSettings:
+        named = self.named_service_tokens()
+        if self.service_token is not None and DEFAULT_SERVICE_TOKEN in self.service_tokens:
+            raise ValueError(
+                f"auth.service_token is the service token named {DEFAULT_SERVICE_TOKEN!r}, and "
+                f"auth.service_tokens names one {DEFAULT_SERVICE_TOKEN!r} too: rename that "
+                "entry or unset auth.service_token"
+            )
+        owners: dict[str, str] = {}
+        for name, token in named.items():
+            other = owners.setdefault(token.get_secret_value(), name)
+            if other != name:
+                # The name a call is logged under must say which backend made it.
+                raise ValueError(
+                    f"the service tokens named {other!r} and {name!r} are the same token: give "
+                    "each backend a token of its own"
+                )
+        return self
+
+    def named_service_tokens(self) -> dict[str, SecretStr]:
+        """Every accepted service token by name (`service_token` as `default`)."""
+        named = dict(self.service_tokens)
+        if self.service_token is not None:
+            named.setdefault(DEFAULT_SERVICE_TOKEN, self.service_token)
+        return named
 
     @field_validator("jwt_secret")
     @classmethod
@@ -921,7 +972,13 @@ def gemini_backend(settings: Settings) -> Backend | None:
 def auth_configured(settings: Settings) -> bool:
     """Whether any way for callers to authenticate is configured."""
     auth = settings.auth
-    return bool(auth.service_token or auth.jwt_secret or auth.jwks_file or auth.allow_anonymous)
+    return bool(
+        auth.service_token
+        or auth.service_tokens
+        or auth.jwt_secret
+        or auth.jwks_file
+        or auth.allow_anonymous
+    )
 
 
 def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]:
@@ -960,7 +1017,8 @@ def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]
     # Without a listener nobody calls in: there is nothing to authenticate.
     if listen and not auth_configured(settings) and not local_dev:
         problems.append(
-            f"no authentication configured: set {env_name('auth.service_token')} and/or "
+            f"no authentication configured: set {env_name('auth.service_token')} (or "
+            f"{env_name('auth.service_tokens')}) and/or "
             f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')}"
         )
     problems.extend(_unsatisfiable_limits(settings))

@@ -177,7 +177,11 @@ class RequestContextInterceptor(_WrappingInterceptor):
             deadline=deadline,
             principal=edge.caller(),
         )
-        return rc, tracing.start_rpc(method, rc.request_id, traceparent, tracestate)
+        span = tracing.start_rpc(method, rc.request_id, traceparent, tracestate)
+        token_name = rc.principal.service_token if rc.principal else None
+        if span is not None and token_name is not None:
+            span.span.set_attribute("viewbait.service_token", token_name)
+        return rc, span
 
     async def unary(
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
@@ -244,7 +248,8 @@ def _unaborted_code(
 
 
 class LoggingInterceptor(_WrappingInterceptor):
-    """One log line per RPC (method, code, duration, request id, user) and, given `metrics`,
+    """One log line per RPC (method, code, duration, request id, user, and the name of the
+    service token a trusted backend called with) and, given `metrics`,
     its code and duration counted there."""
 
     def __init__(self, metrics: RpcMetrics | None = None) -> None:
@@ -271,6 +276,8 @@ class LoggingInterceptor(_WrappingInterceptor):
                 "duration_ms": round(elapsed * 1000, 2),
                 "request_id": rc.request_id,
                 "user_id": rc.principal.user_id if rc.principal else None,
+                # The name of the service token, never the token.
+                "service_token": rc.principal.service_token if rc.principal else None,
             },
         )
 
