@@ -15,6 +15,7 @@ import ipaddress
 import re
 from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -374,6 +375,18 @@ class AuthSettings(BaseModel):
     jwt_secret: SecretStr | None = None
     #: Path of a JWKS JSON file with the RS256/ES256 public keys of user JWTs, chosen by `kid`.
     jwks_file: str | None = None
+    #: URL of the JWKS instead (Supabase:
+    #: `https://<project>.supabase.co/auth/v1/.well-known/jwks.json`), fetched in the background
+    #: (see `gateway.jwks`). https, or http to a loopback address only.
+    jwks_url: str | None = None
+    #: How often the JWKS at `jwks_url` is fetched again in the background.
+    jwks_refresh_interval_s: float = Field(default=600.0, gt=0, le=86400)
+    #: A token whose `kid` the cached set lacks triggers a fetch at most this often.
+    jwks_min_refresh_interval_s: float = Field(default=30.0, gt=0, le=86400)
+    #: Longest a JWKS fetch may take, the whole body included.
+    jwks_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: Largest JWKS document accepted (after decompression).
+    jwks_max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     #: Required `aud` of user JWTs; None skips the audience check.
     jwt_audience: str | None = "authenticated"
     #: Required `iss` of user JWTs; None skips the issuer check.
@@ -435,6 +448,29 @@ class AuthSettings(BaseModel):
             named.setdefault(DEFAULT_SERVICE_TOKEN, self.service_token)
         return named
 
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url_secure(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        url = urlsplit(value)
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ValueError("auth.jwks_url must be an https:// URL of a JWKS document")
+        if url.scheme == "http" and not is_loopback(url.hostname):
+            # Keys fetched in the clear could be swapped by anyone on the path.
+            raise ValueError(
+                "auth.jwks_url must use https (plain http is accepted for loopback hosts only)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_jwks_source(self) -> AuthSettings:
+        if self.jwks_file is not None and self.jwks_url is not None:
+            raise ValueError(
+                "set auth.jwks_file or auth.jwks_url, not both: the keys come from one place"
+            )
+        return self
+
     @field_validator("jwt_secret")
     @classmethod
     def _jwt_secret_strong(cls, value: SecretStr | None) -> SecretStr | None:
@@ -442,6 +478,18 @@ class AuthSettings(BaseModel):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("auth.jwt_secret must be at least 32 bytes (RFC 7518 section 3.2)")
         return value
+
+
+class ReflectionMode(StrEnum):
+    """Who may use gRPC server reflection."""
+
+    #: Not served.
+    OFF = "off"
+    #: Served to callers that authenticate like any RPC of the gateway (and refused,
+    #: UNAUTHENTICATED, to the others).
+    AUTHENTICATED = "authenticated"
+    #: Served to anyone, without credentials.
+    PUBLIC = "public"
 
 
 class ServerSettings(BaseModel):
@@ -465,11 +513,26 @@ class ServerSettings(BaseModel):
     #: Shortest ping interval a client may use before the server calls it abuse.
     min_client_ping_interval_s: float = Field(default=10.0, gt=0)
     max_concurrent_streams: int = Field(default=1000, ge=1)
-    #: Serve gRPC server reflection (grpcurl list/describe).
-    reflection: bool = True
+    #: Who may use gRPC server reflection (grpcurl list/describe): `off`, `authenticated`
+    #: (callers with the credentials an RPC needs) or `public` (anyone).
+    reflection: ReflectionMode = ReflectionMode.AUTHENTICATED
     #: Log format: "json" (one object per line) or "text".
     log_format: str = Field(default="json", pattern="^(json|text)$")
     log_level: str = "INFO"
+
+    @field_validator("reflection", mode="before")
+    @classmethod
+    def _reflection_mode(cls, value: object) -> object:
+        # The setting was a boolean: keep `false` (off, unambiguous) and refuse `true`, which
+        # meant public and must now be chosen knowingly.
+        if value is False or (isinstance(value, str) and value.lower() == "false"):
+            return ReflectionMode.OFF
+        if value is True or (isinstance(value, str) and value.lower() == "true"):
+            raise ValueError(
+                "server.reflection is no longer a boolean: set it to authenticated (callers "
+                "with credentials), public (anyone, what true meant) or off"
+            )
+        return value
 
 
 class InputBounds(BaseModel):
@@ -977,6 +1040,7 @@ def auth_configured(settings: Settings) -> bool:
         or auth.service_tokens
         or auth.jwt_secret
         or auth.jwks_file
+        or auth.jwks_url
         or auth.allow_anonymous
     )
 
@@ -1019,7 +1083,8 @@ def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]
         problems.append(
             f"no authentication configured: set {env_name('auth.service_token')} (or "
             f"{env_name('auth.service_tokens')}) and/or "
-            f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')}"
+            f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')} / "
+            f"{env_name('auth.jwks_url')}"
         )
     problems.extend(_unsatisfiable_limits(settings))
     from gateway.budgets.checks import budget_problems  # it imports this module
