@@ -215,8 +215,10 @@ class RemoteJwks:
 
     async def _refresh_forever(self) -> None:
         while True:
-            ok = await self.refresh()
-            self._first.set()
+            try:
+                ok = await self.refresh()
+            finally:
+                self._first.set()  # start-up never waits past the first attempt
             # After a failure, try again sooner (but no more often than unknown kids may).
             delay = self._refresh_interval_s
             if not ok:
@@ -228,8 +230,10 @@ class RemoteJwks:
         self.fetches += 1
         try:
             keys = parse_jwks(await self._fetch_document(), f"the JWKS at {self.url}")
-        except (FetchError, ValueError) as exc:
-            self.last_error = str(exc)
+        except Exception as exc:
+            # Whatever went wrong, the refresher lives on and the last good set stays.
+            known = isinstance(exc, FetchError | ValueError)
+            self.last_error = str(exc) if known else f"{type(exc).__name__}: {exc}"
             log.error(
                 "JWKS fetch failed; keeping the last good key set",
                 extra={
