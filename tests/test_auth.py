@@ -514,6 +514,36 @@ def test_service_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert principal.service_token == "worker"
 
 
+# --- the JWKS URL settings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"jwks_url": "http://example.com/jwks.json"}, "must use https"),
+        ({"jwks_url": "ftp://example.com/jwks.json"}, "must be an https:// URL"),
+        ({"jwks_url": "https:///jwks.json"}, "must be an https:// URL"),
+        ({"jwks_url": "https://a.example/j", "jwks_file": "/j.json"}, "not both"),
+    ],
+)
+def test_bad_jwks_url_settings(values: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        AuthSettings.model_validate(values)
+
+
+def test_jwks_url_over_http_to_loopback_is_accepted() -> None:
+    for url in ("http://127.0.0.1:8080/jwks.json", "http://localhost/jwks.json"):
+        assert AuthSettings(jwks_url=url).jwks_url == url
+
+
+def test_a_jwks_url_alone_configures_authentication_without_fetching() -> None:
+    url = "https://project.supabase.co/auth/v1/.well-known/jwks.json"
+    auth = Authenticator(AuthSettings(jwks_url=url))
+    remote = auth.remote_jwks
+    assert remote is not None and remote.url == url and not remote.loaded
+    _rejected(auth, _bearer(_hs256()), "HS256 user JWTs are not accepted", "ES256, RS256")
+
+
 # --- anonymous local mode and configuration --------------------------------------------------
 
 

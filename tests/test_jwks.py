@@ -115,6 +115,8 @@ async def test_concurrent_unknown_kids_share_one_fetch(
     [
         ("error", "answered HTTP 500"),
         ("oversized", "larger than 65536 bytes"),
+        ("oversized_declared", "larger than 65536 bytes"),
+        ("redirect", "answered HTTP 302"),
         ("hang", "did not answer within 0.5 s"),
     ],
 )
