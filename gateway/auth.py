@@ -84,7 +84,7 @@ class Authenticator:
     """Turns request metadata into a `Principal`, or raises `Unauthenticated`.
 
     Built once from settings (a JWKS file is read here, so a broken file fails at startup; a
-    JWKS URL is fetched from `start` on). `authenticate` is pure CPU and safe to call from any
+    JWKS URL is fetched once the server starts `remote_jwks`). `authenticate` is pure CPU and safe to call from any
     task; `authenticate_refreshing` also fetches the JWKS again when a token names a key the
     cached set lacks.
     """
