@@ -137,8 +137,6 @@ class RemoteJwks:
         self._keys: dict[str, jwt.PyJWK] = {}
         #: Why the last fetch failed (None: it succeeded, or none ended yet).
         self.last_error: str | None = None
-        #: Fetches started (background and on unknown kids), for tests and logs.
-        self.fetches = 0
         self._session: aiohttp.ClientSession | None = None
         self._fetching: asyncio.Task[bool] | None = None
         self._first = asyncio.Event()
@@ -227,7 +225,6 @@ class RemoteJwks:
 
     async def _fetch_and_keep(self) -> bool:
         """One fetch; the new set replaces the old only if it is good."""
-        self.fetches += 1
         try:
             keys = parse_jwks(await self._fetch_document(), f"the JWKS at {self.url}")
         except Exception as exc:
