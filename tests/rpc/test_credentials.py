@@ -9,6 +9,7 @@ the credentials it is about, and calls it through a real channel.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -319,3 +320,40 @@ def test_reflection_accepts_false_and_refuses_true_naming_the_modes() -> None:
         assert "authenticated" in message and "public" in message and "off" in message
     with pytest.raises(ValidationError, match="'off', 'authenticated' or 'public'"):
         ServerSettings(reflection="private")
+
+
+# --- configured by environment variables, as an operator would ------------------------------
+
+
+async def test_an_operator_configured_gateway(spawn_gateway: Any) -> None:
+    """`python -m gateway serve` with two named service tokens (a JSON object) and a JWKS URL:
+    both tokens and a JWT signed by a published key pass; the log names the tokens, never
+    shows them, and says which keys were loaded."""
+    async with jwks_server("key-a") as keys:
+        tokens = json.dumps({"web-old": OLD_TOKEN, "web-new": NEW_TOKEN})
+        # In a thread: the JWKS server answers from this loop while the gateway starts.
+        gateway = await asyncio.to_thread(
+            spawn_gateway,
+            VIEWBAIT_AUTH__SERVICE_TOKENS=tokens,
+            VIEWBAIT_AUTH__JWKS_URL=keys.url,
+            VIEWBAIT_AUTH__JWKS_TIMEOUT_S="10",
+        )
+        async with aio.insecure_channel(gateway.address) as channel:
+            codes = [
+                await get_usage(channel, as_backend(OLD_TOKEN, "user-old")),
+                await get_usage(channel, as_backend(NEW_TOKEN, "user-new")),
+                await get_usage(channel, bearer(keys.sign("key-a", user_id="user-jwt"))),
+            ]
+        # Start-up waited for the first fetch: the JWT needed no other.
+        assert keys.hits == 1
+
+    assert codes == [grpc.StatusCode.OK] * 3
+    records = gateway.log_records()
+    finished = {r["user_id"]: r for r in records if r["msg"] == "rpc finished"}
+    assert finished["user-old"]["service_token"] == "web-old"
+    assert finished["user-new"]["service_token"] == "web-new"
+    assert "service_token" not in finished["user-jwt"]
+    loaded = [r for r in records if r["msg"] == "JWKS key set loaded"]
+    assert [r["kids"] for r in loaded] == [["key-a"]]
+    log = gateway.log()
+    assert OLD_TOKEN not in log and NEW_TOKEN not in log
