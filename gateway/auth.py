@@ -4,10 +4,13 @@ Pure functions over request metadata; the gRPC interceptor calls `Authenticator.
 maps the domain errors it raises. Two mechanisms, usable together:
 
 - **user JWTs** as Supabase issues them (`authorization: Bearer <jwt>`), verified with an HS256
-  secret or with the RS256/ES256 public key of a JWKS file picked by `kid`. The user id is `sub`,
-  the tier comes from a configured claim path. Tier headers sent alongside a JWT are ignored.
-- **a service token** for the trusted backend (`authorization: Bearer <service token>`), which
-  then names the end user in `x-viewbait-user-id` and their tier in `x-viewbait-tier`.
+  secret or with the RS256/ES256 public key of a JWKS (a file, or a URL fetched in the
+  background: `gateway.jwks`) picked by `kid`. The user id is `sub`, the tier comes from a
+  configured claim path. Tier headers sent alongside a JWT are ignored.
+- **service tokens** for trusted backends (`authorization: Bearer <service token>`), which
+  then name the end user in `x-viewbait-user-id` and their tier in `x-viewbait-tier`. Several
+  named tokens are accepted at once (rotation); the principal carries the name of the one used,
+  for logs and traces, never the token.
 
 Every failure is `Unauthenticated` with a message that says what to fix; no message ever contains
 the credential or a configured secret.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +34,10 @@ from jwt.exceptions import InvalidSubjectError
 from pydantic import SecretStr
 
 from gateway.config import AuthSettings, Tier
-from gateway.errors import PermissionDenied, Unauthenticated
+from gateway.errors import GatewayError, PermissionDenied, Unauthenticated, Unavailable
+from gateway.jwks import JWKS_ALGORITHMS, Keys, RemoteJwks, parse_jwks
+
+log = logging.getLogger("gateway.auth")
 
 AUTHORIZATION_HEADER: Final = "authorization"
 USER_ID_HEADER: Final = "x-viewbait-user-id"
@@ -38,8 +45,6 @@ TIER_HEADER: Final = "x-viewbait-tier"
 #: User id of every credential-less call when `auth.allow_anonymous` is on (local development).
 ANONYMOUS_USER_ID: Final = "anonymous"
 
-#: How each JWKS key type is used; the algorithm is pinned by the key, never chosen by the token.
-_JWKS_ALGORITHMS: Final = {"RSA": "RS256", "EC": "ES256"}
 #: User ids end up in cache, limiter and job keys: keep them short and free of separators such as
 #: braces (Redis hash tags), slashes and whitespace. Supabase ids (UUIDs) fit.
 _USER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
@@ -62,37 +67,61 @@ class Principal:
     user_id: str
     tier: Tier
     via: Via
+    #: The name of the service token the call came with (`via` service), for logs and traces.
+    service_token: str | None = None
+
+
+class KeysMayBeStale(Exception):
+    """The JWT's key is not in the cached JWKS (or none is cached yet): fetching the set again
+    might help (`Authenticator.authenticate_refreshing`). `error` is what to report if not."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class Authenticator:
     """Turns request metadata into a `Principal`, or raises `Unauthenticated`.
 
-    Built once from settings (the JWKS file is read here, so a broken file fails at startup);
-    `authenticate` is pure CPU and safe to call from any task.
+    Built once from settings (a JWKS file is read here, so a broken file fails at startup; a
+    JWKS URL is fetched once the server starts `remote_jwks`). `authenticate` is pure CPU and safe to call from any
+    task; `authenticate_refreshing` also fetches the JWKS again when a token names a key the
+    cached set lacks.
     """
 
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
-        self._service_digest = (
-            _digest(settings.service_token.get_secret_value())
-            if settings.service_token is not None
-            else None
-        )
+        self._service_digests = [
+            (name, _digest(token.get_secret_value()))
+            for name, token in sorted(settings.named_service_tokens().items())
+        ]
         self._hs256_key = (
             settings.jwt_secret.get_secret_value().encode()
             if settings.jwt_secret is not None
             else None
         )
-        self._jwks = load_jwks(Path(settings.jwks_file)) if settings.jwks_file else {}
+        self._remote: RemoteJwks | None = None
+        self._static_jwks: Keys = {}
+        if settings.jwks_file:
+            self._static_jwks = load_jwks(Path(settings.jwks_file))
+        elif settings.jwks_url:
+            self._remote = RemoteJwks(
+                settings.jwks_url,
+                timeout_s=settings.jwks_timeout_s,
+                max_bytes=settings.jwks_max_bytes,
+                refresh_interval_s=settings.jwks_refresh_interval_s,
+                min_refresh_interval_s=settings.jwks_min_refresh_interval_s,
+            )
         if (
-            self._service_digest is None
+            not self._service_digests
             and self._hs256_key is None
-            and not self._jwks
+            and not self._jwks_configured
             and not settings.allow_anonymous
         ):
             raise ValueError(
-                "authentication is not configured: set auth.service_token, auth.jwt_secret or "
-                "auth.jwks_file (or auth.allow_anonymous for local development)"
+                "authentication is not configured: set auth.service_token (or "
+                "auth.service_tokens), auth.jwt_secret, auth.jwks_file or auth.jwks_url (or "
+                "auth.allow_anonymous for local development)"
             )
         self._tier_path = _claim_path(settings.tier_claim)
         self._required_claims = ["exp", "sub"]
@@ -101,8 +130,54 @@ class Authenticator:
         if settings.jwt_issuer is not None:
             self._required_claims.append("iss")
 
+    @property
+    def remote_jwks(self) -> RemoteJwks | None:
+        """The JWKS fetched from `auth.jwks_url` (None: no URL configured)."""
+        return self._remote
+
+    @property
+    def _jwks_configured(self) -> bool:
+        return bool(self._static_jwks) or self._remote is not None
+
+    @property
+    def _jwks(self) -> Keys:
+        return self._remote.keys if self._remote is not None else self._static_jwks
+
+    async def wait_for_keys(self) -> None:
+        """With `auth.jwks_url`, waits for the first fetch of the JWKS to end (within
+        `auth.jwks_timeout_s`; the fetcher is started by `remote_jwks.start`). A failed first
+        fetch does not stop start-up: RS256/ES256 JWTs are then refused (UNAVAILABLE,
+        retryable) until a key set arrives, while service tokens and HS256 JWTs work."""
+        if self._remote is None:
+            return
+        if not await self._remote.wait_first():
+            log.error(
+                "serving without the JWKS: RS256/ES256 user JWTs are refused until it is "
+                "fetched (retried in the background and on the first such token)",
+                extra={"jwks_url": self._remote.url, "error": self._remote.last_error},
+            )
+
+    async def aclose(self) -> None:
+        """Stops the background JWKS refresh."""
+        if self._remote is not None:
+            await self._remote.aclose()
+
+    async def authenticate_refreshing(self, metadata: Metadata) -> Principal:
+        """`authenticate`, fetching the JWKS again (rate-limited, `gateway.jwks.RefreshGate`)
+        when the token's `kid` is not in the cached set, then deciding with the new set."""
+        try:
+            return self.authenticate(metadata)
+        except KeysMayBeStale as stale:
+            if self._remote is None or not await self._remote.refresh_for_unknown_kid():
+                raise stale.error from None
+        try:
+            return self.authenticate(metadata)
+        except KeysMayBeStale as stale:
+            raise stale.error from None
+
     def authenticate(self, metadata: Metadata) -> Principal:
-        """The caller behind `metadata`; raises `Unauthenticated` saying what to fix."""
+        """The caller behind `metadata`; raises `Unauthenticated` saying what to fix (or,
+        with a JWKS URL, `KeysMayBeStale` when fetching the set again might help)."""
         headers = _collect_headers(metadata)
         authorization = _single(headers, AUTHORIZATION_HEADER)
         if authorization is None:
@@ -113,19 +188,30 @@ class Authenticator:
                 "JWT or the service token"
             )
         credential = _bearer_credential(authorization)
-        # Compare fixed-size digests so that neither the content nor the length of the service
-        # token leaks through timing.
-        if self._service_digest is not None and hmac.compare_digest(
-            _digest(credential), self._service_digest
-        ):
-            return _service_principal(headers)
+        name = self._service_token_name(credential)
+        if name is not None:
+            return _service_principal(headers, name)
         return self._jwt_principal(credential)
 
+    def _service_token_name(self, credential: str) -> str | None:
+        """The name of the service token `credential` is, or None.
+
+        Fixed-size digests are compared, against every token and without stopping at a match,
+        so neither the content nor the length of any token, nor which one matched, shows in
+        the time taken.
+        """
+        digest = _digest(credential)
+        matched = None
+        for name, expected in self._service_digests:
+            if hmac.compare_digest(digest, expected) and matched is None:
+                matched = name
+        return matched
+
     def _jwt_principal(self, token: str) -> Principal:
-        if self._hs256_key is None and not self._jwks:
+        if self._hs256_key is None and not self._jwks_configured:
             raise Unauthenticated(
                 "the bearer token is not the service token, and this gateway accepts no user "
-                "JWTs (neither auth.jwt_secret nor auth.jwks_file is configured)"
+                "JWTs (none of auth.jwt_secret, auth.jwks_file, auth.jwks_url is configured)"
             )
         try:
             header = jwt.get_unverified_header(token)
@@ -181,11 +267,12 @@ class Authenticator:
                     f"accepted algorithms: {self._accepted_algorithms()}"
                 )
             return self._hs256_key, "HS256"
-        if algorithm in _JWKS_ALGORITHMS.values():
-            if not self._jwks:
+        if algorithm in JWKS_ALGORITHMS.values():
+            if not self._jwks_configured:
                 raise Unauthenticated(
-                    f"{algorithm} user JWTs are not accepted here (no auth.jwks_file is "
-                    f"configured); accepted algorithms: {self._accepted_algorithms()}"
+                    f"{algorithm} user JWTs are not accepted here (neither auth.jwks_file nor "
+                    f"auth.jwks_url is configured); accepted algorithms: "
+                    f"{self._accepted_algorithms()}"
                 )
             kid = header.get("kid")
             if not isinstance(kid, str) or not kid:
@@ -195,11 +282,7 @@ class Authenticator:
                 )
             jwk = self._jwks.get(kid)
             if jwk is None:
-                raise Unauthenticated(
-                    f"unknown JWT kid {_shown(kid)}: no such key in the configured JWKS (known: "
-                    f"{', '.join(sorted(self._jwks))}); the token was signed by an untrusted key "
-                    "or the JWKS file is out of date"
-                )
+                raise self._unknown_kid(kid)
             if jwk.algorithm_name != algorithm:
                 raise Unauthenticated(
                     f"the JWT says alg {algorithm} but JWKS key {_shown(kid)} is an "
@@ -211,9 +294,38 @@ class Authenticator:
             f"{self._accepted_algorithms()}"
         )
 
+    def _unknown_kid(self, kid: str) -> Exception:
+        remote = self._remote
+        if remote is None:
+            return Unauthenticated(
+                f"unknown JWT kid {_shown(kid)}: no such key in the configured JWKS (known: "
+                f"{', '.join(sorted(self._jwks))}); the token was signed by an untrusted key "
+                "or the JWKS file is out of date"
+            )
+        if not remote.loaded:
+            # Not the caller's fault: the keys could not be fetched yet.
+            return KeysMayBeStale(
+                Unavailable(
+                    "the gateway has not fetched the JWT signing keys (auth.jwks_url) yet; "
+                    "retry shortly",
+                    retry_after_s=max(remote.retry_after(), 1.0),
+                )
+            )
+        return KeysMayBeStale(
+            Unauthenticated(
+                f"unknown JWT kid {_shown(kid)}: no such key in the JWKS at auth.jwks_url "
+                f"(known: {', '.join(sorted(self._jwks))}), fetched again at most every "
+                f"{remote.min_refresh_interval_s:g} s for unknown kids; the token was signed "
+                "by an untrusted key"
+            )
+        )
+
     def _accepted_algorithms(self) -> str:
         names = ["HS256"] if self._hs256_key is not None else []
-        names += sorted({jwk.algorithm_name for jwk in self._jwks.values()})
+        if self._remote is not None:
+            names += ["ES256", "RS256"]  # whichever the fetched set holds
+        else:
+            names += sorted({jwk.algorithm_name for jwk in self._jwks.values()})
         return ", ".join(names) or "none"
 
     def _explain(self, exc: jwt.PyJWTError) -> str:
@@ -281,11 +393,10 @@ def require_tier(principal: Principal, allowed: Sequence[Tier], operation: str) 
 
 
 def load_jwks(path: Path) -> dict[str, jwt.PyJWK]:
-    """The RS256/ES256 public keys of a JWKS file, by `kid`.
+    """The RS256/ES256 public keys of a JWKS file, by `kid` (`gateway.jwks.parse_jwks`).
 
-    Raises `ValueError` for a file the gateway must not run with: unreadable, not a JWKS, a key
-    without `kid`, a duplicated `kid`, private or symmetric key material (a JWKS file is meant to
-    be public), or no usable key at all. Keys of other types and encryption keys are skipped.
+    Raises `ValueError` for a file the gateway must not run with: unreadable, not JSON, or a
+    document `parse_jwks` refuses.
     """
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -293,39 +404,7 @@ def load_jwks(path: Path) -> dict[str, jwt.PyJWK]:
         raise ValueError(f"cannot read auth.jwks_file {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise ValueError(f"auth.jwks_file {path} is not valid JSON: {exc}") from None
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"auth.jwks_file {path} must be a JWKS: an object with a 'keys' list")
-    keys: dict[str, jwt.PyJWK] = {}
-    for index, entry in enumerate(entries):
-        where = f"auth.jwks_file {path}, key {index}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where} is not a JSON object")
-        kty = entry.get("kty")
-        if kty == "oct" or "d" in entry:
-            raise ValueError(f"{where} holds secret key material; publish only public keys")
-        kid = entry.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise ValueError(f"{where} has no kid; tokens pick their key by kid")
-        algorithm = _JWKS_ALGORITHMS.get(kty) if isinstance(kty, str) else None
-        if (
-            algorithm is None
-            or entry.get("use", "sig") != "sig"
-            or (kty == "EC" and entry.get("crv") != "P-256")
-        ):
-            continue
-        declared = entry.get("alg")
-        if declared is not None and declared != algorithm:
-            raise ValueError(f"{where} ({kid}) declares alg {declared!r}; use {algorithm}")
-        if kid in keys:
-            raise ValueError(f"{where} repeats kid {kid!r}")
-        try:
-            keys[kid] = jwt.PyJWK(entry, algorithm)
-        except jwt.PyJWTError as exc:
-            raise ValueError(f"{where} ({kid}) is not a valid {kty} key: {exc}") from None
-    if not keys:
-        raise ValueError(f"auth.jwks_file {path} has no RS256 or ES256 (P-256) signing key")
-    return keys
+    return parse_jwks(document, f"auth.jwks_file {path}")
 
 
 def mint_dev_jwt(
@@ -362,8 +441,9 @@ def mint_dev_jwt(
     return jwt.encode(claims, key, algorithm="HS256")
 
 
-def _service_principal(headers: Mapping[str, list[str]]) -> Principal:
-    """The end user the trusted backend names in metadata."""
+def _service_principal(headers: Mapping[str, list[str]], token_name: str) -> Principal:
+    """The end user the trusted backend (with the service token `token_name`) names in
+    metadata."""
     user_id = _single(headers, USER_ID_HEADER)
     if user_id is None or not user_id.strip():
         raise Unauthenticated(
@@ -380,6 +460,7 @@ def _service_principal(headers: Mapping[str, list[str]]) -> Principal:
         _checked_user_id(user_id, f"the {USER_ID_HEADER} header"),
         _parse_tier(tier, f"the {TIER_HEADER} header"),
         "service",
+        token_name,
     )
 
 

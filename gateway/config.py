@@ -12,8 +12,10 @@ callers on a public listener, no authentication, budgets that cannot work as mea
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -345,6 +347,13 @@ class LimiterSettings(BaseModel):
         return self.models.get(model, self.model_default)
 
 
+#: The name `auth.service_token` is accepted (and logged) under.
+DEFAULT_SERVICE_TOKEN = "default"
+#: Service token names appear in logs and traces: short, plain, no separators.
+SERVICE_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SERVICE_TOKEN_NAME_RULE = "1 to 64 letters, digits and . _ -, starting with a letter or digit"
+
+
 class AuthSettings(BaseModel):
     """How callers authenticate (see `gateway.auth`).
 
@@ -356,12 +365,28 @@ class AuthSettings(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     #: Shared secret of the trusted backend; with it, `x-viewbait-user-id` / `x-viewbait-tier` say
-    #: who the call is for.
+    #: who the call is for. Accepted as the service token named `default`.
     service_token: SecretStr | None = None
+    #: Named service tokens, name -> token, all accepted at once (rotation without a flag day:
+    #: add the new token, move the backends to it, remove the old one). Each works like
+    #: `service_token`; the name of the one a call used is logged with it, never the token.
+    service_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     #: HS256 secret that signs user JWTs (Supabase's "JWT secret").
     jwt_secret: SecretStr | None = None
     #: Path of a JWKS JSON file with the RS256/ES256 public keys of user JWTs, chosen by `kid`.
     jwks_file: str | None = None
+    #: URL of the JWKS instead (Supabase:
+    #: `https://<project>.supabase.co/auth/v1/.well-known/jwks.json`), fetched in the background
+    #: (see `gateway.jwks`). https, or http to a loopback address only.
+    jwks_url: str | None = None
+    #: How often the JWKS at `jwks_url` is fetched again in the background.
+    jwks_refresh_interval_s: float = Field(default=600.0, gt=0, le=86400)
+    #: A token whose `kid` the cached set lacks triggers a fetch at most this often.
+    jwks_min_refresh_interval_s: float = Field(default=30.0, gt=0, le=86400)
+    #: Longest a JWKS fetch may take, the whole body included.
+    jwks_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: Largest JWKS document accepted (after decompression).
+    jwks_max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     #: Required `aud` of user JWTs; None skips the audience check.
     jwt_audience: str | None = "authenticated"
     #: Required `iss` of user JWTs; None skips the issuer check.
@@ -384,6 +409,68 @@ class AuthSettings(BaseModel):
             raise ValueError("auth.service_token must be at least 16 characters")
         return value
 
+    @field_validator("service_tokens")
+    @classmethod
+    def _service_tokens_named_and_strong(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, token in tokens.items():
+            if not SERVICE_TOKEN_NAME.fullmatch(name):
+                raise ValueError(
+                    f"service token name {name[:64]!r} must be {SERVICE_TOKEN_NAME_RULE}"
+                )
+            if len(token.get_secret_value()) < 16:
+                raise ValueError(f"auth.service_tokens.{name} must be at least 16 characters")
+        return tokens
+
+    @model_validator(mode="after")
+    def _service_tokens_distinct(self) -> AuthSettings:
+        named = self.named_service_tokens()
+        if self.service_token is not None and DEFAULT_SERVICE_TOKEN in self.service_tokens:
+            raise ValueError(
+                f"auth.service_token is the service token named {DEFAULT_SERVICE_TOKEN!r}, and "
+                f"auth.service_tokens names one {DEFAULT_SERVICE_TOKEN!r} too: rename that "
+                "entry or unset auth.service_token"
+            )
+        owners: dict[str, str] = {}
+        for name, token in named.items():
+            other = owners.setdefault(token.get_secret_value(), name)
+            if other != name:
+                # The name a call is logged under must say which backend made it.
+                raise ValueError(
+                    f"the service tokens named {other!r} and {name!r} are the same token: give "
+                    "each backend a token of its own"
+                )
+        return self
+
+    def named_service_tokens(self) -> dict[str, SecretStr]:
+        """Every accepted service token by name (`service_token` as `default`)."""
+        named = dict(self.service_tokens)
+        if self.service_token is not None:
+            named.setdefault(DEFAULT_SERVICE_TOKEN, self.service_token)
+        return named
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url_secure(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        url = urlsplit(value)
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ValueError("auth.jwks_url must be an https:// URL of a JWKS document")
+        if url.scheme == "http" and not is_loopback(url.hostname):
+            # Keys fetched in the clear could be swapped by anyone on the path.
+            raise ValueError(
+                "auth.jwks_url must use https (plain http is accepted for loopback hosts only)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_jwks_source(self) -> AuthSettings:
+        if self.jwks_file is not None and self.jwks_url is not None:
+            raise ValueError(
+                "set auth.jwks_file or auth.jwks_url, not both: the keys come from one place"
+            )
+        return self
+
     @field_validator("jwt_secret")
     @classmethod
     def _jwt_secret_strong(cls, value: SecretStr | None) -> SecretStr | None:
@@ -391,6 +478,18 @@ class AuthSettings(BaseModel):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("auth.jwt_secret must be at least 32 bytes (RFC 7518 section 3.2)")
         return value
+
+
+class ReflectionMode(StrEnum):
+    """Who may use gRPC server reflection."""
+
+    #: Not served.
+    OFF = "off"
+    #: Served to callers that authenticate like any RPC of the gateway (and refused,
+    #: UNAUTHENTICATED, to the others).
+    AUTHENTICATED = "authenticated"
+    #: Served to anyone, without credentials.
+    PUBLIC = "public"
 
 
 class ServerSettings(BaseModel):
@@ -414,11 +513,26 @@ class ServerSettings(BaseModel):
     #: Shortest ping interval a client may use before the server calls it abuse.
     min_client_ping_interval_s: float = Field(default=10.0, gt=0)
     max_concurrent_streams: int = Field(default=1000, ge=1)
-    #: Serve gRPC server reflection (grpcurl list/describe).
-    reflection: bool = True
+    #: Who may use gRPC server reflection (grpcurl list/describe): `off`, `authenticated`
+    #: (callers with the credentials an RPC needs) or `public` (anyone).
+    reflection: ReflectionMode = ReflectionMode.AUTHENTICATED
     #: Log format: "json" (one object per line) or "text".
     log_format: str = Field(default="json", pattern="^(json|text)$")
     log_level: str = "INFO"
+
+    @field_validator("reflection", mode="before")
+    @classmethod
+    def _reflection_mode(cls, value: object) -> object:
+        # The setting was a boolean: keep `false` (off, unambiguous) and refuse `true`, which
+        # meant public and must now be chosen knowingly.
+        if value is False or (isinstance(value, str) and value.lower() == "false"):
+            return ReflectionMode.OFF
+        if value is True or (isinstance(value, str) and value.lower() == "true"):
+            raise ValueError(
+                "server.reflection is no longer a boolean: set it to authenticated (callers "
+                "with credentials), public (anyone, what true meant) or off"
+            )
+        return value
 
 
 class TlsSettings(BaseModel):
@@ -962,7 +1076,14 @@ def gemini_backend(settings: Settings) -> Backend | None:
 def auth_configured(settings: Settings) -> bool:
     """Whether any way for callers to authenticate is configured."""
     auth = settings.auth
-    return bool(auth.service_token or auth.jwt_secret or auth.jwks_file or auth.allow_anonymous)
+    return bool(
+        auth.service_token
+        or auth.service_tokens
+        or auth.jwt_secret
+        or auth.jwks_file
+        or auth.jwks_url
+        or auth.allow_anonymous
+    )
 
 
 def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]:
@@ -1001,8 +1122,10 @@ def deployment_problems(settings: Settings, *, listen: bool = True) -> list[str]
     # Without a listener nobody calls in: there is nothing to authenticate.
     if listen and not auth_configured(settings) and not local_dev:
         problems.append(
-            f"no authentication configured: set {env_name('auth.service_token')} and/or "
-            f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')}"
+            f"no authentication configured: set {env_name('auth.service_token')} (or "
+            f"{env_name('auth.service_tokens')}) and/or "
+            f"{env_name('auth.jwt_secret')} / {env_name('auth.jwks_file')} / "
+            f"{env_name('auth.jwks_url')}"
         )
     if listen and settings.tls.enabled:
         from gateway.tls import tls_problems  # it imports this module

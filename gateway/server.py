@@ -50,6 +50,7 @@ from gateway.budgets.enforcement import Budgets
 from gateway.config import (
     Backend,
     ConfigError,
+    ReflectionMode,
     Settings,
     auth_configured,
     check_deployment,
@@ -70,6 +71,7 @@ from gateway.rpc.interceptors import (
     InFlightInterceptor,
     LoggingInterceptor,
     RequestContextInterceptor,
+    guarded_prefixes,
 )
 from gateway.rpc.job_service import JobServicer
 from gateway.rpc.usage_service import UsageServicer
@@ -140,6 +142,8 @@ class GatewayServer:
         self._tls: CertificateWatcher | None = None
         #: The RPCs in flight on this replica and their caps (counted by the listener).
         self._in_flight = InFlight(settings.concurrency)
+        #: Who is calling (built with the listener; it owns the JWKS fetcher).
+        self._authenticator: Authenticator | None = None
         self._health = health.aio.HealthServicer()
         self._emulator: EmulatorServer | None = None
         self._client: DeferredClient | None = None
@@ -375,13 +379,18 @@ class GatewayServer:
             ("grpc.max_concurrent_streams", server_settings.max_concurrent_streams),
             ("grpc.so_reuseport", 0),
         ]
+        authenticator = self._authenticator = Authenticator(settings.auth)
+        guarded = guarded_prefixes(
+            authenticated_reflection=server_settings.reflection is ReflectionMode.AUTHENTICATED
+        )
+        rpc_metrics = None if self._metrics is None else self._metrics.rpc
         server = aio.server(
             interceptors=[
-                RequestContextInterceptor(),
-                LoggingInterceptor(None if self._metrics is None else self._metrics.rpc),
-                ErrorMappingInterceptor(),
+                RequestContextInterceptor(guarded=guarded),
+                LoggingInterceptor(rpc_metrics, guarded=guarded),
+                ErrorMappingInterceptor(guarded=guarded),
                 InFlightInterceptor(self._in_flight),
-                AuthInterceptor(Authenticator(settings.auth)),
+                AuthInterceptor(authenticator, guarded=guarded),
             ],
             options=options,
         )
@@ -411,7 +420,7 @@ class GatewayServer:
             UsageServicer(UsageReporter(store, budgets=self._budgets)), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        if settings.server.reflection:
+        if settings.server.reflection is not ReflectionMode.OFF:
             reflection.enable((*_SERVICE_NAMES, health.SERVICE_NAME), server)
         await server.start()
 
@@ -457,6 +466,8 @@ class GatewayServer:
             server = self._server = self._bind(settings)
             # Frees the port if start-up fails before serving (a no-op after the drain).
             stack.push_async_callback(server.stop, None)
+            # A JWKS URL is fetched from now on, beside the rest of start-up.
+            await self._start_auth(stack)
         if self._metrics is not None:
             # Served until the very end: a scrape during the drain sees it.
             await self._serve_metrics(self._metrics, settings, stack)
@@ -476,6 +487,7 @@ class GatewayServer:
             # Batches under way are handed over to other replicas (their leases released).
             stack.push_async_callback(self._batcher.stop)
         if server is not None:
+            await self._jwks_first_fetch()
             await self._start_grpc(server, settings, pipeline, jobs)
             stack.push_async_callback(self._drain, server)
         # Answering already; started once the model client is loaded too.
@@ -511,6 +523,22 @@ class GatewayServer:
             )
         if server_settings.ready_file:
             self._write_ready_file(Path(server_settings.ready_file))
+
+    async def _start_auth(self, stack: contextlib.AsyncExitStack) -> None:
+        """Starts the background JWKS refresh (with `auth.jwks_url`); stopped after the drain."""
+        authenticator = self._authenticator
+        assert authenticator is not None
+        remote = authenticator.remote_jwks
+        if remote is None:
+            return
+        await remote.start()
+        stack.push_async_callback(authenticator.aclose)
+
+    async def _jwks_first_fetch(self) -> None:
+        """Waits for the first JWKS fetch (bounded by its timeout); a failure does not stop
+        start-up (see `Authenticator.start`)."""
+        if self._authenticator is not None:
+            await self._authenticator.wait_for_keys()
 
     async def _serve_metrics(
         self, metrics: GatewayMetrics, settings: Settings, stack: contextlib.AsyncExitStack

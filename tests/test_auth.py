@@ -395,7 +395,7 @@ def test_alg_confusion_hs256_signed_with_public_key(
 
 def test_service_token_with_user_and_tier(auth: Authenticator) -> None:
     headers = _bearer(SERVICE_TOKEN, **{"x-viewbait-user-id": USER, "x-viewbait-tier": "advanced"})
-    assert auth.authenticate(headers) == Principal(USER, Tier.ADVANCED, "service")
+    assert auth.authenticate(headers) == Principal(USER, Tier.ADVANCED, "service", "default")
 
 
 @pytest.mark.parametrize("user", [None, "", "   "])
@@ -441,6 +441,107 @@ def test_near_miss_service_token_is_not_the_service_token(auth: Authenticator) -
 def test_service_only_gateway_explains_that_jwts_are_off() -> None:
     service_only = Authenticator(AuthSettings(service_token=SecretStr(SERVICE_TOKEN)))
     _rejected(service_only, _bearer(_hs256()), "accepts no user JWTs")
+
+
+# --- named service tokens (rotation) ---------------------------------------------------------
+
+OLD_TOKEN = "svc-old-token-0123456789abcdef"
+NEW_TOKEN = "svc-new-token-fedcba9876543210"
+AS_USER = {"x-viewbait-user-id": USER, "x-viewbait-tier": "pro"}
+
+
+def test_named_service_tokens_are_all_accepted_under_their_names() -> None:
+    both = Authenticator(
+        AuthSettings(
+            service_token=SecretStr(SERVICE_TOKEN),
+            service_tokens={"backend-2026-11": OLD_TOKEN, "backend-2026-12": NEW_TOKEN},
+        )
+    )
+    names = {
+        token: both.authenticate(_bearer(token, **AS_USER)).service_token
+        for token in (SERVICE_TOKEN, OLD_TOKEN, NEW_TOKEN)
+    }
+    assert names == {
+        SERVICE_TOKEN: "default",
+        OLD_TOKEN: "backend-2026-11",
+        NEW_TOKEN: "backend-2026-12",
+    }
+    assert both.authenticate(_bearer(NEW_TOKEN, **AS_USER)).via == "service"
+
+
+def test_a_removed_service_token_is_refused() -> None:
+    rotated = Authenticator(AuthSettings(service_tokens={"backend-2026-12": NEW_TOKEN}))
+    assert rotated.authenticate(_bearer(NEW_TOKEN, **AS_USER)).user_id == USER
+    _rejected(rotated, _bearer(OLD_TOKEN, **AS_USER), "not the service token")
+    _rejected(rotated, _bearer(NEW_TOKEN[:-1], **AS_USER), "not the service token")
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"service_tokens": {"a": "short"}}, "auth.service_tokens.a must be at least 16"),
+        ({"service_tokens": {"has space": NEW_TOKEN}}, "must be 1 to 64 letters"),
+        ({"service_tokens": {"": NEW_TOKEN}}, "must be 1 to 64 letters"),
+        ({"service_tokens": {"a": NEW_TOKEN, "b": NEW_TOKEN}}, "'a' and 'b' are the same token"),
+        (
+            {"service_token": OLD_TOKEN, "service_tokens": {"default": NEW_TOKEN}},
+            "names one 'default' too",
+        ),
+        (
+            {"service_token": NEW_TOKEN, "service_tokens": {"b": NEW_TOKEN}},
+            "'b' and 'default' are the same token",
+        ),
+    ],
+)
+def test_bad_service_token_tables_fail_without_echoing_tokens(
+    values: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        AuthSettings.model_validate(values)
+    assert fragment in str(caught.value)
+    for token in (OLD_TOKEN, NEW_TOKEN, "short"):
+        assert token not in str(caught.value)
+
+
+def test_service_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "VIEWBAIT_AUTH__SERVICE_TOKENS", json.dumps({"web": OLD_TOKEN, "worker": NEW_TOKEN})
+    )
+    auth = Settings().auth
+    assert set(auth.named_service_tokens()) == {"web", "worker"}
+    assert OLD_TOKEN not in repr(auth)
+    principal = Authenticator(auth).authenticate(_bearer(NEW_TOKEN, **AS_USER))
+    assert principal.service_token == "worker"
+
+
+# --- the JWKS URL settings -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"jwks_url": "http://example.com/jwks.json"}, "must use https"),
+        ({"jwks_url": "ftp://example.com/jwks.json"}, "must be an https:// URL"),
+        ({"jwks_url": "https:///jwks.json"}, "must be an https:// URL"),
+        ({"jwks_url": "https://a.example/j", "jwks_file": "/j.json"}, "not both"),
+    ],
+)
+def test_bad_jwks_url_settings(values: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        AuthSettings.model_validate(values)
+
+
+def test_jwks_url_over_http_to_loopback_is_accepted() -> None:
+    for url in ("http://127.0.0.1:8080/jwks.json", "http://localhost/jwks.json"):
+        assert AuthSettings(jwks_url=url).jwks_url == url
+
+
+def test_a_jwks_url_alone_configures_authentication_without_fetching() -> None:
+    url = "https://project.supabase.co/auth/v1/.well-known/jwks.json"
+    auth = Authenticator(AuthSettings(jwks_url=url))
+    remote = auth.remote_jwks
+    assert remote is not None and remote.url == url and not remote.loaded
+    _rejected(auth, _bearer(_hs256()), "HS256 user JWTs are not accepted", "ES256, RS256")
 
 
 # --- anonymous local mode and configuration --------------------------------------------------

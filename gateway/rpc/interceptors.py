@@ -14,8 +14,10 @@ The last two decide at `intercept_service`, from the metadata alone, before grpc
 request (`gateway.rpc.edge`): authentication first, then the caps. What they refuse never costs
 the receiving and parsing of its message, yet passes the first three like any other RPC.
 
-They apply to the gateway's own services (`/viewbait.`); health checking and reflection pass
-through untouched so probes need no credentials and are never shed.
+They apply to the gateway's own services (`/viewbait.`); health checking passes through
+untouched so probes need no credentials and are never shed. Reflection passes untouched too,
+unless `server.reflection` is `authenticated`: then every interceptor but the caps applies to it
+(`guarded_prefixes`), so only authenticated callers see the schema, and each probe is logged.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ UnaryBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 _OWN_SERVICES = "/viewbait."
+#: Method prefix of server reflection (v1alpha, and v1 where served).
+REFLECTION_SERVICES = "/grpc.reflection."
 _MAX_REQUEST_ID = 128
 
 #: (request streaming, response streaming) -> the attribute of a handler's behaviour, and how
@@ -62,8 +66,24 @@ _KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., _Handler]]] = {
 }
 
 
+def guarded_prefixes(*, authenticated_reflection: bool) -> tuple[str, ...]:
+    """The method prefixes the gateway's interceptors apply to: its own services, and server
+    reflection when only authenticated callers may use it."""
+    if authenticated_reflection:
+        return (_OWN_SERVICES, REFLECTION_SERVICES)
+    return (_OWN_SERVICES,)
+
+
 class _GatewayInterceptor(aio.ServerInterceptor):
-    """Intercepts the RPCs of the gateway's own services; the others pass untouched."""
+    """Intercepts the RPCs whose method starts with one of `guarded` (by default the
+    gateway's own services); the others pass untouched."""
+
+    def __init__(self, *, guarded: tuple[str, ...] = (_OWN_SERVICES,)) -> None:
+        self._guarded = guarded
+
+    def covers(self, method: str) -> bool:
+        """Whether this interceptor applies to `method`."""
+        return method.startswith(self._guarded)
 
     async def intercept_service(
         self,
@@ -71,12 +91,17 @@ class _GatewayInterceptor(aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(_OWN_SERVICES):
+        if handler is None or not self.covers(handler_call_details.method):
             return handler
-        return self.handle(handler, handler_call_details)
+        return await self.decide(handler, handler_call_details)
+
+    async def decide(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
+        """The handler a covered RPC runs with: `handle`'s, unless a subclass must wait on
+        something to decide (override)."""
+        return self.handle(handler, details)
 
     def handle(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
-        """The handler an RPC of the gateway's services runs with (override)."""
+        """The handler a covered RPC runs with (override)."""
         raise NotImplementedError
 
 
@@ -88,7 +113,8 @@ class _WrappingInterceptor(_GatewayInterceptor):
     and an edge refusal is one shared handler per response kind, kept apart).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, guarded: tuple[str, ...] = (_OWN_SERVICES,)) -> None:
+        super().__init__(guarded=guarded)
         #: Method -> (the handler below, its wrapped handler).
         self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
         #: Method -> (the edge refusal below, its wrapped handler).
@@ -177,7 +203,11 @@ class RequestContextInterceptor(_WrappingInterceptor):
             deadline=deadline,
             principal=edge.caller(),
         )
-        return rc, tracing.start_rpc(method, rc.request_id, traceparent, tracestate)
+        span = tracing.start_rpc(method, rc.request_id, traceparent, tracestate)
+        token_name = rc.principal.service_token if rc.principal else None
+        if span is not None and token_name is not None:
+            span.span.set_attribute("viewbait.service_token", token_name)
+        return rc, span
 
     async def unary(
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
@@ -244,11 +274,14 @@ def _unaborted_code(
 
 
 class LoggingInterceptor(_WrappingInterceptor):
-    """One log line per RPC (method, code, duration, request id, user) and, given `metrics`,
+    """One log line per RPC (method, code, duration, request id, user, and the name of the
+    service token a trusted backend called with) and, given `metrics`,
     its code and duration counted there."""
 
-    def __init__(self, metrics: RpcMetrics | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self, metrics: RpcMetrics | None = None, *, guarded: tuple[str, ...] = (_OWN_SERVICES,)
+    ) -> None:
+        super().__init__(guarded=guarded)
         self._metrics = metrics
 
     def _log(self, ctx: aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
@@ -271,6 +304,8 @@ class LoggingInterceptor(_WrappingInterceptor):
                 "duration_ms": round(elapsed * 1000, 2),
                 "request_id": rc.request_id,
                 "user_id": rc.principal.user_id if rc.principal else None,
+                # The name of the service token, never the token.
+                "service_token": rc.principal.service_token if rc.principal else None,
             },
         )
 
@@ -335,14 +370,22 @@ class AuthInterceptor(_GatewayInterceptor):
     """Authenticates every RPC of the gateway's services from its metadata, before grpc reads
     its request: a caller without acceptable credentials is refused (UNAUTHENTICATED) without
     its message ever being received. The caller reaches the servicers through the request
-    context (`gateway.rpc.edge.caller`, bound by `RequestContextInterceptor`)."""
+    context (`gateway.rpc.edge.caller`, bound by `RequestContextInterceptor`).
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    A JWT signed by a key the cached JWKS lacks makes it fetch the set again (rate-limited,
+    `gateway.jwks`) before deciding: the one case where deciding waits on I/O."""
+
+    def __init__(
+        self, authenticator: Authenticator, *, guarded: tuple[str, ...] = (_OWN_SERVICES,)
+    ) -> None:
+        super().__init__(guarded=guarded)
         self._authenticator = authenticator
 
-    def handle(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
+    async def decide(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
         try:
-            principal = self._authenticator.authenticate(details.invocation_metadata)
+            principal = await self._authenticator.authenticate_refreshing(
+                details.invocation_metadata
+            )
         except Exception as exc:
             # Reported by the error mapping like any other error (a bug below as INTERNAL).
             return edge.refuse(handler, exc)
@@ -357,6 +400,7 @@ class InFlightInterceptor(_GatewayInterceptor):
     given back when the RPC's task ends, however it ends (even before its request arrived)."""
 
     def __init__(self, caps: InFlight) -> None:
+        super().__init__()
         self._caps = caps
 
     def handle(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:

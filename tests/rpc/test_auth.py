@@ -2,8 +2,8 @@
 
 Bad credentials answer UNAUTHENTICATED and never reach an operation (the emulator sees no
 request); a tier without the feature answers PERMISSION_DENIED naming the tiers that have it,
-per the policy table in `Settings().policies`. Health checking and reflection need no
-credentials.
+per the policy table in `Settings().policies`. Health checking needs no credentials; reflection
+(by default) needs the same credentials as any RPC.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ async def test_health_needs_no_credentials(gateway: Any, service: str) -> None:
     assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_reflection_needs_no_credentials(gateway: Any) -> None:
+async def test_reflection_answers_authenticated_callers(gateway: Any) -> None:
     # Any: types-grpcio-reflection leaves the stub's methods untyped.
     stub: Any = reflection_pb2_grpc.ServerReflectionStub(gateway.channel)
     requests = [
@@ -171,7 +171,18 @@ async def test_reflection_needs_no_credentials(gateway: Any) -> None:
         ),
     ]
 
-    responses = [r async for r in stub.ServerReflectionInfo(iter(requests), timeout=30)]
+    refused = await gateway.expect_failure(
+        lambda: _drain(stub.ServerReflectionInfo(iter(requests), timeout=30))
+    )
+    responses = [
+        r
+        async for r in stub.ServerReflectionInfo(
+            iter(requests), metadata=gateway.as_user(Tier.FREE), timeout=30
+        )
+    ]
+
+    assert refused.code is grpc.StatusCode.UNAUTHENTICATED
+    assert "no credentials" in refused.message
 
     services = {s.name for s in responses[0].list_services_response.service}
     assert {
@@ -181,3 +192,7 @@ async def test_reflection_needs_no_credentials(gateway: Any) -> None:
     } <= services
     assert responses[1].WhichOneof("message_response") == "file_descriptor_response"
     assert responses[1].file_descriptor_response.file_descriptor_proto
+
+
+async def _drain(call: Any) -> list[Any]:
+    return [response async for response in call]

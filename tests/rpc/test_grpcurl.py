@@ -238,13 +238,24 @@ def test_get_usage_reports_what_the_readme_calls_spent(
 # --- failures as grpcurl shows them ----------------------------------------------------------
 
 
-def analyze_video(grpcurl: str, address: str, *headers: str) -> subprocess.CompletedProcess[str]:
-    """`grpcurl -plaintext -H ... -d ... <address> .../AnalyzeVideo`."""
+#: Credentials for reflection alone (`-reflect-header`): the RPC itself goes without.
+REFLECTION_ONLY = (
+    f"authorization: Bearer {LOCAL_DEV_SERVICE_TOKEN}",
+    "x-viewbait-user-id: demo-user",
+    "x-viewbait-tier: pro",
+)
+
+
+def analyze_video(
+    grpcurl: str, address: str, *headers: str, reflect: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`grpcurl -plaintext -H ... -reflect-header ... -d ... <address> .../AnalyzeVideo`."""
     return subprocess.run(
         [
             grpcurl,
             "-plaintext",
             *(arg for header in headers for arg in ("-H", header)),
+            *(arg for header in reflect for arg in ("-reflect-header", header)),
             "-d",
             '{"video_id": "dQw4w9WgXcQ"}',
             address,
@@ -260,11 +271,21 @@ def analyze_video(grpcurl: str, address: str, *headers: str) -> subprocess.Compl
 def test_missing_credentials_show_unauthenticated_with_details(
     grpcurl: str, local_gateway: Any
 ) -> None:
-    completed = analyze_video(grpcurl, local_gateway.address)
+    completed = analyze_video(grpcurl, local_gateway.address, reflect=REFLECTION_ONLY)
 
     assert completed.returncode != 0
     assert "Code: Unauthenticated" in completed.stderr
     assert '"reason":"UNAUTHENTICATED"' in completed.stderr
+
+
+def test_without_credentials_reflection_is_refused(grpcurl: str, local_gateway: Any) -> None:
+    """Reflection answers authenticated callers only (the default), so grpcurl cannot even
+    learn the method's schema."""
+    completed = analyze_video(grpcurl, local_gateway.address)
+
+    assert completed.returncode != 0
+    assert "Unauthenticated" in completed.stderr
+    assert "no credentials" in completed.stderr
 
 
 def test_free_tier_sees_permission_denied(grpcurl: str, local_gateway: Any) -> None:
