@@ -280,13 +280,19 @@ def run_grpcurl(grpcurl: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([grpcurl, *args], capture_output=True, text=True, timeout=60, check=False)
 
 
+#: grpcurl's credentials (reflection answers authenticated callers by default).
+CREDENTIALS = (
+    *("-H", f"authorization: Bearer {LOCAL_DEV_SERVICE_TOKEN}"),
+    *("-H", "x-viewbait-user-id: demo-user", "-H", "x-viewbait-tier: pro"),
+)
+
+
 def analyze_video(grpcurl: str, address: str, *tls_flags: str) -> subprocess.CompletedProcess[str]:
     """The README's AnalyzeVideo call, with TLS flags instead of `-plaintext`."""
     return run_grpcurl(
         grpcurl,
         *tls_flags,
-        *("-H", f"authorization: Bearer {LOCAL_DEV_SERVICE_TOKEN}"),
-        *("-H", "x-viewbait-user-id: demo-user", "-H", "x-viewbait-tier: pro"),
+        *CREDENTIALS,
         *("-d", json.dumps({"video_id": VIDEO_ID}), address),
         "viewbait.ai.v1.GatewayService/AnalyzeVideo",
     )
@@ -305,16 +311,16 @@ def tls_env(pki: CertificateFiles, *, mutual: bool = False) -> dict[str, str]:
 def test_grpcurl_with_the_ca(grpcurl: str, spawn_gateway: Any, pki: CertificateFiles) -> None:
     gateway = spawn_gateway(**tls_env(pki))
 
-    listed = run_grpcurl(grpcurl, "-cacert", str(pki.ca), gateway.address, "list")
+    listed = run_grpcurl(grpcurl, "-cacert", str(pki.ca), *CREDENTIALS, gateway.address, "list")
     assert listed.returncode == 0, listed.stderr
     assert "viewbait.ai.v1.GatewayService" in listed.stdout.split()
     called = analyze_video(grpcurl, gateway.address, "-cacert", str(pki.ca))
     assert called.returncode == 0, called.stderr
     assert json.loads(called.stdout)["result"]["summary"]
 
-    plaintext = run_grpcurl(grpcurl, "-plaintext", gateway.address, "list")
+    plaintext = run_grpcurl(grpcurl, "-plaintext", *CREDENTIALS, gateway.address, "list")
     assert plaintext.returncode != 0
-    untrusted = run_grpcurl(grpcurl, gateway.address, "list")  # the system's roots
+    untrusted = run_grpcurl(grpcurl, *CREDENTIALS, gateway.address, "list")  # the system's roots
     assert untrusted.returncode != 0 and "certificate" in untrusted.stderr
     (serving,) = [r for r in gateway.log_records() if r.get("msg") == "serving"]
     assert serving["tls"] == "tls" and serving["serial"] == format(pki.server_serial, "x")
@@ -331,9 +337,10 @@ def test_grpcurl_with_a_client_certificate(
     assert called.returncode == 0, called.stderr
     assert json.loads(called.stdout)["result"]["summary"]
 
-    assert run_grpcurl(grpcurl, *ca, gateway.address, "list").returncode != 0
+    assert run_grpcurl(grpcurl, *ca, *CREDENTIALS, gateway.address, "list").returncode != 0
     theirs = ("-cert", str(stranger.client_cert), "-key", str(stranger.client_key))
-    assert run_grpcurl(grpcurl, *ca, *theirs, gateway.address, "list").returncode != 0
+    refused = run_grpcurl(grpcurl, *ca, *theirs, *CREDENTIALS, gateway.address, "list")
+    assert refused.returncode != 0
     (serving,) = [r for r in gateway.log_records() if r.get("msg") == "serving"]
     assert serving["tls"] == "mutual"
 
