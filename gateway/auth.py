@@ -27,15 +27,18 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-import jwt
-from jwt.exceptions import InvalidSubjectError
 from pydantic import SecretStr
 
 from gateway.config import AuthSettings, Tier
 from gateway.errors import GatewayError, PermissionDenied, Unauthenticated, Unavailable
 from gateway.jwks import JWKS_ALGORITHMS, Keys, RemoteJwks, parse_jwks
+
+if TYPE_CHECKING:
+    # PyJWT (with cryptography) is imported where a JWT is read or made: a gateway that
+    # sees none, such as one behind a web tier holding the service token, never loads it.
+    import jwt
 
 log = logging.getLogger("gateway.auth")
 
@@ -84,9 +87,9 @@ class Authenticator:
     """Turns request metadata into a `Principal`, or raises `Unauthenticated`.
 
     Built once from settings (a JWKS file is read here, so a broken file fails at startup; a
-    JWKS URL is fetched once the server starts `remote_jwks`). `authenticate` is pure CPU and safe to call from any
-    task; `authenticate_refreshing` also fetches the JWKS again when a token names a key the
-    cached set lacks.
+    JWKS URL is fetched once the server starts `remote_jwks`). `authenticate` is pure CPU and
+    safe to call from any task; `authenticate_refreshing` also fetches the JWKS again when a
+    token names a key the cached set lacks.
     """
 
     def __init__(self, settings: AuthSettings) -> None:
@@ -213,6 +216,8 @@ class Authenticator:
                 "the bearer token is not the service token, and this gateway accepts no user "
                 "JWTs (none of auth.jwt_secret, auth.jwks_file, auth.jwks_url is configured)"
             )
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -330,6 +335,9 @@ class Authenticator:
 
     def _explain(self, exc: jwt.PyJWTError) -> str:
         """What the caller must fix, for each way PyJWT rejects a token (never quoting it)."""
+        import jwt
+        from jwt.exceptions import InvalidSubjectError
+
         settings = self._settings
         if isinstance(exc, jwt.ExpiredSignatureError):
             return (
@@ -438,6 +446,8 @@ def mint_dev_jwt(
     if issuer is not None:
         claims["iss"] = issuer
     _put_claim(claims, _claim_path(tier_claim), tier.value)
+    import jwt
+
     return jwt.encode(claims, key, algorithm="HS256")
 
 

@@ -21,17 +21,19 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
-import aiohttp
-import jwt
+if TYPE_CHECKING:
+    # Imported where used: a gateway without a JWKS URL or user JWTs never loads them.
+    import aiohttp
+    import jwt
 
 log = logging.getLogger("gateway.auth")
 
 #: How each JWKS key type is used; the algorithm is pinned by the key, never chosen by the token.
 JWKS_ALGORITHMS: Final = {"RSA": "RS256", "EC": "ES256"}
 
-Keys = Mapping[str, jwt.PyJWK]
+Keys: TypeAlias = "Mapping[str, jwt.PyJWK]"
 
 
 def parse_jwks(document: object, source: str) -> dict[str, jwt.PyJWK]:
@@ -45,6 +47,8 @@ def parse_jwks(document: object, source: str) -> dict[str, jwt.PyJWK]:
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise ValueError(f"{source} must be a JWKS: an object with a 'keys' list")
+    import jwt
+
     keys: dict[str, jwt.PyJWK] = {}
     for index, entry in enumerate(entries):
         where = f"{source}, key {index}"
@@ -163,6 +167,8 @@ class RemoteJwks:
 
     async def start(self) -> None:
         """Starts the background refresh, its first fetch at once (not awaited)."""
+        import aiohttp
+
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._timeout_s),
             headers={"accept": "application/json"},
@@ -253,6 +259,8 @@ class RemoteJwks:
         session = self._session
         if session is None:
             raise FetchError("the JWKS fetcher is not started")
+        import aiohttp
+
         try:
             # The session's total timeout bounds the whole exchange, a slow body included;
             # asyncio.timeout backs it should a step not honour it.
