@@ -60,10 +60,12 @@ from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
 from gateway.jobs.batcher import Batcher
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.limiter.concurrency import InFlight
+from gateway.rpc import health as rpc_health
 from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
 from gateway.rpc.interceptors import (
     AuthInterceptor,
+    DecodingInterceptor,
     ErrorMappingInterceptor,
     InFlightInterceptor,
     LoggingInterceptor,
@@ -135,7 +137,7 @@ class GatewayServer:
         self._server: aio.Server | None = None
         #: The RPCs in flight on this replica and their caps (counted by the listener).
         self._in_flight = InFlight(settings.concurrency)
-        self._health = health.aio.HealthServicer()
+        self._health = rpc_health.HealthServicer()
         self._emulator: EmulatorServer | None = None
         #: The model client's modules, importing in the background since start-up began.
         self._prefetch: asyncio.Future[list[None]] | None = None
@@ -379,6 +381,7 @@ class GatewayServer:
                 RequestContextInterceptor(),
                 LoggingInterceptor(None if self._metrics is None else self._metrics.rpc),
                 ErrorMappingInterceptor(),
+                DecodingInterceptor(),
                 InFlightInterceptor(self._in_flight),
                 AuthInterceptor(Authenticator(settings.auth)),
             ],

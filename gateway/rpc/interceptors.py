@@ -7,8 +7,10 @@
    same outcome and duration counted in the RPC metrics (one layer, not two: every call pays for
    each layer it passes).
 3. `ErrorMappingInterceptor`: domain errors to gRPC statuses through the single table.
-4. `InFlightInterceptor`: caps the RPCs in flight, on the replica and per user (load shedding).
-5. `AuthInterceptor`: authenticates the caller; nothing unauthenticated reaches a servicer.
+4. `DecodingInterceptor`: a request that does not parse is refused as bad input naming the
+   field (`gateway.rpc.decoding`), not left to grpc's UNKNOWN.
+5. `InFlightInterceptor`: caps the RPCs in flight, on the replica and per user (load shedding).
+6. `AuthInterceptor`: authenticates the caller; nothing unauthenticated reaches a servicer.
 
 The last two decide at `intercept_service`, from the metadata alone, before grpc reads the
 request (`gateway.rpc.edge`): authentication first, then the caps. What they refuse never costs
@@ -34,7 +36,7 @@ from gateway import errors
 from gateway.auth import Authenticator
 from gateway.limiter.concurrency import InFlight
 from gateway.rpc import context as request_context
-from gateway.rpc import edge
+from gateway.rpc import decoding, edge
 from gateway.rpc.status import to_rpc_status
 from gateway.telemetry import tracing
 
@@ -131,7 +133,16 @@ class _WrappingInterceptor(_GatewayInterceptor):
                 return await self.unary(method, request, ctx, inner_unary)
 
             wrapped = unary
-        return build(wrapped, handler.request_deserializer, handler.response_serializer)
+        deserialize = handler.request_deserializer
+        if not handler.request_streaming:
+            deserialize = self.deserializer(method, deserialize)
+        return build(wrapped, deserialize, handler.response_serializer)
+
+    def deserializer(
+        self, method: str, deserialize: decoding.Deserializer | None
+    ) -> decoding.Deserializer | None:
+        """The request deserializer of `method`'s wrapped handler (override)."""
+        return deserialize
 
     async def unary(
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
@@ -304,7 +315,7 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
         rc = request_context.current()
         if not isinstance(exc, errors.GatewayError):
             log.exception("unexpected error", extra={"request_id": rc.request_id})
-            exc = errors.Internal(f"internal error (request id {rc.request_id})")
+            exc = errors.Internal("internal error; quote the request id when reporting it")
         status = to_rpc_status(exc, request_id=rc.request_id)
         await ctx.abort(status.code, status.message, status.trailing_metadata)
 
@@ -329,6 +340,35 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
             raise
         except Exception as exc:
             await self._abort(ctx, exc)
+
+
+class DecodingInterceptor(_WrappingInterceptor):
+    """Parses requests without letting a parse failure escape as UNKNOWN: a request that does
+    not parse reaches the behaviour as `decoding.Undecodable` and is refused here as
+    `InvalidArgument`, inside the RPC, so the error mapping reports it with the request id."""
+
+    def deserializer(
+        self, method: str, deserialize: decoding.Deserializer | None
+    ) -> decoding.Deserializer | None:
+        message = decoding.method_input(method)
+        if deserialize is None or message is None:
+            return deserialize
+        return decoding.safe_deserializer(deserialize, message)
+
+    async def unary(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
+    ) -> Any:
+        if isinstance(request, decoding.Undecodable):
+            raise request.error()
+        return await inner(request, ctx)
+
+    async def stream(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: StreamBehavior
+    ) -> AsyncIterator[Any]:
+        if isinstance(request, decoding.Undecodable):
+            raise request.error()
+        async for item in inner(request, ctx):
+            yield item
 
 
 class AuthInterceptor(_GatewayInterceptor):

@@ -3,7 +3,7 @@
 Servicers never choose status codes: they raise `gateway.errors.GatewayError` subclasses and the
 error-mapping interceptor turns them into a status with google.rpc details (ErrorInfo always,
 BadRequest for field violations, RetryInfo when a retry-after is known) plus `retry-after-ms`
-trailing metadata, the same for every RPC.
+trailing metadata, the same for every RPC. Every message ends with the RPC's request id.
 """
 
 from __future__ import annotations
@@ -108,9 +108,18 @@ def to_rpc_status(error: errors.GatewayError, *, request_id: str = "") -> RpcSta
         delay.FromMilliseconds(millis)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         trailing.append((RETRY_AFTER_KEY, str(millis)))
-    status = status_pb2.Status(code=_code_number(code), message=error.message, details=details)
+    message = public_message(error, request_id)
+    status = status_pb2.Status(code=_code_number(code), message=message, details=details)
     trailing.append((_STATUS_DETAILS_KEY, status.SerializeToString()))
-    return RpcStatus(code, error.message, tuple(trailing))
+    return RpcStatus(code, message, tuple(trailing))
+
+
+def public_message(error: errors.GatewayError, request_id: str = "") -> str:
+    """The status message a caller reads: the error's message, ending with the request id to
+    quote to support (it is in ErrorInfo.metadata too, for programs)."""
+    if not request_id:
+        return error.message
+    return f"{error.message} (request id {request_id})"
 
 
 def _code_number(code: grpc.StatusCode) -> int:
