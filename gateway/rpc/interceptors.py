@@ -23,11 +23,12 @@ through untouched so probes need no credentials and are never shed.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import grpc
 from grpc import aio
@@ -65,7 +66,11 @@ _KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., _Handler]]] = {
 
 
 class _GatewayInterceptor(aio.ServerInterceptor):
-    """Intercepts the RPCs of the gateway's own services; the others pass untouched."""
+    """Intercepts the RPCs of the gateway's own services; the others pass untouched (unless
+    `every_service`)."""
+
+    #: Whether the RPCs of health checking and reflection are intercepted too.
+    every_service: ClassVar[bool] = False
 
     async def intercept_service(
         self,
@@ -73,7 +78,9 @@ class _GatewayInterceptor(aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(_OWN_SERVICES):
+        if handler is None:
+            return handler
+        if not self.every_service and not handler_call_details.method.startswith(_OWN_SERVICES):
             return handler
         return self.handle(handler, handler_call_details)
 
@@ -115,7 +122,9 @@ class _WrappingInterceptor(_GatewayInterceptor):
         attribute, build = _KINDS[handler.request_streaming, handler.response_streaming]
         behaviour = getattr(handler, attribute)
         wrapped: Callable[..., Any]
-        if handler.response_streaming:
+        # A streamed response comes from an async generator, or from a coroutine that writes it
+        # with `context.write` (grpc's health Watch): that one is wrapped like a unary behaviour.
+        if handler.response_streaming and inspect.isasyncgenfunction(behaviour):
             inner_stream = cast(StreamBehavior, behaviour)
 
             async def stream(
@@ -345,7 +354,11 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
 class DecodingInterceptor(_WrappingInterceptor):
     """Parses requests without letting a parse failure escape as UNKNOWN: a request that does
     not parse reaches the behaviour as `decoding.Undecodable` and is refused here as
-    `InvalidArgument`, inside the RPC, so the error mapping reports it with the request id."""
+    `InvalidArgument`, inside the RPC, so the error mapping reports it with the request id.
+    Health checking's requests too: they pass no other interceptor, so the refusal is reported
+    here, with the same details."""
+
+    every_service = True
 
     def deserializer(
         self, method: str, deserialize: decoding.Deserializer | None
@@ -359,14 +372,23 @@ class DecodingInterceptor(_WrappingInterceptor):
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
     ) -> Any:
         if isinstance(request, decoding.Undecodable):
-            raise request.error()
+            await self._refuse(method, request, ctx)
         return await inner(request, ctx)
+
+    @staticmethod
+    async def _refuse(
+        method: str, request: decoding.Undecodable, ctx: aio.ServicerContext[Any, Any]
+    ) -> None:
+        if method.startswith(_OWN_SERVICES):
+            raise request.error()  # reported by the error mapping, like any bad input
+        status = to_rpc_status(request.error())
+        await ctx.abort(status.code, status.message, status.trailing_metadata)
 
     async def stream(
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: StreamBehavior
     ) -> AsyncIterator[Any]:
         if isinstance(request, decoding.Undecodable):
-            raise request.error()
+            await self._refuse(method, request, ctx)
         async for item in inner(request, ctx):
             yield item
 
