@@ -17,7 +17,8 @@ request (`gateway.rpc.edge`): authentication first, then the caps. What they ref
 the receiving and parsing of its message, yet passes the first three like any other RPC.
 
 They apply to the gateway's own services (`/viewbait.`); health checking and reflection pass
-through untouched so probes need no credentials and are never shed.
+through untouched so probes need no credentials and are never shed. Only the decoding applies
+to them too: a health check that does not parse is refused as bad input as well.
 """
 
 from __future__ import annotations

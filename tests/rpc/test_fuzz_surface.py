@@ -133,7 +133,7 @@ class LiveGateway:
             self._blob_dir,
             store=store_settings(self.schema, migrate_on_start=True, command_timeout_s=10.0),
             # Batch jobs wait in the queue for the whole run: no background work from them.
-            batch=BatchSettings(gather_window_s=86400),
+            batch=BatchSettings(gather_window_s=86400, max_batch_size=10_000),
             usage=UsageSettings(flush_interval_s=0.05),
         )
         self.server = GatewayServer(settings)
