@@ -431,16 +431,25 @@ class GeminiClient:
                 retry_after_s=self._settings.credentials_check_interval_s,
             )
             return _Failure(refused, retryable=False)
+        # Gemini's own text and the settings to check are for the operator (the log): the
+        # caller reads only what happened, and quotes the request id.
+        upstream = self._sanitize(exc.message)
         if code == 404:
+            log.error(
+                "Gemini does not serve model %r for this API version (%s %s): check the "
+                "configured model names (gemini.*_model): %s",
+                model,
+                code,
+                status,
+                upstream,
+            )
             message = (
-                f"Gemini does not serve model {model!r} for this API version ({code} {status}); "
-                "check the configured model names (VIEWBAIT_GEMINI__*_MODEL)"
+                f"the AI provider does not serve the model this operation runs on ({code} "
+                f"{status}); its operators have been alerted"
             )
         else:
+            log.warning("Gemini rejected a request (%s %s): %s", code, status, upstream)
             message = f"Gemini rejected the request ({code} {status})"
-            upstream = self._sanitize(exc.message)
-            if upstream:
-                message += f": {upstream}"
         if 400 <= code < 500:
             return _Failure(UpstreamRejected(message), retryable=False)
         return _Failure(UpstreamUnavailable(message), retryable=False)
@@ -495,7 +504,7 @@ class GeminiClient:
         return final
 
     def _sanitize(self, text: str | None) -> str:
-        """An upstream message fit for a caller: no API key, no control characters, short."""
+        """An upstream message fit for the log: no API key, no control characters, short."""
         if not text:
             return ""
         clean = " ".join(text.replace(self._api_key, "[redacted]").split())
@@ -618,9 +627,11 @@ class GeminiClient:
             error = line.error or types.JobError()
             code = error.code or 0
             cause = _LINE_ERRORS.get(code, UpstreamUnavailable)
-            message = f"Gemini's batch {name} failed this request (code {code})"
             if upstream := self._sanitize(error.message):
-                message += f": {upstream}"
+                log.warning(
+                    "Gemini's batch %s failed a request (code %s): %s", name, code, upstream
+                )
+            message = f"Gemini's batch failed this request (code {code})"
             return BatchLine(key, error=cause(message))
         try:
             response = _Answer.fold([line.response]).to_response(

@@ -63,10 +63,12 @@ from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
 from gateway.jobs.batcher import Batcher
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.limiter.concurrency import InFlight
+from gateway.rpc import health as rpc_health
 from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
 from gateway.rpc.interceptors import (
     AuthInterceptor,
+    DecodingInterceptor,
     ErrorMappingInterceptor,
     InFlightInterceptor,
     LoggingInterceptor,
@@ -144,7 +146,7 @@ class GatewayServer:
         self._in_flight = InFlight(settings.concurrency)
         #: Who is calling (built with the listener; it owns the JWKS fetcher).
         self._authenticator: Authenticator | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = rpc_health.HealthServicer()
         self._emulator: EmulatorServer | None = None
         self._client: DeferredClient | None = None
         self._limiter: RateLimiter | None = None
@@ -389,6 +391,7 @@ class GatewayServer:
                 RequestContextInterceptor(guarded=guarded),
                 LoggingInterceptor(rpc_metrics, guarded=guarded),
                 ErrorMappingInterceptor(guarded=guarded),
+                DecodingInterceptor(),
                 InFlightInterceptor(self._in_flight),
                 AuthInterceptor(authenticator, guarded=guarded),
             ],

@@ -404,13 +404,17 @@ async def test_client_errors_are_not_retried(
     assert usage_sink.outcomes() == [error.reason]
 
 
-async def test_a_real_bad_request_is_rejected_with_googles_reason(
-    gemini_client: GeminiClient, emulator: EmulatorServer
+async def test_a_real_bad_request_is_rejected_with_googles_reason_in_the_log(
+    gemini_client: GeminiClient, emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Image output from a text model: the emulator refuses it as Gemini would."""
+    """Image output from a text model: the emulator refuses it as Gemini would. Google's reason
+    is the operator's (the log); the caller's message says only that Gemini rejected it."""
+    caplog.set_level(logging.WARNING, logger="gateway.gemini")
     request = ModelRequest(model=TEXT_MODEL, parts=[Part(text="x")], response_modalities=("IMAGE",))
-    with pytest.raises(UpstreamRejected, match="response modalities"):
+    with pytest.raises(UpstreamRejected) as caught:
         await gemini_client.generate(request, labels=LABELS)
+    assert caught.value.message == "Gemini rejected the request (400 INVALID_ARGUMENT)"
+    assert any("response modalities" in r.getMessage() for r in caplog.records)
     assert emulator.stats().count(outcome="bad_request") == 1
 
 

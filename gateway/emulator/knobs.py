@@ -70,6 +70,9 @@ class FaultRule(BaseModel):
     block_reason: str = "SAFETY"
     #: The answer text for kind "scripted_answer".
     text: str | None = None
+    #: The error body's message for kind "error" (default: one naming the injected code), to
+    #: see what of an upstream error's text reaches the caller.
+    message: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FaultRule:
@@ -77,6 +80,8 @@ class FaultRule(BaseModel):
             raise ValueError("a fault rule needs exactly one of 'count' or 'rate'")
         if self.kind is FaultKind.ERROR and self.code is None:
             raise ValueError("a fault of kind 'error' needs an HTTP 'code'")
+        if self.message is not None and self.kind is not FaultKind.ERROR:
+            raise ValueError("a 'message' goes with a fault of kind 'error', and only there")
         if (self.kind is FaultKind.SCRIPTED_ANSWER) != (self.text is not None):
             raise ValueError("a 'text' goes with a fault of kind 'scripted_answer', and only there")
         return self

@@ -240,7 +240,7 @@ class EmulatorServer:
         """Adds a fault rule, by default "the next request fails this way".
 
         `count=None` with `rate=0.3` fires at random instead; other options are `FaultRule`
-        fields (`model`, `stream`, `code`, `retry_delay_s`, `block_reason`, `text`).
+        fields (`model`, `stream`, `code`, `message`, `retry_delay_s`, `block_reason`, `text`).
         """
         if options.get("rate") is not None:
             count = None
@@ -554,7 +554,8 @@ def _fault_error(fault: FaultRule, model: str) -> ApiError | None:
         )
     if fault.kind is FaultKind.ERROR:
         assert fault.code is not None
-        return ApiError(fault.code, f"Injected HTTP {fault.code} (offline Gemini emulator).")
+        message = fault.message or f"Injected HTTP {fault.code} (offline Gemini emulator)."
+        return ApiError(fault.code, message)
     return None
 
 

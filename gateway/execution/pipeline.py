@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -211,6 +212,11 @@ class Pipeline:
             raise InvalidArgument.field(
                 "idempotency_key",
                 f"is {len(idempotency_key)} characters; the limit is {MAX_IDEMPOTENCY_KEY_CHARS}",
+            )
+        if any(unicodedata.category(c) == "Cc" for c in idempotency_key):
+            # PostgreSQL's text cannot hold NUL; no key needs the others either.
+            raise InvalidArgument.field(
+                "idempotency_key", "holds a control character (NUL, tab, newline, ...); remove it"
             )
         policy = self._settings.policy(operation)
         tracing.annotate("viewbait.operation", operation)

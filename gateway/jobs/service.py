@@ -23,6 +23,7 @@ from gateway.execution.result_cache import load_result
 from gateway.operations import codec
 from gateway.store.base import Delivery, Job, JobCursor, JobFilter, JobStatus, JobStore
 from gateway.store.blobs import BlobError, BlobStore
+from gateway.tasks import settle
 
 if TYPE_CHECKING:
     # Only a type here: the pipeline imports the job priorities of this package (and so this
@@ -199,12 +200,13 @@ class JobService:
             draining = asyncio.ensure_future(self._draining.wait())
             try:
                 await asyncio.wait((change, draining), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                draining.cancel()
-                if not change.done():
-                    change.cancel()
+            except BaseException:  # the watch was cancelled: end both, retrieve their outcomes
+                await settle(change, draining)
+                raise
+            await settle(draining)
             if change.done():
                 return change.result()
+            await settle(change)
         raise errors.Unavailable(
             f"this gateway replica is shutting down; watch job {job_id} again after sequence "
             f"{seen} (another replica serves it)",

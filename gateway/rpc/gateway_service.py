@@ -10,7 +10,6 @@ work goes on; asking again joins it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -26,6 +25,7 @@ from gateway.operations.generate_thumbnail import GeneratedThumbnails, Thumbnail
 from gateway.rpc import bindings, convert
 from gateway.rpc import context as request_context
 from gateway.rpc.bindings.generate_thumbnail import generated_thumbnail
+from gateway.tasks import settle
 
 Context = aio.ServicerContext[Any, Any]
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -103,7 +103,9 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
             principal,
             idempotency_key=request.idempotency_key,
         )
-        events: asyncio.Queue[gateway_service_pb2.GenerateThumbnailResponse] = asyncio.Queue()
+        # The run's messages, then None once it ended (its done callback: after its last event).
+        events: asyncio.Queue[gateway_service_pb2.GenerateThumbnailResponse | None]
+        events = asyncio.Queue()
         sent: set[int] = set()
 
         async def progress(event: ProgressEvent) -> None:
@@ -122,15 +124,14 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                 long_poll=False,
             )
         )
+        run.add_done_callback(lambda _: events.put_nowait(None))
         try:
-            async for message in _drain(events, run):
+            # Waiting on the queue alone (no helper task): a cancelled stream leaves nothing.
+            while (message := await events.get()) is not None:
                 yield message
             outcome = run.result()
         finally:
-            if not run.done():
-                run.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await run
+            await settle(run)
         result: GeneratedThumbnails = outcome.result
         # Images the run produced without announcing them still reach the caller, in order.
         for variation in result.variations:
@@ -148,26 +149,6 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                 ),
             )
         )
-
-
-async def _drain(
-    events: asyncio.Queue[gateway_service_pb2.GenerateThumbnailResponse],
-    run: asyncio.Task[Any],
-) -> AsyncIterator[gateway_service_pb2.GenerateThumbnailResponse]:
-    """Yields queued events until `run` finishes and the queue is empty; re-raises its error."""
-    while True:
-        getter = asyncio.ensure_future(events.get())
-        done, _ = await asyncio.wait({getter, run}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            yield getter.result()
-            continue
-        getter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await getter
-        while not events.empty():
-            yield events.get_nowait()
-        run.result()  # raises the run's error, if any
-        return
 
 
 def _image_message(variation: ThumbnailVariation) -> gateway_service_pb2.GenerateThumbnailResponse:

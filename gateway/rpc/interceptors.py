@@ -7,8 +7,10 @@
    same outcome and duration counted in the RPC metrics (one layer, not two: every call pays for
    each layer it passes).
 3. `ErrorMappingInterceptor`: domain errors to gRPC statuses through the single table.
-4. `InFlightInterceptor`: caps the RPCs in flight, on the replica and per user (load shedding).
-5. `AuthInterceptor`: authenticates the caller; nothing unauthenticated reaches a servicer.
+4. `DecodingInterceptor`: a request that does not parse is refused as bad input naming the
+   field (`gateway.rpc.decoding`), not left to grpc's UNKNOWN.
+5. `InFlightInterceptor`: caps the RPCs in flight, on the replica and per user (load shedding).
+6. `AuthInterceptor`: authenticates the caller; nothing unauthenticated reaches a servicer.
 
 The last two decide at `intercept_service`, from the metadata alone, before grpc reads the
 request (`gateway.rpc.edge`): authentication first, then the caps. What they refuse never costs
@@ -18,11 +20,14 @@ They apply to the gateway's own services (`/viewbait.`); health checking passes 
 untouched so probes need no credentials and are never shed. Reflection passes untouched too,
 unless `server.reflection` is `authenticated`: then every interceptor but the caps applies to it
 (`guarded_prefixes`), so only authenticated callers see the schema, and each probe is logged.
+The decoding applies to every service: a health check that does not parse is refused as bad
+input as well.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -36,7 +41,7 @@ from gateway import errors
 from gateway.auth import Authenticator
 from gateway.limiter.concurrency import InFlight
 from gateway.rpc import context as request_context
-from gateway.rpc import edge
+from gateway.rpc import decoding, edge
 from gateway.rpc.status import to_rpc_status
 from gateway.telemetry import tracing
 
@@ -139,7 +144,9 @@ class _WrappingInterceptor(_GatewayInterceptor):
         attribute, build = _KINDS[handler.request_streaming, handler.response_streaming]
         behaviour = getattr(handler, attribute)
         wrapped: Callable[..., Any]
-        if handler.response_streaming:
+        # A streamed response comes from an async generator, or from a coroutine that writes it
+        # with `context.write` (grpc's health Watch): that one is wrapped like a unary behaviour.
+        if handler.response_streaming and inspect.isasyncgenfunction(behaviour):
             inner_stream = cast(StreamBehavior, behaviour)
 
             async def stream(
@@ -157,7 +164,16 @@ class _WrappingInterceptor(_GatewayInterceptor):
                 return await self.unary(method, request, ctx, inner_unary)
 
             wrapped = unary
-        return build(wrapped, handler.request_deserializer, handler.response_serializer)
+        deserialize = handler.request_deserializer
+        if not handler.request_streaming:
+            deserialize = self.deserializer(method, deserialize)
+        return build(wrapped, deserialize, handler.response_serializer)
+
+    def deserializer(
+        self, method: str, deserialize: decoding.Deserializer | None
+    ) -> decoding.Deserializer | None:
+        """The request deserializer of `method`'s wrapped handler (override)."""
+        return deserialize
 
     async def unary(
         self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
@@ -339,7 +355,7 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
         rc = request_context.current()
         if not isinstance(exc, errors.GatewayError):
             log.exception("unexpected error", extra={"request_id": rc.request_id})
-            exc = errors.Internal(f"internal error (request id {rc.request_id})")
+            exc = errors.Internal("internal error; quote the request id when reporting it")
         status = to_rpc_status(exc, request_id=rc.request_id)
         await ctx.abort(status.code, status.message, status.trailing_metadata)
 
@@ -364,6 +380,49 @@ class ErrorMappingInterceptor(_WrappingInterceptor):
             raise
         except Exception as exc:
             await self._abort(ctx, exc)
+
+
+class DecodingInterceptor(_WrappingInterceptor):
+    """Parses requests without letting a parse failure escape as UNKNOWN: a request that does
+    not parse reaches the behaviour as `decoding.Undecodable` and is refused here as
+    `InvalidArgument`, inside the RPC, so the error mapping reports it with the request id.
+    Health checking's requests too: they pass no other interceptor, so the refusal is reported
+    here, with the same details."""
+
+    def covers(self, method: str) -> bool:
+        return True
+
+    def deserializer(
+        self, method: str, deserialize: decoding.Deserializer | None
+    ) -> decoding.Deserializer | None:
+        message = decoding.method_input(method)
+        if deserialize is None or message is None:
+            return deserialize
+        return decoding.safe_deserializer(deserialize, message)
+
+    async def unary(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: UnaryBehavior
+    ) -> Any:
+        if isinstance(request, decoding.Undecodable):
+            await self._refuse(method, request, ctx)
+        return await inner(request, ctx)
+
+    @staticmethod
+    async def _refuse(
+        method: str, request: decoding.Undecodable, ctx: aio.ServicerContext[Any, Any]
+    ) -> None:
+        if method.startswith(_OWN_SERVICES):
+            raise request.error()  # reported by the error mapping, like any bad input
+        status = to_rpc_status(request.error())
+        await ctx.abort(status.code, status.message, status.trailing_metadata)
+
+    async def stream(
+        self, method: str, request: Any, ctx: aio.ServicerContext[Any, Any], inner: StreamBehavior
+    ) -> AsyncIterator[Any]:
+        if isinstance(request, decoding.Undecodable):
+            await self._refuse(method, request, ctx)
+        async for item in inner(request, ctx):
+            yield item
 
 
 class AuthInterceptor(_GatewayInterceptor):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -51,6 +52,10 @@ _DELIVERIES = {
     job_service_pb2.DELIVERY_INTERACTIVE: Delivery.INTERACTIVE,
     job_service_pb2.DELIVERY_BATCH: Delivery.BATCH,
 }
+
+
+#: What an ErrorInfo reason looks like (`gateway.errors.GatewayError.reason`).
+_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
 def _delivery(value: job_service_pb2.Delivery.ValueType) -> Delivery:
@@ -106,6 +111,13 @@ def _job_filter(request: job_service_pb2.ListJobsRequest) -> JobFilter:
         raise errors.InvalidArgument.field(
             "error_reasons", "holds an empty reason; name reasons such as SAFETY_BLOCKED"
         )
+    for reason in reasons:
+        if not _REASON.fullmatch(reason):
+            raise errors.InvalidArgument.field(
+                "error_reasons",
+                f"holds {reason[:40]!r}, not a reason: reasons are UPPER_SNAKE_CASE codes such "
+                "as SAFETY_BLOCKED",
+            )
     return JobFilter(frozenset(statuses), frozenset(ops), reasons)
 
 

@@ -292,6 +292,16 @@ async def test_a_scripted_answer_is_sent_as_the_answer_text(emulator: EmulatorSe
         emulator.inject("invalid_answer", text="{}")
 
 
+async def test_an_error_fault_carries_the_message_asked_for(emulator: EmulatorServer) -> None:
+    emulator.inject("error", code=400, message="backend /srv/x failed")
+    status, body = await call(emulator, user({"text": "x"}))
+    assert status == 400
+    assert body["error"]["message"] == "backend /srv/x failed"
+    assert body["error"]["status"] == "INVALID_ARGUMENT"
+    with pytest.raises(ValueError, match="message"):
+        emulator.inject("unavailable", message="only with kind error")
+
+
 async def test_admin_routes_drive_knobs_and_counters(emulator: EmulatorServer) -> None:
     admin = f"{emulator.base_url}/_emulator"
     async with aiohttp.ClientSession() as session:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import tempfile
 import time
@@ -27,6 +29,8 @@ from gateway.store.blobs.base import (
     verified,
 )
 
+log = logging.getLogger(__name__)
+
 
 class LocalBlobStore:
     """`BlobStore` in a local directory (created on first write).
@@ -38,6 +42,13 @@ class LocalBlobStore:
     def __init__(self, root: str | os.PathLike[str], *, refresh_after_s: float = 1800.0) -> None:
         self.root = Path(root)
         self._refresh_after_s = refresh_after_s
+
+    def _unavailable(self, what: str, exc: OSError) -> Unavailable:
+        """The error of a file operation that failed: the path and the OS's text go to the log
+        (the operator's), the caller reads what failed and why in a word."""
+        log.warning("the blob store at %s cannot %s: %s", self.root, what, exc)
+        why = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        return Unavailable(f"the blob store cannot {what} ({why}); retry shortly")
 
     def path_of(self, digest: bytes) -> Path:
         """Where the blob named `digest` lives."""
@@ -51,9 +62,7 @@ class LocalBlobStore:
         try:
             return await asyncio.to_thread(self._put, data, digest)
         except OSError as exc:
-            raise Unavailable(
-                f"the blob store at {self.root} cannot write ({exc.strerror or exc})"
-            ) from None
+            raise self._unavailable("write", exc) from None
 
     def _put(self, data: bytes, digest: bytes) -> bytes:
         path = self.path_of(digest)
@@ -89,9 +98,7 @@ class LocalBlobStore:
         except BlobError:
             raise
         except OSError as exc:
-            raise Unavailable(
-                f"the blob store at {self.root} cannot read ({exc.strerror or exc})"
-            ) from None
+            raise self._unavailable("read", exc) from None
 
     def _get(self, digest: bytes) -> bytes:
         path = self.path_of(digest)
@@ -118,7 +125,7 @@ class LocalBlobStore:
         try:
             tops = await asyncio.to_thread(_subdirectories, self.root)
         except OSError as exc:
-            raise Unavailable(f"the blob store at {self.root} cannot list ({exc})") from None
+            raise self._unavailable("list", exc) from None
         for top in tops:
             found = await asyncio.to_thread(_stale_under, top, time.time() - grace_s)
             for start in range(0, len(found), batch_size):
@@ -146,7 +153,7 @@ class LocalBlobStore:
         except FileNotFoundError:
             return  # created on the first write
         except OSError as exc:
-            raise Unavailable(f"the blob store at {self.root} is unreachable ({exc})") from None
+            raise self._unavailable("reach its directory", exc) from None
 
     async def aclose(self) -> None:
         """Nothing to release."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from gateway.config import StoreSettings
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: What obstore raises for a missing object (not its own `NotFoundError`).
 NotFoundError = FileNotFoundError
@@ -137,12 +140,14 @@ class S3BlobStore:
         except TimeoutError:
             raise self._unavailable(what, f"no answer within {self._timeout_s:g} s") from None
         except BaseError as exc:
-            raise self._unavailable(what, f"{type(exc).__name__}: {_first_line(exc)}") from None
+            raise self._unavailable(what, type(exc).__name__, _first_line(exc)) from None
 
-    def _unavailable(self, what: str, detail: str) -> Unavailable:
+    def _unavailable(self, what: str, why: str, detail: str = "") -> Unavailable:
+        # Where the store is and what the backend said are the operator's (the log); the
+        # caller reads what failed and why in a word.
+        log.warning("the blob store at %s cannot %s (%s) %s", self._where, what, why, detail)
         return Unavailable(
-            f"the blob store at {self._where} cannot {what} ({detail}); retry shortly",
-            retry_after_s=1.0,
+            f"the blob store cannot {what} ({why}); retry shortly", retry_after_s=1.0
         )
 
     async def put(self, data: bytes, digest: bytes | None = None) -> bytes:

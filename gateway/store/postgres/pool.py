@@ -158,8 +158,9 @@ class Pool:
             failure = self.unavailable(f"no answer within {self.call_timeout_s:g} s")
             raise self._trip(failure) from None
         except asyncpg.UndefinedTableError:
+            log.error("schema %s is not migrated: run `viewbait-gateway migrate`", self.schema)
             raise self.unavailable(
-                f"schema {self.schema!r} is not migrated: run `viewbait-gateway migrate`"
+                "its schema is not migrated: run `viewbait-gateway migrate`"
             ) from None
         except UNREACHABLE as exc:
             failure = self.unavailable(f"connection failed ({type(exc).__name__})")
@@ -237,7 +238,7 @@ class Pool:
                 # keep failing calls cleanly until it is fixed.
                 log.error("the store cannot prepare schema %s: %s", self.schema, exc)
                 raise self.unavailable(
-                    f"schema {self.schema!r} cannot be prepared ({type(exc).__name__})"
+                    f"its schema cannot be prepared ({type(exc).__name__})"
                 ) from None
             raise
 
@@ -251,10 +252,13 @@ class Pool:
         async with asyncio.timeout(self.call_timeout_s), pool.acquire() as conn:
             pending = await migrations.pending_versions(conn, self.schema)
         if pending:
-            raise self.unavailable(
-                f"schema {self.schema!r} lacks migrations {pending}: run "
-                "`viewbait-gateway migrate` (or set store.migrate_on_start)"
+            log.error(
+                "schema %s lacks migrations %s: run `viewbait-gateway migrate` (or set "
+                "store.migrate_on_start)",
+                self.schema,
+                pending,
             )
+            raise self.unavailable("its schema lacks migrations: run `viewbait-gateway migrate`")
 
 
 async def run_migrations(settings: StoreSettings) -> list[int]:
