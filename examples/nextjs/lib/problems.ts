@@ -39,7 +39,7 @@ function inWords(seconds: number): string {
 
 function whenReset(iso: string | undefined): string {
   const at = iso === undefined ? Number.NaN : Date.parse(iso);
-  if (Number.isNaN(at)) return "when the period resets";
+  if (Number.isNaN(at)) return "when its period resets";
   return `on ${new Date(at).toUTCString().replace(/:\d\d GMT$/, " UTC")}`;
 }
 
@@ -66,13 +66,16 @@ export function describeProblem(raw: unknown): Problem {
         ...retry,
       };
     case "BUDGET_EXCEEDED": {
-      const period = error.errorMetadata["budget"] === "user_month" ? "this month's" : "today's";
+      // A refused call says which budget and when it resets; a failed job keeps only the reason.
+      const { budget, resets_at: resetsAt } = error.errorMetadata;
+      if (budget === "model_day") {
+        return { title: "Spending limit reached", message: `Image generation has reached its spending limit for today. It will be back ${whenReset(resetsAt)}.`, ...retry };
+      }
+      const period = budget === "user_month" ? "this month's" : budget === "user_day" ? "today's" : "the";
+      const renews = resetsAt === undefined ? "at the start of each day and month (UTC)" : whenReset(resetsAt);
       return {
         title: "Spending limit reached",
-        message:
-          error.errorMetadata["budget"] === "model_day"
-            ? `Image generation has reached its spending limit for today. It will be back ${whenReset(error.errorMetadata["resets_at"])}.`
-            : `You have used ${period} AI allowance of your plan. It renews ${whenReset(error.errorMetadata["resets_at"])}; upgrading your plan raises it.`,
+        message: `This goes past ${period} AI allowance of your plan. It renews ${renews}; upgrading your plan raises it.`,
         ...retry,
       };
     }

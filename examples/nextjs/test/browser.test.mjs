@@ -34,7 +34,7 @@ const LIFE = { queued: 0, running: 1, succeeded: 2, failed: 2, cancelled: 2 };
 
 /** @type {{ url: string, emulatorUrl: string, stop(): Promise<void>, output(): string } | undefined} */
 let gateway;
-/** @type {{ url: string, stop(): Promise<void>, output(): string } | undefined} */
+/** @type {{ url: string, port: number, stop(): Promise<void>, kill(): Promise<void>, output(): string } | undefined} */
 let app;
 /** @type {import("playwright-core").BrowserContext | undefined} */
 let browser;
@@ -68,6 +68,12 @@ function start(command, args, options) {
     child,
     output: () => output,
     running: () => child.exitCode === null && child.signalCode === null,
+    /** SIGKILL: the process dies at once, its connections broken. */
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGKILL");
+      await exited;
+    },
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill("SIGTERM");
@@ -105,6 +111,8 @@ async function startGateway() {
       VIEWBAIT_EMULATOR__LATENCY_S: "1",
       VIEWBAIT_EMULATOR__LATENCY_JITTER_S: "1.5",
       VIEWBAIT_POLICIES: JSON.stringify({ generate_thumbnail: { limits: { free: { admission: FREE_GENERATE_LIMIT } } } }),
+      // One user whose daily budget no image fits.
+      VIEWBAIT_BUDGETS__USERS: JSON.stringify({ "web-broke": { day_usd: 0.000001 } }),
     },
   });
   await until(
@@ -126,9 +134,9 @@ async function startGateway() {
   };
 }
 
-/** `next start` on a free port, calling the gateway with the local mode's dev service token. */
-async function startApp(/** @type {string} */ gatewayUrl) {
-  const port = await freePort();
+/** `next start` on `port` (a free one by default), calling the gateway with the local mode's dev service token. */
+async function startApp(/** @type {string} */ gatewayUrl, port = 0) {
+  port ||= await freePort();
   const proc = start(process.execPath, [join(APP, "node_modules", "next", "dist", "bin", "next"), "start", "-H", "127.0.0.1", "-p", String(port)], {
     cwd: APP,
     env: {
@@ -148,7 +156,7 @@ async function startApp(/** @type {string} */ gatewayUrl) {
     },
     () => `next start did not answer:\n${proc.output()}`,
   );
-  return { url, output: proc.output, stop: () => proc.stop() };
+  return { url, port, output: proc.output, stop: () => proc.stop(), kill: () => proc.kill() };
 }
 
 async function setKnobs(/** @type {Record<string, unknown>} */ knobs) {
@@ -326,6 +334,33 @@ test("a reload mid-job picks the job up where it is and follows it to the end", 
   assert.deepEqual(await relay(String(last - 1)), [last], "only the events after Last-Event-ID");
 });
 
+test("when the app's process dies mid-job, the browser reconnects and resumes after the last event", async (t) => {
+  const page = await newPage();
+  t.after(() => page.close());
+  // One image, slow: nothing changes while the app is down, so a stream that began again from
+  // the job's current state (not after Last-Event-ID) would repeat the last event. (SIGTERM would
+  // not do: `next start` finishes the open streams before it exits.)
+  await setKnobs({ latency_s: 8, latency_jitter_s: 0 });
+  await signIn(page, "web-restart", "pro");
+
+  await generate(page, "A lighthouse in a storm", 1);
+  await waitForState(page, "running");
+  const before = await received(page);
+  assert.ok(app && gateway);
+  await app.kill();
+  app = await startApp(gateway.url, app.port);
+  await waitForState(page, "succeeded");
+  await screenshot(page, "after-app-restart");
+
+  const events = await received(page);
+  assert.ok(events.length > before.length, "events came after the restart");
+  assert.deepEqual(events.slice(0, before.length), before);
+  assertOneLife(events, "succeeded");
+  const widths = await decodedWidths(page);
+  assert.equal(widths.length, 1);
+  assert.ok(widths.every((w) => w > 0), `the image decoded: ${widths}`);
+});
+
 test("a job cancelled from the page ends cancelled", async (t) => {
   const page = await newPage();
   t.after(() => page.close());
@@ -369,6 +404,21 @@ test("mistakes and limits are explained in words, not codes", async (t) => {
     assert.doesNotMatch(text ?? "", /RESOURCE_EXHAUSTED|RATE_LIMITED|INVALID_ARGUMENT|\[\w+\]/, "no raw codes");
   }
   assert.ok(await page.getByRole("button", { name: "Generate" }).isDisabled(), "Generate waits for the limit");
+});
+
+test("a spent budget is explained with when it renews", async (t) => {
+  const page = await newPage();
+  t.after(() => page.close());
+  await setKnobs({ latency_s: 0, latency_jitter_s: 0 });
+  await signIn(page, "web-broke", "pro");
+
+  await generate(page, "An expensive idea", 1);
+  await page.locator(".problem[role=alert]").getByText("Spending limit reached").waitFor();
+  const spent = await page.locator(".problem[role=alert]").textContent();
+  await screenshot(page, "budget-exceeded");
+
+  assert.match(spent ?? "", /AI allowance of your plan\. It renews .*UTC.*; upgrading your plan raises it/);
+  assert.doesNotMatch(spent ?? "", /BUDGET_EXCEEDED|RESOURCE_EXHAUSTED|\[\w+\]/, "no raw codes");
 });
 
 test("an uploaded thumbnail shows its attention heatmap over it", async (t) => {
