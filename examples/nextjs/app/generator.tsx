@@ -71,16 +71,37 @@ export function Generator({ initialJobId }: { initialJobId: string | null }) {
     <>
       <form className="card" onSubmit={generate}>
         <label htmlFor="prompt">Prompt</label>
-        <textarea id="prompt" rows={3} value={prompt} onChange={(e) => setPrompt(e.target.value)} placeholder="I ate the spiciest noodles on earth" />
+        <textarea
+          id="prompt"
+          rows={3}
+          value={prompt}
+          onChange={(e) => setPrompt(e.target.value)}
+          placeholder="I ate the spiciest noodles on earth"
+        />
         <div className="row">
-          <label htmlFor="variations" style={{ margin: 0 }}>Images</label>
-          <select id="variations" value={variations} onChange={(e) => setVariations(Number(e.target.value))} style={{ width: "5rem" }}>
+          <label htmlFor="variations" style={{ margin: 0 }}>
+            Images
+          </label>
+          <select
+            id="variations"
+            value={variations}
+            onChange={(e) => setVariations(Number(e.target.value))}
+            style={{ width: "5rem" }}
+          >
             {[1, 2, 3, 4].map((n) => (
-              <option key={n} value={n}>{n}</option>
+              <option key={n} value={n}>
+                {n}
+              </option>
             ))}
           </select>
-          <button type="submit" disabled={submitting || secondsLeft > 0}>Generate</button>
-          {active ? <button type="button" className="secondary" onClick={cancel}>Cancel</button> : null}
+          <button type="submit" disabled={submitting || secondsLeft > 0}>
+            Generate
+          </button>
+          {active ? (
+            <button type="button" className="secondary" onClick={cancel}>
+              Cancel
+            </button>
+          ) : null}
         </div>
       </form>
       {problem ? <ProblemNotice problem={problem} secondsLeft={secondsLeft} /> : null}

@@ -20,7 +20,9 @@ export default async function RootLayout({ children }: { children: ReactNode }) 
             <Link href="/">Generate</Link>
             <Link href="/heatmap">Heatmap</Link>
           </nav>
-          <span className="who">{session ? `${session.userId} · ${session.tier}` : <Link href="/signin">Sign in</Link>}</span>
+          <span className="who">
+            {session ? `${session.userId} · ${session.tier}` : <Link href="/signin">Sign in</Link>}
+          </span>
         </header>
         <main>{children}</main>
       </body>

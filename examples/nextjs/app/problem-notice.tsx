@@ -39,7 +39,9 @@ export function ProblemNotice({ problem, secondsLeft }: { problem: Problem; seco
     <div className="problem" role="alert">
       <h2>{problem.title}</h2>
       <p>{problem.message}</p>
-      {secondsLeft !== undefined && secondsLeft > 0 && secondsLeft < 120 ? <p>Ready again in {secondsLeft} s.</p> : null}
+      {secondsLeft !== undefined && secondsLeft > 0 && secondsLeft < 120 ? (
+        <p>Ready again in {secondsLeft} s.</p>
+      ) : null}
     </div>
   );
 }

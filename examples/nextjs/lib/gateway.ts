@@ -25,7 +25,10 @@ export function gateway(): GatewayClients {
 }
 
 /** Call options acting for the signed-in user: `actingAs` headers, and the signal if given. */
-export function asUser(session: Session, signal?: AbortSignal): { headers: Array<[string, string]>; signal?: AbortSignal } {
+export function asUser(
+  session: Session,
+  signal?: AbortSignal,
+): { headers: Array<[string, string]>; signal?: AbortSignal } {
   const headers = actingAs(session.userId, session.tier);
   return signal === undefined ? { headers } : { headers, signal };
 }

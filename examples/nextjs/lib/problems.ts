@@ -53,7 +53,8 @@ const FIELD_NAMES: Record<string, string> = {
 /** What a person reads about a failed gateway call (or failed job, as a JobFailedError). */
 export function describeProblem(raw: unknown): Problem {
   const error = decodeGatewayError(raw);
-  const retryAfterSeconds = error.retryAfterMs === undefined ? undefined : Math.max(1, Math.ceil(error.retryAfterMs / 1000));
+  const retryAfterSeconds =
+    error.retryAfterMs === undefined ? undefined : Math.max(1, Math.ceil(error.retryAfterMs / 1000));
   const retry = retryAfterSeconds === undefined ? {} : { retryAfterSeconds };
   switch (error.reason) {
     case "RATE_LIMITED":
@@ -69,7 +70,11 @@ export function describeProblem(raw: unknown): Problem {
       // A refused call says which budget and when it resets; a failed job keeps only the reason.
       const { budget, resets_at: resetsAt } = error.errorMetadata;
       if (budget === "model_day") {
-        return { title: "Spending limit reached", message: `Image generation has reached its spending limit for today. It will be back ${whenReset(resetsAt)}.`, ...retry };
+        return {
+          title: "Spending limit reached",
+          message: `Image generation has reached its spending limit for today. It will be back ${whenReset(resetsAt)}.`,
+          ...retry,
+        };
       }
       const period = budget === "user_month" ? "this month's" : budget === "user_day" ? "today's" : "the";
       const renews = resetsAt === undefined ? "at the start of each day and month (UTC)" : whenReset(resetsAt);
@@ -82,9 +87,16 @@ export function describeProblem(raw: unknown): Problem {
     case "TOO_MANY_CONCURRENT_RPCS":
     case "TOO_MANY_STREAMS":
     case "OVERLOADED":
-      return { title: "Busy right now", message: "Too much is going on at once. Please try again in a moment.", ...retry };
+      return {
+        title: "Busy right now",
+        message: "Too much is going on at once. Please try again in a moment.",
+        ...retry,
+      };
     case "SAFETY_BLOCKED":
-      return { title: "We can't make that one", message: "The image model declined this prompt. Try describing it differently." };
+      return {
+        title: "We can't make that one",
+        message: "The image model declined this prompt. Try describing it differently.",
+      };
     default:
       break;
   }
@@ -96,7 +108,10 @@ export function describeProblem(raw: unknown): Problem {
     case Code.InvalidArgument:
       return { title: "Please check your input", message: error.message };
     case Code.PermissionDenied:
-      return { title: "Not included in your plan", message: "Your plan does not include this feature. Upgrade to use it." };
+      return {
+        title: "Not included in your plan",
+        message: "Your plan does not include this feature. Upgrade to use it.",
+      };
     case Code.Unauthenticated:
       return { title: "Please sign in again", message: "Your session has ended." };
     case Code.NotFound:
@@ -107,9 +122,16 @@ export function describeProblem(raw: unknown): Problem {
       return { title: "Busy right now", message: "Please try again in a moment.", ...retry };
     case Code.Unavailable:
     case Code.DeadlineExceeded:
-      return { title: "Temporarily unavailable", message: "The AI service is not answering right now. Please try again shortly.", ...retry };
+      return {
+        title: "Temporarily unavailable",
+        message: "The AI service is not answering right now. Please try again shortly.",
+        ...retry,
+      };
     default:
-      return { title: "Something went wrong", message: "That did not work, and it is not your fault. Please try again later." };
+      return {
+        title: "Something went wrong",
+        message: "That did not work, and it is not your fault. Please try again later.",
+      };
   }
 }
 

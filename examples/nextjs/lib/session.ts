@@ -63,5 +63,8 @@ export async function currentSession(): Promise<Session | null> {
 
 /** The answer of an API route called without a session. */
 export function signInFirst(): Response {
-  return Response.json({ problem: { title: "Please sign in", message: "Your session has ended. Sign in again." } }, { status: 401 });
+  return Response.json(
+    { problem: { title: "Please sign in", message: "Your session has ended. Sign in again." } },
+    { status: 401 },
+  );
 }

@@ -30,7 +30,11 @@ const WAIT_MS = 60_000;
 const FREE_GENERATE_LIMIT = { rate: 1, period_s: 600, burst: 1 };
 const LIFE = { queued: 0, running: 1, succeeded: 2, failed: 2, cancelled: 2 };
 
-/** @typedef {{ id: string, data: { jobId: string, state: keyof typeof LIFE, fraction: number, stage: string, thumbnails: unknown[] } }} Received */
+/**
+ * One SSE `job` event the page received: its id (the sequence) and data.
+ * @typedef {{ jobId: string, state: keyof typeof LIFE, fraction: number, stage: string, thumbnails: unknown[] }} JobEvent
+ * @typedef {{ id: string, data: JobEvent }} Received
+ */
 
 /** @type {{ url: string, emulatorUrl: string, stop(): Promise<void>, output(): string } | undefined} */
 let gateway;
@@ -110,7 +114,9 @@ async function startGateway() {
       // Slow enough that a person (and this test) sees the progress move.
       VIEWBAIT_EMULATOR__LATENCY_S: "1",
       VIEWBAIT_EMULATOR__LATENCY_JITTER_S: "1.5",
-      VIEWBAIT_POLICIES: JSON.stringify({ generate_thumbnail: { limits: { free: { admission: FREE_GENERATE_LIMIT } } } }),
+      VIEWBAIT_POLICIES: JSON.stringify({
+        generate_thumbnail: { limits: { free: { admission: FREE_GENERATE_LIMIT } } },
+      }),
       // One user whose daily budget no image fits.
       VIEWBAIT_BUDGETS__USERS: JSON.stringify({ "web-broke": { day_usd: 0.000001 } }),
     },
@@ -137,22 +143,29 @@ async function startGateway() {
 /** `next start` on `port` (a free one by default), calling the gateway with the local mode's dev service token. */
 async function startApp(/** @type {string} */ gatewayUrl, port = 0) {
   port ||= await freePort();
-  const proc = start(process.execPath, [join(APP, "node_modules", "next", "dist", "bin", "next"), "start", "-H", "127.0.0.1", "-p", String(port)], {
-    cwd: APP,
-    env: {
-      ...process.env,
-      NODE_ENV: "production",
-      NEXT_TELEMETRY_DISABLED: "1",
-      VIEWBAIT_GATEWAY_URL: gatewayUrl,
-      VIEWBAIT_SERVICE_TOKEN: "local-dev-service-token",
-      SESSION_SECRET: "browser-test-session-secret-of-32-characters",
+  const proc = start(
+    process.execPath,
+    [join(APP, "node_modules", "next", "dist", "bin", "next"), "start", "-H", "127.0.0.1", "-p", String(port)],
+    {
+      cwd: APP,
+      env: {
+        ...process.env,
+        NODE_ENV: "production",
+        NEXT_TELEMETRY_DISABLED: "1",
+        VIEWBAIT_GATEWAY_URL: gatewayUrl,
+        VIEWBAIT_SERVICE_TOKEN: "local-dev-service-token",
+        SESSION_SECRET: "browser-test-session-secret-of-32-characters",
+      },
     },
-  });
+  );
   const url = `http://127.0.0.1:${port}`;
   await until(
     async () => {
       if (!proc.running()) throw new Error(`next start exited:\n${proc.output()}`);
-      return fetch(`${url}/signin`).then((r) => r.ok, () => false);
+      return fetch(`${url}/signin`).then(
+        (r) => r.ok,
+        () => false,
+      );
     },
     () => `next start did not answer:\n${proc.output()}`,
   );
@@ -194,9 +207,14 @@ async function newPage() {
 }
 
 /** @returns {Promise<Received[]>} */
-const received = (/** @type {import("playwright-core").Page} */ page) => page.evaluate(() => /** @type {any} */ (window).received);
+const received = (/** @type {import("playwright-core").Page} */ page) =>
+  page.evaluate(() => /** @type {any} */ (window).received);
 
-async function signIn(/** @type {import("playwright-core").Page} */ page, /** @type {string} */ user, /** @type {string} */ tier) {
+async function signIn(
+  /** @type {import("playwright-core").Page} */ page,
+  /** @type {string} */ user,
+  /** @type {string} */ tier,
+) {
   assert.ok(app);
   await page.goto(`${app.url}/signin`);
   await page.getByLabel("User").fill(user);
@@ -206,7 +224,11 @@ async function signIn(/** @type {import("playwright-core").Page} */ page, /** @t
   await page.getByText(`${user} · ${tier}`).waitFor();
 }
 
-async function generate(/** @type {import("playwright-core").Page} */ page, /** @type {string} */ prompt, /** @type {number} */ images) {
+async function generate(
+  /** @type {import("playwright-core").Page} */ page,
+  /** @type {string} */ prompt,
+  /** @type {number} */ images,
+) {
   await page.getByLabel("Prompt").fill(prompt);
   await page.getByLabel("Images").selectOption(String(images));
   await page.getByRole("button", { name: "Generate" }).click();
@@ -220,22 +242,39 @@ async function waitForState(/** @type {import("playwright-core").Page} */ page, 
 
 /** The decoded sizes of the job's images (0 for one the browser could not decode). */
 const decodedWidths = (/** @type {import("playwright-core").Page} */ page) =>
-  job(page).locator("img").evaluateAll((images) => images.map((img) => /** @type {HTMLImageElement} */ (img).complete ? /** @type {HTMLImageElement} */ (img).naturalWidth : 0));
+  job(page)
+    .locator("img")
+    .evaluateAll((images) =>
+      images.map((img) =>
+        /** @type {HTMLImageElement} */ (img).complete ? /** @type {HTMLImageElement} */ (img).naturalWidth : 0,
+      ),
+    );
 
 /** Each event once, in order; states follow a job's life; progress never goes back. */
 function assertOneLife(/** @type {Received[]} */ events, /** @type {string} */ final) {
   const ids = events.map((e) => Number(e.id));
-  assert.deepEqual(ids, [...new Set(ids)].sort((a, b) => a - b), `events once and in order: ${ids}`);
+  assert.deepEqual(
+    ids,
+    [...new Set(ids)].sort((a, b) => a - b),
+    `events once and in order: ${ids}`,
+  );
   const stages = events.map((e) => LIFE[e.data.state]);
   assert.deepEqual(stages, [...stages].sort(), `states in life order: ${events.map((e) => e.data.state)}`);
   const fractions = events.map((e) => e.data.fraction);
-  assert.deepEqual(fractions, [...fractions].sort((a, b) => a - b), `progress never goes back: ${fractions}`);
+  assert.deepEqual(
+    fractions,
+    [...fractions].sort((a, b) => a - b),
+    `progress never goes back: ${fractions}`,
+  );
   assert.equal(events.at(-1)?.data.state, final);
 }
 
 before(async () => {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium (make install does)`);
-  assert.ok(existsSync(join(APP, ".next", "BUILD_ID")), "build the app first: npm run build (npm run test:browser does)");
+  assert.ok(
+    existsSync(join(APP, ".next", "BUILD_ID")),
+    "build the app first: npm run build (npm run test:browser does)",
+  );
   rmSync(OUTPUT, { recursive: true, force: true });
   mkdirSync(OUTPUT, { recursive: true });
   gateway = await startGateway();
@@ -274,10 +313,14 @@ test("a prompt becomes thumbnails, with the progress moving on the way", async (
 
   await generate(page, "I ate the spiciest noodles on earth", 3);
   // Mid-way: the bar is part full and the stage says how far the images are.
-  await page.waitForFunction(() => {
-    const bar = document.querySelector("progress");
-    return bar !== null && bar.value > 0 && bar.value < 1;
-  }, undefined, { timeout: WAIT_MS });
+  await page.waitForFunction(
+    () => {
+      const bar = document.querySelector("progress");
+      return bar !== null && bar.value > 0 && bar.value < 1;
+    },
+    undefined,
+    { timeout: WAIT_MS },
+  );
   const midway = await page.getByTestId("stage").textContent();
   await screenshot(page, "generating");
   await waitForState(page, "succeeded");
@@ -286,12 +329,18 @@ test("a prompt becomes thumbnails, with the progress moving on the way", async (
   assert.match(midway ?? "", /of 3 images ready|generating image \d of 3/);
   const events = await received(page);
   assertOneLife(events, "succeeded");
-  assert.ok(events.some((e) => e.data.state === "running" && e.data.fraction > 0 && e.data.fraction < 1), "a progress event mid-way");
+  assert.ok(
+    events.some((e) => e.data.state === "running" && e.data.fraction > 0 && e.data.fraction < 1),
+    "a progress event mid-way",
+  );
   assert.deepEqual(new Set(events.map((e) => e.data.jobId)).size, 1);
   assert.equal(await page.getByTestId("stage").textContent(), "Done · 100%");
   const widths = await decodedWidths(page);
   assert.equal(widths.length, 3);
-  assert.ok(widths.every((w) => w > 0), `every image decoded: ${widths}`);
+  assert.ok(
+    widths.every((w) => w > 0),
+    `every image decoded: ${widths}`,
+  );
 });
 
 test("a reload mid-job picks the job up where it is and follows it to the end", async (t) => {
@@ -313,10 +362,16 @@ test("a reload mid-job picks the job up where it is and follows it to the end", 
   assert.equal(await job(page).getAttribute("data-job-id"), jobId, "the same job after the reload");
   const after = await received(page);
   assertOneLife(after, "succeeded");
-  assert.ok(Number(after[0]?.id) >= Number(before.at(-1)?.id), "the stream starts at the job's current state, not from scratch");
+  assert.ok(
+    Number(after[0]?.id) >= Number(before.at(-1)?.id),
+    "the stream starts at the job's current state, not from scratch",
+  );
   const widths = await decodedWidths(page);
   assert.equal(widths.length, 2);
-  assert.ok(widths.every((w) => w > 0), `every image decoded: ${widths}`);
+  assert.ok(
+    widths.every((w) => w > 0),
+    `every image decoded: ${widths}`,
+  );
 
   // A reconnect (what the EventSource does after a broken connection) resumes after the last
   // event it saw: only what came after, then the end.
@@ -358,7 +413,10 @@ test("when the app's process dies mid-job, the browser reconnects and resumes af
   assertOneLife(events, "succeeded");
   const widths = await decodedWidths(page);
   assert.equal(widths.length, 1);
-  assert.ok(widths.every((w) => w > 0), `the image decoded: ${widths}`);
+  assert.ok(
+    widths.every((w) => w > 0),
+    `the image decoded: ${widths}`,
+  );
 });
 
 test("a job cancelled from the page ends cancelled", async (t) => {
@@ -432,11 +490,18 @@ test("an uploaded thumbnail shows its attention heatmap over it", async (t) => {
   await page.getByRole("button", { name: "Show attention" }).click();
   const heat = page.getByAltText("Attention heatmap");
   await heat.waitFor();
-  await page.waitForFunction(() => [...document.querySelectorAll(".overlay img")].every((img) => /** @type {HTMLImageElement} */ (img).complete));
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll(".overlay img")].every((img) => /** @type {HTMLImageElement} */ (img).complete),
+  );
   await screenshot(page, "heatmap");
 
-  const widths = await page.locator(".overlay img").evaluateAll((images) => images.map((img) => /** @type {HTMLImageElement} */ (img).naturalWidth));
+  const widths = await page
+    .locator(".overlay img")
+    .evaluateAll((images) => images.map((img) => /** @type {HTMLImageElement} */ (img).naturalWidth));
   assert.equal(widths.length, 2);
-  assert.ok(widths.every((w) => w > 0), `thumbnail and heatmap decoded: ${widths}`);
+  assert.ok(
+    widths.every((w) => w > 0),
+    `thumbnail and heatmap decoded: ${widths}`,
+  );
   assert.ok((await page.locator(".overlay .region").count()) > 0, "the regions are labelled");
 });

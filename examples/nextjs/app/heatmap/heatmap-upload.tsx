@@ -45,9 +45,16 @@ export function HeatmapUpload() {
     <>
       <form className="card" onSubmit={analyse}>
         <label htmlFor="thumbnail">Thumbnail</label>
-        <input id="thumbnail" type="file" accept="image/png,image/jpeg,image/webp" onChange={(e) => setFile(e.target.files?.[0] ?? null)} />
+        <input
+          id="thumbnail"
+          type="file"
+          accept="image/png,image/jpeg,image/webp"
+          onChange={(e) => setFile(e.target.files?.[0] ?? null)}
+        />
         <div className="row">
-          <button type="submit" disabled={file === null || working || secondsLeft > 0}>{working ? "Analysing…" : "Show attention"}</button>
+          <button type="submit" disabled={file === null || working || secondsLeft > 0}>
+            {working ? "Analysing…" : "Show attention"}
+          </button>
         </div>
       </form>
       {problem ? <ProblemNotice problem={problem} secondsLeft={secondsLeft} /> : null}
@@ -60,7 +67,12 @@ export function HeatmapUpload() {
               <div
                 key={i}
                 className="region"
-                style={{ left: `${r.x * 100}%`, top: `${r.y * 100}%`, width: `${r.width * 100}%`, height: `${r.height * 100}%` }}
+                style={{
+                  left: `${r.x * 100}%`,
+                  top: `${r.y * 100}%`,
+                  width: `${r.width * 100}%`,
+                  height: `${r.height * 100}%`,
+                }}
               >
                 {r.label} {Math.round(r.weight * 100)}%
               </div>

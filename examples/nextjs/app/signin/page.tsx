@@ -9,10 +9,14 @@ export default async function SignIn({ searchParams }: { searchParams: Promise<{
       {invalid ? <p className="problem">Use letters, digits, dots, dashes or @ for the user name.</p> : null}
       <label htmlFor="userId">User</label>
       <input id="userId" name="userId" type="text" required maxLength={64} autoComplete="username" />
-      <label htmlFor="tier" style={{ marginTop: "0.75rem" }}>Plan</label>
+      <label htmlFor="tier" style={{ marginTop: "0.75rem" }}>
+        Plan
+      </label>
       <select id="tier" name="tier" defaultValue="pro">
         {TIERS.map((tier) => (
-          <option key={tier} value={tier}>{tier}</option>
+          <option key={tier} value={tier}>
+            {tier}
+          </option>
         ))}
       </select>
       <div className="row">

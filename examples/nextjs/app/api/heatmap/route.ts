@@ -30,10 +30,16 @@ export async function POST(request: Request): Promise<Response> {
   if (session === null) return signInFirst();
   const file = (await request.formData().catch(() => null))?.get("thumbnail");
   if (!(file instanceof File) || file.size === 0) {
-    return Response.json({ problem: { title: "Please choose an image", message: "Pick a thumbnail (PNG, JPEG or WebP) to analyse." } }, { status: 400 });
+    return Response.json(
+      { problem: { title: "Please choose an image", message: "Pick a thumbnail (PNG, JPEG or WebP) to analyse." } },
+      { status: 400 },
+    );
   }
   if (file.size > MAX_UPLOAD_BYTES) {
-    return Response.json({ problem: { title: "That image is too large", message: "Please upload an image of at most 8 MB." } }, { status: 413 });
+    return Response.json(
+      { problem: { title: "That image is too large", message: "Please upload an image of at most 8 MB." } },
+      { status: 413 },
+    );
   }
   const clients = gateway();
   const options = asUser(session, request.signal);

@@ -16,8 +16,21 @@ export async function POST(request: Request): Promise<Response> {
   if (session === null) return signInFirst();
   const body = (await request.json().catch(() => ({}))) as GenerateBody;
   const { prompt, variations, idempotencyKey } = body;
-  if (typeof prompt !== "string" || typeof variations !== "number" || typeof idempotencyKey !== "string" || !/^[A-Za-z0-9-]{8,64}$/.test(idempotencyKey)) {
-    return Response.json({ problem: { title: "Please check your input", message: "Send a prompt, a number of images and an idempotency key." } }, { status: 400 });
+  if (
+    typeof prompt !== "string" ||
+    typeof variations !== "number" ||
+    typeof idempotencyKey !== "string" ||
+    !/^[A-Za-z0-9-]{8,64}$/.test(idempotencyKey)
+  ) {
+    return Response.json(
+      {
+        problem: {
+          title: "Please check your input",
+          message: "Send a prompt, a number of images and an idempotency key.",
+        },
+      },
+      { status: 400 },
+    );
   }
   try {
     const { job, existing } = await gateway().jobs.submitJob(
