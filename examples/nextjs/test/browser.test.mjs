@@ -43,6 +43,8 @@ let app;
 /** @type {import("playwright-core").BrowserContext | undefined} */
 let browser;
 let shot = 0;
+/** The browser's fresh profile directory, removed at the end. */
+let profile = "";
 
 /** A free TCP port on loopback. */
 async function freePort() {
@@ -279,7 +281,7 @@ before(async () => {
   mkdirSync(OUTPUT, { recursive: true });
   gateway = await startGateway();
   app = await startApp(gateway.url);
-  const profile = mkdtempSync(join(tmpdir(), "viewbait-web-chromium-"));
+  profile = mkdtempSync(join(tmpdir(), "viewbait-web-chromium-"));
   browser = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
@@ -295,12 +297,13 @@ before(async () => {
       "--disable-sync",
     ],
   });
-  browser.on("close", () => rmSync(profile, { recursive: true, force: true }));
   browser.setDefaultTimeout(WAIT_MS);
 });
 
 after(async () => {
   await browser?.close();
+  // Chromium's helper processes may still be letting go of files for a moment.
+  if (profile) rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   await app?.stop();
   await gateway?.stop();
 });
