@@ -7,6 +7,28 @@ import type { JobEventView, Problem } from "@/lib/shapes";
 import { ProblemNotice, useProblem } from "./problem-notice";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const SUBMIT_ATTEMPTS = 3;
+
+/**
+ * POSTs a job, sending it again (up to SUBMIT_ATTEMPTS times) when it may not have arrived: a
+ * network failure or a gateway that did not answer. The click's one idempotency key makes a
+ * repeat join the job the first attempt may have queued, never queue a second.
+ */
+async function submit(job: { prompt: string; variations: number; idempotencyKey: string }): Promise<Response> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const response = await fetch("/api/jobs", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(job),
+      });
+      if (response.status !== 503 || attempt === SUBMIT_ATTEMPTS) return response;
+    } catch (error) {
+      if (attempt === SUBMIT_ATTEMPTS) throw error;
+    }
+    await new Promise((resume) => setTimeout(resume, 500 * attempt));
+  }
+}
 
 export function Generator({ initialJobId }: { initialJobId: string | null }) {
   const [prompt, setPrompt] = useState("");
@@ -39,12 +61,7 @@ export function Generator({ initialJobId }: { initialJobId: string | null }) {
     setSubmitting(true);
     clear();
     try {
-      const response = await fetch("/api/jobs", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        // One key per click: if this request is retried, the gateway joins the job it queued.
-        body: JSON.stringify({ prompt, variations, idempotencyKey: crypto.randomUUID() }),
-      });
+      const response = await submit({ prompt, variations, idempotencyKey: crypto.randomUUID() });
       const body = (await response.json()) as { jobId?: string; problem?: Problem };
       if (!response.ok || body.jobId === undefined) {
         report(body.problem);

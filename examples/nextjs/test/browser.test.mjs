@@ -422,6 +422,32 @@ test("when the app's process dies mid-job, the browser reconnects and resumes af
   );
 });
 
+test("a submit whose answer is lost is sent again with the click's key and joins the job it queued", async (t) => {
+  const page = await newPage();
+  t.after(() => page.close());
+  await setKnobs({ latency_s: 0.5, latency_jitter_s: 0 });
+  await signIn(page, "web-retry", "pro");
+  /** @type {{ idempotencyKey: string }[]} */
+  const sent = [];
+  /** @type {string[]} */
+  const queued = [];
+  await page.route("**/api/jobs", async (route) => {
+    sent.push(route.request().postDataJSON());
+    if (sent.length > 1) return route.continue();
+    // The first one reaches the app and queues a job; its answer never reaches the page.
+    const answer = await route.fetch();
+    queued.push((await answer.json()).jobId);
+    await route.abort("connectionreset");
+  });
+
+  await generate(page, "Lost in the mail", 1);
+  await waitForState(page, "succeeded");
+
+  assert.equal(sent.length, 2, "sent again once");
+  assert.equal(sent[1]?.idempotencyKey, sent[0]?.idempotencyKey, "with the same key");
+  assert.equal(await job(page).getAttribute("data-job-id"), queued[0], "the job the first attempt queued");
+});
+
 test("a job cancelled from the page ends cancelled", async (t) => {
   const page = await newPage();
   t.after(() => page.close());
