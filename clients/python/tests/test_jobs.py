@@ -198,6 +198,25 @@ async def test_run_job_yields_progress_in_order_and_await_job_returns_the_result
     assert analyzed.status == SUCCEEDED and analyzed.analyze_video.summary
 
 
+async def test_following_a_finished_job_after_its_terminal_event_ends_at_once(
+    start_gateway: StartGateway,
+) -> None:
+    gateway = await start_gateway()
+
+    async with client_of(gateway.port) as client:
+        events = [event async for event in client.run_job(analysis("jobResume01"), timeout_s=30)]
+        last = events[-1]
+
+        async def follow(after_sequence: int) -> list[int]:
+            followed = client.follow_job(last.job.id, after_sequence=after_sequence, timeout_s=30)
+            return [event.sequence async for event in followed]
+
+        # A relay resuming with the id of the last event it passed on (Server-Sent Events'
+        # Last-Event-ID) must end, not wait for events that will never come.
+        assert await follow(last.sequence) == []
+        assert await follow(last.sequence - 1) == [last.sequence]
+
+
 async def test_a_failed_job_raises_its_error(
     start_gateway: StartGateway, emulator: EmulatorServer
 ) -> None:

@@ -281,8 +281,10 @@ async function* follow(
       options.signal?.addEventListener("abort", stop, { once: true });
       const stream = jobs.watchJob({ jobId, afterSequence: seen }, budget.call(call.signal))[Symbol.asyncIterator]();
       let error: ConnectError;
+      let received = false;
       try {
         for (let next = await stream.next(); !next.done; next = await stream.next()) {
+          received = true;
           const event = next.value;
           if (event.sequence <= seen) continue; // never hand the caller an event twice
           seen = event.sequence;
@@ -290,6 +292,15 @@ async function* follow(
           finished = isTerminal(event.job);
           yield event;
           if (finished) return;
+        }
+        // A stream that ends with nothing at all after `seen` is the gateway's answer for a job
+        // that was already over at `seen` (a resume after its terminal event): nothing will come.
+        if (!received && seen > 0n) {
+          const { job } = await jobs.getJob({ jobId }, budget.call(call.signal));
+          if (isTerminal(job)) {
+            finished = true;
+            return;
+          }
         }
         // The gateway ends a stream only after the terminal state: anything else is a broken
         // stream too (e.g. a proxy closing it cleanly).

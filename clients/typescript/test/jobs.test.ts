@@ -142,6 +142,29 @@ describe("jobs end to end", { skip: serverMissing }, () => {
     assert.ok(analyzed.result.value?.summary);
   });
 
+  test("following a finished job after its terminal event ends at once, with nothing", async () => {
+    assert.ok(worker);
+    await setKnobs(worker, { latency_s: 0, latency_jitter_s: 0 });
+    const clients = client("user-resume-finished");
+    const events: WatchJobResponse[] = [];
+    for await (const event of clients.runJob(analysis("jobHelperR1"), { timeoutMs: TIMEOUT_MS })) events.push(event);
+    const last = events.at(-1);
+    assert.ok(last?.job);
+
+    const follow = async (afterSequence: bigint) => {
+      const seen: bigint[] = [];
+      for await (const event of clients.followJob(last.job?.id ?? "", { afterSequence, timeoutMs: TIMEOUT_MS })) {
+        seen.push(event.sequence);
+      }
+      return seen;
+    };
+
+    // A browser relay resuming with the id of the last event it sent (Server-Sent Events'
+    // Last-Event-ID) must end, not wait for events that will never come.
+    assert.deepEqual(await follow(last.sequence), []);
+    assert.deepEqual(await follow(last.sequence - 1n), [last.sequence]);
+  });
+
   test("a failed job throws JobFailedError carrying the job's error", async () => {
     assert.ok(worker);
     await setKnobs(worker, { latency_s: 0, latency_jitter_s: 0 });

@@ -279,6 +279,7 @@ async def _follow(
             if deadline.expired():
                 raise deadline.error(job_id)
             watch = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=seen)
+            received = False
             try:
                 # aclosing: leaving this loop (the caller broke out, or was cancelled) ends the
                 # call now, not whenever the inner generator is collected.
@@ -286,6 +287,7 @@ async def _follow(
                     client.watch_job(watch, timeout_s=deadline.remaining(), request_id=request_id)
                 ) as stream:
                     async for event in stream:
+                        received = True
                         if event.sequence <= seen:
                             continue  # never hand the caller an event twice
                         seen = event.sequence
@@ -294,6 +296,19 @@ async def _follow(
                         yield event
                         if finished:
                             return
+                # A stream that ends with nothing at all after `seen` is the gateway's answer for
+                # a job that was already over at `seen` (a resume after its terminal event).
+                if not received and seen > 0:
+                    job = (
+                        await client.get_job(
+                            job_service_pb2.GetJobRequest(job_id=job_id),
+                            timeout_s=deadline.remaining(),
+                            request_id=request_id,
+                        )
+                    ).job
+                    if job.status in TERMINAL_STATUSES:
+                        finished = True
+                        return
                 # The gateway ends a stream only after the terminal state: anything else is a
                 # broken stream too (e.g. a proxy closing it cleanly).
                 error = GatewayError(
