@@ -389,7 +389,11 @@ async def compare(run: Run, config: Configuration, ours: Side, bare: Side) -> bo
     )
     for name, side in (("gateway", ours), ("bare", bare)):
         if side.short:
-            print(f"  INVALID: {side.short} responses of the {name} lacked the full answer")
+            print(
+                f"  INVALID: {side.short} responses of the {name} carried no answer (gRPC errors "
+                "in HTTP 200 responses; an overloaded gateway sheds with its in-flight caps, "
+                "and the gateway log says why)"
+            )
             met = False
     return met
 
