@@ -423,6 +423,18 @@ async def _scraping(port: int | None, interval_s: float) -> AsyncIterator[list[i
                 await task
 
 
+def _non_ok_codes(log: Path) -> dict[str, int]:
+    """How many RPCs of the gateway's log (at INFO, one line per RPC) ended with each status
+    other than OK."""
+    codes: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            code = json.loads(line).get("rpc_code")
+            if code is not None and code != "OK":
+                codes[code] = codes.get(code, 0) + 1
+    return codes
+
+
 def _load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -472,6 +484,9 @@ async def main(args: argparse.Namespace) -> int:
                         f"  /metrics scraped {len(sizes)} times while measured (every "
                         f"{args.scrape_interval:g} s), {max(sizes):,} bytes at most"
                     )
+                refused = _non_ok_codes(tmp / config.name / "gateway.log")
+                if refused:
+                    print(f"  gateway log, RPCs that did not end OK: {refused}")
                 print(f"  ({_load()})")
     return 0 if met else 1
 
