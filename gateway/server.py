@@ -64,6 +64,7 @@ from gateway.rpc.gateway_service import GatewayServicer
 from gateway.rpc.interceptors import (
     AuthInterceptor,
     ErrorMappingInterceptor,
+    GatewayInterceptors,
     InFlightInterceptor,
     LoggingInterceptor,
     RequestContextInterceptor,
@@ -375,11 +376,13 @@ class GatewayServer:
         ]
         server = aio.server(
             interceptors=[
-                RequestContextInterceptor(),
-                LoggingInterceptor(None if self._metrics is None else self._metrics.rpc),
-                ErrorMappingInterceptor(),
-                InFlightInterceptor(self._in_flight),
-                AuthInterceptor(Authenticator(settings.auth)),
+                GatewayInterceptors(
+                    RequestContextInterceptor(),
+                    LoggingInterceptor(None if self._metrics is None else self._metrics.rpc),
+                    ErrorMappingInterceptor(),
+                    InFlightInterceptor(self._in_flight),
+                    AuthInterceptor(Authenticator(settings.auth)),
+                )
             ],
             options=options,
         )

@@ -16,6 +16,10 @@ the receiving and parsing of its message, yet passes the first three like any ot
 
 They apply to the gateway's own services (`/viewbait.`); health checking and reflection pass
 through untouched so probes need no credentials and are never shed.
+
+The server installs them as one `GatewayInterceptors`: grpc runs one `intercept_service`
+coroutine per interceptor for every RPC, and each of these would only ask the one below for
+the handler and then take its turn with it; one dispatch gives each its turn in the same order.
 """
 
 from __future__ import annotations
@@ -78,6 +82,27 @@ class _GatewayInterceptor(aio.ServerInterceptor):
     def handle(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
         """The handler an RPC of the gateway's services runs with (override)."""
         raise NotImplementedError
+
+
+class GatewayInterceptors(aio.ServerInterceptor):
+    """`interceptors` (outermost first) as one grpc interceptor: the handler is looked up once,
+    then each interceptor's `handle` takes its turn with it, innermost first, exactly as they
+    would nested (each asks the one below it first)."""
+
+    def __init__(self, *interceptors: _GatewayInterceptor) -> None:
+        self._innermost_first = tuple(reversed(interceptors))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(_OWN_SERVICES):
+            return handler
+        for interceptor in self._innermost_first:
+            handler = interceptor.handle(handler, handler_call_details)
+        return handler
 
 
 class _WrappingInterceptor(_GatewayInterceptor):
