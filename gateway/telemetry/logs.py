@@ -14,14 +14,27 @@ import sys
 import time
 from typing import Any
 
+import orjson
+
 from gateway.telemetry import tracing
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
-#: One encoder for every line (`json.dumps` with `default=` builds a new one per call).
+#: What orjson cannot encode (integers past 64 bits) goes through one `json` encoder.
 _ENCODER = json.JSONEncoder(default=str)
+#: Dataclasses and datetimes are written as `str()` makes them, as `json` with `default=str`
+#: wrote them.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _encode(entry: dict[str, Any]) -> str:
+    """`entry` as one line of JSON (orjson: a fifth of the stdlib encoder's time)."""
+    try:
+        return orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return _ENCODER.encode(entry)
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,7 +67,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(entry)
+        return _encode(entry)
 
 
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:

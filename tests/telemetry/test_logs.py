@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from gateway.telemetry.logs import JsonFormatter
 
@@ -31,3 +33,19 @@ def test_each_line_carries_its_own_time_and_extras() -> None:
 def test_values_json_does_not_know_are_written_as_text() -> None:
     line = json.loads(JsonFormatter().format(_record(1.0, path=object)))
     assert line["path"] == str(object)
+
+
+def test_what_the_fast_encoder_cannot_take_is_still_written() -> None:
+    @dataclass
+    class Point:
+        x: int
+
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    line = json.loads(
+        JsonFormatter().format(
+            _record(1.0, big=2**70, at=at, point=Point(1), broken="\ud800", ratio=0.1)
+        )
+    )
+    assert line["big"] == 2**70
+    assert line["at"] == str(at) and line["point"] == str(Point(1))
+    assert line["broken"] == "\ud800" and line["ratio"] == 0.1
