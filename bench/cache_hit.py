@@ -20,9 +20,11 @@ filled before measuring (AnalyzeVideo's cache is per user).
 
 Load: h2load (nghttp2's C load generator, so the client is not the bottleneck) sends gRPC unary
 calls as HTTP/2 POSTs of the length-prefixed request, one h2load process per user (its metadata
-as headers); every response is checked to carry the full answer (DATA bytes per request), since
-a gRPC error would still be HTTP 200. Install it with
-`apt-get install -y --no-install-recommends nghttp2-client`. The Python grpc.aio client drives
+as headers). A gRPC error is still HTTP 200, so the responses' DATA bytes are checked against
+the full answer's, and the RPCs the gateway's log (at INFO) shows not ending OK are counted:
+calls still in flight when an h2load run ends are reset (CANCELLED); any other code makes the
+run invalid. Install h2load with `apt-get install -y --no-install-recommends nghttp2-client`
+(benchmarks are not run by CI). The Python grpc.aio client drives
 the same closed loop as a second view; it shares the 2 cores and saturates first.
 
 Per configuration it prints, gateway vs bare server, measured in alternating rounds (3 of
@@ -390,11 +392,10 @@ async def compare(run: Run, config: Configuration, ours: Side, bare: Side) -> bo
     for name, side in (("gateway", ours), ("bare", bare)):
         if side.short:
             print(
-                f"  INVALID: {side.short} responses of the {name} carried no answer (gRPC errors "
-                "in HTTP 200 responses; an overloaded gateway sheds with its in-flight caps, "
-                "and the gateway log says why)"
+                f"  {side.short} responses of the {name} carried no answer: calls still in "
+                "flight when an h2load run ends are reset (CANCELLED in the gateway log); "
+                "any other code there is an error"
             )
-            met = False
     return met
 
 
@@ -487,6 +488,9 @@ async def main(args: argparse.Namespace) -> int:
                 refused = _non_ok_codes(tmp / config.name / "gateway.log")
                 if refused:
                     print(f"  gateway log, RPCs that did not end OK: {refused}")
+                if set(refused) - {"CANCELLED"}:
+                    print("  INVALID: the gateway answered errors (its log says why)")
+                    met = False
                 print(f"  ({_load()})")
     return 0 if met else 1
 
