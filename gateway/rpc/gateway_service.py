@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 from grpc import aio
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, operations_pb2
@@ -163,8 +164,8 @@ def add_to_server(servicer: GatewayServicer, server: aio.Server) -> None:
     `bytes`: its message encoded already (a hit in the hot copy), sent as they are."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in _SERVICE.methods:
-        request_type = getattr(operations_pb2, method.input_type.name)
-        response_type = getattr(gateway_service_pb2, method.output_type.name)
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
