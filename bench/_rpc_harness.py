@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +51,19 @@ from gateway.testing import postgres as testing_postgres
 
 SERVICE_TOKEN = "bench-service-token-0123456789"
 EMULATOR_KEY = "bench-key"
-METADATA = (
-    ("authorization", f"Bearer {SERVICE_TOKEN}"),
-    ("x-viewbait-user-id", "bench-user"),
-    ("x-viewbait-tier", "pro"),
-)
+Metadata = tuple[tuple[str, str], ...]
+
+
+def user_metadata(user_id: str) -> Metadata:
+    """The metadata of a call made for `user_id` (the bench's service token, tier pro)."""
+    return (
+        ("authorization", f"Bearer {SERVICE_TOKEN}"),
+        ("x-viewbait-user-id", user_id),
+        ("x-viewbait-tier", "pro"),
+    )
+
+
+METADATA = user_metadata("bench-user")
 REQUEST = operations_pb2.AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="Benchmark video")
 DEFAULT_DATABASE_URL = os.environ.get(
     "GATEWAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -127,9 +135,13 @@ class Fleet:
         emulator_url: str,
         env: Mapping[str, str] | None = None,
         command: str = "serve",
+        *,
+        log_to_file: bool = False,
     ) -> int:
         """`python -m gateway serve` (or `command`, e.g. `worker`) calling the emulator;
-        returns its port (0 for a worker: no listener)."""
+        returns its port (0 for a worker: no listener). With `log_to_file` its log lines go to
+        `gateway.log` in its directory, as a deployment's go to a file or a collector, instead
+        of this terminal."""
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
         ready = workdir / "ready.json"
@@ -150,9 +162,11 @@ class Fleet:
         if "VIEWBAIT_STORE__DATABASE_URL" not in environment:
             # Embedded: blobs in this replica's own directory (with a database, in PostgreSQL).
             environment["VIEWBAIT_STORE__BLOB_DIR"] = str(workdir / "blobs")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", command, env=environment
-        )
+        with contextlib.ExitStack() as files:
+            log = files.enter_context((workdir / "gateway.log").open("ab")) if log_to_file else None
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", command, env=environment, stderr=log
+            )
         self.processes.append(process)
         port = int(json.loads(await wait_for(ready, process))["port"])
         self.pids[port] = process.pid
@@ -255,12 +269,14 @@ async def _bare_server(response_file: Path, port_file: Path) -> None:
     await server.wait_for_termination()
 
 
-async def call_once(port: int) -> gateway_service_pb2.AnalyzeVideoResponse:
+async def call_once(
+    port: int, metadata: Metadata = METADATA
+) -> gateway_service_pb2.AnalyzeVideoResponse:
     """One AnalyzeVideo call (e.g. to warm a cache or capture a response)."""
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
         response: gateway_service_pb2.AnalyzeVideoResponse = await stub.AnalyzeVideo(
-            REQUEST, metadata=METADATA, timeout=60
+            REQUEST, metadata=metadata, timeout=60
         )
         return response
 
@@ -279,39 +295,45 @@ def client_gc_paused() -> Iterator[None]:
         gc.unfreeze()
 
 
-async def closed_loop(port: int, seconds: float, concurrency: int) -> tuple[float, list[float]]:
-    """(requests per second, latencies in ms) of AnalyzeVideo calls, `concurrency` at a time."""
+async def closed_loop(
+    port: int, seconds: float, concurrency: int, users: Sequence[Metadata] = (METADATA,)
+) -> tuple[float, list[float]]:
+    """(requests per second, latencies in ms) of AnalyzeVideo calls, `concurrency` at a time,
+    worker `i` calling as `users[i % len(users)]`."""
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
-        for _ in range(50):  # warm up connections and caches
-            await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
+        for i in range(50):  # warm up connections and caches
+            await stub.AnalyzeVideo(REQUEST, metadata=users[i % len(users)])
         latencies: list[float] = []
         stop_at = time.perf_counter() + seconds
 
-        async def worker() -> None:
+        async def worker(metadata: Metadata) -> None:
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
-                await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
+                await stub.AnalyzeVideo(REQUEST, metadata=metadata)
                 latencies.append((time.perf_counter() - started) * 1000)
 
         with client_gc_paused():
             started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await asyncio.gather(*(worker(users[i % len(users)]) for i in range(concurrency)))
             return len(latencies) / (time.perf_counter() - started), latencies
 
 
-async def open_loop(port: int, rate: float, seconds: float) -> list[float]:
+async def open_loop(
+    port: int, rate: float, seconds: float, users: Sequence[Metadata] = (METADATA,)
+) -> list[float]:
     """Latencies in ms of AnalyzeVideo calls sent at a fixed `rate` per second, each measured
-    from its scheduled send time (so a stalled client or server is not hidden)."""
+    from its scheduled send time (so a stalled client or server is not hidden); call `i` is
+    made as `users[i % len(users)]`."""
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
-        for _ in range(50):
-            await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
+        for i in range(50):
+            await stub.AnalyzeVideo(REQUEST, metadata=users[i % len(users)])
         latencies: list[float] = []
         loop = asyncio.get_running_loop()
 
-        async def one(scheduled: float) -> None:
-            await stub.AnalyzeVideo(REQUEST, metadata=METADATA)
+        async def one(scheduled: float, metadata: Metadata) -> None:
+            await stub.AnalyzeVideo(REQUEST, metadata=metadata)
             latencies.append((loop.time() - scheduled) * 1000)
 
         tasks = []
@@ -323,7 +345,7 @@ async def open_loop(port: int, rate: float, seconds: float) -> list[float]:
                 delay = scheduled - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(asyncio.ensure_future(one(scheduled)))
+                tasks.append(asyncio.ensure_future(one(scheduled, users[i % len(users)])))
             await asyncio.gather(*tasks)
         return latencies
 

@@ -38,7 +38,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 from viewbait.ai.v1 import (
     gateway_service_pb2,
-    gateway_service_pb2_grpc,
     job_service_pb2,
     job_service_pb2_grpc,
     usage_service_pb2,
@@ -63,13 +62,14 @@ from gateway.jobs import JobService, OperationRunner, WorkerPool, rescue_leases
 from gateway.jobs.batcher import Batcher
 from gateway.limiter import LimiterMode, RateLimiter
 from gateway.limiter.concurrency import InFlight
+from gateway.rpc import gateway_service, reflection
 from gateway.rpc import health as rpc_health
-from gateway.rpc import reflection
 from gateway.rpc.gateway_service import GatewayServicer
 from gateway.rpc.interceptors import (
     AuthInterceptor,
     DecodingInterceptor,
     ErrorMappingInterceptor,
+    GatewayInterceptors,
     InFlightInterceptor,
     LoggingInterceptor,
     RequestContextInterceptor,
@@ -388,12 +388,14 @@ class GatewayServer:
         rpc_metrics = None if self._metrics is None else self._metrics.rpc
         server = aio.server(
             interceptors=[
-                RequestContextInterceptor(guarded=guarded),
-                LoggingInterceptor(rpc_metrics, guarded=guarded),
-                ErrorMappingInterceptor(guarded=guarded),
-                DecodingInterceptor(),
-                InFlightInterceptor(self._in_flight),
-                AuthInterceptor(authenticator, guarded=guarded),
+                GatewayInterceptors(
+                    RequestContextInterceptor(guarded=guarded),
+                    LoggingInterceptor(rpc_metrics, guarded=guarded),
+                    ErrorMappingInterceptor(guarded=guarded),
+                    DecodingInterceptor(),
+                    InFlightInterceptor(self._in_flight),
+                    AuthInterceptor(authenticator, guarded=guarded),
+                )
             ],
             options=options,
         )
@@ -413,9 +415,7 @@ class GatewayServer:
         self, server: aio.Server, settings: Settings, pipeline: Pipeline, jobs: JobService
     ) -> None:
         """Registers the services on the bound server and starts it."""
-        gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(pipeline), server
-        )
+        gateway_service.add_to_server(GatewayServicer(pipeline), server)
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(jobs), server)
         store = self._store
         assert store is not None

@@ -244,26 +244,44 @@ class Executor:
         """
         answer = await self._answer(call)
         if isinstance(answer, Outcome) and (answer.cached or answer.coalesced):
-            await self._record_saving(call, answer)
+            await self._record_saving(call.spec.name, call.user_id, call.request_id, answer)
         return answer
+
+    async def hot_answer(
+        self, operation: str, key: bytes, user_id: str, request_id: str = ""
+    ) -> Outcome[Any] | None:
+        """The answer `execute` gives a call of `operation` with cache key `key` that the hot
+        copy holds (its saving recorded), or None when the hot copy has no entry: the request
+        path's first look, before it builds the `Call` a miss needs."""
+        answer = self._hot_hit(operation, key)
+        if answer is not None:
+            await self._record_saving(operation, user_id, request_id, answer)
+        return answer
+
+    def _hot_hit(self, operation: str, key: bytes) -> Outcome[Any] | None:
+        """The hot copy's entry for `key` as a cache hit (counted), or None."""
+        entry = self.hot.get(key)
+        if entry is None:
+            return None
+        self.stats.hot_hits += 1
+        if self._metrics is not None:
+            self._metrics.of(operation).hot_hits.inc()
+        tracing.annotate("viewbait.cache", "hot_hit")
+        return Outcome(
+            entry.result,
+            entry.model,
+            Spend(),
+            cached=True,
+            views=entry.views,
+            saved_usd=entry.cost_usd,
+        )
 
     async def _answer(self, call: Call) -> Outcome[Any] | Pending:
         if call.key is not None:
             key = call.key
-            entry = self.hot.get(key)
-            if entry is not None:
-                self.stats.hot_hits += 1
-                if self._metrics is not None:
-                    self._metrics.of(call.spec.name).hot_hits.inc()
-                tracing.annotate("viewbait.cache", "hot_hit")
-                return Outcome(
-                    entry.result,
-                    entry.model,
-                    Spend(),
-                    cached=True,
-                    views=entry.views,
-                    saved_usd=entry.cost_usd,
-                )
+            hit = self._hot_hit(call.spec.name, key)
+            if hit is not None:
+                return hit
             # Concurrent misses share one store lookup too, not only the work behind it.
             answer = await self._share(call, key, lambda: self._look_up_or_coalesce(call, key))
             if self._metrics is not None and isinstance(answer, Outcome):
@@ -284,14 +302,21 @@ class Executor:
             )
         return await call.run(None, self._run_deadline(call.deadline), Spend())
 
-    async def _record_saving(self, call: Call, outcome: Outcome[Any], job_id: str = "") -> None:
+    async def _record_saving(
+        self,
+        operation: str,
+        user_id: str,
+        request_id: str,
+        outcome: Outcome[Any],
+        job_id: str = "",
+    ) -> None:
         """Records in the usage ledger an answer that took its result from the cache, or from
         work another caller paid for: no tokens, no cost, and what that work cost as saved."""
         if self._usage is None:
             return
         await self._usage.record(
             UsageRecord(
-                labels=CallLabels(call.spec.name, call.user_id, job_id, call.request_id),
+                labels=CallLabels(operation, user_id, job_id, request_id),
                 # The model as the ledger's upstream rows name it (emulated answers are marked
                 # apart in cache keys and metadata, not in the ledger).
                 model=outcome.model.removeprefix(EMULATOR_MODEL_PREFIX),
@@ -574,7 +599,9 @@ class Executor:
         """
         outcome = await self._run(call, execution, retry_delay, follow=False)
         if outcome is not None and outcome.cached:
-            await self._record_saving(call, outcome, execution.id)
+            await self._record_saving(
+                call.spec.name, call.user_id, call.request_id, outcome, execution.id
+            )
         return outcome
 
     async def record_progress(self, claim: Claim, progress: JobProgress) -> None:

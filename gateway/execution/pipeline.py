@@ -272,10 +272,19 @@ class Pipeline:
         admission limit; a refused request has cost nothing upstream, nor been hashed.
         """
         await self._admit(prepared)
-        call = self.call(
-            prepared.operation,
-            self.validate(prepared),
-            prepared.principal,
+        operation, principal = prepared.operation, prepared.principal
+        validated = self.validate(prepared)
+        key = self._cache_key(operation, validated, principal)
+        if key is not None:
+            # A hit in the hot copy needs none of what a miss runs with (the `Call`).
+            hit = await self._executor.hot_answer(operation, key, principal.user_id, request_id)
+            if hit is not None:
+                return hit
+        call = self._call(
+            operation,
+            validated,
+            principal,
+            key,
             request_id=request_id,
             progress=progress,
             idempotency_key=prepared.idempotency_key,
@@ -321,14 +330,47 @@ class Pipeline:
         long_poll: bool = True,
     ) -> Call:
         """What the executor needs to answer a request `run` admitted (or a queued job)."""
-        spec = operations.get(operation)
+        return self._call(
+            operation,
+            validated,
+            principal,
+            self._cache_key(operation, validated, principal),
+            request_id=request_id,
+            progress=progress,
+            idempotency_key=idempotency_key,
+            deadline=deadline,
+            long_poll=long_poll,
+        )
+
+    def _cache_key(self, operation: str, validated: Any, principal: Principal) -> bytes | None:
+        """The result-cache key of a validated request; None when its route caches nothing."""
         policy = self._settings.policy(operation)
+        if policy.ttl_s <= 0:
+            return None
         # The identity, not the bare name: emulated answers never share keys or rows with
         # Gemini's.
         model = self._settings.model_identity(policy)
-        key = None
-        if policy.ttl_s > 0:
-            key = spec.cache_key(validated, principal.user_id, model, policy.scope)
+        return operations.get(operation).cache_key(
+            validated, principal.user_id, model, policy.scope
+        )
+
+    def _call(
+        self,
+        operation: str,
+        validated: Any,
+        principal: Principal,
+        key: bytes | None,
+        *,
+        request_id: str,
+        progress: ProgressCallback | None,
+        idempotency_key: str,
+        deadline: float | None,
+        long_poll: bool,
+    ) -> Call:
+        """`call` with the cache key `_cache_key` gave."""
+        spec = operations.get(operation)
+        policy = self._settings.policy(operation)
+        model = self._settings.model_identity(policy)
         inputs = InputWrite()
         return Call(
             spec=spec,

@@ -42,11 +42,13 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import native
@@ -174,6 +176,10 @@ class RedisBackend:
         self._inflight = 0
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The pool of a single server's client (None: Cluster), and the connections of the
+        #: script calls taken from it, idle between calls.
+        self._pool = None if isinstance(client, RedisCluster) else client.connection_pool
+        self._connections: list[AbstractConnection] = []
         self._closed = False
         #: Script calls sent to Redis (NOSCRIPT retries included).
         self.redis_calls = 0
@@ -356,12 +362,43 @@ class RedisBackend:
         args: list[str | int] = [*keys, now_arg, slack, " ".join(spec)]
         self.redis_calls += 1
         try:
-            reply = await self._client.evalsha(SCRIPT_SHA, len(keys), *args)
+            reply = await self._evalsha(len(keys), args)
         except NoScriptError:
             await self._client.script_load(SCRIPT)
             self.redis_calls += 1
-            reply = await self._client.evalsha(SCRIPT_SHA, len(keys), *args)
+            reply = await self._evalsha(len(keys), args)
         return list(map(int, reply.split()))
+
+    async def _evalsha(self, numkeys: int, args: Sequence[str | int]) -> Any:
+        """EVALSHA of the script. On a single server it goes over a connection this backend
+        keeps (at most one per call in flight), straight to the connection: the client's
+        command layer (pool checkout, retry wrapper, instrumentation) cost more CPU than the
+        decision itself, and a decision has no use for it (its deadline and failure mode are
+        its retries). A Cluster client routes by slot, so it keeps its command layer."""
+        pool = self._pool
+        if pool is None:
+            return await self._client.evalsha(SCRIPT_SHA, numkeys, *args)
+        idle = self._connections
+        connection = idle.pop() if idle else await pool.get_connection()  # type: ignore[no-untyped-call]
+        sent = replied = False
+        try:
+            await connection.send_packed_command(
+                connection.pack_command("EVALSHA", SCRIPT_SHA, numkeys, *args),
+                check_health=False,
+            )
+            sent = True
+            reply = await connection.read_response()
+            replied = True
+            return reply
+        except ResponseError:
+            replied = True  # Redis answered with an error (NOSCRIPT): the reply was read
+            raise
+        finally:
+            if sent and not replied:
+                # A reply may still come (a deadline cut the call short): it must never be
+                # read as the answer to the next call. The next call connects again.
+                await connection.disconnect(nowait=True)
+            idle.append(connection)
 
     def _verdicts(
         self, requests: Sequence[tuple[Sequence[Check], int]], reply: list[int], sent_at: int
@@ -420,4 +457,8 @@ class RedisBackend:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pool is not None:
+            for connection in self._connections:
+                await self._pool.release(connection)
+        self._connections.clear()
         await self._client.aclose()

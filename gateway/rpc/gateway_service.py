@@ -10,15 +10,17 @@ work goes on; asking again joins it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 from grpc import aio
-from viewbait.ai.v1 import common_pb2, gateway_service_pb2, gateway_service_pb2_grpc, operations_pb2
+from viewbait.ai.v1 import common_pb2, gateway_service_pb2, operations_pb2
 
 from gateway.auth import Principal
-from gateway.execution import Pending, Pipeline
+from gateway.execution import Outcome, Pending, Pipeline
 from gateway.jobs import progress as job_progress
 from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
@@ -37,17 +39,23 @@ def _caller() -> tuple[request_context.RequestContext, Principal]:
     return rc, rc.principal
 
 
-class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
-    """Serves GatewayService from a `Pipeline`."""
+class GatewayServicer:
+    """Serves GatewayService from a `Pipeline` (registered by `add_to_server`: its unary
+    behaviours may answer encoded bytes, which the generated servicer's types do not allow)."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
-    async def _unary(self, binding: bindings.UnaryBinding[ResponseT], request: Any) -> ResponseT:
-        """Runs one unary operation for the caller and builds its response message."""
+    async def _unary(
+        self, binding: bindings.UnaryBinding[ResponseT], request: Any
+    ) -> ResponseT | bytes:
+        """Runs one unary operation for the caller and builds its response message (encoded
+        already for a hit in the hot copy: see `add_to_server`)."""
         rc, principal = _caller()
         prepared = self._pipeline.prepare(binding.name, binding.to_request(request), principal)
         outcome = await self._pipeline.run(prepared, deadline=rc.deadline, request_id=rc.request_id)
+        if isinstance(outcome, Outcome) and outcome.views is not None:
+            return binding.encoded_hit(outcome, rc.request_id)
         if isinstance(outcome, Pending):
             return binding.response_type(
                 pending=convert.pending_job(outcome),
@@ -64,22 +72,22 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     async def AnalyzeVideo(
         self, request: operations_pb2.AnalyzeVideoRequest, context: Context
-    ) -> gateway_service_pb2.AnalyzeVideoResponse:
+    ) -> gateway_service_pb2.AnalyzeVideoResponse | bytes:
         return await self._unary(bindings.ANALYZE_VIDEO, request)
 
     async def SuggestThumbnailConcepts(
         self, request: operations_pb2.SuggestThumbnailConceptsRequest, context: Context
-    ) -> gateway_service_pb2.SuggestThumbnailConceptsResponse:
+    ) -> gateway_service_pb2.SuggestThumbnailConceptsResponse | bytes:
         return await self._unary(bindings.SUGGEST_THUMBNAIL_CONCEPTS, request)
 
     async def ComputeAttentionHeatmap(
         self, request: operations_pb2.ComputeAttentionHeatmapRequest, context: Context
-    ) -> gateway_service_pb2.ComputeAttentionHeatmapResponse:
+    ) -> gateway_service_pb2.ComputeAttentionHeatmapResponse | bytes:
         return await self._unary(bindings.COMPUTE_ATTENTION_HEATMAP, request)
 
     async def CheckChannelConsistency(
         self, request: operations_pb2.CheckChannelConsistencyRequest, context: Context
-    ) -> gateway_service_pb2.CheckChannelConsistencyResponse:
+    ) -> gateway_service_pb2.CheckChannelConsistencyResponse | bytes:
         return await self._unary(bindings.CHECK_CHANNEL_CONSISTENCY, request)
 
     async def GenerateThumbnail(
@@ -149,6 +157,45 @@ class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
                 ),
             )
         )
+
+
+def add_to_server(servicer: GatewayServicer, server: aio.Server) -> None:
+    """Registers `servicer` as GatewayService on `server`, as the generated
+    `add_GatewayServiceServicer_to_server` does, except that a unary response may also be
+    `bytes`: its message encoded already (a hit in the hot copy), sent as they are."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in _SERVICE.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=request_type.FromString,
+                response_serializer=_encoded_or(response_type.SerializeToString),
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(_SERVICE.full_name, handlers)
+
+
+_SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
+
+
+def _encoded_or(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """`serialize`, passing what is encoded already through."""
+
+    def encode(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return encode
 
 
 def _image_message(variation: ThumbnailVariation) -> gateway_service_pb2.GenerateThumbnailResponse:

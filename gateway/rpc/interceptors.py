@@ -22,6 +22,10 @@ unless `server.reflection` is `authenticated`: then every interceptor but the ca
 (`guarded_prefixes`), so only authenticated callers see the schema, and each probe is logged.
 The decoding applies to every service: a health check that does not parse is refused as bad
 input as well.
+
+The server installs them as one `GatewayInterceptors`: grpc runs one `intercept_service`
+coroutine per interceptor for every RPC, and each of these would only ask the one below for
+the handler and then take its turn with it; one dispatch gives each its turn in the same order.
 """
 
 from __future__ import annotations
@@ -108,6 +112,38 @@ class _GatewayInterceptor(aio.ServerInterceptor):
     def handle(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
         """The handler a covered RPC runs with (override)."""
         raise NotImplementedError
+
+
+class GatewayInterceptors(aio.ServerInterceptor):
+    """`interceptors` (outermost first) as one grpc interceptor: the handler is looked up once,
+    then each interceptor's `handle` takes its turn with it, innermost first, exactly as they
+    would nested (each asks the one below it first)."""
+
+    def __init__(self, *interceptors: _GatewayInterceptor) -> None:
+        self._innermost_first = tuple(reversed(interceptors))
+        #: Whether each may wait to decide (overrides `decide`); the others decide at once.
+        self._waits = tuple(
+            type(interceptor).decide is not _GatewayInterceptor.decide
+            for interceptor in self._innermost_first
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        for interceptor, waits in zip(self._innermost_first, self._waits, strict=True):
+            if not interceptor.covers(method):
+                continue
+            if waits:
+                handler = await interceptor.decide(handler, handler_call_details)
+            else:
+                handler = interceptor.handle(handler, handler_call_details)
+        return handler
 
 
 class _WrappingInterceptor(_GatewayInterceptor):

@@ -14,19 +14,46 @@ import sys
 import time
 from typing import Any
 
+import orjson
+
 from gateway.telemetry import tracing
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+#: What orjson cannot encode (integers past 64 bits) goes through one `json` encoder.
+_ENCODER = json.JSONEncoder(default=str)
+#: Dataclasses and datetimes are written as `str()` makes them, as `json` with `default=str`
+#: wrote them.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _encode(entry: dict[str, Any]) -> str:
+    """`entry` as one line of JSON (orjson: a fifth of the stdlib encoder's time)."""
+    try:
+        return orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return _ENCODER.encode(entry)
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: (a whole second, its timestamp up to the seconds): lines of one second share it.
+        self._second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -40,11 +67,19 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _encode(entry)
 
 
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
-    """Routes the gateway's logs to stderr in the chosen format (idempotent)."""
+    """Routes the gateway's logs to stderr in the chosen format (idempotent).
+
+    Neither format prints where a line was logged from, nor the thread or process: records
+    skip looking them up (the logging module's documented switches), which is most of what a
+    line cost at INFO, where every RPC logs one."""
+    logging._srcfile = None  # no caller lookup (a walk up the stack) per record
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter()

@@ -84,6 +84,27 @@ async def test_hits_over_grpc_say_cached_with_the_model_and_no_usage(
     assert calls(emulator) == 3
 
 
+async def test_hits_on_one_entry_each_carry_their_own_request_id(
+    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    gateway = await start_gateway(gateway_settings(emulator, tmp_path))
+    first = await analyze(gateway)
+
+    async def hit(request_id: str) -> Any:
+        metadata = (*as_user("user-a"), ("x-request-id", request_id))
+        return await gateway.stub.AnalyzeVideo(VIDEO, metadata=metadata, timeout=CALL_TIMEOUT_S)
+
+    # The second id is longer than one byte can size: the encoded hit sizes every field.
+    hits = [await hit("req-1"), await hit("r" * 128), await analyze(gateway)]
+    assert [h.metadata.request_id for h in hits[:2]] == ["req-1", "r" * 128]
+    assert hits[2].metadata.request_id not in ("", "req-1", first.metadata.request_id)
+    for answer in hits:
+        assert answer.metadata.cached and answer.result == first.result
+        assert answer.metadata.model == first.metadata.model
+        assert not answer.metadata.coalesced and answer.metadata.usage == common_pb2.Usage()
+    assert calls(emulator) == 1
+
+
 async def test_expiry_and_a_version_bump_are_misses_over_grpc(
     start_gateway: Any,
     emulator: EmulatorServer,

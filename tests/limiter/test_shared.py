@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.limiter import Check, Rule
+from gateway.limiter.checks import LimiterBackendError
 from gateway.limiter.shared import RedisBackend
 
 if TYPE_CHECKING:
@@ -78,6 +79,29 @@ async def test_the_script_is_loaded_again_after_noscript(private_redis: RedisPro
     finally:
         await backend.aclose()
         await client.aclose()
+
+
+async def test_a_reply_after_the_deadline_is_never_taken_for_a_later_call(
+    private_redis: RedisProcess,
+) -> None:
+    backend = RedisBackend(Redis.from_url(private_redis.url), timeout_s=0.2)
+    try:
+        late = Check("{p}:late", rule(1_000_000, 2))
+        fresh = Check("{p}:fresh", rule(1_000_000, 7))
+        assert (await backend.decide([late])).remaining == 1  # the connection is open
+        private_redis.pause()
+        try:
+            with pytest.raises(LimiterBackendError):
+                await backend.decide([late])
+        finally:
+            private_redis.resume()
+        # The paused server ran the timed-out call once resumed and answered it; that answer
+        # belongs to `late` (remaining 0), not to this decision.
+        verdict = await backend.decide([fresh])
+        assert verdict.allowed and verdict.remaining == 6
+        assert (await backend.decide([late])).remaining == 0  # the late call did count
+    finally:
+        await backend.aclose()
 
 
 async def test_concurrent_decisions_share_round_trips_and_stay_exact(

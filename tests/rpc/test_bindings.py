@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, job_pb2, job_service_pb2
 
+from gateway.execution import Outcome, Spend
 from gateway.operations import OPERATIONS
-from gateway.rpc import bindings
+from gateway.operations.analyze_video import HookMoment, VideoAnalysis
+from gateway.rpc import bindings, convert
 
 
 def _camel(name: str) -> str:
@@ -42,3 +44,26 @@ def test_unary_bindings_answer_with_their_rpcs_response() -> None:
         else:
             assert method.server_streaming, name
     assert len(service.methods) == len(bindings.BINDINGS)
+
+
+def test_a_hot_hit_is_encoded_as_its_response_message_would_be() -> None:
+    analysis = VideoAnalysis(
+        summary="A song" * 40,  # a result longer than one varint byte can size
+        topics=("music", "80s"),
+        hook_moments=(HookMoment(timestamp_s=43.5, description="the chorus"),),
+        audience="everyone",
+        tone="earnest",
+        recommended_thumbnail_elements=("face", "trench coat"),
+    )
+    binding = bindings.ANALYZE_VIDEO
+    outcome = Outcome(analysis, "gemini-3.6-flash", Spend(), cached=True, views={})
+    for request_id in ("", "0f" * 16, "r" * 128, "ré-é"):
+        expected = binding.response_type(
+            result=binding.to_result(analysis),
+            metadata=convert.response_metadata(
+                request_id, model=outcome.model, spend=outcome.spend, cached=True
+            ),
+        )
+        encoded = binding.encoded_hit(outcome, request_id)
+        assert encoded == expected.SerializeToString(), request_id
+        assert binding.response_type.FromString(encoded) == expected  # type: ignore[attr-defined]
