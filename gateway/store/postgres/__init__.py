@@ -134,6 +134,7 @@ class PostgresStore:
         self._pool.closing()
         await self._listener.close()
         await self.jobs.close()
+        await self.results.close()
         await self._pool.close()
         self._hub.publish_all()
 
