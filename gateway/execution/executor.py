@@ -608,7 +608,8 @@ class Executor:
         lost (`HeldLease`) the work stops at once and whatever it produces is discarded;
         `follow`: the caller then gets the execution's own end, if it ended (else None)."""
         claim = execution.claim
-        if call.key is not None:
+        # A claim that found no cache entry spares the lookup (`Job.result_cached`).
+        if call.key is not None and execution.result_cached is not False:
             try:
                 hit = await self._recheck(call, call.key)
             except asyncio.CancelledError:

@@ -371,6 +371,11 @@ class Job:
     fence: int = 0
     #: The errors of its failed attempts, oldest first (a handle mirrors its execution's).
     error_history: tuple[AttemptError, ...] = ()
+    #: On an execution just claimed by `claim_batch`: whether the result cache held an entry
+    #: under its dedupe key at the claim (False: none, so its runner need not look again; only
+    #: the runner of an execution writes that key's entry while the execution is active). None:
+    #: not known (every other read), look.
+    result_cached: bool | None = None
 
     @property
     def claim(self) -> Claim:
@@ -722,7 +727,8 @@ class JobStore(Protocol):
         nor are priorities without a cap. The cap holds across replicas claiming at once.
 
         Executions whose lease expired are not taken here: `rescue_expired_leases` queues
-        them again first. Returns them in claim order.
+        them again first. Returns them in claim order, each with `Job.result_cached` where the
+        store tells it in the same statement.
         """
         ...
 

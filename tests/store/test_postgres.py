@@ -22,7 +22,7 @@ import pytest
 from gateway.cli import main as cli_main
 from gateway.config import StoreSettings
 from gateway.errors import Unavailable
-from gateway.store import JobStatus, LeaseLost, NewJob, ResultRef, Store
+from gateway.store import JobError, JobStatus, LeaseLost, NewJob, ResultRef, Store
 from gateway.store.migrate import (
     MigrationError,
     applied_versions,
@@ -371,6 +371,28 @@ async def test_concurrent_cache_lookups_and_writes_share_statements(
     ]
     # 20 concurrent writes and 21 concurrent lookups, far fewer statements.
     assert store.results.writes.batches < 10 and store.results.lookups.batches < 10
+
+
+async def test_a_batch_claim_tells_which_executions_have_a_cached_result(
+    make_store: Callable[..., Awaitable[Store]],
+) -> None:
+    store = await make_store("postgres")
+    for name in ("cached", "fresh", "expired"):
+        await store.join_or_create_active_job(NewJob("u", "op", "{}", dedupe_key=key(name)))
+    await store.put_result(key("cached"), op="op", scope="user", model="m", ref=REF, ttl_s=60)
+    await store.put_result(key("expired"), op="op", scope="user", model="m", ref=REF, ttl_s=0.01)
+    await asyncio.sleep(0.05)
+    for caps in (None, {0: 10}):
+        claimed = await store.claim_batch("worker", 10, 30, caps)
+        assert {job.dedupe_key: job.result_cached for job in claimed} == {
+            key("cached"): True,
+            key("fresh"): False,
+            key("expired"): False,
+        }
+        for job in claimed:
+            await store.fail_job(job.claim, JobError("UNAVAILABLE", "again"), retry_after_s=0)
+    # Every other read leaves it unknown.
+    assert (await store.get_job(claimed[0].id, None)).result_cached is None
 
 
 async def test_due_notifications_are_debounced_to_one_per_transaction(

@@ -175,6 +175,7 @@ def _job(row: Record) -> Job:
         tracestate=row.get("tracestate"),
         fence=row.get("fence") or 0,
         error_history=_history(history),
+        result_cached=row.get("result_cached"),
     )
 
 

@@ -304,6 +304,12 @@ WITH j AS (
     RETURNING *)
 SELECT j.*, {job_events} FROM j;
 
+-- result_cached --
+-- Whether the result cache holds an unexpired entry under the dedupe key of the claimed
+-- execution `j` (its runner skips the lookup when it does not).
+EXISTS (SELECT 1 FROM {schema}.ai_results r WHERE r.key = j.dedupe_key AND r.expires_at > now())
+    AS result_cached
+
 -- claim_batch --
 -- Starts an attempt of up to :limit due queued executions, highest priority then oldest;
 -- rows another runner is claiming are skipped, not waited for. Executions delivered by batch
@@ -318,7 +324,7 @@ WITH j AS (
     ) due
     WHERE t.id = due.id
     RETURNING t.*)
-SELECT j.*, {job_events} FROM j;
+SELECT j.*, {job_events}, {result_cached} FROM j;
 
 -- claim_lock --
 -- Two replicas each counting a user's running executions before the other's claim commits
@@ -354,7 +360,7 @@ WITH j AS (
     {start_attempt}
     WHERE t.id = ANY(:job_ids::uuid[]) AND t.status = 'queued'
     RETURNING t.*)
-SELECT j.*, {job_events} FROM j;
+SELECT j.*, {job_events}, {result_cached} FROM j;
 
 -- list_jobs --
 -- A user's jobs that {job_filter} selects, newest first, :limit of them.
@@ -571,7 +577,7 @@ WITH j AS (
     {start_attempt}
     WHERE t.id = ANY(:job_ids::uuid[]) AND t.status = 'queued'
     RETURNING t.*)
-SELECT j.*, {job_events} FROM j;
+SELECT j.*, {job_events}, {result_cached} FROM j;
 
 -- insert_batch --
 -- A gathered batch of :job_ids (model :model), leased to :worker_id for :lease_s seconds.
