@@ -139,12 +139,13 @@ class PostgresResults:
         written = {bytes(row["key"]): _cached(row) for row in rows}
         answers: list[CachedResult | LeaseLost] = []
         for put in puts:
-            row = written.get(put.key)
-            if row is None:
+            entry = written.get(put.key)
+            if entry is not None:
+                answers.append(entry)
+            else:
                 assert put.claim is not None
                 # Nothing says the job's state: the runner learns it from the job.
-                row = LeaseLost(put.claim.job_id, None)
-            answers.append(row)
+                answers.append(LeaseLost(put.claim.job_id, None))
         return answers
 
     async def purge_expired_results(self, limit: int) -> int:
