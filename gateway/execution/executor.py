@@ -627,7 +627,7 @@ class Executor:
         self.stats.runs += 1
         # This run's upstream spend, known even when it fails (its execution keeps it).
         spend = Spend()
-        lease = HeldLease(self._store, claim, self._settings.lease_s)
+        lease = HeldLease(self._store, claim, self._settings.lease_s, execution.event_seq)
         # The work outlives its callers (any of them may leave): its own deadline bounds it.
         work = asyncio.ensure_future(call.run(claim, self._run_deadline(), spend))
         lease.attach(work)

@@ -833,12 +833,14 @@ class JobStore(Protocol):
         ...
 
     def subscribe_job(
-        self, job_id: str, event: asyncio.Event
+        self, job_id: str, event: asyncio.Event, *, after_seq: int | None = None
     ) -> AbstractContextManager[asyncio.Event]:
         """While the block runs, `event` is set whenever the execution `job_id` changes in a
         way watchers see (cancelled, rescued, claimed by another runner, progress), through
         any replica, and after notifications may have been missed. Its runner waits on it
-        besides its heartbeat timer, so it learns of a cancel or a takeover at once."""
+        besides its heartbeat timer, so it learns of a cancel or a takeover at once.
+        `after_seq`: changes up to that `event_seq` (the runner's own claim) need not set it,
+        where the store can tell."""
         ...
 
     async def wait_for_job_change(
