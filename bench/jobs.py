@@ -439,6 +439,12 @@ async def _real_run(
         after - before for after, before in zip(processes.cpu(), cpu_before, strict=True)
     )
     after = emulator_stats(emulator_url)
+    # The ledger is written in the background: every job's row, before it is summed.
+    await wait_for_count(
+        database_url,
+        f"SELECT count(*) FROM {quoted}.ai_usage WHERE user_id = '{user}'",
+        len(video_ids),
+    )
     conn = await asyncpg.connect(database_url)
     try:
         failed = await conn.fetchval(
