@@ -625,24 +625,26 @@ async def real_job_path(
             pids = Processes(
                 front_pid, tuple(fleet.processes[w].pid for w in workers), emulator_pid
             )
+            video_ids = _video_ids(count)
             runs[processes] = await _real_run(
                 database_url,
                 schema,
                 front,
                 emulator_url,
-                _video_ids(count),
+                video_ids,
                 f"bench-interactive-{processes}",
                 job_service_pb2.DELIVERY_INTERACTIVE,
                 pids,
             )
         batched = None
         if batch:
+            # The last interactive run's requests again: the same tokens at batch prices.
             batched = await _real_run(
                 database_url,
                 schema,
                 front,
                 emulator_url,
-                _video_ids(count),
+                video_ids,
                 "bench-batch",
                 job_service_pb2.DELIVERY_BATCH,
                 pids,
