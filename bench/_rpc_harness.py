@@ -105,8 +105,9 @@ class Fleet:
             with contextlib.suppress(ProcessLookupError):
                 await process.wait()
 
-    async def emulator(self, latency_s: float = 0.0) -> str:
-        """The offline Gemini emulator in its own process; returns its base URL."""
+    async def emulator(self, latency_s: float = 0.0, knobs: Mapping[str, Any] | None = None) -> str:
+        """The offline Gemini emulator in its own process, with `knobs` (`Knobs` fields) set;
+        returns its base URL."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -117,6 +118,8 @@ class Fleet:
             EMULATOR_KEY,
             "--latency",
             str(latency_s),
+            "--knobs",
+            json.dumps(dict(knobs or {})),
             "--log-level",
             "WARNING",
             stdout=asyncio.subprocess.PIPE,

@@ -856,8 +856,13 @@ def _contents(request: ModelRequest) -> types.Content:
 def _config(request: ModelRequest) -> types.GenerateContentConfig:
     schema = _plain(request.response_schema) if request.response_schema is not None else None
     wants_image = "IMAGE" in request.response_modalities
+    system = None
+    if request.system_instruction is not None:
+        # As the Content google-genai would make of the text (a user turn of one part): given
+        # one, it skips that validation on every call (the config is built once and reused).
+        system = types.Content(role="user", parts=[types.Part(text=request.system_instruction)])
     return types.GenerateContentConfig(
-        system_instruction=request.system_instruction,
+        system_instruction=system,
         temperature=request.temperature,
         max_output_tokens=request.max_output_tokens,
         response_mime_type="application/json" if schema is not None else None,

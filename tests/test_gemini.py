@@ -182,6 +182,8 @@ async def test_streaming_forwards_each_chunk(
     async def on_text(text: str) -> None:
         chunks.append(text)
 
+    # Small chunks: this short answer would otherwise fit in one.
+    emulator.set_knobs(stream_chunk_chars=40)
     response = await gemini_client.generate(text_request(), labels=LABELS, on_text=on_text)
     assert len(chunks) > 2
     assert "".join(chunks) == response.text

@@ -25,7 +25,8 @@ IMAGE_INPUT_TOKENS = 258
 IMAGE_OUTPUT_TOKENS = 1290
 VIDEO_TOKENS_PER_SECOND = 258
 AUDIO_TOKENS_PER_SECOND = 32
-_STREAM_CHUNK_CHARS = 48
+#: About how many characters of text one streamed chunk carries (`Knobs.stream_chunk_chars`).
+STREAM_CHUNK_CHARS = 300
 
 _SAFETY_CATEGORIES = (
     "HARM_CATEGORY_SEXUALLY_EXPLICIT",
@@ -94,11 +95,12 @@ class Answer:
         """The unary `generateContent` response."""
         return self._envelope(self._parts(self.text, self.images), final=True)
 
-    def chunks(self) -> list[dict[str, Any]]:
-        """The `streamGenerateContent` events: text in pieces, then images, usage at the end."""
+    def chunks(self, chunk_chars: int = STREAM_CHUNK_CHARS) -> list[dict[str, Any]]:
+        """The `streamGenerateContent` events: text in pieces of about `chunk_chars` characters
+        (cut at a space where there is one), then images, usage at the end."""
         if self.block_reason is not None or (self.finish_reason != "STOP" and not self.text):
             return [self.body()]
-        pieces = _split(self.text) if self.text else []
+        pieces = _split(self.text, chunk_chars) if self.text else []
         events: list[dict[str, Any]] = [
             self._envelope(self._parts(piece, []), final=False) for piece in pieces
         ]
@@ -260,10 +262,10 @@ def _part_tokens(part: InputPart, seed: int) -> list[tuple[str, int]]:
     return [("DOCUMENT", IMAGE_INPUT_TOKENS)]
 
 
-def _split(text: str) -> list[str]:
+def _split(text: str, chunk_chars: int) -> list[str]:
     pieces, start = [], 0
     while start < len(text):
-        end = min(len(text), start + _STREAM_CHUNK_CHARS)
+        end = min(len(text), start + chunk_chars)
         space = text.rfind(" ", start + 1, end)
         if end < len(text) and space > start:
             end = space

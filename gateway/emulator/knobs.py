@@ -104,6 +104,10 @@ class Knobs(BaseModel):
     latency_jitter_s: float = Field(default=0.0, ge=0.0)
     #: Pause between streamed chunks.
     stream_chunk_delay_s: float = Field(default=0.0, ge=0.0)
+    #: About how many characters of text each streamed chunk carries (cut at a space). Gemini's
+    #: text chunks hold tens of tokens, a few hundred characters, after a shorter first one;
+    #: much smaller chunks would make a stream cost a client far more than Gemini's does.
+    stream_chunk_chars: int = Field(default=300, ge=1)
     #: How long a "hang" fault holds the request before giving up on its own.
     hang_s: float = Field(default=300.0, ge=0.0)
     #: Seed of the generator behind fault rates and latency jitter.

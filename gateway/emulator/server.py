@@ -477,7 +477,7 @@ class EmulatorServer:
             if kind is FaultKind.MIDSTREAM:
                 return await _truncated_body(request, payload)
             return _json_bytes(payload)
-        chunks = result.chunks()
+        chunks = result.chunks(self._knobs.stream_chunk_chars)
         if not sse:
             return _json_response(chunks)
         return await self._stream(request, chunks, kind)

@@ -635,7 +635,8 @@ class Executor:
         lost (`HeldLease`) the work stops at once and whatever it produces is discarded;
         `follow`: the caller then gets the execution's own end, if it ended (else None)."""
         claim = execution.claim
-        if call.key is not None:
+        # A claim that found no cache entry spares the lookup (`Job.result_cached`).
+        if call.key is not None and execution.result_cached is not False:
             try:
                 hit = await self._recheck(call, call.key)
             except asyncio.CancelledError:
@@ -653,7 +654,7 @@ class Executor:
         self.stats.runs += 1
         # This run's upstream spend, known even when it fails (its execution keeps it).
         spend = Spend()
-        lease = HeldLease(self._store, claim, self._settings.lease_s)
+        lease = HeldLease(self._store, claim, self._settings.lease_s, execution.event_seq)
         # The work outlives its callers (any of them may leave): its own deadline bounds it.
         work = asyncio.ensure_future(call.run(claim, self._run_deadline(), spend))
         lease.attach(work)

@@ -4,12 +4,13 @@ A runner holds its execution under a `Claim` (the fencing token of its claim; se
 `gateway.store.base`). `HeldLease` keeps that claim alive for one attempt: it heartbeats every
 third of the lease, and also whenever the execution changes in a way watchers see (the store's
 job notifications: a cancel, a rescue, another runner's claim), so the runner learns of a loss
-within a notification rather than a heartbeat interval. Whoever finds the lease gone first (the
-keeper, a progress write) calls `lose`: the attempt's work is cancelled at once, its upstream
-call with it, and one line says what happened, INFO when the job's owner (or an operator)
-cancelled it, WARNING when the lease was taken (it lapsed and was rescued or claimed by another
-runner). Nothing the attempt produces afterwards is written: every store write carries the
-claim, which is no longer current.
+within a notification rather than a heartbeat interval. The notification of its own claim is
+not such a change: it costs no heartbeat (a store write a job, for nothing). Whoever finds the
+lease gone first (the keeper, a progress write) calls `lose`: the attempt's work is cancelled at
+once, its upstream call with it, and one line says what happened, INFO when the job's owner (or
+an operator) cancelled it, WARNING when the lease was taken (it lapsed and was rescued or
+claimed by another runner). Nothing the attempt produces afterwards is written: every store
+write carries the claim, which is no longer current.
 """
 
 from __future__ import annotations
@@ -41,10 +42,15 @@ class HeldLease:
     """One attempt's claim on its execution, kept until the attempt ends or the claim is lost
     (module docstring)."""
 
-    def __init__(self, store: JobStore, claim: Claim, lease_s: float) -> None:
+    def __init__(
+        self, store: JobStore, claim: Claim, lease_s: float, claimed_seq: int | None = None
+    ) -> None:
+        """`claimed_seq`: the execution's `event_seq` as the claim left it (its own change,
+        which needs no heartbeat when its notification arrives)."""
         self._store = store
         self.claim = claim
         self._lease_s = lease_s
+        self._claimed_seq = claimed_seq
         self._work: asyncio.Future[Any] | None = None
         #: Why the claim was lost (None while it holds).
         self.lost: LeaseLost | None = None
@@ -79,7 +85,7 @@ class HeldLease:
         """Heartbeats every third of the lease and at every change of the execution, until the
         claim is lost or this is cancelled (the attempt ended)."""
         changed = asyncio.Event()
-        with self._store.subscribe_job(self.claim.job_id, changed):
+        with self._store.subscribe_job(self.claim.job_id, changed, after_seq=self._claimed_seq):
             while self.lost is None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._lease_s / 3):

@@ -181,8 +181,9 @@ class OperationRunner:
 
     def _progress_recorder(self, claim: Claim) -> ProgressCallback:
         """Records an attempt's steps on its job (an event for watchers) under its claim; a
-        refusal stops the attempt at once (`Executor.record_progress`). Streamed text is left
-        out: one store write per chunk would cost more than it tells."""
+        refusal stops the attempt at once (`Executor.record_progress`). It does not ask for the
+        model's text (`RunContext.text_progress`), so text operations make one unary call and
+        report no steps: their RUNNING event says all there is (docs/jobs.md)."""
         ready = 0
         # Variations run concurrently; one write at a time keeps the stored progress from
         # going backwards when two writes race on different connections.

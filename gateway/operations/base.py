@@ -93,8 +93,14 @@ class RunContext:
     labels: CallLabels
     #: Absolute `time.monotonic()` instant; no model attempt runs past it.
     deadline: float | None = None
-    #: Receives progress events; None when nobody listens (then text is not streamed either).
+    #: Receives progress events; None when nobody listens.
     progress: ProgressCallback | None = None
+    #: Whether `progress` wants the model's text as it streams in (TEXT events). Only then is a
+    #: text answer streamed: a stream costs the client several times a unary call's CPU (every
+    #: chunk is parsed and validated as a whole response), which only a caller showing the
+    #: text as it arrives gets anything for. Job workers record stages, not text, and the
+    #: streaming RPC carries images: neither asks for it.
+    text_progress: bool = False
 
     async def emit(self, event: ProgressEvent) -> None:
         """Passes an event to the progress callback, if there is one."""
@@ -114,11 +120,12 @@ async def call_model(
 
     `parse` raises `UpstreamBadResponse` for an answer that does not fit; the shared rule of
     `gateway.model.generate_parsed` then asks once more and fails clearly on a second bad answer.
-    With `stream_text` and a progress callback, text chunks are forwarded as TEXT events while
-    the answer streams in.
+    With `stream_text` and a progress callback that wants text (`RunContext.text_progress`),
+    the answer is streamed and its chunks are forwarded as TEXT events; otherwise it is one
+    unary call.
     """
     on_text = None
-    if stream_text and ctx.progress is not None:
+    if stream_text and ctx.text_progress and ctx.progress is not None:
 
         async def on_text(chunk: str) -> None:
             await ctx.emit(ProgressEvent(ProgressKind.TEXT, text=chunk))

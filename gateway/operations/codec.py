@@ -47,6 +47,16 @@ class DecodeError(ValueError):
         self.problem = problem
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The fields of a dataclass type, in order; None for any other type. Looked up once per
+    type: `dataclasses.fields` builds its answer anew on every call, once per value of every
+    result encoded."""
+    if not is_dataclass(cls):
+        return None
+    return tuple(f.name for f in fields(cls))
+
+
 def to_jsonable(value: Any) -> Any:
     """The JSON-ready form of a result value (images become blob references)."""
     if isinstance(value, ImageInput):
@@ -60,8 +70,11 @@ def to_jsonable(value: Any) -> Any:
             "width": value.width,
             "height": value.height,
         }
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, str):
+        return value
+    names = None if isinstance(value, type) else _field_names(value.__class__)
+    if names is not None:
+        return {name: to_jsonable(getattr(value, name)) for name in names}
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, tuple | list):
@@ -95,9 +108,9 @@ def _collect(value: Any, found: dict[bytes, bytes]) -> None:
         value = value.verified
     if isinstance(value, Image):
         found[value.sha256] = value.data
-    elif is_dataclass(value) and not isinstance(value, type):
-        for f in fields(value):
-            _collect(getattr(value, f.name), found)
+    elif (names := None if isinstance(value, type) else _field_names(value.__class__)) is not None:
+        for name in names:
+            _collect(getattr(value, name), found)
     elif isinstance(value, tuple | list):
         for item in value:
             _collect(item, found)
@@ -196,8 +209,9 @@ def _decode_dataclass(cls: type, data: Any, blobs: Blobs, path: str) -> Any:
     if not isinstance(data, dict):
         raise DecodeError(path, "must be an object")
     hints = _hints(cls)
-    names = [f.name for f in fields(cls)]
-    unknown = set(data) - set(names)
+    names = _field_names(cls)
+    assert names is not None  # `_decode` sends dataclasses only
+    unknown = data.keys() - names
     if unknown:
         raise DecodeError(f"{path}.{sorted(unknown)[0]}", "is not a known field")
     values = {}

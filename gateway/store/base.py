@@ -371,6 +371,11 @@ class Job:
     fence: int = 0
     #: The errors of its failed attempts, oldest first (a handle mirrors its execution's).
     error_history: tuple[AttemptError, ...] = ()
+    #: On an execution just claimed by `claim_batch`: whether the result cache held an entry
+    #: under its dedupe key at the claim (False: none, so its runner need not look again; only
+    #: the runner of an execution writes that key's entry while the execution is active). None:
+    #: not known (every other read), look.
+    result_cached: bool | None = None
 
     @property
     def claim(self) -> Claim:
@@ -722,7 +727,8 @@ class JobStore(Protocol):
         nor are priorities without a cap. The cap holds across replicas claiming at once.
 
         Executions whose lease expired are not taken here: `rescue_expired_leases` queues
-        them again first. Returns them in claim order.
+        them again first. Returns them in claim order, each with `Job.result_cached` where the
+        store tells it in the same statement.
         """
         ...
 
@@ -827,12 +833,14 @@ class JobStore(Protocol):
         ...
 
     def subscribe_job(
-        self, job_id: str, event: asyncio.Event
+        self, job_id: str, event: asyncio.Event, *, after_seq: int | None = None
     ) -> AbstractContextManager[asyncio.Event]:
         """While the block runs, `event` is set whenever the execution `job_id` changes in a
         way watchers see (cancelled, rescued, claimed by another runner, progress), through
         any replica, and after notifications may have been missed. Its runner waits on it
-        besides its heartbeat timer, so it learns of a cancel or a takeover at once."""
+        besides its heartbeat timer, so it learns of a cancel or a takeover at once.
+        `after_seq`: changes up to that `event_seq` (the runner's own claim) need not set it,
+        where the store can tell."""
         ...
 
     async def wait_for_job_change(

@@ -25,34 +25,39 @@ DUE = "due"
 
 
 class ChangeHub:
-    """Job id -> the events of the waiters interested in it."""
+    """Job id -> the events of the waiters interested in it (each with the change it has seen
+    already, if it said: see `subscribe`)."""
 
     def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, dict[asyncio.Event, int | None]] = {}
         #: Whether every change is published (the store's LISTEN connection is up). Whoever
         #: clears it calls `publish_all` right after, so waiters that sleep without polling
         #: re-read once and poll from then on.
         self.live = False
 
     @contextmanager
-    def subscribe(self, job_id: str, event: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+    def subscribe(
+        self, job_id: str, event: asyncio.Event | None = None, *, after_seq: int | None = None
+    ) -> Iterator[asyncio.Event]:
         """An event (`event`, or a new one) set on every change of `job_id` while the block
-        runs."""
+        runs; with `after_seq`, not for a change whose sequence number is known and at most
+        that (one the waiter made or saw itself, say its own claim)."""
         event = asyncio.Event() if event is None else event
-        self._waiters.setdefault(job_id, set()).add(event)
+        self._waiters.setdefault(job_id, {})[event] = after_seq
         try:
             yield event
         finally:
             waiters = self._waiters.get(job_id)
             if waiters is not None:
-                waiters.discard(event)
+                waiters.pop(event, None)
                 if not waiters:
                     del self._waiters[job_id]
 
-    def publish(self, job_id: str) -> None:
-        """Wakes every waiter of `job_id`."""
-        for event in self._waiters.get(job_id, ()):
-            event.set()
+    def publish(self, job_id: str, seq: int | None = None) -> None:
+        """Wakes every waiter of `job_id` (`seq`: the change's sequence number, when known)."""
+        for event, seen in self._waiters.get(job_id, {}).items():
+            if seq is None or seen is None or seq > seen:
+                event.set()
 
     def publish_all(self) -> None:
         """Wakes every waiter (after notifications may have been missed, or at shutdown)."""

@@ -697,11 +697,12 @@ class MemoryStore:
         return self._hub.subscribe(DUE, event)
 
     def subscribe_job(
-        self, job_id: str, event: asyncio.Event
+        self, job_id: str, event: asyncio.Event, *, after_seq: int | None = None
     ) -> AbstractContextManager[asyncio.Event]:
         """See `Store.subscribe_job`."""
         parsed = parse_job_id(job_id)
-        return self._hub.subscribe(job_id if parsed is None else str(parsed), event)
+        key = job_id if parsed is None else str(parsed)
+        return self._hub.subscribe(key, event, after_seq=after_seq)
 
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float
@@ -935,7 +936,7 @@ class MemoryStore:
                 handle = self._jobs[handle_id]
                 if handle.active:
                     self._change(handle, **mirrored)
-        self._hub.publish(changed.id)
+        self._hub.publish(changed.id, changed.event_seq)
         self._publish_if_due(changed)
         return changed
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from gateway.emulator import EmulatorServer, Knobs
+from gateway.operations import analyze_video
 
 TEXT_MODEL = "gemini-3.6-flash"
 IMAGE_MODEL = "gemini-3.1-flash-image-preview"
@@ -198,6 +199,7 @@ async def test_unknown_model_and_method_are_404(emulator: EmulatorServer) -> Non
 
 
 async def test_sse_stream_splits_text_and_ends_with_usage(emulator: EmulatorServer) -> None:
+    emulator.set_knobs(stream_chunk_chars=40)
     status, events = await call(
         emulator, user({"text": "stream"}), method="streamGenerateContent", query="?alt=sse"
     )
@@ -210,7 +212,32 @@ async def test_sse_stream_splits_text_and_ends_with_usage(emulator: EmulatorServ
     assert events[-1]["usageMetadata"] == whole["usageMetadata"]
 
 
+async def test_streamed_chunks_hold_about_the_configured_characters(
+    emulator: EmulatorServer,
+) -> None:
+    # A structured answer, as the operations ask for: long enough for several chunks.
+    body = {
+        **user({"text": "Analyse this video."}),
+        "generationConfig": {
+            "responseMimeType": "application/json",
+            "responseJsonSchema": analyze_video.RESPONSE_SCHEMA,
+        },
+    }
+    _, whole = await call(emulator, body)
+    text = whole["candidates"][0]["content"]["parts"][0]["text"]
+    assert len(text) > 2 * 300, len(text)
+    for chars in (300, 120):
+        emulator.set_knobs(stream_chunk_chars=chars)
+        _, events = await call(emulator, body, method="streamGenerateContent", query="?alt=sse")
+        pieces = [e["candidates"][0]["content"]["parts"][0]["text"] for e in events]
+        assert "".join(pieces) == text
+        assert len(pieces) >= len(text) // chars, "no piece much larger than asked"
+        # Cut at a space: each piece but the last fills most of its share.
+        assert all(chars // 2 < len(p) <= chars for p in pieces[:-1]), [len(p) for p in pieces]
+
+
 async def test_stream_without_sse_is_one_json_array(emulator: EmulatorServer) -> None:
+    emulator.set_knobs(stream_chunk_chars=40)
     status, events = await call(emulator, user({"text": "stream"}), method="streamGenerateContent")
     assert status == 200 and isinstance(events, list) and len(events) > 1
 

@@ -62,7 +62,9 @@ MODELS = GeminiSettings()
 TEXT_MODEL, IMAGE_MODEL = MODELS.text_model, MODELS.image_model
 
 
-def context(spec: Any, *, deadline: float | None = None, progress: Any = None) -> RunContext:
+def context(
+    spec: Any, *, deadline: float | None = None, progress: Any = None, text_progress: bool = False
+) -> RunContext:
     model = IMAGE_MODEL if spec.model_kind == "image" else TEXT_MODEL
     return RunContext(
         user_id="user-1",
@@ -70,6 +72,7 @@ def context(spec: Any, *, deadline: float | None = None, progress: Any = None) -
         labels=CallLabels(operation=spec.name, user_id="user-1", request_id="req-1"),
         deadline=deadline,
         progress=progress,
+        text_progress=text_progress,
     )
 
 
@@ -171,12 +174,27 @@ async def test_text_streams_as_progress_and_adds_up_to_the_answer(
     async def progress(event: ProgressEvent) -> None:
         events.append(event)
 
-    result = await run(SUGGEST_THUMBNAIL_CONCEPTS, make_image, gemini_client, progress=progress)
+    result = await run(
+        SUGGEST_THUMBNAIL_CONCEPTS, make_image, gemini_client, progress=progress, text_progress=True
+    )
     assert emulator.stats().recent[0]["stream"] is True
     assert len(events) > 1 and {e.kind for e in events} == {ProgressKind.TEXT}
     streamed = "".join(e.text for e in events)
     assert SUGGEST_THUMBNAIL_CONCEPTS.parse_answer(streamed) == result
     assert 3 <= len(result.concepts) <= 6
+
+
+async def test_a_listener_that_does_not_want_text_gets_one_unary_call(
+    make_image: MakeImage, emulator: EmulatorServer, gemini_client: GeminiClient
+) -> None:
+    events: list[ProgressEvent] = []
+
+    async def progress(event: ProgressEvent) -> None:
+        events.append(event)
+
+    result = await run(SUGGEST_THUMBNAIL_CONCEPTS, make_image, gemini_client, progress=progress)
+    assert emulator.stats().recent[0]["stream"] is False
+    assert events == [] and 3 <= len(result.concepts) <= 6
 
 
 async def test_heatmap_overlay_matches_the_thumbnail(

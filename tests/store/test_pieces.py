@@ -35,6 +35,21 @@ async def test_hub_wakes_only_the_waiters_of_the_changed_job() -> None:
     assert hub.waiting == 0
 
 
+async def test_a_waiter_that_saw_a_change_is_not_woken_by_its_notification() -> None:
+    hub = ChangeHub()
+    with hub.subscribe("a", after_seq=5) as runner, hub.subscribe("a") as watcher:
+        hub.publish("a", 5)  # the runner's own claim
+        assert watcher.is_set() and not runner.is_set()
+        hub.publish("a", 6)  # a cancel, say
+        assert runner.is_set()
+        runner.clear()
+        hub.publish("a")  # no sequence known: every waiter looks
+        assert runner.is_set()
+        runner.clear()
+        hub.publish_all()
+        assert runner.is_set()
+
+
 async def test_waiters_poll_when_no_notification_comes() -> None:
     job = await a_job()
     reads = 0

@@ -8,6 +8,7 @@ UNAVAILABLE before a generous bound", never as a measured latency.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import uuid
@@ -21,7 +22,7 @@ import pytest
 from gateway.cli import main as cli_main
 from gateway.config import StoreSettings
 from gateway.errors import Unavailable
-from gateway.store import JobStatus, NewJob, ResultRef, Store
+from gateway.store import JobError, JobStatus, LeaseLost, NewJob, ResultRef, Store
 from gateway.store.migrate import (
     MigrationError,
     applied_versions,
@@ -331,6 +332,67 @@ async def test_two_replicas_hold_one_active_row_per_key(
         key("herd"),
     )
     assert rows == 1
+
+
+async def test_concurrent_cache_lookups_and_writes_share_statements(
+    make_store: Callable[..., Awaitable[Store]],
+) -> None:
+    store = await make_store("postgres")
+    assert isinstance(store, PostgresStore)
+    keys = [key(f"entry-{n}") for n in range(20)]
+    # Held writes among them: a claim that is current writes, one that is not writes nothing.
+    runner = await store.join_or_create_active_job(NewJob("u", "op", "{}", dedupe_key=keys[0]))
+    claimed = await store.claim_job(runner.job.id, "worker-a", 30, held=True)
+    assert claimed is not None
+    stale = dataclasses.replace(claimed.claim, fence=claimed.fence - 1)
+
+    async def put(n: int) -> object:
+        claim = claimed.claim if n == 0 else stale if n == 1 else None
+        try:
+            return await store.put_result(
+                keys[n],
+                op="op",
+                scope="user",
+                model="m",
+                ref=ResultRef(json=f'{{"n":{n}}}'),
+                ttl_s=60,
+                claim=claim,
+            )
+        except LeaseLost as lost:
+            return lost
+
+    written = await asyncio.gather(*(put(n) for n in range(len(keys))))
+    assert isinstance(written[1], LeaseLost) and written[1].job_id == claimed.id
+    assert all(not isinstance(w, LeaseLost) for i, w in enumerate(written) if i != 1)
+    found = await asyncio.gather(*(store.get_result(k) for k in [*keys, key("missing")]))
+    assert found[-1] is None and found[1] is None
+    assert [f.ref.json for f in found if f is not None] == [
+        f'{{"n":{n}}}' for n in range(len(keys)) if n != 1
+    ]
+    # 20 concurrent writes and 21 concurrent lookups, far fewer statements.
+    assert store.results.writes.batches < 10 and store.results.lookups.batches < 10
+
+
+async def test_a_batch_claim_tells_which_executions_have_a_cached_result(
+    make_store: Callable[..., Awaitable[Store]],
+) -> None:
+    store = await make_store("postgres")
+    for name in ("cached", "fresh", "expired"):
+        await store.join_or_create_active_job(NewJob("u", "op", "{}", dedupe_key=key(name)))
+    await store.put_result(key("cached"), op="op", scope="user", model="m", ref=REF, ttl_s=60)
+    await store.put_result(key("expired"), op="op", scope="user", model="m", ref=REF, ttl_s=0.01)
+    await asyncio.sleep(0.05)
+    for caps in (None, {0: 10}):
+        claimed = await store.claim_batch("worker", 10, 30, caps)
+        assert {job.dedupe_key: job.result_cached for job in claimed} == {
+            key("cached"): True,
+            key("fresh"): False,
+            key("expired"): False,
+        }
+        for job in claimed:
+            await store.fail_job(job.claim, JobError("UNAVAILABLE", "again"), retry_after_s=0)
+    # Every other read leaves it unknown.
+    assert (await store.get_job(claimed[0].id, None)).result_cached is None
 
 
 async def test_due_notifications_are_debounced_to_one_per_transaction(

@@ -134,6 +134,7 @@ class PostgresStore:
         self._pool.closing()
         await self._listener.close()
         await self.jobs.close()
+        await self.results.close()
         await self._pool.close()
         self._hub.publish_all()
 
@@ -282,10 +283,10 @@ class PostgresStore:
         return self.jobs.subscribe_due(event)
 
     def subscribe_job(
-        self, job_id: str, event: asyncio.Event
+        self, job_id: str, event: asyncio.Event, *, after_seq: int | None = None
     ) -> AbstractContextManager[asyncio.Event]:
         """See `JobStore.subscribe_job`."""
-        return self.jobs.subscribe_job(job_id, event)
+        return self.jobs.subscribe_job(job_id, event, after_seq=after_seq)
 
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float

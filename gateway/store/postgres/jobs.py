@@ -175,6 +175,7 @@ def _job(row: Record) -> Job:
         tracestate=row.get("tracestate"),
         fence=row.get("fence") or 0,
         error_history=_history(history),
+        result_cached=row.get("result_cached"),
     )
 
 
@@ -771,11 +772,13 @@ class PostgresJobs:
         return self._hub.subscribe(DUE, event)
 
     def subscribe_job(
-        self, job_id: str, event: asyncio.Event
+        self, job_id: str, event: asyncio.Event, *, after_seq: int | None = None
     ) -> AbstractContextManager[asyncio.Event]:
-        """See `JobStore.subscribe_job` (the job's notifications on the listener connection)."""
+        """See `JobStore.subscribe_job` (the job's notifications on the listener connection,
+        which carry each change's `event_seq`)."""
         parsed = parse_job_id(job_id)
-        return self._hub.subscribe(job_id if parsed is None else str(parsed), event)
+        key = job_id if parsed is None else str(parsed)
+        return self._hub.subscribe(key, event, after_seq=after_seq)
 
     async def wait_for_job_change(
         self, job_id: str, user_id: str, after_seq: int, timeout_s: float

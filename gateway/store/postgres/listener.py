@@ -69,7 +69,8 @@ class Listener:
         # '<id>:<seq>' for each changed job, comma-separated, or `DUE`: either way the first
         # field of each item is its hub key.
         for item in str(payload).split(","):
-            self._hub.publish(item.split(":", 1)[0])
+            key, _, seq = item.partition(":")
+            self._hub.publish(key, int(seq) if seq.isdigit() else None)
 
     async def _listen_forever(self) -> None:
         while not self._closed:

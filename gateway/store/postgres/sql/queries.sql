@@ -123,30 +123,38 @@ prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens, image_outpu
 total_tokens, cost_usd, upstream_calls, cached, result_cost_usd
 
 
--- get_result --
--- The cache entry under :key, unless it expired.
-SELECT * FROM {schema}.ai_results WHERE key = :key AND expires_at > now();
+-- get_results --
+-- The cache entries under :keys (concurrent lookups batched), those not expired.
+SELECT * FROM {schema}.ai_results WHERE key = ANY(:keys::bytea[]) AND expires_at > now();
 
--- put_result --
--- Stores (or replaces) the cache entry under :key for :ttl_s seconds, with what the upstream
--- work that produced it cost (:cost_usd).
+-- put_results --
+-- Stores (or replaces) cache entries, each for its :ttl_s seconds with what the upstream work
+-- that produced it cost (:costs), many at once (concurrent writes batched; their keys
+-- distinct). Every parameter is an array with one element per entry; :result_blobs holds
+-- each entry's result blob digests concatenated (32 bytes each: arrays of arrays cannot be
+-- unnested). An entry with a :job_ids element is written only while that execution is held
+-- under its claim (:worker_ids, :fences), the execution's row locked (shared) until the write
+-- commits, so no takeover slips in between; NULL: written unconditionally. Returns the rows
+-- written (an entry whose claim is not current writes nothing).
+WITH n AS (
+    SELECT * FROM unnest(:keys::bytea[], :ops::text[], :scopes::text[], :models::text[],
+        :result_jsons::text[], :result_json_blobs::bytea[], :result_blobs::bytea[],
+        :ttl_s::float8[], :costs::numeric[], :job_ids::uuid[], :worker_ids::text[],
+        :fences::bigint[]) WITH ORDINALITY
+        AS n(key, op, scope, model, result_json, result_blob, result_blobs, ttl_s, cost_usd,
+            job_id, worker_id, fence, entry)),
+held AS (
+    SELECT n.entry FROM {schema}.ai_jobs t JOIN n ON t.id = n.job_id
+    WHERE t.status = 'running' AND t.locked_by = n.worker_id AND t.fence = n.fence
+    FOR SHARE OF t)
 INSERT INTO {schema}.ai_results
     (key, op, scope, model, result_json, result_blob, result_blobs, expires_at, cost_usd)
-VALUES (:key, :op, :scope, :model, :result_json, :result_blob, :result_blobs,
-    now() + make_interval(secs => :ttl_s), :cost_usd)
-{result_upsert};
-
--- put_result_held --
--- put_result by the runner of the execution :job_id, only while its claim (:worker_id,
--- :fence) is current: the execution's row stays locked (shared) until the write commits, so
--- no takeover slips in between. No row: the claim is not current, nothing was written.
-WITH held AS (
-    SELECT id FROM {schema}.ai_jobs WHERE id = :job_id AND {held} FOR SHARE)
-INSERT INTO {schema}.ai_results
-    (key, op, scope, model, result_json, result_blob, result_blobs, expires_at, cost_usd)
-SELECT :key, :op, :scope, :model, :result_json, :result_blob, :result_blobs,
-    now() + make_interval(secs => :ttl_s), :cost_usd
-FROM held
+SELECT n.key, n.op, n.scope, n.model, n.result_json::json, n.result_blob,
+    ARRAY(SELECT substring(n.result_blobs FROM 1 + 32 * k FOR 32)
+        FROM generate_series(0, octet_length(n.result_blobs) / 32 - 1) AS k
+        ORDER BY k),
+    now() + make_interval(secs => n.ttl_s), n.cost_usd
+FROM n WHERE n.job_id IS NULL OR n.entry IN (SELECT entry FROM held)
 {result_upsert};
 
 -- purge_results --
@@ -296,6 +304,12 @@ WITH j AS (
     RETURNING *)
 SELECT j.*, {job_events} FROM j;
 
+-- result_cached --
+-- Whether the result cache holds an unexpired entry under the dedupe key of the claimed
+-- execution `j` (its runner skips the lookup when it does not).
+EXISTS (SELECT 1 FROM {schema}.ai_results r WHERE r.key = j.dedupe_key AND r.expires_at > now())
+    AS result_cached
+
 -- claim_batch --
 -- Starts an attempt of up to :limit due queued executions, highest priority then oldest;
 -- rows another runner is claiming are skipped, not waited for. Executions delivered by batch
@@ -310,7 +324,7 @@ WITH j AS (
     ) due
     WHERE t.id = due.id
     RETURNING t.*)
-SELECT j.*, {job_events} FROM j;
+SELECT j.*, {job_events}, {result_cached} FROM j;
 
 -- claim_lock --
 -- Two replicas each counting a user's running executions before the other's claim commits
@@ -346,7 +360,7 @@ WITH j AS (
     {start_attempt}
     WHERE t.id = ANY(:job_ids::uuid[]) AND t.status = 'queued'
     RETURNING t.*)
-SELECT j.*, {job_events} FROM j;
+SELECT j.*, {job_events}, {result_cached} FROM j;
 
 -- list_jobs --
 -- A user's jobs that {job_filter} selects, newest first, :limit of them.
@@ -563,7 +577,7 @@ WITH j AS (
     {start_attempt}
     WHERE t.id = ANY(:job_ids::uuid[]) AND t.status = 'queued'
     RETURNING t.*)
-SELECT j.*, {job_events} FROM j;
+SELECT j.*, {job_events}, {result_cached} FROM j;
 
 -- insert_batch --
 -- A gathered batch of :job_ids (model :model), leased to :worker_id for :lease_s seconds.
