@@ -12,6 +12,8 @@ Gateway configurations (`--configs`, all by default), each against the same bare
   configuration; the targets below apply to it).
 - `observed`: `redis` with Prometheus metrics on (scraped every `--scrape-interval` s) and
   OpenTelemetry tracing on, its OTLP endpoint a loopback port where no collector listens.
+- `metered`, `traced` (only when named in `--configs`): `observed`'s metrics and its tracing
+  apart, to tell what each costs.
 
 Admission limits are high (a million per second per user), so every request is allowed and each
 one is a real decision (a GCRA update, in Redis for `redis` and `observed`). Calls come from
@@ -175,6 +177,24 @@ def configurations(database_url: str, schema: str, redis_url: str) -> list[Confi
             "reachable",
             throughput_target=0.7,
             metrics_port=metrics_port,
+        ),
+        # Not run by default: `observed`'s two parts apart, to tell their costs.
+        Configuration(
+            "metered",
+            {
+                **admission_env(),
+                **info,
+                **postgres,
+                **redis,
+                "VIEWBAIT_METRICS__PORT": str(metrics_port),
+            },
+            production.format("Redis limiter") + "; Prometheus metrics (scraped while measured)",
+            metrics_port=metrics_port,
+        ),
+        Configuration(
+            "traced",
+            {**admission_env(), **info, **postgres, **redis, **tracing_env()},
+            production.format("Redis limiter") + "; tracing on, no collector reachable",
         ),
     ]
 
