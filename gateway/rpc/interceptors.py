@@ -83,9 +83,10 @@ def guarded_prefixes(*, authenticated_reflection: bool) -> tuple[str, ...]:
     return (_OWN_SERVICES,)
 
 
-class _GatewayInterceptor(aio.ServerInterceptor):
-    """Intercepts the RPCs whose method starts with one of `guarded` (by default the
-    gateway's own services); the others pass untouched."""
+class _GatewayInterceptor:
+    """One of the gateway's interceptors (run by `GatewayInterceptors`): it applies to the RPCs
+    whose method starts with one of `guarded` (by default the gateway's own services); the
+    others pass untouched."""
 
     def __init__(self, *, guarded: tuple[str, ...] = (_OWN_SERVICES,)) -> None:
         self._guarded = guarded
@@ -93,16 +94,6 @@ class _GatewayInterceptor(aio.ServerInterceptor):
     def covers(self, method: str) -> bool:
         """Whether this interceptor applies to `method`."""
         return method.startswith(self._guarded)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or not self.covers(handler_call_details.method):
-            return handler
-        return await self.decide(handler, handler_call_details)
 
     async def decide(self, handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
         """The handler a covered RPC runs with: `handle`'s, unless a subclass must wait on
@@ -116,8 +107,9 @@ class _GatewayInterceptor(aio.ServerInterceptor):
 
 class GatewayInterceptors(aio.ServerInterceptor):
     """`interceptors` (outermost first) as one grpc interceptor: the handler is looked up once,
-    then each interceptor's `handle` takes its turn with it, innermost first, exactly as they
-    would nested (each asks the one below it first)."""
+    then each interceptor that covers the method takes its turn with it (`handle`, or `decide`
+    where it may wait), innermost first, as nested interceptors would (each asking the one
+    below it first)."""
 
     def __init__(self, *interceptors: _GatewayInterceptor) -> None:
         self._innermost_first = tuple(reversed(interceptors))
