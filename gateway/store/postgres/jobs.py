@@ -58,7 +58,7 @@ from gateway.store.batching import Batcher
 from gateway.store.changes import DUE, ChangeHub, wait_for_change
 from gateway.store.postgres.pool import Connection, Pool, Record, usd
 from gateway.store.postgres.queries import Queries
-from gateway.store.postgres.results import result_ref
+from gateway.store.postgres.results import DIGEST_BYTES, check_result_blobs, result_ref
 from gateway.store.postgres.usage import usage_of
 
 #: A join retries when a concurrent transaction changed what it saw; this bounds the retries.
@@ -67,14 +67,12 @@ _JOIN_ATTEMPTS = 5
 _MIN_CLAIM_PAGE = 64
 #: Most writes of one kind gathered into one statement.
 _MAX_WRITE_BATCH = 500
-#: Blob digests are SHA-256 digests.
-_DIGEST_BYTES = 32
 
 
 def _insertable(new: NewJob) -> bool:
     """Whether `new` can be tried as a plain insert of an execution of its own (its input blob
     digests travel concatenated, 32 bytes each)."""
-    return not new.shared and all(len(d) == _DIGEST_BYTES for d in new.input_blobs)
+    return not new.shared and all(len(d) == DIGEST_BYTES for d in new.input_blobs)
 
 
 class _Insert(NamedTuple):
@@ -537,8 +535,7 @@ class PostgresJobs:
         parsed = parse_job_id(claim.job_id)
         if parsed is None:
             raise LeaseLost(claim.job_id, None)
-        if any(len(digest) != _DIGEST_BYTES for digest in result.blobs):
-            raise ValueError("result blob digests are SHA-256 digests (32 bytes)")
+        check_result_blobs(result)
         completion = _Completion(parsed, claim, result, spend, cached, result_cost_usd)
         return await self.completions.submit(completion)
 

@@ -25,8 +25,8 @@ from gateway.store.postgres.queries import Queries
 
 #: Most lookups or writes gathered into one statement.
 _MAX_BATCH = 500
-#: Blob digests are SHA-256 digests.
-_DIGEST_BYTES = 32
+#: Blob digests are SHA-256 digests (a row's digests travel concatenated, 32 bytes each).
+DIGEST_BYTES = 32
 
 
 class _Put(NamedTuple):
@@ -41,6 +41,12 @@ class _Put(NamedTuple):
     cost_usd: float
     claim: Claim | None
     job_id: uuid.UUID | None
+
+
+def check_result_blobs(ref: ResultRef) -> None:
+    """Raises `ValueError` unless every blob digest of `ref` is a SHA-256 digest."""
+    if any(len(digest) != DIGEST_BYTES for digest in ref.blobs):
+        raise ValueError("result blob digests are SHA-256 digests (32 bytes)")
 
 
 def result_ref(row: Record) -> ResultRef | None:
@@ -113,8 +119,7 @@ class PostgresResults:
             job_id = parse_job_id(claim.job_id)
             if job_id is None:
                 raise LeaseLost(claim.job_id, None)
-        if any(len(digest) != _DIGEST_BYTES for digest in ref.blobs):
-            raise ValueError("result blob digests are SHA-256 digests (32 bytes)")
+        check_result_blobs(ref)
         put = _Put(key, op, scope, model, ref, float(ttl_s), cost_usd, claim, job_id)
         return await self.writes.submit(put)
 
