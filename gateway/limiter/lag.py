@@ -15,6 +15,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: How often the watch ticks while somebody needs it.
 TICK_S = 0.005
@@ -26,10 +29,13 @@ MAX_LAG_GRACE_S = 1.0
 
 
 class LoopWatch:
-    """Stall time of the running event loop, measured only while at least one user holds it.
+    """Stall time of the running event loop, measured only while at least one user holds it,
+    and the deadlines of calls out (`within`), checked at every tick.
 
     `stalled(now)` is monotone: the total seconds the loop was unable to run callbacks (ticks
-    overdue by more than `TOLERANCE_S`), including a stall still visible as an overdue tick.
+    overdue by more than `TOLERANCE_S`) while held, including a stall still visible as an
+    overdue tick. The tick is not cancelled when the last user leaves: it lapses at its next
+    run, so a watch held and released once per request costs no timer churn.
     """
 
     def __init__(self, tick_s: float = TICK_S, tolerance_s: float = TOLERANCE_S) -> None:
@@ -39,41 +45,49 @@ class LoopWatch:
         self._due = 0.0
         self._stalled = 0.0
         self._handle: asyncio.TimerHandle | None = None
+        self._deadlines: set[_Deadline] = set()
 
     def hold(self) -> None:
         """Somebody is waiting on I/O: keep measuring."""
         self._users += 1
+        loop = asyncio.get_running_loop()
         if self._handle is None:
-            loop = asyncio.get_running_loop()
             self._due = loop.time() + self._tick_s
             self._handle = loop.call_at(self._due, self._tick)
+        elif self._users == 1:
+            # The tick of an earlier hold has not lapsed yet; a stall while nobody held the
+            # watch is not counted.
+            self._due = max(self._due, loop.time())
 
     def release(self) -> None:
-        """One user fewer; the watch stops ticking with none left."""
-        self._users -= 1
-        if self._users <= 0 and self._handle is not None:
-            self._users = 0
+        """One user fewer; with none left, stall time stops growing (the tick lapses)."""
+        if self._users == 1:
             # A stall under way still counts: stall times only grow.
             self._stalled += self._overdue(asyncio.get_running_loop().time())
-            self._handle.cancel()
-            self._handle = None
+        self._users = max(0, self._users - 1)
 
     def stalled(self, now: float) -> float:
         """Seconds the loop has stalled so far (while held), the stall under way included."""
         return self._stalled + self._overdue(now)
 
     def _overdue(self, now: float) -> float:
-        if self._handle is None:
+        if self._handle is None or self._users == 0:
             return 0.0
         late = now - self._due
         return late if late > self._tolerance_s else 0.0
 
     def _tick(self) -> None:
+        if self._users == 0:
+            self._handle = None
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._stalled += self._overdue(now)
         self._due = now + self._tick_s
         self._handle = loop.call_at(self._due, self._tick)
+        if self._deadlines:
+            for deadline in tuple(self._deadlines):
+                deadline.check(now, self._stalled)
 
 
 @dataclass(slots=True)
@@ -91,6 +105,46 @@ class Expiry:
     fired: bool = False
     #: The loop was responsive for the whole timeout: Redis really did not answer.
     responsive: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Deadline:
+    """A call's future that fails with `TimeoutError` once `timeout_s` of responsive loop time
+    has passed since `mark` (or `timeout_s + MAX_LAG_GRACE_S` in all)."""
+
+    future: asyncio.Future[Any]
+    mark: Mark
+    timeout_s: float
+    expiry: Expiry
+
+    def check(self, now: float, stalled: float) -> None:
+        if self.future.done():
+            return
+        elapsed = now - self.mark.at
+        responsive = elapsed - (stalled - self.mark.stalled)
+        if responsive >= self.timeout_s or elapsed >= self.timeout_s + MAX_LAG_GRACE_S:
+            self.expiry.fired = True
+            self.expiry.responsive = responsive >= self.timeout_s
+            self.future.set_exception(TimeoutError())
+
+
+async def within(
+    watch: LoopWatch, future: asyncio.Future[T], mark: Mark, timeout_s: float, expiry: Expiry
+) -> T:
+    """`future`'s result, or `TimeoutError` (the future failed with it) once `timeout_s` of
+    responsive loop time has passed since `mark`, as `lag_aware_timeout` decides, checked at
+    the watch's ticks (so up to `TICK_S` late): no timer of its own, which a call per request
+    would pay for. Cancelling the caller cancels `future`."""
+    deadline = _Deadline(future, mark, timeout_s, expiry)
+    watch.hold()
+    watch._deadlines.add(deadline)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline.check(loop.time(), watch.stalled(loop.time()))
+        return await future
+    finally:
+        watch._deadlines.discard(deadline)
+        watch.release()
 
 
 @contextlib.asynccontextmanager

@@ -46,16 +46,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import native
 from gateway.limiter.breaker import CircuitBreaker
 from gateway.limiter.checks import Check, Decision, LimiterBackendError, Verdict
-from gateway.limiter.lag import Expiry, LoopWatch, Mark, lag_aware_timeout
+from gateway.limiter.lag import Expiry, LoopWatch, Mark, lag_aware_timeout, within
 from gateway.limiter.local import decision_of
+from gateway.limiter.pipe import RedisPipe, checked, open_pipe, pack
 
 log = logging.getLogger("gateway.limiter")
 
@@ -176,10 +176,11 @@ class RedisBackend:
         self._inflight = 0
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        #: The pool of a single server's client (None: Cluster), and the connections of the
-        #: script calls taken from it, idle between calls.
+        #: The pool of a single server's client (None: Cluster): its settings open the pipe
+        #: that script calls are sent over (`gateway.limiter.pipe`), opened when first needed.
         self._pool = None if isinstance(client, RedisCluster) else client.connection_pool
-        self._connections: list[AbstractConnection] = []
+        self._pipe: RedisPipe | None = None
+        self._connecting: asyncio.Task[RedisPipe] | None = None
         self._closed = False
         #: Script calls sent to Redis (NOSCRIPT retries included).
         self.redis_calls = 0
@@ -298,11 +299,11 @@ class RedisBackend:
         now_arg = "-" if self._explicit_clock is None else str(sent_at // 1000)
         expiry = Expiry()
         try:
-            async with lag_aware_timeout(self._watch, mark, self._timeout_s, expiry):
-                if self._cluster:
+            if self._cluster:
+                async with lag_aware_timeout(self._watch, mark, self._timeout_s, expiry):
                     reply = await self._call_by_slot(requests, now_arg)
-                else:
-                    reply = await self._eval(requests, now_arg)
+            else:
+                reply = await self._eval_piped(requests, now_arg, mark, expiry)
             verdicts = self._verdicts(requests, reply, sent_at)
         except Exception as exc:
             # A deadline the loop's own stalls ran out says nothing about Redis: the failure
@@ -348,9 +349,10 @@ class RedisBackend:
                 pos += width
         return [value for part in parts for value in part]
 
-    async def _eval(
+    def _args(
         self, requests: Sequence[tuple[Sequence[Check], int]], now_arg: str
-    ) -> list[int]:
+    ) -> tuple[int, list[str | int]]:
+        """The script's number of keys and its arguments (keys first) for `requests`."""
         keys: list[str] = []
         spec: list[str] = []
         for checks, cost in requests:
@@ -359,46 +361,77 @@ class RedisBackend:
                 keys.append(check.key)
                 spec.append(check.rule.spec)
         slack = 0 if self._explicit_clock is None else _EXPLICIT_NOW_TTL_SLACK_MS
-        args: list[str | int] = [*keys, now_arg, slack, " ".join(spec)]
+        return len(keys), [*keys, now_arg, slack, " ".join(spec)]
+
+    async def _eval(
+        self, requests: Sequence[tuple[Sequence[Check], int]], now_arg: str
+    ) -> list[int]:
+        """The script's answer to `requests` through the Cluster client (it routes by slot)."""
+        numkeys, args = self._args(requests, now_arg)
         self.redis_calls += 1
         try:
-            reply = await self._evalsha(len(keys), args)
+            reply = await self._client.evalsha(SCRIPT_SHA, numkeys, *args)
         except NoScriptError:
             await self._client.script_load(SCRIPT)
             self.redis_calls += 1
-            reply = await self._evalsha(len(keys), args)
+            reply = await self._client.evalsha(SCRIPT_SHA, numkeys, *args)
         return list(map(int, reply.split()))
 
-    async def _evalsha(self, numkeys: int, args: Sequence[str | int]) -> Any:
-        """EVALSHA of the script. On a single server it goes over a connection this backend
-        keeps (at most one per call in flight), straight to the connection: the client's
-        command layer (pool checkout, retry wrapper, instrumentation) cost more CPU than the
-        decision itself, and a decision has no use for it (its deadline and failure mode are
-        its retries). A Cluster client routes by slot, so it keeps its command layer."""
-        pool = self._pool
-        if pool is None:
-            return await self._client.evalsha(SCRIPT_SHA, numkeys, *args)
-        idle = self._connections
-        connection = idle.pop() if idle else await pool.get_connection()  # type: ignore[no-untyped-call]
-        sent = replied = False
+    async def _eval_piped(
+        self,
+        requests: Sequence[tuple[Sequence[Check], int]],
+        now_arg: str,
+        mark: Mark,
+        expiry: Expiry,
+    ) -> list[int]:
+        """The script's answer to `requests` over the pipe (a single server), within the
+        deadline of `mark`."""
+        numkeys, args = self._args(requests, now_arg)
+        command = pack("EVALSHA", SCRIPT_SHA, numkeys, *args)
+        self.redis_calls += 1
         try:
-            await connection.send_packed_command(
-                connection.pack_command("EVALSHA", SCRIPT_SHA, numkeys, *args),
-                check_health=False,
-            )
-            sent = True
-            reply = await connection.read_response()
-            replied = True
-            return reply
-        except ResponseError:
-            replied = True  # Redis answered with an error (NOSCRIPT): the reply was read
+            reply = checked(await self._send(command, mark, expiry))
+        except NoScriptError:
+            checked(await self._send(pack("SCRIPT", "LOAD", SCRIPT), mark, expiry))
+            self.redis_calls += 1
+            reply = checked(await self._send(command, mark, expiry))
+        return list(map(int, reply.split()))
+
+    async def _send(self, command: bytes, mark: Mark, expiry: Expiry) -> Any:
+        """One call over the pipe (opened first if it is not), within the deadline of `mark`.
+        A deadline that passed while the loop was responsive closes the pipe (the next call
+        opens another): Redis is not answering on it."""
+        pipe = self._pipe
+        if pipe is None or not pipe.usable:
+            pipe = await self._connected(mark, expiry)
+        try:
+            return await within(self._watch, pipe.call(command), mark, self._timeout_s, expiry)
+        except TimeoutError:
+            if expiry.responsive:
+                pipe.close()
             raise
+
+    async def _connected(self, mark: Mark, expiry: Expiry) -> RedisPipe:
+        """The pipe, once open: one opening at a time, shared by whoever waits for it."""
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._open())
+            # Retrieved here, so that an opening nobody waits for any more logs nothing.
+            self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
+        opening = self._connecting
+        async with lag_aware_timeout(self._watch, mark, self._timeout_s, expiry):
+            return await asyncio.shield(opening)
+
+    async def _open(self) -> RedisPipe:
+        assert self._pool is not None
+        try:
+            pipe = await open_pipe(self._pool)
+            if self._closed:
+                pipe.close()
+                raise LimiterBackendError("the shared limiter is closed")
+            self._pipe = pipe
+            return pipe
         finally:
-            if sent and not replied:
-                # A reply may still come (a deadline cut the call short): it must never be
-                # read as the answer to the next call. The next call connects again.
-                await connection.disconnect(nowait=True)
-            idle.append(connection)
+            self._connecting = None
 
     def _verdicts(
         self, requests: Sequence[tuple[Sequence[Check], int]], reply: list[int], sent_at: int
@@ -438,10 +471,17 @@ class RedisBackend:
         decisions need no NOSCRIPT round trip, and opens the connections concurrent calls use,
         so that no decision waits for a connection to open; raises `LimiterBackendError` on
         failure."""
-        warm = (self._client.ping() for _ in range(self._max_inflight - 1))
         try:
             async with asyncio.timeout(self._timeout_s):
-                await asyncio.gather(self._client.script_load(SCRIPT), *warm)
+                if self._pool is None:
+                    warm = (self._client.ping() for _ in range(self._max_inflight - 1))
+                    await asyncio.gather(self._client.script_load(SCRIPT), *warm)
+                else:
+                    await self._client.script_load(SCRIPT)
+                    if self._pipe is None or not self._pipe.usable:
+                        loop = asyncio.get_running_loop()
+                        mark = Mark(loop.time(), self._watch.stalled(loop.time()))
+                        await self._connected(mark, Expiry())
         except (RedisError, OSError, TimeoutError) as exc:
             raise LimiterBackendError(
                 f"Redis did not load the script: {type(exc).__name__}"
@@ -457,8 +497,9 @@ class RedisBackend:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._pool is not None:
-            for connection in self._connections:
-                await self._pool.release(connection)
-        self._connections.clear()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
         await self._client.aclose()
