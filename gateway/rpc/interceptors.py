@@ -48,6 +48,7 @@ from gateway.rpc import context as request_context
 from gateway.rpc import decoding, edge
 from gateway.rpc.status import to_rpc_status
 from gateway.telemetry import tracing
+from gateway.telemetry.logs import info_line
 
 if TYPE_CHECKING:
     from gateway.telemetry.metrics import RpcMetrics
@@ -340,9 +341,10 @@ class LoggingInterceptor(_WrappingInterceptor):
             metrics.finished(rc.method, code, elapsed)
         if not logging_rpcs:
             return
-        log.info(
+        info_line(
+            log,
             "rpc finished",
-            extra={
+            {
                 "rpc_method": rc.method,
                 "rpc_code": code.name,
                 "duration_ms": round(elapsed * 1000, 2),

@@ -4,10 +4,16 @@ Fields passed through `extra=` (request_id, rpc_method, user_id, job_id...) beco
 object, so logs can be filtered by request or job without parsing messages. A line logged within
 a trace (an RPC's, a job run's, or the caller's `traceparent` with tracing off) carries
 `trace_id` and `span_id`, so a request's lines are found from its trace and the other way round.
+
+The line every RPC logs goes through `info_line`, which builds it without the logging module's
+machinery when nothing but the gateway's own JSON handler would see it: the same line, at a
+fraction of the cost, written with the other lines of its event loop iteration.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -46,10 +52,15 @@ class JsonFormatter(logging.Formatter):
         self._second: tuple[int, str] = (-1, "")
 
     def _timestamp(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        return self.timestamp(record.created)
+
+    def timestamp(self, created: float) -> str:
+        """`created` (seconds since the epoch) as the lines' UTC timestamp, to the millisecond
+        (cut, not rounded, as the logging module's `msecs`)."""
+        second = int(created)
         if self._second[0] != second:
             self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        return f"{self._second[1]}.{int(record.msecs):03d}Z"
+        return f"{self._second[1]}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -70,6 +81,89 @@ class JsonFormatter(logging.Formatter):
         return _encode(entry)
 
 
+class _FastLines:
+    """The JSON handler's stream, written without a `LogRecord` (see `info_line`): lines are
+    encoded at once and written together at the end of the event loop's iteration, one write
+    for all the RPCs that ended in it."""
+
+    def __init__(self, handler: logging.StreamHandler[Any], formatter: JsonFormatter) -> None:
+        self.handler = handler
+        self.formatter = formatter
+        self._lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        lines = self._lines
+        lines.append(line)
+        if len(lines) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.flush()  # no event loop: nothing would flush later
+
+    def flush(self) -> None:
+        """Writes the lines waiting (also at shutdown)."""
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines = []
+        handler = self.handler
+        with handler.lock or contextlib.nullcontext():
+            handler.stream.write(text)
+            handler.stream.flush()
+
+
+#: The JSON handler `configure_logging` installed, for `info_line`; None in other formats.
+_fast: _FastLines | None = None
+
+
+def info_line(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
+    """Logs `msg` at INFO with `fields`, as `logger.info(msg, extra=fields)` would, for a line
+    logged on every RPC: when the gateway's JSON handler is the only place the line can go (no
+    handler or filter added anywhere on the way, as a test's log capture adds), the line is
+    built directly, without a `LogRecord`, and written with the others of this loop iteration
+    (`_FastLines`); otherwise through the logging module. Fields that are None are left out,
+    as the formatter leaves them out."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    fast = _fast
+    if fast is None or fast.handler.level > logging.INFO or not _only_to(fast.handler, logger):
+        logger.info(msg, extra=fields)
+        return
+    entry: dict[str, Any] = {
+        "ts": fast.formatter.timestamp(time.time()),
+        "level": "info",
+        "logger": logger.name,
+        "msg": msg,
+    }
+    ids = tracing.log_ids()
+    if ids is not None:
+        entry["trace_id"], entry["span_id"] = ids
+    for key, value in fields.items():
+        if value is not None:
+            entry[key] = value
+    fast.add(_encode(entry))
+
+
+def _only_to(handler: logging.Handler, logger: logging.Logger) -> bool:
+    """Whether a record of `logger` reaches `handler` and nothing else, unfiltered."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return False
+        if current.handlers:
+            return current.handlers == [handler] and current.parent is None
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def flush_lines() -> None:
+    """Writes the lines `info_line` holds for the end of the loop iteration."""
+    if _fast is not None:
+        _fast.flush()
+
+
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     """Routes the gateway's logs to stderr in the chosen format (idempotent).
 
@@ -80,12 +174,16 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    global _fast
+    flush_lines()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    if fmt == "json":
+        formatter = JsonFormatter()
+        handler.setFormatter(formatter)
+        _fast = _FastLines(handler, formatter)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        _fast = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.telemetry.logs import JsonFormatter
+from gateway.telemetry.logs import JsonFormatter, configure_logging, flush_lines, info_line
 
 
 def _record(created: float, **extra: object) -> logging.LogRecord:
@@ -49,3 +53,80 @@ def test_what_the_fast_encoder_cannot_take_is_still_written() -> None:
     assert line["big"] == 2**70
     assert line["at"] == str(at) and line["point"] == str(Point(1))
     assert line["broken"] == "\ud800" and line["ratio"] == 0.1
+
+
+@contextlib.contextmanager
+def _json_logging_to(stream: io.StringIO) -> Iterator[logging.Logger]:
+    """The gateway's JSON logging, writing to `stream`, for the block (the root logger's
+    handlers and level put back afterwards)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with contextlib.redirect_stderr(stream):
+        configure_logging("json", "INFO")
+    try:
+        yield logging.getLogger("gateway.rpc")
+    finally:
+        flush_lines()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+FIELDS = {"rpc_method": "/m", "rpc_code": "OK", "duration_ms": 1.25, "user_id": None, "n": 2**70}
+
+
+def _without_time(line: str) -> dict[str, object]:
+    entry = json.loads(line)
+    assert entry.pop("ts").endswith("Z")
+    return entry
+
+
+async def test_the_per_rpc_line_is_the_line_the_logging_module_writes() -> None:
+    stream = io.StringIO()
+    with _json_logging_to(stream) as log:
+        log.info("rpc finished", extra=FIELDS)
+        info_line(log, "rpc finished", FIELDS)
+        # Held for the end of the loop iteration, then written together with its neighbours.
+        info_line(log, "rpc finished", {**FIELDS, "rpc_code": "CANCELLED"})
+        assert len(stream.getvalue().splitlines()) == 1
+        await asyncio.sleep(0)
+        lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    through_logging, direct, cancelled = (_without_time(line) for line in lines)
+    assert list(direct.items()) == list(through_logging.items())
+    assert "user_id" not in direct and direct["n"] == 2**70
+    assert cancelled["rpc_code"] == "CANCELLED"
+
+
+def test_without_an_event_loop_the_line_is_written_at_once() -> None:
+    stream = io.StringIO()
+    with _json_logging_to(stream) as log:
+        info_line(log, "rpc finished", FIELDS)
+        assert _without_time(stream.getvalue())["rpc_code"] == "OK"
+
+
+async def test_a_capturing_handler_or_a_filter_gets_the_record() -> None:
+    stream = io.StringIO()
+    captured: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(record)
+
+    with _json_logging_to(stream) as log:
+        capture = Capture()
+        logging.getLogger("gateway").addHandler(capture)
+        try:
+            info_line(log, "rpc finished", FIELDS)
+        finally:
+            logging.getLogger("gateway").removeHandler(capture)
+        assert [getattr(r, "rpc_code", None) for r in captured] == ["OK"]
+        # The JSON handler still wrote it, through the logging module, at once.
+        assert _without_time(stream.getvalue())["rpc_method"] == "/m"
+        dropped = logging.Filter("nothing.matches")
+        log.addFilter(dropped)
+        try:
+            info_line(log, "rpc finished", FIELDS)
+        finally:
+            log.removeFilter(dropped)
+        await asyncio.sleep(0)
+        assert len(stream.getvalue().splitlines()) == 1, "the filter dropped the second line"
