@@ -176,3 +176,31 @@ async def test_the_mirror_never_denies_what_redis_would_allow(
     finally:
         for replica in replicas:
             await replica.aclose()
+
+
+async def test_decisions_log_in_and_select_the_database_the_url_names(
+    private_redis: RedisProcess,
+) -> None:
+    admin = Redis.from_url(private_redis.url)
+    await admin.execute_command("ACL", "SETUSER", "limiter", "on", ">s3cret", "~*", "+@all")
+    await admin.execute_command("ACL", "SETUSER", "default", "off")  # nobody else gets in
+    await admin.aclose()
+    at = f"redis://limiter:s3cret@127.0.0.1:{private_redis.port}"
+    backend = RedisBackend(Redis.from_url(f"{at}/3"), timeout_s=5.0)
+    try:
+        assert (await backend.decide([Check("{p}:auth", rule(1_000_000, 3))])).remaining == 2
+    finally:
+        await backend.aclose()
+    check = Redis.from_url(f"{at}/3")
+    try:
+        assert await check.exists("{p}:auth") == 1, "the key is in the database the URL names"
+    finally:
+        await check.aclose()
+    refused = RedisBackend(
+        Redis.from_url(f"redis://limiter:wrong@127.0.0.1:{private_redis.port}/3"), timeout_s=5.0
+    )
+    try:
+        with pytest.raises(LimiterBackendError, match=r"AuthenticationError|ResponseError"):
+            await refused.decide([Check("{p}:auth", rule(1_000_000, 3))])
+    finally:
+        await refused.aclose()
