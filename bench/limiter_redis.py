@@ -69,6 +69,15 @@ async def _rate(concurrency: int, total: int, one: Callable[[int], Awaitable[obj
     return total / (time.perf_counter() - began)
 
 
+async def _cpu_per_call(
+    concurrency: int, total: int, one: Callable[[int], Awaitable[object]]
+) -> float:
+    """This process's CPU time per call (µs) over `total` calls of `one` at `concurrency`."""
+    began = time.process_time()
+    await _rate(concurrency, total, one)
+    return (time.process_time() - began) / total * 1e6
+
+
 async def _best_pair(
     rounds: int, ours: Callable[[], Awaitable[float]], anchor: Callable[[], Awaitable[float]]
 ) -> tuple[float, float]:
@@ -122,6 +131,7 @@ async def per_call(url: str, decisions: int) -> bool:
     assert shared is not None
     client = shared.client
     trivial_sha = await client.script_load(TRIVIAL)
+    assert isinstance(client, Redis), "the benchmark runs on a single server"
     pipe = await open_pipe(client.connection_pool)
     trivial_call = pack("EVALSHA", trivial_sha, 0)
 
@@ -147,6 +157,12 @@ async def per_call(url: str, decisions: int) -> bool:
                 "dec/s",
                 "trivial EVALSHA",
                 0.8,
+            )
+            print(
+                f"    client CPU per call, c={concurrency}: ours "
+                f"{await _cpu_per_call(concurrency, n, ours):.1f} µs, trivial EVALSHA "
+                f"{await _cpu_per_call(concurrency, n, anchor):.1f} µs, trivial through "
+                f"redis-py {await _cpu_per_call(concurrency, n, redis_py):.1f} µs"
             )
             _, redis_py_rate = await _best_pair(
                 3,
