@@ -43,7 +43,7 @@ Targets (`redis`): closed loop >= 0.8x the bare server's requests/s with per-req
 
     python bench/cache_hit.py [--seconds 4] [--rate 1000] [--concurrency 64] [--users 16]
         [--configs lifted,embedded,redis,observed] [--database-url URL] [--redis URL]
-        [--scrape-interval 1]
+        [--scrape-interval 1] [--set VIEWBAIT_X=value ...]
 
 The load average before and after is printed: figures from a busy machine are not comparable to
 a quiet one's. Exit status 1 when a target is missed.
@@ -466,6 +466,9 @@ async def main(args: argparse.Namespace) -> int:
             "h2load is missing: apt-get install -y --no-install-recommends nghttp2-client"
         )
     users = [user_metadata(f"bench-user-{i}") for i in range(args.users)]
+    overrides = dict(item.split("=", 1) for item in args.set)
+    if overrides:
+        print(f"every gateway configuration also runs with {overrides}")
     print(
         f"AnalyzeVideo cache hits, gateway vs bare grpc.aio, {ROUNDS} alternating rounds of "
         f"{args.seconds:g} s, {args.users} users, cores {os.cpu_count()}, {_load()}"
@@ -476,6 +479,8 @@ async def main(args: argparse.Namespace) -> int:
         async with Fleet(tmp) as fleet, fresh_schema(args.database_url) as schema:
             url = await fleet.emulator()
             known = configurations(args.database_url, schema, args.redis)
+            for config in known:
+                config.env.update(overrides)
             chosen = [c for c in known if c.name in args.configs.split(",")]
             if not chosen:
                 raise SystemExit(f"--configs: choose among {', '.join(c.name for c in known)}")
@@ -525,4 +530,11 @@ if __name__ == "__main__":
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--scrape-interval", type=float, default=1.0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="VARIABLE=VALUE",
+        help="a setting every gateway configuration also runs with (to take one apart)",
+    )
     raise SystemExit(asyncio.run(main(parser.parse_args())))
