@@ -6,18 +6,19 @@ and queues it in memory. A background task writes the queue as multi-row inserts
 (`UsageStore.insert_usage_entries`, at most `usage.batch_size` rows each) every
 `usage.flush_interval_s`, and at once when a full batch is waiting.
 
-**Folded savings.** A cache hit or a join is the cheapest answer the gateway gives, and one row
-for each would make the ledger's writes its largest cost. So the savings records outside jobs
-(outcome `CACHE_HIT` or `COALESCED`, attempt 0, no job id) are folded as they are recorded:
-those of one user, operation, model and outcome in one UTC second become one queued row,
-stamped with the start of that second, with the number of records (`UsageEntry.events`) and
-the sum of their `saved_usd` (summed exactly, in whole 10^-12 dollars, the ledger's precision),
-and an empty request id (each request's id is in its RPC log line). Reports count the records,
-so they answer as if every record were a row of its own, except that a range resolves savings
-to the second. A fold takes the records of its second until its row is taken for a write;
-later ones start another row. Savings records of jobs stay one row each (`list_usage` lists a
-job's), and so does every upstream attempt. Recording a savings record whose row is queued
-already is a dictionary lookup and two additions.
+**Folded savings.** A cache hit or a join is the cheapest answer the gateway gives, and a row
+for each would have the ledger encode, send, index and keep a row per hit, on the event loop
+that serves them (docs/storage.md). So the savings records outside jobs (outcome `CACHE_HIT`
+or `COALESCED`, attempt 0, no job id) are folded as they are recorded: those of one user,
+operation, model and outcome in one UTC second become one queued row, stamped with the start
+of that second, with the number of records (`UsageEntry.events`), the sum of their `saved_usd`
+(in whole 10^-12 dollars, the ledger's precision, so the sum is what their own rows would have
+added up to), and an empty request id (each request's id is in its RPC log line). Reports
+count the records, so they answer as if every record were a row of its own, except that a
+range resolves savings to the second. A fold takes the records of its second until its row is
+taken for a write; later ones start another row. Savings records of jobs stay one row each
+(`list_usage` lists a job's), and so does every upstream attempt. Recording a savings record
+whose row is queued already is a dictionary lookup and two additions.
 
 So:
 
@@ -33,10 +34,10 @@ So:
 A record the store would refuse (labelled with a job id that is not one: a bug) is logged and
 dropped at once, so it never blocks the records queued with it.
 
-Observers (`add_observer`) see every record as it is recorded, before it is written (and one by
-one: folding is only how the ledger stores them): the seam
-for live counters (e.g. the money saved, from the savings records' `saved_usd`). An observer
-must be quick and must not raise; one that raises is logged, and the record is kept anyway.
+Observers (`add_observer`) see every record as it is recorded, one by one, before it is written
+(folding is only how the ledger stores them): the seam for live counters (e.g. the money saved,
+from the savings records' `saved_usd`). An observer must be quick and must not raise; one that
+raises is logged, and the record is kept anyway.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ class StoreUsageSink:
         self._observers: list[UsageObserver] = []
         #: Set when a full batch waits: the writer goes at once.
         self._full = asyncio.Event()
-        #: One write at a time, so records reach the store in the order they were recorded.
+        #: One write at a time, so rows reach the store in the order they were queued (a fold
+        #: where its first record was).
         self._writing = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
