@@ -428,3 +428,19 @@ async def test_the_bound_counts_folded_rows_and_drops_their_records(
     # Kept: BOB's hit, the second upstream attempt and the last hit.
     assert (day.totals.upstream_calls, day.totals.cache_hits) == (1, 2)
     assert sink.written == 3
+
+
+async def test_a_clean_shutdown_writes_the_folds_still_taking_records(store: Store) -> None:
+    _, clock = at_clock()
+    sink = StoreUsageSink(store, settings(), clock=clock)
+    sink.start()
+    for saved in (0.001, 0.002, 0.004):
+        await sink.record(hit(saved=saved))
+    await sink.record(hit(outcome=COALESCED))
+
+    await sink.aclose()
+
+    assert (sink.written, sink.rows_written, sink.dropped) == (4, 2, 0)
+    (day,) = await store.usage_by_day(ALICE, EVE, EVE + timedelta(seconds=1))
+    assert (day.totals.cache_hits, day.totals.joins) == (3, 1)
+    assert round(day.totals.saved_usd, 12) == 0.0085
