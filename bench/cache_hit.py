@@ -138,8 +138,8 @@ def configurations(database_url: str, schema: str, redis_url: str) -> list[Confi
     }
     production = (
         "authentication, in-flight caps, validation, admission ({}), cache key, hot-copy "
-        "lookup (PostgreSQL store behind it), savings row in the usage ledger, one INFO log "
-        "line per RPC"
+        "lookup (PostgreSQL store behind it), savings record in the usage ledger (folded per "
+        "second), one INFO log line per RPC"
     )
     metrics_port = free_port()
     return [

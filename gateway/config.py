@@ -898,16 +898,19 @@ _NO_BUDGETS = PeriodBudgets()
 class UsageSettings(BaseModel):
     """The usage ledger (`gateway.store.ledger`): how records are written, rolled up and kept."""
 
-    #: Records are written in the background, this many (at most) in one multi-row insert; a
-    #: full batch is written at once, without waiting for the interval.
+    #: Records are written in the background, this many rows (at most) in one multi-row insert
+    #: (a row of folded savings records counts once); a full batch is written at once, without
+    #: waiting for the interval.
     batch_size: int = Field(default=500, ge=1, le=10_000)
     #: Longest a record waits in memory before it is written: what a crash can lose (a clean
     #: shutdown writes everything first).
     flush_interval_s: float = Field(default=1.0, gt=0, le=60)
-    #: Records held while the store cannot take them (retried every interval); beyond this the
-    #: oldest are dropped, logged at ERROR and counted.
+    #: Rows held while the store cannot take them (retried every interval; a row of folded
+    #: savings records counts once); beyond this the oldest are dropped, logged at ERROR and
+    #: their records counted.
     max_pending: int = Field(default=100_000, ge=1)
-    #: Days the ledger keeps one row per upstream call, cache hit and join; older rows are
+    #: Days the ledger keeps one row per upstream call, and per second's cache hits and joins
+    #: (of a user, operation, model and outcome); older rows are
     #: rolled into daily totals (per day, user, operation and model) by the maintenance loop.
     raw_retention_days: int = Field(default=35, ge=1, le=3650)
     #: Days the daily totals are kept.

@@ -127,9 +127,11 @@ SAVINGS_OUTCOMES = frozenset({CACHE_HIT, COALESCED})
 
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
-    """One row of the usage ledger: an upstream attempt, successful or not, or a savings record
-    (an answer from the cache or from joined work, outcome `CACHE_HIT` or `COALESCED`: no
-    tokens, no cost, and `saved_usd` the cost of the upstream work it did not repeat)."""
+    """One record of the usage ledger: an upstream attempt, successful or not, or a savings
+    record (an answer from the cache or from joined work, outcome `CACHE_HIT` or `COALESCED`:
+    no tokens, no cost, and `saved_usd` the cost of the upstream work it did not repeat). The
+    ledger stores a record as a row, except savings records outside jobs, which it folds per
+    second (`gateway.store.ledger`)."""
 
     labels: CallLabels
     #: The model called (for a savings record: the one that produced the result).

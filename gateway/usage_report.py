@@ -3,7 +3,9 @@ the fleet's, over a time range, from the usage ledger.
 
 The ledger (`gateway.store.UsageStore`) holds every upstream attempt and every savings record
 (an answer from the result cache, or one that joined work another caller paid for, with the
-cost of the upstream work it did not repeat). A report sums it by UTC day, operation and model,
+cost of the upstream work it did not repeat); savings records outside jobs are stored folded,
+one row per user, operation, model and outcome per UTC second (`gateway.store.ledger`), so a
+report's range resolves them to the second. A report sums it by UTC day, operation and model,
 adds it all up, sums the savings by operation, and lists the budgets that remain
 (`gateway.budgets.BudgetReader`, when budgets are wired in).
 

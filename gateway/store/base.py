@@ -501,10 +501,18 @@ class BatchLost(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UsageEntry:
-    """One row of the usage ledger: a `UsageRecord` and when it was recorded."""
+    """One row of the usage ledger: a `UsageRecord` and when it was recorded.
+
+    A row may stand for several records alike (`events` of them): the ledger writer folds the
+    savings records outside jobs of one user, operation, model and outcome in one UTC second
+    into one row (`gateway.store.ledger`), whose `saved_usd` is their sum, whose time is the
+    start of that second and whose request id is empty. Everything that counts records sums
+    `events`."""
 
     record: UsageRecord
     created_at: datetime = field(compare=False)
+    #: The records this row stands for (at least 1).
+    events: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,16 +528,22 @@ class UsageTotals:
     saved_usd: float = 0.0
 
     @classmethod
-    def of(cls, record: UsageRecord) -> UsageTotals:
-        """What one ledger row adds."""
+    def of(cls, record: UsageRecord, events: int = 1) -> UsageTotals:
+        """What one ledger row adds: `record`, standing for `events` records alike (its
+        tokens and dollar amounts are their sums already; `UsageEntry`)."""
         return cls(
-            upstream_calls=int(record.upstream),
+            upstream_calls=events if record.upstream else 0,
             usage=record.usage,
             cost_usd=record.cost_usd,
-            cache_hits=int(record.outcome == CACHE_HIT),
-            joins=int(record.outcome == COALESCED),
+            cache_hits=events if record.outcome == CACHE_HIT else 0,
+            joins=events if record.outcome == COALESCED else 0,
             saved_usd=record.saved_usd,
         )
+
+    @classmethod
+    def of_entry(cls, entry: UsageEntry) -> UsageTotals:
+        """What one ledger row adds (`of` its record and events)."""
+        return cls.of(entry.record, entry.events)
 
     def __add__(self, other: UsageTotals) -> UsageTotals:
         return UsageTotals(
@@ -570,6 +584,14 @@ def usage_job_id(record: UsageRecord) -> uuid.UUID | None:
     if parsed is None:
         raise ValueError(f"usage record labelled with a job id that is not one: {job_id!r}")
     return parsed
+
+
+def entry_job_id(entry: UsageEntry) -> uuid.UUID | None:
+    """`usage_job_id` of a row to be written, which must stand for at least one record
+    (ValueError otherwise: a bug, not something to store)."""
+    if entry.events < 1:
+        raise ValueError(f"a usage ledger row stands for at least one record, not {entry.events}")
+    return usage_job_id(entry.record)
 
 
 def job_not_found(job_id: str) -> errors.NotFound:
@@ -934,7 +956,8 @@ class BatchStore(Protocol):
 class UsageStore(Protocol):
     """The usage ledger: every upstream attempt and every savings record (a cache hit or a
     join), kept row by row for `raw_retention_days`, then as daily totals per (UTC day, user,
-    operation, model). A row is in exactly one of the two, so a read adds both. Every call may
+    operation, model). A row is in exactly one of the two, so a read adds both. A row may
+    stand for several records (`UsageEntry.events`), and every count sums them. Every call may
     raise `gateway.errors.Unavailable` when the backing database cannot answer in time, and
     ValueError for a record labelled with a job id that is not one (`usage_job_id`)."""
 
@@ -945,8 +968,10 @@ class UsageStore(Protocol):
         ...
 
     async def insert_usage_entries(self, entries: Sequence[UsageEntry]) -> None:
-        """Appends records in one write, each stamped with its own `created_at`, in order
-        (attempts of lost claims recorded as abandoned, as by `insert_usage`)."""
+        """Appends records in one write, each stamped with its own `created_at` and standing
+        for its `events`, in order (attempts of lost claims recorded as abandoned, as by
+        `insert_usage`). ValueError, before anything is written, for an entry of fewer than
+        one event."""
         ...
 
     async def list_usage(self, job_id: str) -> list[UsageEntry]:

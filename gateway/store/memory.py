@@ -65,12 +65,12 @@ from gateway.store.base import (
     check_positive,
     check_same_request,
     check_same_sharing,
+    entry_job_id,
     job_not_found,
     lease_expired_error,
     parse_job_id,
     redrive_conflict,
     redrive_refused,
-    usage_job_id,
 )
 from gateway.store.blobs.base import DIGEST_SIZE
 from gateway.store.changes import DUE, ChangeHub, wait_for_change
@@ -968,7 +968,7 @@ class MemoryStore:
         rows = []
         for entry in entries:
             # Every label is checked before any row is kept: the write is all or nothing.
-            job_id = usage_job_id(entry.record)
+            job_id = entry_job_id(entry)
             canonical = "" if job_id is None else str(job_id)
             record = entry.record
             if record.labels.job_id != canonical:
@@ -1001,7 +1001,7 @@ class MemoryStore:
                 usage_day(e.created_at),
                 e.record.labels.operation,
                 e.record.model,
-                UsageTotals.of(e.record),
+                UsageTotals.of_entry(e),
             )
             for e in self._usage
             if (user_id is None or e.record.labels.user_id == user_id)
@@ -1053,7 +1053,7 @@ class MemoryStore:
             record.labels.operation,
             record.model,
         )
-        totals = UsageTotals.of(record)
+        totals = UsageTotals.of_entry(entry)
         earlier = self._usage_days.pop(key, None)
         # Re-inserted at the end: the first entries stay the least recently folded.
         self._usage_days[key] = totals if earlier is None else earlier + totals

@@ -7,6 +7,7 @@ seen twice), so coalescing, lease takeover and wake-ups are proven across replic
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
@@ -1137,6 +1138,48 @@ async def test_usage_is_summed_by_day_operation_and_model(store: Store) -> None:
     fleet = await store.usage_by_day(None, at(DAY, 10), at(DAY, 10, 1))
     assert same_days(fleet, {(DAY, "analyze_video", "gemini-test"): total(call(BOB, n=5))})
     assert await store.usage_by_day("user-nobody", at(DAY, 0), at(next_day, 0)) == []
+
+
+async def test_a_row_of_several_records_counts_each_of_them(store: Store) -> None:
+    job = (await store.join_or_create_active_job(new_job())).job
+    in_job = CallLabels("analyze_video", ALICE, job.id)
+    # Folded savings rows (the ledger writer's): hits and joins of one second, their savings
+    # summed; upstream attempts and a job's rows stand for one record each.
+    rows = [
+        UsageEntry(saving(CACHE_HIT, saved=0.006), at(DAY, 9), 3),
+        UsageEntry(saving(COALESCED, saved=0.004), at(DAY, 9), 2),
+        UsageEntry(call(n=1), at(DAY, 9)),
+        UsageEntry(saving(CACHE_HIT, BOB, saved=0.5), at(DAY, 10), 7),
+        UsageEntry(dataclasses.replace(call(n=2), labels=in_job), at(DAY, 11)),
+    ]
+    await store.insert_usage_entries(rows)
+    whole = (at(DAY, 0), at(DAY + timedelta(days=1), 0))
+
+    (alice,) = await store.usage_by_day(ALICE, *whole)
+    totals = alice.totals
+    assert (totals.upstream_calls, totals.cache_hits, totals.joins) == (2, 3, 2)
+    assert totals.saved_usd == pytest.approx(0.010, abs=1e-12)
+    (fleet,) = await store.usage_by_day(None, *whole)
+    assert (fleet.totals.upstream_calls, fleet.totals.cache_hits) == (2, 10)
+    assert [e.events for e in await store.list_usage(job.id)] == [1]
+
+    # Rolled up, the daily totals sum the records too.
+    assert await store.roll_up_usage(DAY + timedelta(days=1), 100) == 5
+    assert await store.usage_by_day(None, *whole) == [fleet]
+    (rolled,) = await store.usage_by_day(ALICE, *whole)
+    assert (rolled.totals.upstream_calls, rolled.totals.cache_hits, rolled.totals.joins) == (
+        2,
+        3,
+        2,
+    )
+
+    # A row stands for at least one record; a write with one that does not writes nothing.
+    late = at(DAY + timedelta(days=1), 9)
+    with pytest.raises(ValueError, match="at least one record"):
+        await store.insert_usage_entries(
+            [UsageEntry(call(n=3), late), UsageEntry(saving(CACHE_HIT), late, 0)]
+        )
+    assert await store.usage_by_day(None, late, late + timedelta(hours=1)) == []
 
 
 async def test_old_rows_roll_up_into_daily_totals_exactly_once(store: Store) -> None:

@@ -62,7 +62,7 @@ async def _exposition(port: int) -> bytes:
 
 async def _ledger_totals(schema: str) -> dict[str, Any]:
     """Every attempt in the usage ledger, summed the way the token kinds are defined, and the
-    savings rows (cache hits and joins) with what they saved."""
+    savings records (cache hits and joins, folded per second: `events`) with what they saved."""
     conn = await asyncpg.connect(DATABASE_URL)
     try:
         row = await conn.fetchrow(
@@ -71,7 +71,7 @@ async def _ledger_totals(schema: str) -> dict[str, Any]:
                 sum(least(cached_prompt_tokens, prompt_tokens)) AS cached_input,
                 sum(output_tokens) AS output, sum(thinking_tokens) AS thinking,
                 sum(image_output_tokens) AS image_output, sum(cost_usd)::float8 AS cost,
-                count(*) FILTER (WHERE savings) AS hits, sum(saved_usd)::float8 AS saved
+                sum(events) FILTER (WHERE savings) AS hits, sum(saved_usd)::float8 AS saved
             FROM (SELECT *, outcome IN ('cache_hit', 'coalesced') AS savings
                   FROM "{schema}".ai_usage) AS rows"""
         )

@@ -1,5 +1,6 @@
-"""The usage ledger in PostgreSQL: one `ai_usage` row per upstream attempt or savings record,
-rolled up after their retention into `ai_usage_daily` (one row per UTC day, user, operation and
+"""The usage ledger in PostgreSQL: one `ai_usage` row per upstream attempt, and per savings
+record or fold of savings records (`events` of them, `gateway.store.base.UsageEntry`), rolled
+up after their retention into `ai_usage_daily` (one row per UTC day, user, operation and
 model)."""
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from gateway.store.base import (
     UsageEntry,
     UsageTotals,
     check_positive,
+    entry_job_id,
     parse_job_id,
-    usage_job_id,
 )
 from gateway.store.postgres.pool import Pool, Record, deleted, usd
 from gateway.store.postgres.queries import Queries
@@ -52,6 +53,7 @@ def _entry(row: Record) -> UsageEntry:
             saved_usd=float(row["saved_usd"]),
         ),
         row["created_at"],
+        row["events"],
     )
 
 
@@ -83,7 +85,7 @@ class PostgresUsage:
         if not entries:
             return
         # Every label is checked before anything is sent: the write is all or nothing.
-        job_ids = [usage_job_id(e.record) for e in entries]
+        job_ids = [entry_job_id(e) for e in entries]
         records = [e.record for e in entries]
         usages = [r.usage for r in records]
         statement = self._q(
@@ -106,6 +108,7 @@ class PostgresUsage:
             saved=[usd(r.saved_usd) for r in records],
             durations=[float(r.duration_s) for r in records],
             created_at=[e.created_at for e in entries],
+            events=[e.events for e in entries],
         )
         await self._pool.run(lambda c: c.execute(*statement))
 

@@ -625,28 +625,31 @@ DELETE FROM {schema}.ai_batches WHERE id = :batch_id AND locked_by = :worker_id;
 -- insert_usage --
 -- Appends ledger rows (upstream attempts and savings records) in one statement, in order.
 -- Every parameter is an array with one element per row; a :job_ids element is NULL for a
--- record outside a job, a :fences element for a record of no claim. An upstream attempt made
+-- record outside a job, a :fences element for a record of no claim; :events is how many
+-- records a row stands for (a folded savings row: more than one). An upstream attempt made
 -- under a claim its execution lost (`lost_fences`) is recorded as :abandoned: paid for, its
 -- work thrown away.
 INSERT INTO {schema}.ai_usage (job_id, user_id, op, request_id, model, attempt,
     outcome, fence, prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
-    image_output_tokens, total_tokens, cost_usd, saved_usd, duration_s, created_at)
+    image_output_tokens, total_tokens, cost_usd, saved_usd, duration_s, created_at, events)
 SELECT r.job_id, r.user_id, r.op, r.request_id, r.model, r.attempt,
     CASE WHEN r.fence IS NOT NULL AND EXISTS (
             SELECT 1 FROM {schema}.ai_jobs j
             WHERE j.id = r.job_id AND r.fence = ANY(j.lost_fences))
         THEN :abandoned ELSE r.outcome END,
     r.fence, r.prompt_tokens, r.cached_prompt_tokens, r.output_tokens, r.thinking_tokens,
-    r.image_output_tokens, r.total_tokens, r.cost_usd, r.saved_usd, r.duration_s, r.created_at
+    r.image_output_tokens, r.total_tokens, r.cost_usd, r.saved_usd, r.duration_s, r.created_at,
+    r.events
 FROM unnest(:job_ids::uuid[], :user_ids::text[], :ops::text[],
     :request_ids::text[], :models::text[], :attempts::int[], :outcomes::text[],
     :fences::bigint[], :prompt_tokens::bigint[], :cached_prompt_tokens::bigint[],
     :output_tokens::bigint[], :thinking_tokens::bigint[], :image_output_tokens::bigint[],
     :total_tokens::bigint[], :costs::numeric[], :saved::numeric[], :durations::float8[],
-    :created_at::timestamptz[])
+    :created_at::timestamptz[], :events::int[])
     WITH ORDINALITY AS r(job_id, user_id, op, request_id, model, attempt, outcome, fence,
         prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens,
-        image_output_tokens, total_tokens, cost_usd, saved_usd, duration_s, created_at, n)
+        image_output_tokens, total_tokens, cost_usd, saved_usd, duration_s, created_at,
+        events, n)
 ORDER BY r.n;
 
 -- list_usage --
@@ -659,14 +662,15 @@ day, user_id, op, model, upstream_calls, prompt_tokens, cached_prompt_tokens, ou
 thinking_tokens, image_output_tokens, total_tokens, cost_usd, cache_hits, joins, saved_usd
 
 -- usage_of_raw --
--- A raw ledger row as its part of a daily total (`usage_columns`): its UTC day, one upstream
--- call or one savings record.
+-- A raw ledger row as its part of a daily total (`usage_columns`): its UTC day, and the
+-- upstream calls or savings records it stands for (`events`: more than one for a folded
+-- savings row).
 (created_at AT TIME ZONE 'UTC')::date AS day, user_id, op, model,
-CASE WHEN outcome IN ('cache_hit', 'coalesced') THEN 0 ELSE 1 END AS upstream_calls,
+CASE WHEN outcome IN ('cache_hit', 'coalesced') THEN 0 ELSE events END AS upstream_calls,
 prompt_tokens, cached_prompt_tokens, output_tokens, thinking_tokens, image_output_tokens,
 total_tokens, cost_usd,
-CASE WHEN outcome = 'cache_hit' THEN 1 ELSE 0 END AS cache_hits,
-CASE WHEN outcome = 'coalesced' THEN 1 ELSE 0 END AS joins,
+CASE WHEN outcome = 'cache_hit' THEN events ELSE 0 END AS cache_hits,
+CASE WHEN outcome = 'coalesced' THEN events ELSE 0 END AS joins,
 saved_usd
 
 -- usage_sums --
