@@ -395,6 +395,89 @@ async def test_a_batch_claim_tells_which_executions_have_a_cached_result(
     assert (await store.get_job(claimed[0].id, None)).result_cached is None
 
 
+async def blocked_by(watcher: asyncpg.Connection, pid: int) -> None:
+    """Waits until another session waits for a lock the session `pid` holds (bounded)."""
+    async with asyncio.timeout(HANG_S):
+        while True:
+            if await watcher.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity"
+                " WHERE $1 = ANY(pg_blocking_pids(pid)))",
+                pid,
+            ):
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_capped_claim_counts_what_was_claimed_while_it_waited_its_turn(
+    make_store: Callable[..., Awaitable[Store]], conn: asyncpg.Connection, database_url: str
+) -> None:
+    # A capped claim counts her running executions once it holds its turn (the claim lock),
+    # as they are then: counted as they were when it began waiting (the snapshot of a
+    # statement that takes the lock itself), a job she submitted and another replica claimed
+    # meanwhile would be missed, and her cap exceeded.
+    a, b = await make_store("postgres"), await make_store("postgres")
+    assert isinstance(a, PostgresStore)
+    queued = (
+        await a.join_or_create_active_job(NewJob("alice", "op", "{}", dedupe_key=key("q")))
+    ).job
+    watcher = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            # Another replica's capped claim has the turn.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", a.jobs.claim_lock_key)
+            claiming = asyncio.create_task(a.claim_batch("w-a", 10, 30, {0: 1}))
+            await blocked_by(watcher, conn.get_server_pid())
+            later = await b.join_or_create_active_job(
+                NewJob("alice", "op", "{}", dedupe_key=key("new"))
+            )
+            assert await b.claim_job(later.job.id, "w-b", 30) is not None
+        assert await claiming == []
+    finally:
+        await watcher.close()
+    assert (await a.get_job(queued.id, None)).status is JobStatus.QUEUED
+
+
+async def test_a_completion_mirrors_a_handle_added_while_it_waited_for_the_execution(
+    make_store: Callable[..., Awaitable[Store]], conn: asyncpg.Connection, database_url: str
+) -> None:
+    # A user joining a shared execution holds it FOR SHARE until her handle is committed; a
+    # completion waiting for that must mirror the handle it could not see when it began.
+    store = await make_store("postgres")
+    assert isinstance(store, PostgresStore)
+    shared = NewJob("alice", "op", "{}", dedupe_key=key("shared"), shared=True)
+    execution_id = (await store.join_or_create_active_job(shared)).job.execution_id
+    claimed = await store.claim_job(execution_id, "w1", 30)
+    assert claimed is not None
+    q = store.queries
+    watcher = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            # Bob joins, as join_or_create_active_job does.
+            execution = await conn.fetchrow(*q("active_execution", dedupe_key=key("shared")))
+            handle = await conn.fetchrow(
+                *q(
+                    "insert_handle",
+                    job_id=uuid.uuid4(),
+                    user_id="bob",
+                    input_json="{}",
+                    input_blobs=[],
+                    idempotency_key=None,
+                    request_hash=None,
+                    priority=0,
+                    execution_id=execution["id"],
+                    coalesced=True,
+                    traceparent=None,
+                    tracestate=None,
+                )
+            )
+            completing = asyncio.create_task(store.complete_job(claimed.claim, REF))
+            await blocked_by(watcher, conn.get_server_pid())
+        assert (await completing).status is JobStatus.SUCCEEDED
+    finally:
+        await watcher.close()
+    assert (await store.get_job(str(handle["id"]), "bob")).status is JobStatus.SUCCEEDED
+
+
 async def test_due_notifications_are_debounced_to_one_per_transaction(
     make_store: Callable[..., Awaitable[Store]], conn: asyncpg.Connection, pg_schema: str
 ) -> None:

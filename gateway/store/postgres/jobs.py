@@ -204,7 +204,8 @@ class PostgresJobs:
         self._q = queries
         self._hub = hub
         self._poll_interval_s = settings.poll_interval_s
-        self._claim_lock_key = claim_lock_key
+        #: The advisory lock capped claims take turns on (`claim_lock` in queries.sql).
+        self.claim_lock_key = claim_lock_key
         #: The group commits of new executions and of completions (their counts: for tests).
         self.inserts: Batcher[_Insert, Job | None] = Batcher(
             self._insert_many, max_batch=_MAX_WRITE_BATCH, key=_Insert.conflict_key
@@ -420,7 +421,7 @@ class PostgresJobs:
 
         async def claim(conn: Connection) -> list[Record]:
             if caps:
-                await conn.execute(*q("claim_lock", key=self._claim_lock_key))
+                await conn.execute(*q("claim_lock", key=self.claim_lock_key))
                 chosen = await self._choose_capped(conn, limit, caps)
                 rows = (
                     await conn.fetch(*q("claim_chosen", job_ids=chosen, **lease)) if chosen else []
