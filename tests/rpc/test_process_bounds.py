@@ -202,20 +202,26 @@ async def test_the_embedded_ledger_is_bounded_and_get_usage_still_counts_every_c
         for _ in range(2):
             hit = await stub.AnalyzeVideo(analyze(4), metadata=caller("ledger"), timeout=60)
             assert hit.metadata.cached
-        # 5 upstream calls and 2 cache hits: 7 ledger rows, of which 3 are kept raw.
-
-        async def all_folded() -> bool:
-            return (await scrape(port))["viewbait_store_embedded_usage_folded_rows_total"] == 4
-
-        await until(all_folded, "the ledger's rows written and folded")
-        assert (await scrape(port))["viewbait_store_embedded_usage_rows"] == 3
-        for request in (
+        # 5 upstream calls and 2 cache hits: 6 or 7 ledger rows (the hits' savings are folded
+        # into one row when they fall in one second and one write), of which 3 are kept raw.
+        requests = (
             usage_service_pb2.GetUsageRequest(),
             usage_service_pb2.GetUsageRequest(fleet=True),
-        ):
+        )
+
+        async def all_counted() -> bool:
+            for request in requests:
+                report = await usage.GetUsage(request, metadata=caller("ledger"), timeout=60)
+                if (report.totals.upstream_calls, report.totals.cache_hits) != (5, 2):
+                    return False
+            return True
+
+        await until(all_counted, "GetUsage counting every call")
+        metrics = await scrape(port)
+        assert metrics["viewbait_store_embedded_usage_rows"] == 3
+        assert metrics["viewbait_store_embedded_usage_folded_rows_total"] in (3, 4)
+        for request in requests:
             report = await usage.GetUsage(request, metadata=caller("ledger"), timeout=60)
-            assert report.totals.upstream_calls == 5
-            assert report.totals.cache_hits == 2
             assert report.totals.cost_usd == pytest.approx(sum(costs))
             # Each hit saved what the work behind its result cost.
             assert report.totals.saved_usd == pytest.approx(2 * costs[4])
