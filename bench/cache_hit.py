@@ -444,6 +444,22 @@ async def _scraping(port: int | None, interval_s: float) -> AsyncIterator[list[i
                 await task
 
 
+def _notable_lines(log: Path) -> dict[str, int]:
+    """The gateway log's warnings and errors, and the limiter's lines (Redis calls that missed
+    their deadline, mode changes), by message, with how many of each."""
+    seen: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            level, logger = entry.get("level"), str(entry.get("logger"))
+            if level in ("warning", "error", "critical") or (
+                level == "info" and logger.startswith("gateway.limiter")
+            ):
+                message = f"{entry.get('level')}: {entry['msg'][:160]}"
+                seen[message] = seen.get(message, 0) + 1
+    return seen
+
+
 def _non_ok_codes(log: Path) -> dict[str, int]:
     """How many RPCs of the gateway's log (at INFO, one line per RPC) ended with each status
     other than OK."""
@@ -510,6 +526,9 @@ async def main(args: argparse.Namespace) -> int:
                         f"  /metrics scraped {len(sizes)} times while measured (every "
                         f"{args.scrape_interval:g} s), {max(sizes):,} bytes at most"
                     )
+                notable = _notable_lines(tmp / config.name / "gateway.log")
+                for message, count in notable.items():
+                    print(f"  gateway log: {count} x {message}")
                 refused = _non_ok_codes(tmp / config.name / "gateway.log")
                 if refused:
                     print(f"  gateway log, RPCs that did not end OK: {refused}")
