@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,6 +15,9 @@ from redis.asyncio import Redis
 from gateway.limiter import Check, Rule
 from gateway.limiter.checks import LimiterBackendError
 from gateway.limiter.shared import RedisBackend
+from gateway.testing.certificates import write_certificates
+from gateway.testing.postgres import free_port
+from tests.fixtures.redis import start_redis
 
 if TYPE_CHECKING:
     from tests.fixtures.redis import RedisProcess
@@ -204,3 +208,45 @@ async def test_decisions_log_in_and_select_the_database_the_url_names(
             await refused.decide([Check("{p}:auth", rule(1_000_000, 3))])
     finally:
         await refused.aclose()
+
+
+async def test_decisions_reach_redis_over_a_unix_socket_and_over_tls(tmp_path: Path) -> None:
+    files = write_certificates(tmp_path / "tls")
+    socket_path = tmp_path / "redis.sock"
+    tls_port = free_port()
+    server = start_redis(
+        tmp_path / "redis",
+        "--unixsocket",
+        str(socket_path),
+        "--unixsocketperm",
+        "700",
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        str(files.server_cert),
+        "--tls-key-file",
+        str(files.server_key),
+        "--tls-ca-cert-file",
+        str(files.ca),
+        "--tls-auth-clients",
+        "no",
+    )
+    try:
+        urls = {
+            "unix": f"unix://{socket_path}?db=2",
+            "tls": f"rediss://127.0.0.1:{tls_port}/2?ssl_ca_certs={files.ca}",
+        }
+        for burst, url in enumerate(urls.values(), start=3):
+            backend = RedisBackend(Redis.from_url(url), timeout_s=5.0)
+            try:
+                check = Check(f"{{p}}:{burst}", rule(1_000_000, burst))
+                assert (await backend.decide([check])).remaining == burst - 1
+            finally:
+                await backend.aclose()
+        plain = Redis.from_url(f"redis://127.0.0.1:{server.port}/2")
+        try:
+            assert await plain.exists("{p}:3", "{p}:4") == 2, "both decisions reached database 2"
+        finally:
+            await plain.aclose()
+    finally:
+        server.stop()
