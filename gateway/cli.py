@@ -18,7 +18,7 @@ from gateway.config import (
 )
 from gateway.jobs.commands import add_jobs_command, run_jobs
 from gateway.telemetry import tracing
-from gateway.telemetry.logs import configure_logging, flush_lines
+from gateway.telemetry.logs import configure_logging
 
 _PROG = "viewbait-gateway"
 
@@ -45,8 +45,6 @@ def _run(*, listen: bool) -> int:
         asyncio.run(serve(settings, listen=listen))
     except ConfigError as exc:
         return _refuse(exc.problems)
-    finally:
-        flush_lines()
     return 0
 
 

@@ -7,12 +7,11 @@ a trace (an RPC's, a job run's, or the caller's `traceparent` with tracing off) 
 
 The line every RPC logs goes through `info_line`, which builds it without the logging module's
 machinery when nothing but the gateway's own JSON handler would see it: the same line, at a
-fraction of the cost, written with the other lines of its event loop iteration.
+fraction of the cost.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -82,33 +81,17 @@ class JsonFormatter(logging.Formatter):
 
 
 class _FastLines:
-    """The JSON handler's stream, written without a `LogRecord` (see `info_line`): lines are
-    encoded at once and written together at the end of the event loop's iteration, one write
-    for all the RPCs that ended in it."""
+    """The JSON handler's stream, written without a `LogRecord` (see `info_line`), each line at
+    once and in order with the lines the logging module writes."""
 
     def __init__(self, handler: logging.StreamHandler[Any], formatter: JsonFormatter) -> None:
         self.handler = handler
         self.formatter = formatter
-        self._lines: list[str] = []
 
     def add(self, line: str) -> None:
-        lines = self._lines
-        lines.append(line)
-        if len(lines) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:
-                self.flush()  # no event loop: nothing would flush later
-
-    def flush(self) -> None:
-        """Writes the lines waiting (also at shutdown)."""
-        if not self._lines:
-            return
-        text = "\n".join(self._lines) + "\n"
-        self._lines = []
         handler = self.handler
         with handler.lock or contextlib.nullcontext():
-            handler.stream.write(text)
+            handler.stream.write(line + "\n")
             handler.stream.flush()
 
 
@@ -120,8 +103,8 @@ def info_line(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
     """Logs `msg` at INFO with `fields`, as `logger.info(msg, extra=fields)` would, for a line
     logged on every RPC: when the gateway's JSON handler is the only place the line can go (no
     handler or filter added anywhere on the way, as a test's log capture adds), the line is
-    built directly, without a `LogRecord`, and written with the others of this loop iteration
-    (`_FastLines`); otherwise through the logging module. Fields that are None are left out,
+    built directly, without a `LogRecord`, and written at once (`_FastLines`); otherwise
+    through the logging module. Fields that are None are left out,
     as the formatter leaves them out."""
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -158,12 +141,6 @@ def _only_to(handler: logging.Handler, logger: logging.Logger) -> bool:
     return False
 
 
-def flush_lines() -> None:
-    """Writes the lines `info_line` holds for the end of the loop iteration."""
-    if _fast is not None:
-        _fast.flush()
-
-
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     """Routes the gateway's logs to stderr in the chosen format (idempotent).
 
@@ -175,7 +152,6 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     global _fast
-    flush_lines()
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         formatter = JsonFormatter()
