@@ -140,11 +140,12 @@ class Fleet:
         command: str = "serve",
         *,
         log_to_file: bool = False,
+        wrapper: Sequence[str] = (),
     ) -> int:
         """`python -m gateway serve` (or `command`, e.g. `worker`) calling the emulator;
         returns its port (0 for a worker: no listener). With `log_to_file` its log lines go to
         `gateway.log` in its directory, as a deployment's go to a file or a collector, instead
-        of this terminal."""
+        of this terminal. `wrapper` runs it under another program (e.g. valgrind)."""
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
         ready = workdir / "ready.json"
@@ -168,25 +169,30 @@ class Fleet:
         with contextlib.ExitStack() as files:
             log = files.enter_context((workdir / "gateway.log").open("ab")) if log_to_file else None
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", command, env=environment, stderr=log
+                *wrapper, sys.executable, "-m", "gateway", command, env=environment, stderr=log
             )
         self.processes.append(process)
         port = int(json.loads(await wait_for(ready, process))["port"])
         self.pids[port] = process.pid
         return port
 
-    async def bare_server(self, response: gateway_service_pb2.AnalyzeVideoResponse) -> int:
-        """The anchor in its own process, answering `response`; returns its port."""
+    async def bare_server(
+        self, response: gateway_service_pb2.AnalyzeVideoResponse, wrapper: Sequence[str] = ()
+    ) -> int:
+        """The anchor in its own process (under `wrapper`, if given), answering `response`;
+        returns its port."""
         response_file = self.workdir / "bare-response.bin"
         response_file.write_bytes(response.SerializeToString())
-        return await self.python_server(__file__, "--bare-server", str(response_file))
+        return await self.python_server(
+            __file__, "--bare-server", str(response_file), wrapper=wrapper
+        )
 
-    async def python_server(self, script: str, *args: str) -> int:
-        """`python script *args PORT_FILE` in its own process, where the script writes the port
-        it serves on to PORT_FILE; returns that port."""
+    async def python_server(self, script: str, *args: str, wrapper: Sequence[str] = ()) -> int:
+        """`python script *args PORT_FILE` in its own process (under `wrapper`, if given),
+        where the script writes the port it serves on to PORT_FILE; returns that port."""
         port_file = self.workdir / f"server-{len(self.processes)}.port"
         process = await asyncio.create_subprocess_exec(
-            sys.executable, script, *args, str(port_file)
+            *wrapper, sys.executable, script, *args, str(port_file)
         )
         self.processes.append(process)
         port = int(await wait_for(port_file, process))
