@@ -107,6 +107,21 @@ class Expiry:
     responsive: bool = False
 
 
+def _responsive_left(
+    mark: Mark, timeout_s: float, now: float, stalled: float, expiry: Expiry
+) -> float:
+    """Responsive seconds left at `now` of a `timeout_s` deadline counted from `mark` (with
+    the watch's stall time `stalled` then), or 0.0 once it has passed: `timeout_s` of
+    responsive time, or `timeout_s + MAX_LAG_GRACE_S` in all; `expiry` records how it did."""
+    elapsed = now - mark.at
+    responsive = elapsed - (stalled - mark.stalled)
+    if responsive >= timeout_s or elapsed >= timeout_s + MAX_LAG_GRACE_S:
+        expiry.fired = True
+        expiry.responsive = responsive >= timeout_s
+        return 0.0
+    return timeout_s - responsive
+
+
 @dataclass(slots=True, eq=False)
 class _Deadline:
     """A call's future that fails with `TimeoutError` once `timeout_s` of responsive loop time
@@ -120,11 +135,7 @@ class _Deadline:
     def check(self, now: float, stalled: float) -> None:
         if self.future.done():
             return
-        elapsed = now - self.mark.at
-        responsive = elapsed - (stalled - self.mark.stalled)
-        if responsive >= self.timeout_s or elapsed >= self.timeout_s + MAX_LAG_GRACE_S:
-            self.expiry.fired = True
-            self.expiry.responsive = responsive >= self.timeout_s
+        if not _responsive_left(self.mark, self.timeout_s, now, stalled, self.expiry):
             self.future.set_exception(TimeoutError())
 
 
@@ -163,16 +174,13 @@ async def lag_aware_timeout(
             def check_now() -> None:
                 nonlocal check
                 now = loop.time()
-                elapsed = now - mark.at
-                responsive = elapsed - (watch.stalled(now) - mark.stalled)
-                if responsive >= timeout_s or elapsed >= timeout_s + MAX_LAG_GRACE_S:
-                    expiry.fired = True
-                    expiry.responsive = responsive >= timeout_s
+                left = _responsive_left(mark, timeout_s, now, watch.stalled(now), expiry)
+                if not left:
                     timer.reschedule(now)
                 else:
                     # Give Redis the responsive time it has not had yet (a stalled loop's reply
                     # may already be in the socket: it is read as soon as the loop runs).
-                    check = loop.call_at(now + timeout_s - responsive, check_now)
+                    check = loop.call_at(now + left, check_now)
 
             check = loop.call_at(mark.at + timeout_s, check_now)
             yield

@@ -28,7 +28,7 @@ import hiredis
 from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 #: What a reply can be: hiredis's values (bytes, int, list, None), or an error reply.
 Reply = Any
@@ -121,8 +121,6 @@ def checked(reply: Reply) -> Reply:
     if isinstance(reply, hiredis.ReplyError):
         message = str(reply)
         if message.startswith("NOSCRIPT"):
-            from redis.exceptions import NoScriptError
-
             raise NoScriptError(message)
         raise ResponseError(message)
     return reply
