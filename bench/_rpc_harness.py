@@ -63,6 +63,12 @@ def user_metadata(user_id: str) -> Metadata:
     )
 
 
+def grpc_frame(message: bytes) -> bytes:
+    """`message` as gRPC sends it on the wire: uncompressed, length-prefixed (what h2load
+    posts as a call's body)."""
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
 METADATA = user_metadata("bench-user")
 REQUEST = operations_pb2.AnalyzeVideoRequest(video_id="dQw4w9WgXcQ", title="Benchmark video")
 DEFAULT_DATABASE_URL = os.environ.get(

@@ -77,6 +77,7 @@ from _rpc_harness import (
     call_once,
     closed_loop,
     fresh_schema,
+    grpc_frame,
     percentile,
     store_env,
     tracing_env,
@@ -213,7 +214,7 @@ class Load:
     latencies: list[float] = field(default_factory=list)
 
 
-def _h2load_args(port: int, body: Path, metadata: Metadata) -> list[str]:
+def h2load_args(port: int, body: Path, metadata: Metadata) -> list[str]:
     headers = [("content-type", "application/grpc"), ("te", "trailers"), *metadata]
     args = ["h2load", "-d", str(body)]
     for key, value in headers:
@@ -247,7 +248,7 @@ async def h2load(
     processes = []
     logs = []
     for i, metadata in enumerate(users):
-        args = _h2load_args(port, body, metadata)
+        args = h2load_args(port, body, metadata)
         extra = ["-c", "1", "-m", str(streams), "-D", f"{seconds:g}"]
         if rps is not None:
             assert log_dir is not None
@@ -510,8 +511,7 @@ async def main(args: argparse.Namespace) -> int:
                 ports[config.name] = port
             bare_port = await fleet.bare_server(hit)
             body = tmp / "request.grpc"
-            message = REQUEST.SerializeToString()
-            body.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
+            body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
             frame = 5 + hit.ByteSize()
             run = Run(body, users, args.seconds, args.rate, args.concurrency, tmp)
             for config in chosen:

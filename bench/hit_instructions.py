@@ -40,9 +40,10 @@ from _rpc_harness import (
     Metadata,
     call_once,
     fresh_schema,
+    grpc_frame,
     user_metadata,
 )
-from cache_hit import METHOD, configurations
+from cache_hit import configurations, h2load_args
 
 #: Timeouts a server under valgrind needs (its calls run ~50x slower).
 SLOW_ENV = {
@@ -64,11 +65,10 @@ def _callgrind(out: Path) -> list[str]:
 
 def _h2load(port: int, body: Path, metadata: Metadata, requests: int) -> int:
     """Sends `requests` calls; returns how many succeeded."""
-    args = ["h2load", "-d", str(body), "-n", str(requests), "-c", "1", "-m", "4"]
-    for key, value in (("content-type", "application/grpc"), ("te", "trailers"), *metadata):
-        args += ["-H", f"{key}: {value}"]
+    args = h2load_args(port, body, metadata)
+    extra = ["-n", str(requests), "-c", "1", "-m", "4"]
     out = subprocess.run(
-        [*args, f"http://127.0.0.1:{port}{METHOD}"], capture_output=True, text=True, check=True
+        [*args[:1], *extra, *args[1:]], capture_output=True, text=True, check=True
     ).stdout
     for line in out.splitlines():
         if line.startswith("requests:"):
@@ -106,8 +106,7 @@ async def main(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name) if args.keep is None else args.keep
         tmp.mkdir(parents=True, exist_ok=True)
         body = tmp / "request.grpc"
-        message = REQUEST.SerializeToString()
-        body.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
+        body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
         async with Fleet(tmp) as fleet, fresh_schema(args.database_url) as schema:
             url = await fleet.emulator()
             known = configurations(args.database_url, schema, args.redis)
