@@ -73,6 +73,7 @@ from gateway.rpc.interceptors import (
     InFlightInterceptor,
     LoggingInterceptor,
     RequestContextInterceptor,
+    RpcLayers,
     guarded_prefixes,
 )
 from gateway.rpc.job_service import JobServicer
@@ -389,10 +390,12 @@ class GatewayServer:
         server = aio.server(
             interceptors=[
                 GatewayInterceptors(
-                    RequestContextInterceptor(guarded=guarded),
-                    LoggingInterceptor(rpc_metrics, guarded=guarded),
-                    ErrorMappingInterceptor(guarded=guarded),
-                    DecodingInterceptor(),
+                    RpcLayers(
+                        RequestContextInterceptor(guarded=guarded),
+                        LoggingInterceptor(rpc_metrics, guarded=guarded),
+                        ErrorMappingInterceptor(guarded=guarded),
+                        DecodingInterceptor(),
+                    ),
                     InFlightInterceptor(self._in_flight),
                     AuthInterceptor(authenticator, guarded=guarded),
                 )
