@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.auth")
 
 AUTHORIZATION_HEADER: Final = "authorization"
+#: Distinct (service token, user, tier) callers `Authenticator.authenticate` remembers; when
+#: full, it forgets them all and starts again.
+KNOWN_SERVICE_CALLERS: Final = 4096
 USER_ID_HEADER: Final = "x-viewbait-user-id"
 TIER_HEADER: Final = "x-viewbait-tier"
 #: User id of every credential-less call when `auth.allow_anonymous` is on (local development).
@@ -126,6 +129,8 @@ class Authenticator:
                 "auth.service_tokens), auth.jwt_secret, auth.jwks_file or auth.jwks_url (or "
                 "auth.allow_anonymous for local development)"
             )
+        #: (authorization, user id, tier) headers -> the service principal they were.
+        self._known_services: dict[tuple[str | None, str | None, str | None], Principal] = {}
         self._tier_path = _claim_path(settings.tier_claim)
         self._required_claims = ["exp", "sub"]
         if settings.jwt_audience is not None:
@@ -180,7 +185,27 @@ class Authenticator:
 
     def authenticate(self, metadata: Metadata) -> Principal:
         """The caller behind `metadata`; raises `Unauthenticated` saying what to fix (or,
-        with a JWKS URL, `KeysMayBeStale` when fetching the set again might help)."""
+        with a JWKS URL, `KeysMayBeStale` when fetching the set again might help).
+
+        A trusted backend's calls (service token, user id, tier) are decided once per distinct
+        triple and remembered (`KNOWN_SERVICE_CALLERS` of them): nothing of that decision
+        changes while the process runs. Only credentials that were accepted are remembered,
+        so a lookup tells nothing a caller does not know already; JWTs, which expire, are
+        verified on every call."""
+        seen = _credentials(metadata) if type(metadata) is tuple else None
+        if seen is not None:
+            known = self._known_services.get(seen)
+            if known is not None:
+                return known
+        principal = self._decide(metadata)
+        if seen is not None and principal.service_token is not None:
+            if len(self._known_services) >= KNOWN_SERVICE_CALLERS:
+                self._known_services.clear()
+            self._known_services[seen] = principal
+        return principal
+
+    def _decide(self, metadata: Metadata) -> Principal:
+        """`authenticate`, deciding from scratch."""
         headers = _collect_headers(metadata)
         authorization = _single(headers, AUTHORIZATION_HEADER)
         if authorization is None:
@@ -472,6 +497,31 @@ def _service_principal(headers: Mapping[str, list[str]], token_name: str) -> Pri
         "service",
         token_name,
     )
+
+
+def _credentials(
+    metadata: tuple[tuple[str, str | bytes], ...],
+) -> tuple[str | None, str | None, str | None] | None:
+    """The authorization, user id and tier headers' text values (None where absent), or None
+    when one of them comes more than once (`_decide` refuses that)."""
+    authorization = user_id = tier = None
+    for key, value in metadata:
+        if not isinstance(value, str):
+            continue
+        name = key.lower()
+        if name == AUTHORIZATION_HEADER:
+            if authorization is not None:
+                return None
+            authorization = value
+        elif name == USER_ID_HEADER:
+            if user_id is not None:
+                return None
+            user_id = value
+        elif name == TIER_HEADER:
+            if tier is not None:
+                return None
+            tier = value
+    return authorization, user_id, tier
 
 
 def _collect_headers(metadata: Metadata) -> dict[str, list[str]]:

@@ -443,6 +443,67 @@ def test_service_only_gateway_explains_that_jwts_are_off() -> None:
     _rejected(service_only, _bearer(_hs256()), "accepts no user JWTs")
 
 
+def _service_call(
+    token: str = SERVICE_TOKEN, user: str = USER, tier: str = "pro", *extra: tuple[str, str]
+) -> tuple[tuple[str, str | bytes], ...]:
+    """Metadata as grpc hands it to the edge: a tuple of pairs."""
+    return (
+        ("user-agent", "grpc-node-js/1.12"),
+        ("authorization", f"Bearer {token}"),
+        ("x-viewbait-user-id", user),
+        ("x-viewbait-tier", tier),
+        *extra,
+    )
+
+
+def test_a_remembered_service_caller_is_decided_as_the_first_time(auth: Authenticator) -> None:
+    first = auth.authenticate(_service_call())
+    again = auth.authenticate(_service_call(SERVICE_TOKEN, USER, "pro", ("x-request-id", "r-2")))
+    assert first == again == Principal(USER, Tier.PRO, "service", "default")
+    # Another tier or user of the same backend is its own caller, never the remembered one.
+    assert auth.authenticate(_service_call(tier="free")) == Principal(
+        USER, Tier.FREE, "service", "default"
+    )
+    assert auth.authenticate(_service_call(user="other-user")).user_id == "other-user"
+
+
+def test_remembering_accepted_callers_lets_no_wrong_credential_through(
+    auth: Authenticator,
+) -> None:
+    auth.authenticate(_service_call())
+    for token in (SERVICE_TOKEN[:-1] + "X", SERVICE_TOKEN + "0"):
+        with pytest.raises(Unauthenticated, match="neither the service token"):
+            auth.authenticate(_service_call(token))
+    with pytest.raises(Unauthenticated, match="x-viewbait-tier header must be one of"):
+        auth.authenticate(_service_call(tier="gold"))
+    # A repeated header stays ambiguous, though its first value is a remembered caller's.
+    with pytest.raises(Unauthenticated, match="exactly one x-viewbait-tier"):
+        auth.authenticate(_service_call(SERVICE_TOKEN, USER, "pro", ("x-viewbait-tier", "free")))
+    with pytest.raises(Unauthenticated, match="exactly one authorization"):
+        auth.authenticate(
+            _service_call(SERVICE_TOKEN, USER, "pro", ("authorization", f"Bearer {_hs256()}"))
+        )
+
+
+def test_remembered_callers_are_bounded(
+    auth: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.auth.KNOWN_SERVICE_CALLERS", 3)
+    users = [f"user-{n}" for n in range(10)]
+    for _ in range(2):
+        for user in users:
+            assert auth.authenticate(_service_call(user=user)).user_id == user
+    assert len(auth._known_services) <= 3
+
+
+def test_user_jwts_are_verified_on_every_call(auth: Authenticator) -> None:
+    token = _hs256(exp=int(time.time()) + HOUR)
+    call = (("authorization", f"Bearer {token}"),)
+    remembered = dict(auth._known_services)
+    assert auth.authenticate(call) == Principal(USER, Tier.PRO, "jwt")
+    assert auth._known_services == remembered
+
+
 # --- named service tokens (rotation) ---------------------------------------------------------
 
 OLD_TOKEN = "svc-old-token-0123456789abcdef"
