@@ -13,7 +13,7 @@ Callers import from here.
 
 from gateway.execution.executor import ABANDONED, ExecutionStats, Executor
 from gateway.execution.hot_cache import HotResults
-from gateway.execution.pipeline import Pipeline, Prepared
+from gateway.execution.pipeline import Checked, Pipeline, Prepared
 from gateway.execution.result_cache import (
     CacheHit,
     EncodedResult,
@@ -40,6 +40,7 @@ __all__ = [
     "BlobQuota",
     "CacheHit",
     "Call",
+    "Checked",
     "EncodedResult",
     "ExecutionStats",
     "Executor",

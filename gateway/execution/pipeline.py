@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any, Final, Literal, overload
 
 from gateway import operations
 from gateway.auth import Principal, require_tier
@@ -157,6 +157,13 @@ class _GuardedClient:
         )
 
 
+#: Requests encoded in at most this many bytes are remembered once checked (`Pipeline.recall`).
+RECALL_MAX_REQUEST_BYTES: Final = 8192
+#: What the remembered requests may hold in all, their encodings counted twice (for the checked
+#: copy); when full, they are forgotten and remembering starts again.
+RECALL_MAX_BYTES: Final = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A request `Pipeline.prepare` checked: its operation, the request, the caller and the
@@ -168,6 +175,23 @@ class Prepared:
     request: Any
     principal: Principal
     idempotency_key: str = ""
+    #: The request message's encoding when an identical request may be recalled
+    #: (`Pipeline.recall`): `run` remembers its checks under it.
+    encoded: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A request `Pipeline.run` admitted, validated and keyed before (`Pipeline.recall`): an
+    identical one (the same operation, encoding and caller) is admitted like any request, but
+    neither converted, validated nor hashed again."""
+
+    prepared: Prepared
+    validated: Any
+    key: bytes | None
+    #: The spec's prompt and schema versions the key was derived with (a request checked
+    #: under other versions is checked again).
+    versions: tuple[str, str]
 
 
 class Pipeline:
@@ -192,14 +216,53 @@ class Pipeline:
         self._limiter = limiter
         self._executor = executor
         self._budgets = budgets if budgets is not None and budgets.enabled else None
+        #: (operation, encoding, caller) -> the checks `run` made of that request.
+        self._checked: dict[tuple[str, bytes, Principal], Checked] = {}
+        self._checked_bytes = 0
 
     @property
     def executor(self) -> Executor:
         """The cache and coalescing layer (and the job store behind it)."""
         return self._executor
 
+    def recall(self, operation: str, encoded: bytes, principal: Principal) -> Checked | None:
+        """The checks `run` made of an identical earlier request of `principal` (prepared with
+        this `encoded`), or None. Only requests whose checks read nothing but the message (no
+        images, nothing fetched) are prepared with their encoding; the settings those checks
+        read (tiers, bounds, the model, the cache scope) do not change while the process runs.
+        """
+        if len(encoded) > RECALL_MAX_REQUEST_BYTES:
+            return None
+        checked = self._checked.get((operation, encoded, principal))
+        if checked is None:
+            return None
+        spec = operations.get(operation)
+        if checked.versions != (spec.prompt_version, spec.schema_version):
+            return None
+        tracing.annotate("viewbait.operation", operation)
+        return checked
+
+    def _remember(self, prepared: Prepared, validated: Any, key: bytes | None) -> None:
+        encoded = prepared.encoded
+        assert encoded is not None
+        size = 2 * len(encoded)
+        if self._checked_bytes + size > RECALL_MAX_BYTES:
+            self._checked.clear()
+            self._checked_bytes = 0
+        spec = operations.get(prepared.operation)
+        self._checked[prepared.operation, encoded, prepared.principal] = Checked(
+            prepared, validated, key, (spec.prompt_version, spec.schema_version)
+        )
+        self._checked_bytes += size
+
     def prepare(
-        self, operation: str, request: Any, principal: Principal, *, idempotency_key: str = ""
+        self,
+        operation: str,
+        request: Any,
+        principal: Principal,
+        *,
+        idempotency_key: str = "",
+        encoded: bytes | None = None,
     ) -> Prepared:
         """Checks what refuses a request before anything is spent on it: the idempotency key,
         the caller's tier and the sizes the request's message states (`check_sizes`: nothing is
@@ -207,6 +270,8 @@ class Pipeline:
         validate it in full.
 
         Raises `InvalidArgument` or `PermissionDenied`; nothing has been spent or written then.
+        With `encoded` (the request message's encoding; see `recall`), `run` remembers what
+        it checks of the request.
         """
         if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
             raise InvalidArgument.field(
@@ -222,7 +287,9 @@ class Pipeline:
         tracing.annotate("viewbait.operation", operation)
         require_tier(principal, policy.tiers, operation)
         operations.get(operation).check_sizes(request, self._settings.bounds)
-        return Prepared(operation, request, principal, idempotency_key)
+        if encoded is not None and len(encoded) > RECALL_MAX_REQUEST_BYTES:
+            encoded = None
+        return Prepared(operation, request, principal, idempotency_key, encoded)
 
     def validate(self, prepared: Prepared) -> Any:
         """The prepared request validated in full (`OperationSpec.validate`: images sniffed and
@@ -234,7 +301,7 @@ class Pipeline:
     @overload
     async def run(
         self,
-        prepared: Prepared,
+        prepared: Prepared | Checked,
         *,
         deadline: float | None,
         request_id: str = "",
@@ -245,7 +312,7 @@ class Pipeline:
     @overload
     async def run(
         self,
-        prepared: Prepared,
+        prepared: Prepared | Checked,
         *,
         deadline: float | None,
         request_id: str = "",
@@ -255,7 +322,7 @@ class Pipeline:
 
     async def run(
         self,
-        prepared: Prepared,
+        prepared: Prepared | Checked,
         *,
         deadline: float | None,
         request_id: str = "",
@@ -270,11 +337,23 @@ class Pipeline:
         A non-empty idempotency key makes a repeat of the request return (or join) the first.
         Raises `RateLimited` (with the retry-after) when the caller is over the route's
         admission limit; a refused request has cost nothing upstream, nor been hashed.
+        A request `recall` gave (`Checked`) is admitted like any other, then answered from its
+        earlier checks.
         """
-        await self._admit(prepared)
-        operation, principal = prepared.operation, prepared.principal
-        validated = self.validate(prepared)
-        key = self._cache_key(operation, validated, principal)
+        if type(prepared) is Checked:
+            checked = prepared
+            prepared = checked.prepared
+            await self._admit(prepared)
+            operation, principal = prepared.operation, prepared.principal
+            validated, key = checked.validated, checked.key
+        else:
+            assert isinstance(prepared, Prepared)
+            await self._admit(prepared)
+            operation, principal = prepared.operation, prepared.principal
+            validated = self.validate(prepared)
+            key = self._cache_key(operation, validated, principal)
+            if prepared.encoded is not None:
+                self._remember(prepared, validated, key)
         if key is not None:
             # A hit in the hot copy needs none of what a miss runs with (the `Call`).
             hit = await self._executor.hot_answer(operation, key, principal.user_id, request_id)

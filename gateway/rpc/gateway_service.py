@@ -10,17 +10,19 @@ work goes on; asking again joins it).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from grpc import aio
 from viewbait.ai.v1 import common_pb2, gateway_service_pb2, operations_pb2
 
 from gateway.auth import Principal
-from gateway.execution import Outcome, Pending, Pipeline
+from gateway.execution import Checked, Outcome, Pending, Pipeline, Prepared
 from gateway.jobs import progress as job_progress
 from gateway.operations.base import ProgressEvent, ProgressKind
 from gateway.operations.generate_thumbnail import GeneratedThumbnails, ThumbnailVariation
@@ -31,6 +33,24 @@ from gateway.tasks import settle
 
 Context = aio.ServicerContext[Any, Any]
 ResponseT = TypeVar("ResponseT", bound=Message)
+
+
+@functools.cache
+def _recallable(message: Descriptor) -> bool:
+    """Whether requests of type `message` may be recalled once checked (`Pipeline.recall`):
+    those that carry no bytes (no images), whose checks read the message alone."""
+    return not _carries_bytes(message, set())
+
+
+def _carries_bytes(message: Descriptor, seen: set[str]) -> bool:
+    seen.add(message.full_name)
+    for field in message.fields:
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            return True
+        nested = field.message_type
+        if nested is not None and nested.full_name not in seen and _carries_bytes(nested, seen):
+            return True
+    return False
 
 
 def _caller() -> tuple[request_context.RequestContext, Principal]:
@@ -52,8 +72,17 @@ class GatewayServicer:
         """Runs one unary operation for the caller and builds its response message (encoded
         already for a hit in the hot copy: see `add_to_server`)."""
         rc, principal = _caller()
-        prepared = self._pipeline.prepare(binding.name, binding.to_request(request), principal)
-        outcome = await self._pipeline.run(prepared, deadline=rc.deadline, request_id=rc.request_id)
+        pipeline = self._pipeline
+        prepared: Prepared | Checked | None = None
+        encoded = None
+        if _recallable(request.DESCRIPTOR):
+            encoded = request.SerializeToString()
+            prepared = pipeline.recall(binding.name, encoded, principal)
+        if prepared is None:
+            prepared = pipeline.prepare(
+                binding.name, binding.to_request(request), principal, encoded=encoded
+            )
+        outcome = await pipeline.run(prepared, deadline=rc.deadline, request_id=rc.request_id)
         if isinstance(outcome, Outcome) and outcome.views is not None:
             return binding.encoded_hit(outcome, rc.request_id)
         if isinstance(outcome, Pending):

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from gateway import errors, operations
-from gateway.config import Settings
+from gateway.config import Settings, Tier
 from gateway.emulator import EmulatorServer
 from gateway.execution import Outcome, Pending, Pipeline
 from gateway.operations.analyze_video import AnalyzeVideoRequest, VideoAnalysis
@@ -454,3 +454,74 @@ async def test_a_blackholed_database_does_not_stop_requests_and_caching_resumes(
     await flush(recovered)
     cached = await analyze(make_pipeline(proxied), "user-c")
     assert not up.cached and cached.cached and calls(emulator) == 2
+
+
+# --- recalling a request checked before --------------------------------------------------
+
+
+async def _prepared_run(pipeline: Pipeline, encoded: bytes, who: Any, request: Any = VIDEO) -> Any:
+    """As the servicer runs a request it may recall: the checks of an identical earlier one,
+    else prepared with its encoding."""
+    prepared = pipeline.recall("analyze_video", encoded, who)
+    if prepared is None:
+        prepared = pipeline.prepare("analyze_video", request, who, encoded=encoded)
+    return await pipeline.run(prepared, deadline=None)
+
+
+async def test_a_request_checked_once_is_recalled_and_still_admitted(
+    store: Store, make_pipeline: MakePipeline, emulator: EmulatorServer
+) -> None:
+    pipeline = make_pipeline(store)
+    who = principal()
+    assert pipeline.recall("analyze_video", b"encoded", who) is None
+
+    first = await _prepared_run(pipeline, b"encoded", who)
+    recalled = pipeline.recall("analyze_video", b"encoded", who)
+    assert recalled is not None and recalled.prepared.principal == who
+    burst = Settings().policy("analyze_video").limits[who.tier].admission
+    assert burst is not None
+    answers = []
+    with pytest.raises(errors.RateLimited):
+        for _ in range(burst.burst + 5):
+            answers.append(await _prepared_run(pipeline, b"encoded", who))
+
+    # Admission counted every recalled request; each answered the first one's result.
+    assert burst.burst - 2 <= len(answers) < burst.burst + 5
+    assert all(a.cached and a.result == first.result for a in answers)
+    assert calls(emulator) == 1
+
+
+async def test_only_the_same_caller_recalls_and_only_what_passed_its_checks(
+    store: Store, make_pipeline: MakePipeline
+) -> None:
+    pipeline = make_pipeline(store)
+    await _prepared_run(pipeline, b"encoded", principal("user-a"))
+
+    # Another user, or the same user with another tier, is checked from scratch.
+    assert pipeline.recall("analyze_video", b"encoded", principal("user-b")) is None
+    assert pipeline.recall("analyze_video", b"encoded", principal(tier=Tier.FREE)) is None
+    assert pipeline.recall("suggest_thumbnail_concepts", b"encoded", principal()) is None
+    with pytest.raises(errors.PermissionDenied):
+        await _prepared_run(pipeline, b"encoded", principal(tier=Tier.FREE))
+    # A request that fails validation is never remembered.
+    bad = AnalyzeVideoRequest(video_id="not a video id", title="x")
+    with pytest.raises(errors.InvalidArgument):
+        await _prepared_run(pipeline, b"bad", principal(), bad)
+    assert pipeline.recall("analyze_video", b"bad", principal()) is None
+
+
+async def test_recalled_requests_are_bounded(
+    store: Store, make_pipeline: MakePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.execution.pipeline.RECALL_MAX_BYTES", 100)
+    monkeypatch.setattr("gateway.execution.pipeline.RECALL_MAX_REQUEST_BYTES", 20)
+    pipeline = make_pipeline(store)
+    encodings = [f"encoding-{n:03}".encode() for n in range(8)]  # 12 bytes each
+    for encoded in encodings:
+        await _prepared_run(pipeline, encoded, principal())
+    remembered = [e for e in encodings if pipeline.recall("analyze_video", e, principal())]
+    # 100 bytes hold four encodings counted twice; the newest ones are kept.
+    assert remembered and len(remembered) <= 4 and remembered[-1] == encodings[-1]
+    long = b"x" * 21
+    await _prepared_run(pipeline, long, principal())
+    assert pipeline.recall("analyze_video", long, principal()) is None
