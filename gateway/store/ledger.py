@@ -219,11 +219,17 @@ class StoreUsageSink:
 
     async def flush(self) -> bool:
         """Writes every row queued now, batch by batch; False when the store is unavailable
-        (what is left stays queued for the next try)."""
+        (what is left stays queued for the next try). Rows queued while it writes wait for
+        the next flush: under steady traffic a writer that wrote until the queue was empty
+        would insert the few records of each insert's round trip, one insert after another,
+        never waiting its interval."""
         async with self._writing:
-            while self._pending:
-                if not await self._write_batch():
+            left = len(self._pending)
+            while left > 0 and self._pending:
+                size = min(self._settings.batch_size, left, len(self._pending))
+                if not await self._write_batch(size):
                     return False
+                left -= size
             return True
 
     async def aclose(self) -> None:
@@ -236,7 +242,9 @@ class StoreUsageSink:
             # have been committed), then the writer stops.
             self._full.set()
             await writer
-        if not await self.flush():
+        while self._pending and await self.flush():
+            pass
+        if self._pending:
             lost = sum(queued.events for queued in self._pending)
             self.dropped += lost
             self._pending.clear()
@@ -262,10 +270,9 @@ class StoreUsageSink:
             del self._open[queued.key]
         return queued.entry()
 
-    async def _write_batch(self) -> bool:
-        """Writes the oldest batch; on failure puts it back in front (oldest dropped beyond the
-        bound). Returns whether it was written."""
-        size = min(self._settings.batch_size, len(self._pending))
+    async def _write_batch(self, size: int) -> bool:
+        """Writes the oldest `size` rows as one insert; on failure puts them back in front
+        (oldest dropped beyond the bound). Returns whether they were written."""
         batch = [self._take() for _ in range(size)]
         try:
             await self._store.insert_usage_entries(batch)

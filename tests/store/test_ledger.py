@@ -4,6 +4,7 @@ unavailable; and the embedded store's bounded ledger."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -399,6 +400,32 @@ async def test_a_fold_being_written_takes_no_more_records(store: Store) -> None:
     assert (sink.written, sink.rows_written) == (3, 2)
     (day,) = await store.usage_by_day(ALICE, EVE, EVE + timedelta(seconds=1))
     assert day.totals.cache_hits == 3 and round(day.totals.saved_usd, 12) == 0.007
+
+
+async def test_steady_traffic_is_written_once_an_interval_not_insert_after_insert(
+    store: Store,
+) -> None:
+    # Savings recorded without a pause, as cache hits under load are: each insert's round
+    # trip sees a few new records. They wait for the next interval, not for the next insert.
+    interval_s, records = 0.2, 0
+    started = datetime.now(UTC)
+    sink = StoreUsageSink(store, settings(flush_interval_s=interval_s))
+    sink.start()
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 5 * interval_s
+    while loop.time() < until:
+        for _ in range(5):
+            await sink.record(hit(saved=0.001))
+            records += 1
+        await asyncio.sleep(0.0005)
+    await sink.aclose()
+
+    assert sink.written == records
+    # One write an interval (the rows of one user's second or two each), and the last at close.
+    assert sink.batches <= 5 + 3, f"{sink.batches} inserts for {records} records"
+    # Stamped with the real time: the run may straddle a UTC midnight.
+    days = await store.usage_by_day(ALICE, started - timedelta(minutes=1), datetime.now(UTC))
+    assert sum(day.totals.cache_hits for day in days) == records
 
 
 async def test_the_bound_counts_folded_rows_and_drops_their_records(
