@@ -35,8 +35,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -220,10 +220,6 @@ class _WrappingInterceptor(_GatewayInterceptor):
             yield item
 
 
-def _metadata(ctx: aio.ServicerContext[Any, Any]) -> list[tuple[str, str | bytes]]:
-    return [(m.key, m.value) for m in ctx.invocation_metadata() or ()]  # type: ignore[attr-defined]
-
-
 class RequestContextInterceptor(_WrappingInterceptor):
     """Binds a `RequestContext` (request id, deadline, the caller authenticated at the edge)
     and the RPC's span for the RPC's duration; the span ends with the RPC's status."""
@@ -233,7 +229,7 @@ class RequestContextInterceptor(_WrappingInterceptor):
     ) -> tuple[request_context.RequestContext, tracing.RpcSpan | None]:
         request_id = ""
         traceparent = tracestate = None
-        for key, value in _metadata(ctx):
+        for key, value in ctx.invocation_metadata() or ():
             if not isinstance(value, str):
                 continue
             if key == "x-request-id":
@@ -246,7 +242,8 @@ class RequestContextInterceptor(_WrappingInterceptor):
         deadline = None if remaining is None else time.monotonic() + remaining
         rc = request_context.RequestContext(
             method=method,
-            request_id=request_id or uuid.uuid4().hex,
+            # 128 random bits in hex, as a version-4 UUID's hex but without building one.
+            request_id=request_id or os.urandom(16).hex(),
             deadline=deadline,
             principal=edge.caller(),
         )

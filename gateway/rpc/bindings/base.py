@@ -87,6 +87,8 @@ def _tag(field_number: int) -> bytes:
 
 def _varint(value: int) -> bytes:
     """`value` (>= 0) as a protobuf varint."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -95,4 +97,6 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+#: The varints of 0 - 127: one byte each (a request id's length, and most metadata's).
+_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
 _REQUEST_ID_TAG = _tag(common_pb2.ResponseMetadata.DESCRIPTOR.fields_by_name["request_id"].number)
