@@ -240,6 +240,7 @@ class Pipeline:
         if checked.versions != (spec.prompt_version, spec.schema_version):
             return None
         tracing.annotate("viewbait.operation", operation)
+        tracing.annotate("viewbait.recalled", True)
         return checked
 
     def _remember(self, prepared: Prepared, validated: Any, key: bytes | None) -> None:

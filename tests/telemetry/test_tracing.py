@@ -6,7 +6,8 @@ tests read the span trees back from what it received.
 - An RPC is one tree under the caller's `traceparent`: validate, admit, the cache lookup, the
   coalescing, the run and its upstream attempt, the store write; the RPC's JSON log line
   carries its trace id.
-- A cache hit is the RPC span with validate and admit only, marked as a hit.
+- A cache hit is the RPC span with validate and admit only, marked as a hit (admit only when
+  the same request was checked before: `Pipeline.recall`).
 - A job submitted with a `traceparent` and run by a worker process on PostgreSQL is one trace
   with the request that submitted it: the worker's claim and run spans are children of the
   submitting RPC's span.
@@ -264,7 +265,7 @@ async def test_an_rpc_and_its_stages_are_one_tree_under_the_callers_traceparent(
     assert line["user_id"] == USER
 
 
-async def test_a_cache_hit_is_the_rpc_span_with_validate_and_admit_only(
+async def test_a_repeated_cache_hit_is_the_rpc_span_with_admit_only(
     otlp_receiver: OtlpReceiver, spawn_gateway: Any
 ) -> None:
     gateway = traced_gateway(spawn_gateway, otlp_receiver)
@@ -277,14 +278,16 @@ async def test_a_cache_hit_is_the_rpc_span_with_validate_and_admit_only(
     )
     assert response.metadata.cached
 
-    spans = await spans_of(otlp_receiver, hit_trace, {RPC_SPAN, "validate", "admit"})
+    spans = await spans_of(otlp_receiver, hit_trace, {RPC_SPAN, "admit"})
     # Spans are exported in the order they end, and the RPC's ends after everything a hit does
-    # (it starts no background work): nothing else of this trace is on its way.
+    # (it starts no background work): nothing else of this trace is on its way. The request was
+    # checked when it first came (`Pipeline.recall`): no validation span this time.
     rpc = spans[RPC_SPAN]
-    assert sorted(spans) == sorted([RPC_SPAN, "validate", "admit"])
+    assert sorted(spans) == sorted([RPC_SPAN, "admit"])
     assert rpc.parent_span_id == caller_span
     assert rpc.attributes["viewbait.cache"] == "hot_hit"
-    assert {spans["validate"].parent_span_id, spans["admit"].parent_span_id} == {rpc.span_id}
+    assert rpc.attributes["viewbait.recalled"] is True
+    assert spans["admit"].parent_span_id == rpc.span_id
 
 
 # -- a job, submitted here and run by a worker process --------------------------------------------
