@@ -80,7 +80,7 @@ from gateway.execution.types import (
     RetryPolicy,
     Spend,
 )
-from gateway.model import CACHE_HIT, COALESCED, CallLabels, UsageRecord, UsageSink
+from gateway.model import CACHE_HIT, COALESCED, CallLabels, Usage, UsageRecord, UsageSink
 from gateway.operations import codec
 from gateway.operations.keys import derive_key
 from gateway.store.base import (
@@ -101,6 +101,9 @@ from gateway.telemetry import tracing
 
 if TYPE_CHECKING:
     from gateway.telemetry.metrics import ExecutionMetrics
+
+#: The tokens of a savings record (none), shared by all of them: `Usage` is immutable.
+_NO_TOKENS = Usage()
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +326,7 @@ class Executor:
                 attempt=0,
                 outcome=CACHE_HIT if outcome.cached else COALESCED,
                 duration_s=0.0,
+                usage=_NO_TOKENS,
                 saved_usd=outcome.saved_usd,
             )
         )
