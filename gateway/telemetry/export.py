@@ -4,8 +4,10 @@ with the SDK)."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -23,6 +25,11 @@ class OutageGuard(SpanExporter):
     latency. After a failed export, batches are dropped for a quiet period (doubling from
     `first_s` up to `max_s`), then one is tried again. One WARNING when the outage starts, one
     INFO line with the count of dropped spans when exports succeed again.
+
+    With a `probe` (`tcp_probe`), a batch is tried again only when the probe finds the
+    collector listening; otherwise it is dropped unencoded and the quiet period doubles. Each
+    try encodes a whole batch (512 spans by default: some 20 ms of the GIL, taken from the
+    event loop in 5 ms slices); a probe is one connection attempt.
     """
 
     def __init__(
@@ -32,8 +39,10 @@ class OutageGuard(SpanExporter):
         first_s: float = 1.0,
         max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        probe: Callable[[], bool] | None = None,
     ) -> None:
         self._inner = inner
+        self._probe = probe
         self._first_s = first_s
         self._max_s = max_s
         self._clock = clock
@@ -46,6 +55,10 @@ class OutageGuard(SpanExporter):
         """Exports `spans`, or drops them while in a quiet period after a failure."""
         if self._quiet_s and self._clock() < self._quiet_until:
             self.dropped += len(spans)
+            return SpanExportResult.FAILURE
+        if self._quiet_s and self._probe is not None and not self._probe():
+            self.dropped += len(spans)
+            self._quiet_longer()
             return SpanExportResult.FAILURE
         result = self._inner.export(spans)
         if result is SpanExportResult.SUCCESS:
@@ -64,9 +77,12 @@ class OutageGuard(SpanExporter):
                 self._max_s,
             )
         self.dropped += len(spans)
+        self._quiet_longer()
+        return result
+
+    def _quiet_longer(self) -> None:
         self._quiet_s = min(self._max_s, self._quiet_s * 2 or self._first_s)
         self._quiet_until = self._clock() + self._quiet_s
-        return result
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """See `SpanExporter.force_flush`."""
@@ -75,3 +91,22 @@ class OutageGuard(SpanExporter):
     def shutdown(self) -> None:
         """See `SpanExporter.shutdown`."""
         self._inner.shutdown()
+
+
+def tcp_probe(
+    endpoint: str, *, default_port: int = 4317, timeout_s: float = 1.0
+) -> Callable[[], bool]:
+    """A probe for `OutageGuard`: whether anything accepts a TCP connection at `endpoint` (a URL
+    such as `http://collector:4317`, or `host:port`), within `timeout_s` (it runs on the export
+    thread, never on the event loop)."""
+    parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    host, port = parts.hostname or "localhost", parts.port or default_port
+
+    def probe() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return True
+        except OSError:
+            return False
+
+    return probe

@@ -199,9 +199,14 @@ def _build_recorder(chosen: list[str]) -> Recorder:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            from gateway.telemetry.export import OutageGuard
+            from gateway.telemetry.export import OutageGuard, tcp_probe
 
-            exporter = OutageGuard(OTLPSpanExporter())
+            endpoint = _env(os.environ, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or _env(
+                os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT"
+            )
+            exporter = OutageGuard(
+                OTLPSpanExporter(), probe=tcp_probe(endpoint or "http://localhost:4317")
+            )
         else:
             exporter = ConsoleSpanExporter()
         processor = BatchSpanProcessor(exporter)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
@@ -34,7 +35,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from viewbait.ai.v1 import (
     gateway_service_pb2,
     gateway_service_pb2_grpc,
@@ -47,7 +48,8 @@ from viewbait.ai.v1 import (
 from gateway.cli import main as cli_main
 from gateway.emulator import EmulatorServer
 from gateway.telemetry import tracing
-from gateway.telemetry.export import OutageGuard
+from gateway.telemetry.export import OutageGuard, tcp_probe
+from gateway.testing.postgres import free_port
 from tests.fixtures.gateways import SERVICE_TOKEN, as_user, eventually
 from tests.fixtures.stores import DATABASE_URL
 
@@ -544,3 +546,47 @@ def test_while_the_collector_is_down_batches_are_dropped_unsent_until_it_answers
     said = [r.levelname for r in caplog.records if r.name == "gateway.telemetry.tracing"]
     assert said == ["WARNING", "INFO"]  # one line when it went, one when it came back
     guard.shutdown()
+
+
+class _CountingExporter(SpanExporter):
+    """The exporter it is given, counting the batches handed to it."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner, self.batches = inner, 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.batches += 1
+        return self.inner.export(spans)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+def test_while_nothing_listens_batches_are_not_encoded_again_until_something_does() -> None:
+    now = [5_000.0]
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    inner = _CountingExporter(OTLPSpanExporter(endpoint=endpoint, timeout=1))
+    guard = OutageGuard(inner, clock=lambda: now[0], probe=tcp_probe(endpoint))
+    batch = _finished_spans(2)
+
+    assert guard.export(batch) is SpanExportResult.FAILURE  # tried once: the outage starts
+    assert inner.batches == 1
+    for _ in range(3):  # each quiet period over: the probe finds nothing listening
+        now[0] += 100.0
+        assert guard.export(batch) is SpanExportResult.FAILURE
+    assert inner.batches == 1 and guard.dropped == 8
+
+    with socket.create_server(("127.0.0.1", port)):  # something listens again: tried
+        now[0] += 100.0
+        guard.export(batch)
+    assert inner.batches == 2
+    guard.shutdown()
+
+
+def test_the_probe_reads_urls_and_host_port() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = listening.getsockname()[1]
+        assert tcp_probe(f"http://127.0.0.1:{port}")()
+        assert tcp_probe(f"127.0.0.1:{port}")()
+    assert not tcp_probe(f"http://127.0.0.1:{port}", timeout_s=0.5)()
