@@ -5,7 +5,9 @@
   command)` (`python -m gateway serve`, or `worker`, ready when its ready file appears;
   `pids[port]` is its process),
   `bare_server(response)`: the anchor, a bare grpc.aio GatewayService answering one fixed
-  AnalyzeVideoResponse from memory (the physical limit of this stack), `python_server(script,
+  AnalyzeVideoResponse from memory (the physical limit of this stack), `floor_server(response,
+  redis_url)`: the anchor plus a batched trivial EVALSHA per request (what Redis admission costs
+  at least), `python_server(script,
   *args)`: any other server script of the benchmarks. A PostgreSQL server of a run's own, for
   settings the shared server does not have, is `gateway.testing.postgres.throwaway_postgres`
   (shared with the tests).
@@ -193,6 +195,15 @@ class Fleet:
             __file__, "--bare-server", str(response_file), wrapper=wrapper
         )
 
+    async def floor_server(
+        self, response: gateway_service_pb2.AnalyzeVideoResponse, redis_url: str
+    ) -> int:
+        """The anchor plus a batched trivial EVALSHA per request (`_floor_server`), in its own
+        process; returns its port."""
+        response_file = self.workdir / "floor-response.bin"
+        response_file.write_bytes(response.SerializeToString())
+        return await self.python_server(__file__, "--floor-server", str(response_file), redis_url)
+
     async def python_server(self, script: str, *args: str, wrapper: Sequence[str] = ()) -> int:
         """`python script *args PORT_FILE` in its own process (under `wrapper`, if given),
         where the script writes the port it serves on to PORT_FILE; returns that port."""
@@ -278,6 +289,48 @@ async def _bare_server(response_file: Path, port_file: Path) -> None:
 
     server = aio.server()
     gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(Bare(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+async def _floor_server(response_file: Path, redis_url: str, port_file: Path) -> None:
+    """The anchor plus what any Redis admission needs at least: per request, a share of one
+    trivial EVALSHA (`return 1`) to `redis_url` through the limiter's pipe, the requests of one
+    event loop iteration sent as one pipelined batch, as the limiter batches them (a lower
+    bound of the gateway's `redis` configuration: no GCRA, no keys, no verdicts)."""
+    from redis.asyncio import Redis
+
+    from gateway.limiter.pipe import checked, open_pipe, pack
+
+    response = gateway_service_pb2.AnalyzeVideoResponse.FromString(response_file.read_bytes())
+    client = Redis.from_url(redis_url)
+    sha = await client.script_load("return 1")
+    pipe = await open_pipe(client.connection_pool)
+    command = pack("EVALSHA", sha, 0)
+    loop = asyncio.get_running_loop()
+    waiting: list[asyncio.Future[None]] = []
+
+    async def flush() -> None:
+        batch = waiting[:]
+        waiting.clear()
+        checked(await pipe.call(command))
+        for future in batch:
+            if not future.done():  # its caller may have gone (h2load stops mid-call)
+                future.set_result(None)
+
+    class Floor(gateway_service_pb2_grpc.GatewayServiceServicer):
+        async def AnalyzeVideo(self, request: object, context: object) -> object:
+            future = loop.create_future()
+            if not waiting:
+                loop.call_soon(lambda: loop.create_task(flush()))
+            waiting.append(future)
+            await future
+            return response
+
+    server = aio.server()
+    gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(Floor(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     port_file.write_text(str(port))
@@ -388,4 +441,10 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--bare-server":
         asyncio.run(_bare_server(Path(sys.argv[2]), Path(sys.argv[3])))
         raise SystemExit(0)
-    raise SystemExit("usage: _rpc_harness.py --bare-server RESPONSE_FILE PORT_FILE")
+    if len(sys.argv) == 5 and sys.argv[1] == "--floor-server":
+        asyncio.run(_floor_server(Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])))
+        raise SystemExit(0)
+    raise SystemExit(
+        "usage: _rpc_harness.py --bare-server RESPONSE_FILE PORT_FILE\n"
+        "       _rpc_harness.py --floor-server RESPONSE_FILE REDIS_URL PORT_FILE"
+    )

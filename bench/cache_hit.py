@@ -14,6 +14,10 @@ Gateway configurations (`--configs`, all by default), each against the same bare
   OpenTelemetry tracing on, its OTLP endpoint a loopback port where no collector listens.
 - `metered`, `traced` (only when named in `--configs`): `observed`'s metrics and its tracing
   apart, to tell what each costs.
+- `floor` (only when named): not the gateway, but the anchor plus a share of one trivial
+  EVALSHA per request through the limiter's pipe, the requests of one loop iteration batched:
+  what any exact Redis admission costs at least on this machine, measured against the same
+  targets as `redis`.
 
 Admission limits are high (a million per second per user), so every request is allowed and each
 one is a real decision (a GCRA update, in Redis for `redis` and `observed`). Calls come from
@@ -110,6 +114,8 @@ class Configuration:
     cpu_target: float | None = None
     p99_target_ms: float | None = None
     metrics_port: int | None = None
+    #: Not a gateway: the anchor plus a batched trivial EVALSHA per request (`--configs floor`).
+    floor: bool = False
 
 
 def admission_env() -> dict[str, str]:
@@ -196,6 +202,19 @@ def configurations(database_url: str, schema: str, redis_url: str) -> list[Confi
             "traced",
             {**admission_env(), **info, **postgres, **redis, **tracing_env()},
             production.format("Redis limiter") + "; tracing on, no collector reachable",
+        ),
+        # Not run by default, and not the gateway: what Redis admission costs at least.
+        Configuration(
+            "floor",
+            {},
+            "NOT the gateway: the bare server plus, per request, a share of one trivial "
+            "EVALSHA (`return 1`) through the limiter's pipe, the requests of one loop "
+            "iteration batched (a lower bound of `redis`: any exact shared limit needs a round "
+            "trip to Redis)",
+            throughput_target=0.8,
+            cpu_target=1.25,
+            p99_target_ms=1.0,
+            floor=True,
         ),
     ]
 
@@ -502,13 +521,23 @@ async def main(args: argparse.Namespace) -> int:
             if not chosen:
                 raise SystemExit(f"--configs: choose among {', '.join(c.name for c in known)}")
             ports = {}
+            hit = None
             for config in chosen:
+                if config.floor:
+                    continue
                 port = await fleet.gateway(config.name, url, config.env, log_to_file=True)
                 for metadata in users:
                     await call_once(port, metadata)  # the miss that fills this user's entry
                     hit = await call_once(port, metadata)
                     assert hit.metadata.cached, "the second call should be a cache hit"
                 ports[config.name] = port
+            if hit is None:  # only the floor: a gateway's answer for the servers to send
+                port = await fleet.gateway("answer", url, unlimited_policies_env())
+                await call_once(port, users[0])
+                hit = await call_once(port, users[0])
+            for config in chosen:
+                if config.floor:
+                    ports[config.name] = await fleet.floor_server(hit, args.redis)
             bare_port = await fleet.bare_server(hit)
             body = tmp / "request.grpc"
             body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
@@ -526,6 +555,9 @@ async def main(args: argparse.Namespace) -> int:
                         f"  /metrics scraped {len(sizes)} times while measured (every "
                         f"{args.scrape_interval:g} s), {max(sizes):,} bytes at most"
                     )
+                if config.floor:
+                    print(f"  ({_load()})")
+                    continue
                 notable = _notable_lines(tmp / config.name / "gateway.log")
                 for message, count in notable.items():
                     print(f"  gateway log: {count} x {message}")
