@@ -204,6 +204,12 @@ class Fleet:
         response_file.write_bytes(response.SerializeToString())
         return await self.python_server(__file__, "--floor-server", str(response_file), redis_url)
 
+    async def otlp_sink(self) -> tuple[int, Path]:
+        """A live OTLP trace receiver in its own process (`_otlp_sink`); returns its port and
+        the file its span count is written to when it stops."""
+        port = await self.python_server(__file__, "--otlp-sink")
+        return port, self.workdir / f"server-{len(self.processes) - 1}.port.spans"
+
     async def python_server(self, script: str, *args: str, wrapper: Sequence[str] = ()) -> int:
         """`python script *args PORT_FILE` in its own process (under `wrapper`, if given),
         where the script writes the port it serves on to PORT_FILE; returns that port."""
@@ -337,6 +343,33 @@ async def _floor_server(response_file: Path, redis_url: str, port_file: Path) ->
     await server.wait_for_termination()
 
 
+async def _otlp_sink(port_file: Path) -> None:
+    """A collector's OTLP trace service that accepts every export and keeps only the count of
+    spans (written to `port_file`.spans at exit): the far end of a live trace export."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    spans = 0
+
+    class Sink(trace_service_pb2_grpc.TraceServiceServicer):
+        async def Export(self, request: Any, context: object) -> Any:
+            nonlocal spans
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    spans += len(scope_spans.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    Path(f"{port_file}.spans").write_text(str(spans))
+    await server.stop(None)
+
+
 async def call_once(
     port: int, metadata: Metadata = METADATA
 ) -> gateway_service_pb2.AnalyzeVideoResponse:
@@ -441,10 +474,14 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--bare-server":
         asyncio.run(_bare_server(Path(sys.argv[2]), Path(sys.argv[3])))
         raise SystemExit(0)
+    if len(sys.argv) == 3 and sys.argv[1] == "--otlp-sink":
+        asyncio.run(_otlp_sink(Path(sys.argv[2])))
+        raise SystemExit(0)
     if len(sys.argv) == 5 and sys.argv[1] == "--floor-server":
         asyncio.run(_floor_server(Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])))
         raise SystemExit(0)
     raise SystemExit(
         "usage: _rpc_harness.py --bare-server RESPONSE_FILE PORT_FILE\n"
-        "       _rpc_harness.py --floor-server RESPONSE_FILE REDIS_URL PORT_FILE"
+        "       _rpc_harness.py --floor-server RESPONSE_FILE REDIS_URL PORT_FILE\n"
+        "       _rpc_harness.py --otlp-sink PORT_FILE"
     )

@@ -14,6 +14,8 @@ Gateway configurations (`--configs`, all by default), each against the same bare
   OpenTelemetry tracing on, its OTLP endpoint a loopback port where no collector listens.
 - `metered`, `traced` (only when named in `--configs`): `observed`'s metrics and its tracing
   apart, to tell what each costs.
+- `collected` (only when named): `observed` with its spans exported to a live OTLP receiver (a
+  process of the run's own that accepts every export), as production pays for tracing.
 - `floor` (only when named): not the gateway, but the anchor plus a share of one trivial
   EVALSHA per request through the limiter's pipe, the requests of one loop iteration batched:
   what any exact Redis admission costs at least on this machine, measured against the same
@@ -116,6 +118,8 @@ class Configuration:
     metrics_port: int | None = None
     #: Not a gateway: the anchor plus a batched trivial EVALSHA per request (`--configs floor`).
     floor: bool = False
+    #: Its spans go to a live OTLP receiver of the run's own (`--configs collected`).
+    collector: bool = False
 
 
 def admission_env() -> dict[str, str]:
@@ -149,6 +153,7 @@ def configurations(database_url: str, schema: str, redis_url: str) -> list[Confi
         "second), one INFO log line per RPC"
     )
     metrics_port = free_port()
+    collected_metrics_port = free_port()  # its gateway runs beside `observed`'s
     return [
         Configuration(
             "lifted",
@@ -202,6 +207,23 @@ def configurations(database_url: str, schema: str, redis_url: str) -> list[Confi
             "traced",
             {**admission_env(), **info, **postgres, **redis, **tracing_env()},
             production.format("Redis limiter") + "; tracing on, no collector reachable",
+        ),
+        # Not run by default: `observed` with a collector that takes every span.
+        Configuration(
+            "collected",
+            {
+                **admission_env(),
+                **info,
+                **postgres,
+                **redis,
+                **tracing_env(),
+                "VIEWBAIT_METRICS__PORT": str(collected_metrics_port),
+            },
+            production.format("Redis limiter")
+            + "; Prometheus metrics (scraped while measured) and tracing on, every span "
+            "exported to a live OTLP receiver (another process)",
+            metrics_port=collected_metrics_port,
+            collector=True,
         ),
         # Not run by default, and not the gateway: what Redis admission costs at least.
         Configuration(
@@ -522,6 +544,14 @@ async def main(args: argparse.Namespace) -> int:
                 raise SystemExit(f"--configs: choose among {', '.join(c.name for c in known)}")
             ports = {}
             hit = None
+            spans_file = None
+            if any(config.collector for config in chosen):
+                sink_port, spans_file = await fleet.otlp_sink()
+                for config in chosen:
+                    if config.collector:
+                        config.env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = (
+                            f"http://127.0.0.1:{sink_port}"
+                        )
             for config in chosen:
                 if config.floor:
                     continue
@@ -568,6 +598,8 @@ async def main(args: argparse.Namespace) -> int:
                     print("  INVALID: the gateway answered errors (its log says why)")
                     met = False
                 print(f"  ({_load()})")
+        if spans_file is not None:
+            print(f"the OTLP receiver took {int(spans_file.read_text()):,} spans in all")
     return 0 if met else 1
 
 
