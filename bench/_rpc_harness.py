@@ -41,7 +41,7 @@ import statistics
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +286,30 @@ def tracing_env() -> dict[str, str]:
     }
 
 
+async def _started(add: Callable[[aio.Server], None], port_file: Path) -> aio.Server:
+    """A grpc.aio server with what `add` registers, started on a free loopback port, which is
+    written to `port_file`."""
+    server = aio.server()
+    add(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    return server
+
+
+async def _serve_gateway_service(
+    servicer: gateway_service_pb2_grpc.GatewayServiceServicer, port_file: Path
+) -> None:
+    """Serves `servicer` as GatewayService (`_started`) until the process is stopped."""
+    server = await _started(
+        lambda server: gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
+            servicer, server
+        ),
+        port_file,
+    )
+    await server.wait_for_termination()
+
+
 async def _bare_server(response_file: Path, port_file: Path) -> None:
     response = gateway_service_pb2.AnalyzeVideoResponse.FromString(response_file.read_bytes())
 
@@ -293,12 +317,7 @@ async def _bare_server(response_file: Path, port_file: Path) -> None:
         async def AnalyzeVideo(self, request: object, context: object) -> object:
             return response
 
-    server = aio.server()
-    gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(Bare(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    port_file.write_text(str(port))
-    await server.wait_for_termination()
+    await _serve_gateway_service(Bare(), port_file)
 
 
 async def _floor_server(response_file: Path, redis_url: str, port_file: Path) -> None:
@@ -335,12 +354,7 @@ async def _floor_server(response_file: Path, redis_url: str, port_file: Path) ->
             await future
             return response
 
-    server = aio.server()
-    gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(Floor(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    port_file.write_text(str(port))
-    await server.wait_for_termination()
+    await _serve_gateway_service(Floor(), port_file)
 
 
 async def _otlp_sink(port_file: Path) -> None:
@@ -358,11 +372,10 @@ async def _otlp_sink(port_file: Path) -> None:
                     spans += len(scope_spans.spans)
             return trace_service_pb2.ExportTraceServiceResponse()
 
-    server = aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    port_file.write_text(str(port))
+    server = await _started(
+        lambda server: trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server),  # type: ignore[no-untyped-call]
+        port_file,
+    )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()

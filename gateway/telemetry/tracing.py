@@ -97,16 +97,21 @@ def _named_exporters(env: Mapping[str, str]) -> list[str]:
     return [name.strip().lower() for name in named.split(",") if name.strip()]
 
 
+def _otlp_endpoint(env: Mapping[str, str]) -> str:
+    """The OTLP traces endpoint the environment sets ("" for none): the traces-specific
+    variable, else the general one."""
+    return _env(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or _env(
+        env, "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+
+
 def exporters(env: Mapping[str, str] | None = None) -> list[str]:
     """The span exporters the environment configures; empty when tracing is off."""
     env = os.environ if env is None else env
     if _env(env, "OTEL_SDK_DISABLED").lower() == "true":
         return []
     chosen = _named_exporters(env)
-    endpoint = _env(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or _env(
-        env, "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    if not chosen and endpoint:
+    if not chosen and _otlp_endpoint(env):
         chosen = ["otlp"]
     return [name for name in chosen if name != "none"]
 
@@ -201,12 +206,8 @@ def _build_recorder(chosen: list[str]) -> Recorder:
 
             from gateway.telemetry.export import OutageGuard, tcp_probe
 
-            endpoint = _env(os.environ, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or _env(
-                os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT"
-            )
-            exporter = OutageGuard(
-                OTLPSpanExporter(), probe=tcp_probe(endpoint or "http://localhost:4317")
-            )
+            endpoint = _otlp_endpoint(os.environ) or "http://localhost:4317"
+            exporter = OutageGuard(OTLPSpanExporter(), probe=tcp_probe(endpoint))
         else:
             exporter = ConsoleSpanExporter()
         processor = BatchSpanProcessor(exporter)
@@ -239,8 +240,7 @@ def acquire() -> None:
         "tracing on",
         extra={
             "exporters": chosen,
-            "endpoint": os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "endpoint": _otlp_endpoint(os.environ) or None,
         },
     )
 
