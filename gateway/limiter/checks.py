@@ -34,6 +34,8 @@ class Rule:
     native_period_s: float = field(init=False, repr=False, compare=False)
     #: "<emission_us> <burst>", as the Redis script reads a limit.
     spec: str = field(init=False, repr=False, compare=False)
+    #: Computed once: a rule is hashed with every memoized decision (`gateway.limiter.shared`).
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.emission_us <= MAX_EMISSION_US or self.burst < 1:
@@ -42,6 +44,12 @@ class Rule:
             raise ValueError("emission_us * burst is too large to compute exactly")
         object.__setattr__(self, "native_period_s", self.emission_us / 1_000_000)
         object.__setattr__(self, "spec", f"{self.emission_us} {self.burst}")
+        object.__setattr__(
+            self, "_hash", hash((self.emission_us, self.burst, self.kind, self.label))
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def of(cls, limit: RateLimit, kind: str, label: str) -> Rule:

@@ -47,17 +47,19 @@ class LoopWatch:
         self._handle: asyncio.TimerHandle | None = None
         self._deadlines: set[_Deadline] = set()
 
-    def hold(self) -> None:
-        """Somebody is waiting on I/O: keep measuring."""
+    def hold(self) -> float:
+        """Somebody is waiting on I/O: keep measuring. Returns the loop's time now."""
         self._users += 1
         loop = asyncio.get_running_loop()
+        now = loop.time()
         if self._handle is None:
-            self._due = loop.time() + self._tick_s
+            self._due = now + self._tick_s
             self._handle = loop.call_at(self._due, self._tick)
         elif self._users == 1:
             # The tick of an earlier hold has not lapsed yet; a stall while nobody held the
             # watch is not counted.
-            self._due = max(self._due, loop.time())
+            self._due = max(self._due, now)
+        return now
 
     def release(self) -> None:
         """One user fewer; with none left, stall time stops growing (the tick lapses)."""
@@ -147,11 +149,10 @@ async def within(
     the watch's ticks (so up to `TICK_S` late): no timer of its own, which a call per request
     would pay for. Cancelling the caller cancels `future`."""
     deadline = _Deadline(future, mark, timeout_s, expiry)
-    watch.hold()
+    now = watch.hold()
     watch._deadlines.add(deadline)
     try:
-        loop = asyncio.get_running_loop()
-        deadline.check(loop.time(), watch.stalled(loop.time()))
+        deadline.check(now, watch.stalled(now))
         return await future
     finally:
         watch._deadlines.discard(deadline)

@@ -66,6 +66,12 @@ class _RouteRules:
     upstream: Rule | None
 
 
+#: Admission checks remembered per (operation, user, tier), up to this many; then all are
+#: forgotten and remembered again as requests come. A request's checks are the same objects each
+#: time, so a backend can keep what it derives from them (the shared one, its packed command).
+KNOWN_ADMISSIONS = 4096
+
+
 def _rule(limit: RateLimit | None, kind: str, label: str) -> Rule | None:
     return None if limit is None else Rule.of(limit, kind, label)
 
@@ -152,6 +158,7 @@ class RateLimiter:
         self._routes = _route_rules(settings)
         self._reads = _read_rules(settings)
         self._model_rules: dict[str, Rule | None] = {}
+        self._admissions: dict[tuple[str, str, Tier], tuple[Check, ...]] = {}
         # Costs are KiB: the GCRA state stays in the same integer range as request counts.
         self._blob_rule = _rule(
             settings.store.blob_write_limit, "blob_bytes", "limit on input KiB written per user"
@@ -307,11 +314,17 @@ class RateLimiter:
         Raises `RateLimited` when denied (or `Unavailable` in failure mode `closed` while Redis is
         unreachable); returns None when the tier has no admission limit on the route.
         """
-        rules = self._routes.get((operation, tier))
-        if rules is None or rules.admission is None:
-            return None
-        key = keys.admission_key(self._prefix, user_id, rules.route_id)
-        return await self.decide([Check(key, rules.admission)])
+        checks = self._admissions.get((operation, user_id, tier))
+        if checks is None:
+            rules = self._routes.get((operation, tier))
+            if rules is None or rules.admission is None:
+                return None
+            key = keys.admission_key(self._prefix, user_id, rules.route_id)
+            checks = (Check(key, rules.admission),)
+            if len(self._admissions) >= KNOWN_ADMISSIONS:
+                self._admissions.clear()
+            self._admissions[operation, user_id, tier] = checks
+        return await self.decide(checks)
 
     async def admit_read(self, rpc: str, user_id: str, tier: Tier) -> Verdict | None:
         """Charges one JobService read (`rpc`: `get_job`, `list_jobs`, `watch_job`,
@@ -376,8 +389,10 @@ class RateLimiter:
         if shared is None:
             return self._native.decide_now(checks, cost)
         if not self._breaker.open:
-            with contextlib.suppress(LimiterBackendError):
+            try:
                 return await shared.decide(checks, cost)
+            except LimiterBackendError:
+                pass
         failure_mode = self._settings.failure_mode
         if failure_mode is FailureMode.LOCAL:
             return self._fallback.decide_now(self._shares(checks), cost)

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from gateway.config import RateLimit, RouteLimits, Settings, Tier
 from gateway.errors import RateLimited
 from gateway.limiter import LimiterMode, RateLimiter
+from gateway.limiter import limiter as limiter_module
 
 if TYPE_CHECKING:
     from tests.limiter.conftest import Clock
@@ -83,24 +84,55 @@ async def test_user_ids_cannot_break_out_of_their_keys(
             await limiter.admit("analyze_video", user, Tier.PRO)
 
 
+def _per_tier(limits: dict[Tier, RouteLimits], key_prefix: str) -> Settings:
+    """Settings whose every route has `limits` (tiers not in it unlimited)."""
+    defaults = Settings()
+    policies = {
+        name: policy.model_copy(update={"limits": limits})
+        for name, policy in defaults.policies.items()
+    }
+    return Settings(
+        policies=policies, limiter=defaults.limiter.model_copy(update={"key_prefix": key_prefix})
+    )
+
+
 async def test_a_tier_without_an_entry_is_not_limited(
     make_limiter: Factory, key_prefix: str
 ) -> None:
-    defaults = Settings()
     only_free = {Tier.FREE: RouteLimits(admission=RateLimit(rate=1, period_s=HOUR, burst=1))}
-    policies = {
-        name: policy.model_copy(update={"limits": only_free})
-        for name, policy in defaults.policies.items()
-    }
-    settings = Settings(
-        policies=policies, limiter=defaults.limiter.model_copy(update={"key_prefix": key_prefix})
-    )
-    limiter = make_limiter(settings)
+    limiter = make_limiter(_per_tier(only_free, key_prefix))
     for _ in range(5):
         assert await limiter.admit("check_channel_consistency", "u1", Tier.PRO) is None
     await limiter.admit("check_channel_consistency", "u1", Tier.FREE)
     with pytest.raises(RateLimited):
         await limiter.admit("check_channel_consistency", "u1", Tier.FREE)
+
+
+async def test_a_user_whose_tier_changes_is_held_to_the_new_tiers_limit(
+    make_limiter: Factory, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Admission checks are remembered per (operation, user, tier), a few at most here, so the
+    # limiter forgets and remembers again along the way.
+    monkeypatch.setattr(limiter_module, "KNOWN_ADMISSIONS", 2)
+    tiers = {
+        Tier.FREE: RouteLimits(admission=RateLimit(rate=1, period_s=HOUR, burst=1)),
+        Tier.PRO: RouteLimits(admission=RateLimit(rate=60, period_s=HOUR, burst=70)),
+    }
+    limiter = make_limiter(_per_tier(tiers, key_prefix))
+    await limiter.admit("analyze_video", "u1", Tier.FREE)
+    with pytest.raises(RateLimited, match="for the free tier"):
+        await limiter.admit("analyze_video", "u1", Tier.FREE)
+    # Upgraded: the same key (the user's, on the route), an hour in debt, so the pro tier's
+    # burst of 70 at one a minute leaves 10.
+    for _ in range(10):
+        await limiter.admit("analyze_video", "u1", Tier.PRO)
+    with pytest.raises(RateLimited, match="for the pro tier"):
+        await limiter.admit("analyze_video", "u1", Tier.PRO)
+    with pytest.raises(RateLimited, match="for the free tier"):
+        await limiter.admit("analyze_video", "u1", Tier.FREE)
+    # Another user and another route are their own keys still.
+    await limiter.admit("analyze_video", "u2", Tier.FREE)
+    await limiter.admit("suggest_thumbnail_concepts", "u1", Tier.FREE)
 
 
 async def _model_limit_is_shared_and_a_denial_charges_no_user(limiter: RateLimiter) -> None:

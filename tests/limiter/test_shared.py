@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.limiter import Check, Rule
+from gateway.limiter import shared as shared_module
 from gateway.limiter.checks import LimiterBackendError
 from gateway.limiter.shared import RedisBackend
 from gateway.testing.certificates import write_certificates
@@ -66,6 +67,27 @@ async def test_idle_keys_expire_when_they_stop_mattering(
     unseen = Check(f"{{{key_prefix}}}:unseen", rule(1_500_000, 3))
     await shared.decide([unseen], 0)
     assert await redis_client.exists(unseen.key) == 0
+
+
+async def test_a_key_decided_under_another_rule_or_cost_is_sent_as_that(
+    shared: RedisBackend, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A request alone is sent as bytes remembered per (checks, cost), a few at most here.
+    monkeypatch.setattr(shared_module, "KNOWN_SINGLES", 2)
+    key = f"{{{key_prefix}}}:rules"
+    tight = (Check(key, rule(60_000_000, 1)),)  # one a minute
+    roomy = (Check(key, rule(10_000_000, 100)),)  # one every 10 s, 100 at once
+    assert (await shared.decide(tight)).allowed
+    assert not (await shared.decide(tight)).allowed
+    # The same key under the roomier rule (a user whose tier changed): its TAT is a minute
+    # ahead, so 100 - 6 - 1 requests remain, then 5 fewer at a cost of 5.
+    (first,) = (await shared.decide(roomy)).decisions
+    assert first.allowed and first.remaining == 93
+    (second,) = (await shared.decide(roomy, 5)).decisions
+    assert second.allowed and second.remaining == 88
+    assert not (await shared.decide(tight)).allowed
+    # Both denials of the tight rule came from the local mirror, which each answer taught.
+    assert shared.local_denials == 2
 
 
 async def test_the_script_is_loaded_again_after_noscript(private_redis: RedisProcess) -> None:
