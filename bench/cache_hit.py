@@ -48,7 +48,8 @@ Targets (`redis`): closed loop >= 0.8x the bare server's requests/s with per-req
 <= 1.25x bare; open loop p99 <= bare p99 + 1 ms. (`observed`): closed loop >= 0.7x bare.
 
     python bench/cache_hit.py [--seconds 4] [--rate 1000] [--concurrency 64] [--users 16]
-        [--configs lifted,embedded,redis,observed] [--database-url URL] [--redis URL]
+        [--configs lifted,embedded,redis,observed] [--measure closed,open,python]
+        [--database-url URL] [--redis URL]
         [--scrape-interval 1] [--set VIEWBAIT_X=value ...]
 
 The load average before and after is printed: figures from a busy machine are not comparable to
@@ -100,6 +101,8 @@ METHOD = "/viewbait.ai.v1.GatewayService/AnalyzeVideo"
 #: Admission limit of every tier in the configurations that check it: every request allowed,
 #: every one a real decision.
 ROOMY = {"rate": 1_000_000, "period_s": 1, "burst": 1_000_000}
+#: The measurements of a configuration, in the order they run (`--measure` picks some).
+MEASURES = ("closed", "open", "python")
 #: Streams per h2load connection in the open loop: enough that it never waits for a free one.
 OPEN_LOOP_STREAMS = 100
 
@@ -398,26 +401,39 @@ class Run:
     rate: float
     concurrency: int
     logs: Path
+    #: Which of the three measurements run (`--measure`).
+    measures: Sequence[str] = MEASURES
 
 
 async def compare(run: Run, config: Configuration, ours: Side, bare: Side) -> bool:
     """Measures one configuration against the bare server and prints it; returns whether its
     targets are met."""
+    print(f"\n[{config.name}] gateway does: {config.differs}")
+    print("  bare server does: parse the request, answer one prebuilt response message")
+    met = True
+    if "closed" in run.measures:
+        met &= await _closed(run, config, ours, bare)
+    if "open" in run.measures:
+        met &= await _open(run, config, ours, bare)
+    if "python" in run.measures:
+        await _python(run, ours, bare)
+    for name, side in (("gateway", ours), ("bare", bare)):
+        if side.short:
+            print(
+                f"  {side.short} responses of the {name} carried no answer: calls still in "
+                "flight when an h2load run ends are reset (CANCELLED in the gateway log); "
+                "any other code there is an error"
+            )
+    return met
+
+
+async def _closed(run: Run, config: Configuration, ours: Side, bare: Side) -> bool:
     for _ in range(ROUNDS):
         for side in (ours, bare):
             await side.closed(run.body, run.users, run.seconds, run.concurrency)
-    for _ in range(ROUNDS):
-        for side in (ours, bare):
-            await side.open_loop(run.body, run.users, run.seconds, run.rate, run.logs)
-    for _ in range(ROUNDS - 1):
-        for side in (ours, bare):
-            await side.python(run.users, run.seconds, run.concurrency)
     ratio = ours.rps / bare.rps
     cpu_ratio = ours.cpu_us / bare.cpu_us
-    ours_p99, bare_p99 = percentile(ours.open, 0.99), percentile(bare.open, 0.99)
     met = True
-    print(f"\n[{config.name}] gateway does: {config.differs}")
-    print("  bare server does: parse the request, answer one prebuilt response message")
     line = (
         f"  h2load closed loop, concurrency {run.concurrency}: gateway {ours.rps:,.0f} req/s, "
         f"bare {bare.rps:,.0f} req/s, ratio {ratio:.2f}x"
@@ -435,6 +451,15 @@ async def compare(run: Run, config: Configuration, ours: Side, bare: Side) -> bo
         met &= cpu_ratio <= config.cpu_target
         line += f"  target <= {config.cpu_target}x: {_verdict(cpu_ratio <= config.cpu_target)}"
     print(line)
+    return met
+
+
+async def _open(run: Run, config: Configuration, ours: Side, bare: Side) -> bool:
+    for _ in range(ROUNDS):
+        for side in (ours, bare):
+            await side.open_loop(run.body, run.users, run.seconds, run.rate, run.logs)
+    ours_p99, bare_p99 = percentile(ours.open, 0.99), percentile(bare.open, 0.99)
+    met = True
     line = (
         f"  h2load open loop, {run.rate:,.0f} req/s: gateway p50 "
         f"{percentile(ours.open, 0.5):.2f} ms p99 {ours_p99:.2f} ms; bare p50 "
@@ -446,19 +471,18 @@ async def compare(run: Run, config: Configuration, ours: Side, bare: Side) -> bo
         met &= latency_met
         line += f"  target <= +{config.p99_target_ms:g} ms: {_verdict(latency_met)}"
     print(line)
+    return met
+
+
+async def _python(run: Run, ours: Side, bare: Side) -> None:
+    for _ in range(ROUNDS - 1):
+        for side in (ours, bare):
+            await side.python(run.users, run.seconds, run.concurrency)
     print(
         f"  Python grpc.aio client, closed loop, concurrency {run.concurrency}: gateway "
         f"{ours.python_rps:,.0f} req/s, bare {bare.python_rps:,.0f} req/s, ratio "
         f"{ours.python_rps / bare.python_rps:.2f}x (the client saturates first)"
     )
-    for name, side in (("gateway", ours), ("bare", bare)):
-        if side.short:
-            print(
-                f"  {side.short} responses of the {name} carried no answer: calls still in "
-                "flight when an h2load run ends are reset (CANCELLED in the gateway log); "
-                "any other code there is an error"
-            )
-    return met
 
 
 @contextlib.asynccontextmanager
@@ -572,7 +596,10 @@ async def main(args: argparse.Namespace) -> int:
             body = tmp / "request.grpc"
             body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
             frame = 5 + hit.ByteSize()
-            run = Run(body, users, args.seconds, args.rate, args.concurrency, tmp)
+            measures = args.measure.split(",")
+            if not set(measures) <= set(MEASURES):
+                raise SystemExit(f"--measure: choose among {', '.join(MEASURES)}")
+            run = Run(body, users, args.seconds, args.rate, args.concurrency, tmp, measures)
             for config in chosen:
                 port = ports[config.name]
                 ours = Side(port, fleet.pids[port], frame)
@@ -610,6 +637,13 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--configs", default="lifted,embedded,redis,observed")
+    parser.add_argument(
+        "--measure",
+        default=",".join(MEASURES),
+        help="which measurements to run (closed: h2load closed loop and server CPU; open: "
+        "h2load at --rate; python: the Python client), e.g. `--measure open` to repeat the "
+        "open loop alone",
+    )
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--scrape-interval", type=float, default=1.0)
