@@ -24,12 +24,29 @@ import grpc
 if TYPE_CHECKING:
     from gateway.auth import Principal
 
+#: An RPC's metadata as grpc hands it: (key, value) pairs, binary values as bytes.
+Metadata = tuple[tuple[str, str | bytes], ...]
+
 _caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "viewbait_caller", default=None
 )
 _refusal: contextvars.ContextVar[Exception | None] = contextvars.ContextVar(
     "viewbait_refusal", default=None
 )
+_metadata: contextvars.ContextVar[Metadata | None] = contextvars.ContextVar(
+    "viewbait_metadata", default=None
+)
+
+
+def received(metadata: Metadata | None) -> None:
+    """Records the metadata of the RPC being decided, as the interceptors got it (grpc builds
+    it anew for each reader: the servicer context converts it again on every call)."""
+    _metadata.set(metadata)
+
+
+def metadata() -> Metadata | None:
+    """The metadata `received` recorded for the current RPC (None: not recorded)."""
+    return _metadata.get()
 
 
 def admit(principal: Principal) -> None:

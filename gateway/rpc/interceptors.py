@@ -130,6 +130,7 @@ class GatewayInterceptors(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        edge.received(handler_call_details.invocation_metadata)
         method: str = handler_call_details.method
         for interceptor, waits in zip(self._innermost_first, self._waits, strict=True):
             if not interceptor.covers(method):
@@ -229,7 +230,8 @@ class RequestContextInterceptor(_WrappingInterceptor):
     ) -> tuple[request_context.RequestContext, tracing.RpcSpan | None]:
         request_id = ""
         traceparent = tracestate = None
-        for key, value in ctx.invocation_metadata() or ():
+        # As the interceptors got it (`GatewayInterceptors`), else converted again.
+        for key, value in edge.metadata() or ctx.invocation_metadata() or ():
             if not isinstance(value, str):
                 continue
             if key == "x-request-id":
