@@ -121,6 +121,19 @@ class GatewayInterceptors(aio.ServerInterceptor):
             type(interceptor).decide is not _GatewayInterceptor.decide
             for interceptor in self._innermost_first
         )
+        #: Method -> the interceptors covering it with whether each waits (methods are the
+        #: registered ones, so this stays small; an unknown method finds no handler first).
+        self._plans: dict[str, tuple[tuple[_GatewayInterceptor, bool], ...]] = {}
+
+    def _plan(self, method: str) -> tuple[tuple[_GatewayInterceptor, bool], ...]:
+        plan = self._plans.get(method)
+        if plan is None:
+            plan = self._plans[method] = tuple(
+                (interceptor, waits)
+                for interceptor, waits in zip(self._innermost_first, self._waits, strict=True)
+                if interceptor.covers(method)
+            )
+        return plan
 
     async def intercept_service(
         self,
@@ -131,10 +144,7 @@ class GatewayInterceptors(aio.ServerInterceptor):
         if handler is None:
             return handler
         edge.received(handler_call_details.invocation_metadata)
-        method: str = handler_call_details.method
-        for interceptor, waits in zip(self._innermost_first, self._waits, strict=True):
-            if not interceptor.covers(method):
-                continue
+        for interceptor, waits in self._plan(handler_call_details.method):
             if waits:
                 handler = await interceptor.decide(handler, handler_call_details)
             else:
@@ -330,7 +340,10 @@ class LoggingInterceptor(_WrappingInterceptor):
         super().__init__(guarded=guarded)
         self._metrics = metrics
 
-    def _log(self, ctx: aio.ServicerContext[Any, Any], error: BaseException | None) -> None:
+    def _log(
+        self, ctx: aio.ServicerContext[Any, Any], error: BaseException | None, traced: bool = True
+    ) -> None:
+        """Logs and counts the RPC's end; `traced=False`: no span is current (none to name)."""
         logging_rpcs = log.isEnabledFor(logging.INFO)
         metrics = self._metrics
         if not logging_rpcs and metrics is None:
@@ -354,6 +367,7 @@ class LoggingInterceptor(_WrappingInterceptor):
                 # The name of the service token, never the token.
                 "service_token": rc.principal.service_token if rc.principal else None,
             },
+            traced=traced,
         )
 
     async def unary(
@@ -518,7 +532,7 @@ class RpcLayers(_WrappingInterceptor):
                 error = exc
                 raise
             finally:
-                log_end(ctx, error)
+                log_end(ctx, error, span is not None)
                 if span is not None:
                     _end_span(span, ctx, error)
                 unbind(token)

@@ -99,13 +99,16 @@ class _FastLines:
 _fast: _FastLines | None = None
 
 
-def info_line(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
+def info_line(
+    logger: logging.Logger, msg: str, fields: dict[str, Any], *, traced: bool = True
+) -> None:
     """Logs `msg` at INFO with `fields`, as `logger.info(msg, extra=fields)` would, for a line
     logged on every RPC: when the gateway's JSON handler is the only place the line can go (no
     handler or filter added anywhere on the way, as a test's log capture adds), the line is
     built directly, without a `LogRecord`, and written at once (`_FastLines`); otherwise
     through the logging module. Fields that are None are left out,
-    as the formatter leaves them out."""
+    as the formatter leaves them out. `traced=False` says no span is current (the trace ids
+    are not looked up)."""
     if not logger.isEnabledFor(logging.INFO):
         return
     fast = _fast
@@ -118,7 +121,7 @@ def info_line(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
         "logger": logger.name,
         "msg": msg,
     }
-    ids = tracing.log_ids()
+    ids = tracing.log_ids() if traced else None
     if ids is not None:
         entry["trace_id"], entry["span_id"] = ids
     for key, value in fields.items():
