@@ -26,6 +26,7 @@ from viewbait.ai.v1 import (
     operations_pb2,
 )
 
+from gateway import backoff
 from gateway.config import (
     ExecutionSettings,
     GeminiSettings,
@@ -327,11 +328,32 @@ def forged_page_token(value: object) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
+class _JitterAtCeiling:
+    """In place of `random` in `gateway.backoff`: every jittered delay drawn at its ceiling."""
+
+    @staticmethod
+    def uniform(low: float, high: float) -> float:
+        return high
+
+
 async def test_an_upstream_503_is_retried_with_backoff(
-    start_gateway: Any, emulator: EmulatorServer, tmp_path: Path, store_for: Any
+    start_gateway: Any,
+    emulator: EmulatorServer,
+    tmp_path: Path,
+    store_for: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The retry waits its whole first backoff (1 s, the jitter drawn at its ceiling), so the
+    # watch reads the job queued again with its error however busy the machine is (a draw near
+    # 0 s could have the job claimed again before the watch reads it).
+    monkeypatch.setattr(backoff, "random", _JitterAtCeiling())
+    retrying = JobSettings(workers=4, poll_interval_s=0.05, retry_initial_s=1.0, retry_max_s=1.0)
     # One adapter attempt per job attempt, so the injected 503 fails the first job attempt.
-    jobs = Jobs(await start_gateway(settings(emulator, tmp_path, store_for, gemini_attempts=1)))
+    jobs = Jobs(
+        await start_gateway(
+            settings(emulator, tmp_path, store_for, gemini_attempts=1, jobs=retrying)
+        )
+    )
     emulator.inject("unavailable", count=1)
 
     submitted = await jobs.submit(video())
