@@ -108,17 +108,7 @@ async def test_a_tier_without_an_entry_is_not_limited(
         await limiter.admit("check_channel_consistency", "u1", Tier.FREE)
 
 
-async def test_a_user_whose_tier_changes_is_held_to_the_new_tiers_limit(
-    make_limiter: Factory, key_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Admission checks are remembered per (operation, user, tier), a few at most here, so the
-    # limiter forgets and remembers again along the way.
-    monkeypatch.setattr(limiter_module, "KNOWN_ADMISSIONS", 2)
-    tiers = {
-        Tier.FREE: RouteLimits(admission=RateLimit(rate=1, period_s=HOUR, burst=1)),
-        Tier.PRO: RouteLimits(admission=RateLimit(rate=60, period_s=HOUR, burst=70)),
-    }
-    limiter = make_limiter(_per_tier(tiers, key_prefix))
+async def _tier_change_is_held_to_the_new_tiers_limit(limiter: RateLimiter) -> None:
     await limiter.admit("analyze_video", "u1", Tier.FREE)
     with pytest.raises(RateLimited, match="for the free tier"):
         await limiter.admit("analyze_video", "u1", Tier.FREE)
@@ -133,6 +123,47 @@ async def test_a_user_whose_tier_changes_is_held_to_the_new_tiers_limit(
     # Another user and another route are their own keys still.
     await limiter.admit("analyze_video", "u2", Tier.FREE)
     await limiter.admit("suggest_thumbnail_concepts", "u1", Tier.FREE)
+
+
+_TIER_CHANGE = {
+    Tier.FREE: RouteLimits(admission=RateLimit(rate=1, period_s=HOUR, burst=1)),
+    Tier.PRO: RouteLimits(admission=RateLimit(rate=60, period_s=HOUR, burst=70)),
+}
+
+
+async def test_a_user_whose_tier_changes_is_held_to_the_new_tiers_limit(
+    make_limiter: Factory, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Admission checks are remembered per (operation, user, tier), a few at most here, so the
+    # limiter forgets and remembers again along the way. On the limiter's own clock (Redis
+    # TIME when shared: the remembered script call is the one sent then).
+    monkeypatch.setattr(limiter_module, "KNOWN_ADMISSIONS", 2)
+    limiter = make_limiter(_per_tier(_TIER_CHANGE, key_prefix))
+    await _tier_change_is_held_to_the_new_tiers_limit(limiter)
+
+
+@pytest.mark.parametrize("origin_s", [1, 700], ids=lambda s: f"origin={s}s")
+@pytest.mark.parametrize("shared", [False, True], ids=["embedded", "shared"])
+async def test_a_tier_change_holds_from_the_first_second_after_boot(
+    make_clock: Callable[[int], Clock],
+    key_prefix: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    origin_s: int,
+    shared: bool,
+) -> None:
+    """The same answers with the clock at 1 s and 700 s, where the hour of debt is longer than
+    the clock's reading."""
+    monkeypatch.setattr(limiter_module, "KNOWN_ADMISSIONS", 2)
+    limiter = RateLimiter(
+        _per_tier(_TIER_CHANGE, key_prefix),
+        redis=Redis.from_url(redis_url) if shared else None,
+        clock=make_clock(origin_s * 1_000_000_000),
+    )
+    try:
+        await _tier_change_is_held_to_the_new_tiers_limit(limiter)
+    finally:
+        await limiter.aclose()
 
 
 async def _model_limit_is_shared_and_a_denial_charges_no_user(limiter: RateLimiter) -> None:
